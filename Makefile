@@ -1,0 +1,58 @@
+# VoiceFleet developer entry points. Every target installs what it needs first,
+# so each works alone on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8080
+HOST ?= 127.0.0.1
+
+PRODUCT_SRC := inference/voicefleet_inference operator/voicefleet_operator hack/voicefleet_localcluster
+
+.PHONY: help install lint typecheck unit test serve bench cluster-build cluster-up cluster-down clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## venv at .venv with every dependency, Debian packages included
+
+$(STAMP): pyproject.toml hack/install-system-deps.sh
+	hack/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install ## ruff on everything
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install ## mypy --strict on product code
+	$(BIN)/mypy $(PRODUCT_SRC)
+
+unit: install ## fast tests only (no servers, no cluster)
+	$(BIN)/pytest -q tests/unit
+
+test: install lint typecheck ## the full suite: lint, types, unit, integration (real servers, real control plane)
+	$(BIN)/pytest -q -ra
+
+serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
+	$(BIN)/voicefleet-server --host $(HOST) --port $(PORT)
+
+bench: install ## benchmarks; results land in docs/benchmarks.md
+	$(BIN)/python hack/bench/run.py --output docs/benchmarks.md
+
+cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
+	$(BIN)/voicefleet-cluster build
+
+cluster-up: cluster-build ## bare local control plane + process kubelet; kubeconfig at .cluster/kubeconfig
+	$(BIN)/voicefleet-cluster up
+
+cluster-down: ## stop the local control plane, leaving no process or temp data
+	@if [ -x $(BIN)/voicefleet-cluster ]; then $(BIN)/voicefleet-cluster down; fi
+
+clean: cluster-down ## remove the venv and local state
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages VoiceFleet needs, only when they are missing.
+#   espeak-ng: phonemizer for Piper voices (GPL, used only as a separate program/library).
+set -euo pipefail
+need=()
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo ">> installing Debian packages: ${need[*]}"
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"

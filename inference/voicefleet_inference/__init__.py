@@ -1,0 +1,1 @@
+"""VoiceFleet data plane: the per-pod TTS inference server, its engines, and the router."""

@@ -1,0 +1,1 @@
+"""TTS engines. Each engine satisfies :class:`voicefleet_inference.engines.base.Engine`."""

@@ -1,0 +1,1 @@
+"""VoiceFleet control plane: kopf handlers reconciling TTSVoice objects, and the autoscaler."""
