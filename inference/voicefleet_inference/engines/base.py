@@ -59,6 +59,15 @@ class EngineError(Exception):
     """The engine failed to synthesize; the request gets a 5xx, never silence."""
 
 
+class EngineInputError(EngineError):
+    """The request itself cannot be spoken: no speakable text (e.g. only punctuation),
+    or a speaker the model does not have. The client's fault, so a 4xx, not a 5xx.
+
+    A subclass of :class:`EngineError` so that code catching only ``EngineError`` still
+    never turns a failure into silence.
+    """
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A loaded TTS model bound to one device, used by one thread at a time."""

@@ -1,0 +1,380 @@
+"""``piper-onnx``: Piper VITS voices (``.onnx`` + ``.onnx.json``) run by onnxruntime.
+
+One :class:`PiperOnnxEngine` owns one onnxruntime session for its whole life and is used
+by one worker thread (see :mod:`voicefleet_inference.engines.base`); the session is never
+shared. Text becomes IPA phonemes through espeak-ng (:mod:`voicefleet_inference.phonemize`),
+phonemes become ids the way Piper voices were trained (``^``, each phoneme followed by the
+pad ``_``, ``$``), and each sentence is one forward pass and one :class:`AudioChunk`, which
+is what lets a streaming response start after the first sentence.
+
+Batching: the graph takes a padded ``[batch, phonemes]`` tensor with real
+``input_lengths``, so sentence *i* of several requests can run in one pass. The graph
+does not expose the predicted durations, so each item's audio is cut where its decoded
+signal falls to near-silence (VITS masks frames beyond an item's length, which decode to
+almost nothing) plus a short tail. ``scales`` is one tensor for the whole batch, so
+requests with different speeds run in separate passes. On a 2-core CPU batching gains
+nothing (measured; see ``docs/engines.md``), which is why the scheduler keeps it off there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from voicefleet_inference.cost import CostModel
+from voicefleet_inference.engines.base import (
+    AudioChunk,
+    EngineError,
+    EngineInputError,
+    Samples,
+    SynthesisRequest,
+)
+from voicefleet_inference.phonemize import Phonemizer, PhonemizerError, normalize_text
+
+__all__ = ["PiperOnnxEngine", "PiperVoiceConfig", "parse_device"]
+
+_PAD = "_"
+_BOS = "^"
+_EOS = "$"
+_DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+_CALIBRATION_TEXTS = (
+    "Hello there.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Streaming starts after the first sentence, so long answers begin quickly and finish "
+    "without stalls.",
+)
+"""Real syntheses timed at load: short, medium, long, so the fit sees the per-character
+slope and the fixed per-request overhead."""
+
+_SILENCE_FRAME = 256
+"""Samples per analysis frame when trimming batched output (one VITS hop at 22.05 kHz)."""
+_SILENCE_RATIO = 0.01
+"""A frame is silent when its RMS is below this fraction of the item's loudest frame."""
+_TAIL_SECONDS = 0.08
+"""Kept after the last voiced frame so that trimming never clips a decaying consonant."""
+
+
+@dataclass(frozen=True, slots=True)
+class PiperVoiceConfig:
+    """The parts of a Piper ``.onnx.json`` this engine uses."""
+
+    sample_rate: int
+    espeak_voice: str
+    phoneme_id_map: Mapping[str, Sequence[int]]
+    noise_scale: float
+    length_scale: float
+    noise_w: float
+    num_speakers: int
+    speaker_id_map: Mapping[str, int]
+
+    @classmethod
+    def from_json(cls, path: Path) -> PiperVoiceConfig:
+        """Parse ``path``; a malformed or non-espeak config is a ValueError naming the field."""
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read Piper voice config {path}: {exc}") from exc
+        try:
+            phoneme_type = raw.get("phoneme_type", "espeak")
+            if phoneme_type != "espeak":
+                raise ValueError(f"phoneme_type {phoneme_type!r} is not supported (only espeak)")
+            inference = raw.get("inference", {})
+            id_map = {str(k): [int(i) for i in v] for k, v in raw["phoneme_id_map"].items()}
+            for symbol in (_PAD, _BOS, _EOS):
+                if symbol not in id_map:
+                    raise ValueError(f"phoneme_id_map lacks the special symbol {symbol!r}")
+            return cls(
+                sample_rate=int(raw["audio"]["sample_rate"]),
+                espeak_voice=str(raw["espeak"]["voice"]),
+                phoneme_id_map=id_map,
+                noise_scale=float(inference.get("noise_scale", 0.667)),
+                length_scale=float(inference.get("length_scale", 1.0)),
+                noise_w=float(inference.get("noise_w", 0.8)),
+                num_speakers=int(raw.get("num_speakers", 1)),
+                speaker_id_map={str(k): int(v) for k, v in raw.get("speaker_id_map", {}).items()},
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"Piper voice config {path} lacks or mistypes {exc}") from exc
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``cpu`` → (``cpu``, 0); ``cuda`` → (``cuda``, 0); ``cuda:N`` → (``cuda``, N)."""
+    match = _DEVICE.match(device.strip().lower())
+    if match is None:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+    kind = match.group(1)
+    if kind == "cpu" and match.group(2) is not None:
+        raise ValueError(f"device 'cpu' takes no index, got {device!r}")
+    return kind, int(match.group(2) or 0)
+
+
+class PiperOnnxEngine:
+    """A Piper voice on one device; satisfies :class:`~voicefleet_inference.engines.base.Engine`.
+
+    Construction only reads the small JSON config (so configuration errors surface in the
+    factory); :meth:`load` does the slow part in the owning worker thread.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        config_path: Path,
+        *,
+        model_name: str,
+        device: str = "cpu",
+        threads: int = 1,
+        sentence_silence: float = 0.05,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if sentence_silence < 0:
+            raise ValueError("sentence_silence must be >= 0")
+        self._device_kind, self._device_id = parse_device(device)
+        self._device = device.strip().lower()
+        self._model_path = model_path
+        self._config = PiperVoiceConfig.from_json(config_path)
+        self._model_name = model_name
+        self._threads = threads
+        self._sentence_silence = sentence_silence
+        self._session: ort.InferenceSession | None = None
+        self._phonemizer: Phonemizer | None = None
+        self._cost: CostModel | None = None
+        self._has_sid = False
+        speakers = sorted(self._config.speaker_id_map.items(), key=lambda kv: kv[1])
+        self._speakers = (
+            tuple(name for name, _ in speakers) if self._config.num_speakers > 1 else ()
+        )
+        self.load_seconds: float | None = None
+        """Wall time of :meth:`load` (session, warm-up and calibration), for logs."""
+
+    # -- Engine protocol: identity -------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def sample_rate(self) -> int:
+        return self._config.sample_rate
+
+    @property
+    def speakers(self) -> Sequence[str]:
+        return self._speakers
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def threads(self) -> int:
+        """onnxruntime intra-op threads of this instance."""
+        return self._threads
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Create the session, warm it up and calibrate the cost model on real syntheses."""
+        started = time.perf_counter()
+        try:
+            self._phonemizer = Phonemizer(self._config.espeak_voice)
+        except PhonemizerError as exc:
+            raise EngineError(str(exc)) from exc
+        self._session = self._create_session()
+        self._has_sid = any(i.name == "sid" for i in self._session.get_inputs())
+        # Warm-up: the first run allocates arenas and picks kernels; never time it.
+        self._run_text(_CALIBRATION_TEXTS[0])
+        measurements: list[tuple[int, float]] = []
+        for text in _CALIBRATION_TEXTS:
+            t0 = time.perf_counter()
+            self._run_text(text)
+            measurements.append((len(text), time.perf_counter() - t0))
+        self._cost = CostModel.fit(measurements)
+        self.load_seconds = time.perf_counter() - started
+
+    def _create_session(self) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Busy-waiting pool threads burn the cores other workers of this pod need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers: list[str | tuple[str, dict[str, Any]]]
+        if self._device_kind == "cuda":
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise EngineError(
+                    f"device {self._device!r} requested but this onnxruntime has no "
+                    f"CUDAExecutionProvider (available: {', '.join(available)}); install "
+                    "onnxruntime-gpu or use device 'cpu'"
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": self._device_id})]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            return ort.InferenceSession(
+                str(self._model_path), sess_options=options, providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise EngineError(f"cannot load {self._model_path}: {exc}") from exc
+
+    def is_ready(self) -> bool:
+        return self._session is not None and self._cost is not None
+
+    def cost_model(self) -> CostModel:
+        if self._cost is None:
+            raise EngineError("cost model not calibrated: load() has not completed")
+        return self._cost
+
+    # -- text to ids ---------------------------------------------------------------------
+
+    def sentences(self, text: str) -> list[str]:
+        """The phoneme strings of ``text``, one per sentence (public for tests and tools)."""
+        if self._phonemizer is None:
+            raise EngineError("engine not loaded")
+        normalized = normalize_text(text)
+        if not normalized:
+            raise EngineInputError("text is empty")
+        try:
+            sentences = self._phonemizer.sentences(normalized)
+        except PhonemizerError as exc:
+            raise EngineError(str(exc)) from exc
+        if not sentences:
+            raise EngineInputError("text has nothing to speak (no words)")
+        return sentences
+
+    def phoneme_ids(self, phonemes: str) -> list[int]:
+        """Piper's id sequence: BOS, pad, then each phoneme's ids each followed by pad, EOS.
+
+        Phonemes the voice has no id for are dropped (as Piper does), never guessed.
+        """
+        id_map = self._config.phoneme_id_map
+        pad = id_map[_PAD]
+        ids: list[int] = [*id_map[_BOS], *pad]
+        for phoneme in phonemes:
+            mapped = id_map.get(phoneme)
+            if mapped is None:
+                continue
+            ids.extend(mapped)
+            ids.extend(pad)
+        ids.extend(id_map[_EOS])
+        return ids
+
+    # -- synthesis -----------------------------------------------------------------------
+
+    def _speaker_id(self, speaker: str | None) -> int:
+        if speaker is None:
+            return 0
+        if not self._speakers:
+            raise EngineInputError(f"model {self._model_name} has one speaker; got {speaker!r}")
+        sid = self._config.speaker_id_map.get(speaker)
+        if sid is None:
+            raise EngineInputError(
+                f"unknown speaker {speaker!r}; this model has {', '.join(self._speakers)}"
+            )
+        return sid
+
+    def _scales(self, speed: float) -> npt.NDArray[np.float32]:
+        if not math.isfinite(speed) or speed <= 0:
+            raise EngineInputError(f"speed must be a positive number, got {speed!r}")
+        cfg = self._config
+        return np.array([cfg.noise_scale, cfg.length_scale / speed, cfg.noise_w], dtype=np.float32)
+
+    def _forward(
+        self, id_rows: Sequence[Sequence[int]], speaker_ids: Sequence[int], speed: float
+    ) -> npt.NDArray[np.float32]:
+        """One forward pass over padded rows; returns ``[batch, samples]`` float32."""
+        if self._session is None:
+            raise EngineError("engine not loaded")
+        lengths = np.array([len(r) for r in id_rows], dtype=np.int64)
+        pad_id = self._config.phoneme_id_map[_PAD][0]
+        ids = np.full((len(id_rows), int(lengths.max())), pad_id, dtype=np.int64)
+        for row, seq in enumerate(id_rows):
+            ids[row, : len(seq)] = seq
+        feeds: dict[str, npt.NDArray[Any]] = {
+            "input": ids,
+            "input_lengths": lengths,
+            "scales": self._scales(speed),
+        }
+        if self._has_sid:
+            feeds["sid"] = np.array(speaker_ids, dtype=np.int64)
+        try:
+            (output,) = self._session.run(["output"], feeds)
+        except Exception as exc:  # onnxruntime errors are untyped
+            raise EngineError(f"onnxruntime failed: {exc}") from exc
+        audio = np.asarray(output, dtype=np.float32).reshape(len(id_rows), -1)
+        if not np.isfinite(audio).all():
+            raise EngineError("model produced non-finite samples")
+        return audio
+
+    def _run_text(self, text: str) -> Samples:
+        """Whole text, unbatched, concatenated: used for warm-up and calibration."""
+        parts = [c.samples for c in self.synthesize_batch([SynthesisRequest(text=text)])]
+        return np.concatenate(parts)
+
+    def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> Iterator[AudioChunk]:
+        """Round *i* runs sentence *i* of every request that still has one.
+
+        The whole batch is phonemized and validated before the first pass, so a bad
+        request fails the call before any audio of the others was produced.
+        """
+        plans: list[list[list[int]]] = []
+        speaker_ids: list[int] = []
+        for request in requests:
+            plans.append([self.phoneme_ids(p) for p in self.sentences(request.text)])
+            speaker_ids.append(self._speaker_id(request.speaker))
+            self._scales(request.speed)
+        rounds = max((len(p) for p in plans), default=0)
+        for i in range(rounds):
+            active = [k for k, plan in enumerate(plans) if i < len(plan)]
+            # scales is one tensor per pass, so only equal speeds share a pass.
+            by_speed: dict[float, list[int]] = {}
+            for k in active:
+                by_speed.setdefault(requests[k].speed, []).append(k)
+            for speed, members in by_speed.items():
+                rows = [plans[k][i] for k in members]
+                audio = self._forward(rows, [speaker_ids[k] for k in members], speed)
+                for row, k in enumerate(members):
+                    samples = audio[row]
+                    if len(members) > 1:
+                        samples = trim_trailing_silence(samples, self.sample_rate)
+                    yield self._chunk(k, samples, is_last=i == len(plans[k]) - 1)
+
+    def _chunk(self, index: int, samples: Samples, *, is_last: bool) -> AudioChunk:
+        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+        if peak < 1e-4:
+            raise EngineError("model produced silence for a non-empty sentence")
+        samples = np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+        if not is_last and self._sentence_silence > 0:
+            gap = np.zeros(round(self._sentence_silence * self.sample_rate), dtype=np.float32)
+            samples = np.concatenate([samples, gap])
+        return AudioChunk(index=index, samples=samples, is_last=is_last)
+
+
+def trim_trailing_silence(samples: Samples, sample_rate: int) -> Samples:
+    """Cut the near-silent padding a batched pass leaves after a shorter item's speech.
+
+    Frame RMS against the item's own loudest frame, so quiet voices are trimmed as
+    reliably as loud ones; a short tail is kept so decays are never clipped.
+    """
+    frames = samples.size // _SILENCE_FRAME
+    if frames == 0:
+        return samples
+    framed = samples[: frames * _SILENCE_FRAME].reshape(frames, _SILENCE_FRAME)
+    rms = np.sqrt(np.mean(np.square(framed, dtype=np.float64), axis=1))
+    voiced = np.nonzero(rms >= _SILENCE_RATIO * float(rms.max()))[0]
+    if voiced.size == 0:
+        return samples
+    end = (int(voiced[-1]) + 1) * _SILENCE_FRAME + round(_TAIL_SECONDS * sample_rate)
+    return samples[: min(end, samples.size)]

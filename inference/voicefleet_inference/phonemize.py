@@ -1,0 +1,213 @@
+"""Text to IPA phonemes with espeak-ng, through its public C API (``libespeak-ng.so.1``).
+
+Why the C library and not the ``espeak-ng`` program: measured on the 2-core CI machine,
+spawning ``espeak-ng -q -x --ipa`` costs several milliseconds per call before any work,
+while one call into the already-initialised library costs well under a millisecond for a
+sentence (see ``docs/engines.md``). The library also reports where each clause ends, which
+is how punctuation is kept: the program's ``--ipa`` output drops it, but Piper voices were
+trained with punctuation phonemes (``,`` ``.`` ``?`` ``!`` …) that shape the prosody.
+
+Why one global lock: libespeak-ng keeps its state (current voice, translator, the clause
+reader) in process-wide globals and is not thread-safe. Several worker threads each own an
+engine, so every call into the library — initialisation, voice selection and
+``espeak_TextToPhonemes`` — happens under :data:`_LOCK`. A sentence takes well under a
+millisecond there, against tens of milliseconds of model time, so the lock costs nothing
+measurable. The library is used only through its public interface (GPL: we link nothing,
+we load the system's shared library at run time).
+
+Nothing happens at import time: the library is loaded on the first :class:`Phonemizer`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+
+__all__ = [
+    "Clause",
+    "Phonemizer",
+    "PhonemizerError",
+    "normalize_text",
+]
+
+_LIBRARY_NAMES = ("libespeak-ng.so.1", "libespeak-ng.so")
+_AUDIO_OUTPUT_SYNCHRONOUS = 0x02
+_ESPEAK_INITIALIZE_DONT_EXIT = 0x8000
+_ESPEAK_CHARS_UTF8 = 1
+_ESPEAK_PHONEMES_IPA = 0x02
+_EE_OK = 0
+
+_SENTENCE_TERMINATORS = frozenset(".!?")
+"""Clause terminators that end a sentence (one synthesis unit, one streamed chunk)."""
+_CLAUSE_TERMINATORS = frozenset(".!?,;:")
+_TRAILING_CLOSERS = "\"')]}\u00bb\u201d\u2019 \t\r\n"
+_LANGUAGE_SWITCH = re.compile(r"\([a-z]{2,3}(?:-[a-z0-9]+)*\)")
+"""espeak marks a switch of language inside a clause as ``(fr)`` … ``(en)``; not phonemes."""
+_WHITESPACE = re.compile(r"\s+")
+
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_CURRENT_VOICE: str | None = None
+
+
+class PhonemizerError(RuntimeError):
+    """espeak-ng is missing, failed to initialise, or does not know the voice."""
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """One espeak clause: its IPA phonemes and the punctuation that ended it ('' if none)."""
+
+    phonemes: str
+    terminator: str
+
+
+def normalize_text(text: str) -> str:
+    """Collapse every run of whitespace to one space and strip the ends.
+
+    Line breaks inside a paragraph are layout, not speech; espeak would also treat a
+    bare newline differently from a space on some inputs, so the engine normalises first.
+    """
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _load_library() -> ctypes.CDLL:
+    """Load and initialise libespeak-ng once per process (caller holds :data:`_LOCK`)."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    candidates = [*_LIBRARY_NAMES]
+    found = ctypes.util.find_library("espeak-ng")
+    if found:
+        candidates.append(found)
+    lib: ctypes.CDLL | None = None
+    errors: list[str] = []
+    for name in candidates:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError as exc:
+            errors.append(f"{name}: {exc}")
+    if lib is None:
+        raise PhonemizerError(
+            "espeak-ng shared library not found (install the Debian package 'espeak-ng'): "
+            + "; ".join(errors)
+        )
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetVoiceByName.restype = ctypes.c_int
+    lib.espeak_TextToPhonemes.argtypes = [
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+    # DONT_EXIT: on a missing data directory the library would otherwise call exit().
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _ESPEAK_INITIALIZE_DONT_EXIT)
+    if rate < 0:
+        raise PhonemizerError(f"espeak_Initialize failed (code {rate}); is espeak-ng-data there?")
+    _LIB = lib
+    return lib
+
+
+def _select_voice(lib: ctypes.CDLL, voice: str) -> None:
+    """Switch espeak's global voice if another engine left a different one (lock held)."""
+    global _CURRENT_VOICE
+    if voice == _CURRENT_VOICE:
+        return
+    if lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:
+        _CURRENT_VOICE = None
+        raise PhonemizerError(f"espeak-ng does not know the voice {voice!r}")
+    _CURRENT_VOICE = voice
+
+
+def _terminator_of(consumed: bytes, *, lookahead: bool) -> str:
+    """The clause punctuation at the end of the text espeak consumed for one clause.
+
+    espeak's reader stops one character *after* the clause boundary (it reads ahead to
+    decide that the clause ended), so unless the text ended that character is dropped.
+    """
+    tail = consumed.decode("utf-8", errors="ignore")
+    if lookahead:
+        tail = tail[:-1]
+    tail = tail.rstrip(_TRAILING_CLOSERS)
+    if tail and tail[-1] in _CLAUSE_TERMINATORS:
+        return tail[-1]
+    if tail.endswith("…"):
+        return "."
+    return ""
+
+
+class Phonemizer:
+    """IPA phonemes for one espeak voice, split into sentences with punctuation kept.
+
+    Cheap to create; many instances (one per engine) share the one library under the lock.
+    """
+
+    def __init__(self, voice: str) -> None:
+        self._voice = voice
+        with _LOCK:
+            lib = _load_library()
+            _select_voice(lib, voice)
+
+    @property
+    def voice(self) -> str:
+        """The espeak voice name, e.g. ``en-us``."""
+        return self._voice
+
+    def clauses(self, text: str) -> list[Clause]:
+        """Phonemize ``text`` clause by clause, as espeak splits it.
+
+        espeak's reader advances a pointer past each clause; the bytes it skipped tell
+        which punctuation ended the clause (the phoneme string itself has none).
+        """
+        data = normalize_text(text).encode("utf-8")
+        if not data:
+            return []
+        buffer = ctypes.create_string_buffer(data)
+        base = ctypes.addressof(buffer)
+        end = base + len(data)
+        pointer = ctypes.c_void_p(base)
+        result: list[Clause] = []
+        with _LOCK:
+            lib = _load_library()
+            _select_voice(lib, self._voice)
+            while pointer.value is not None and pointer.value < end:
+                start = pointer.value
+                raw = lib.espeak_TextToPhonemes(
+                    ctypes.byref(pointer), _ESPEAK_CHARS_UTF8, _ESPEAK_PHONEMES_IPA
+                )
+                stop = end if pointer.value is None else min(pointer.value, end)
+                if stop <= start and pointer.value is not None:
+                    break  # no progress: never loop forever on odd input
+                consumed = data[start - base : stop - base]
+                phonemes = (raw or b"").decode("utf-8", errors="replace")
+                phonemes = _LANGUAGE_SWITCH.sub("", phonemes)
+                phonemes = unicodedata.normalize("NFD", normalize_text(phonemes))
+                terminator = _terminator_of(consumed, lookahead=pointer.value is not None)
+                result.append(Clause(phonemes=phonemes, terminator=terminator))
+        return result
+
+    def sentences(self, text: str) -> list[str]:
+        """Group clauses into sentences: each ends at ``.``, ``!`` or ``?`` (or the text's end).
+
+        Within a sentence, clauses are joined as Piper voices saw them in training: the
+        clause's phonemes, its punctuation, then a space before the next clause.
+        """
+        sentences: list[str] = []
+        parts: list[str] = []
+        for clause in self.clauses(text):
+            if clause.phonemes or clause.terminator:
+                parts.append(clause.phonemes + clause.terminator)
+            if clause.terminator in _SENTENCE_TERMINATORS and parts:
+                sentences.append(" ".join(parts))
+                parts = []
+        if parts:
+            sentences.append(" ".join(parts))
+        # A "sentence" of bare punctuation ("...") has nothing to say.
+        return [s for s in sentences if any(ch.isalpha() for ch in s)]
