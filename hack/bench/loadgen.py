@@ -1,0 +1,401 @@
+"""Load generation and measurement for the VoiceFleet benchmark (``hack/bench/run.py``).
+
+Everything here talks to a server on 127.0.0.1 over HTTP and is bounded: a fixed
+number of requests, per-request timeouts, and a ``/healthz`` prober that stops when
+the load stops. Nothing here knows which server it is measuring; both the seed-pattern
+baseline and ``voicefleet-server`` get exactly the same requests.
+
+This file is not part of an importable package: ``run.py`` puts its own directory on
+``sys.path`` and imports it as ``loadgen``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import math
+import random
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+MODEL_NAME = "en_US-joe-medium"
+SPEECH_PATH = "/v1/audio/speech"
+HEALTH_PATH = "/healthz"
+
+# The fixed text list (same for every configuration and every round). Three lengths,
+# each a single sentence, so that one request is one engine pass for every server.
+SHORT_TEXTS: tuple[str, ...] = (
+    "Good morning.",
+    "The train is late.",
+    "Please call me back.",
+    "It is raining again.",
+)
+MEDIUM_TEXTS: tuple[str, ...] = (
+    "The quarterly report shows a steady rise in sales across the northern region.",
+    "Remember to water the plants on the balcony before you leave for the weekend.",
+    "Our support team answers most questions within one business day of receiving them.",
+    "The museum opens at nine and the guided tour of the east wing starts at ten.",
+)
+LONG_TEXTS: tuple[str, ...] = (
+    "When the storm finally passed, the villagers walked down to the harbour to count the "
+    "boats, mend the torn nets, and share whatever bread and soup they had managed to keep "
+    "dry through the long and frightening night.",
+    "A good benchmark compares like with like, runs long enough to average out the noise of "
+    "a busy machine, reports the median of several rounds, and says plainly where the "
+    "measured figures fall short of the targets that were set in advance.",
+    "The engineer explained that the server hands every request to a bounded queue, that a "
+    "single worker thread owns the model, and that the event loop therefore stays free to "
+    "answer health checks in a few milliseconds however busy the model is.",
+    "After three weeks of careful testing in the laboratory, the new battery design held its "
+    "charge for almost twice as long as the old one, although it still took nearly an hour "
+    "to recharge from empty.",
+)
+
+# The streaming time-to-first-audio text: four sentences of similar length.
+FOUR_SENTENCE_TEXT = (
+    "The first sentence of this paragraph is short and plain. "
+    "The second sentence carries on with a little more detail about the weather today. "
+    "The third sentence says that the afternoon will be cloudy with a chance of light rain. "
+    "The fourth and final sentence wishes everyone listening a pleasant and restful evening."
+)
+
+
+def workload(n_requests: int, seed: int = 20261124) -> list[str]:
+    """The request texts, in order: ``n_requests`` drawn evenly from the three lengths.
+
+    The order is a fixed shuffle (seeded), so every configuration and every round sees
+    the same texts in the same order.
+    """
+    pool = [*SHORT_TEXTS, *MEDIUM_TEXTS, *LONG_TEXTS]
+    texts = [pool[i % len(pool)] for i in range(n_requests)]
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def speech_body(text: str, *, stream: bool = False) -> dict[str, object]:
+    """The JSON body for ``POST /v1/audio/speech`` (OpenAI shape, WAV output)."""
+    body: dict[str, object] = {
+        "model": MODEL_NAME,
+        "input": text,
+        "voice": "default",
+        "response_format": "wav",
+    }
+    if stream:
+        body["stream_format"] = "audio"
+    return body
+
+
+# --- WAV parsing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WavInfo:
+    """What the benchmark needs from a WAV body: where the samples start and how long it is."""
+
+    data_offset: int
+    sample_rate: int
+    bytes_per_frame: int
+    audio_seconds: float
+
+
+def parse_wav(body: bytes) -> WavInfo:
+    """Parse a RIFF/WAVE body; the duration comes from the bytes actually received.
+
+    Streaming WAV responses often carry placeholder sizes in their headers, so the
+    ``data`` chunk's declared size is ignored in favour of the body's real length.
+    Raises ``ValueError`` if the body is not a WAV.
+    """
+    if len(body) < 12 or body[:4] != b"RIFF" or body[8:12] != b"WAVE":
+        raise ValueError("not a RIFF/WAVE body")
+    pos = 12
+    sample_rate = 0
+    bytes_per_frame = 0
+    while pos + 8 <= len(body):
+        chunk_id = body[pos : pos + 4]
+        (size,) = struct.unpack("<I", body[pos + 4 : pos + 8])
+        if chunk_id == b"fmt ":
+            _fmt, channels, sample_rate, _byte_rate, block_align, _bits = struct.unpack(
+                "<HHIIHH", body[pos + 8 : pos + 24]
+            )
+            bytes_per_frame = block_align or channels * 2
+        elif chunk_id == b"data":
+            if sample_rate <= 0 or bytes_per_frame <= 0:
+                raise ValueError("WAV data chunk before a valid fmt chunk")
+            data_offset = pos + 8
+            frames = (len(body) - data_offset) // bytes_per_frame
+            return WavInfo(data_offset, sample_rate, bytes_per_frame, frames / sample_rate)
+        pos += 8 + size + (size & 1)
+    raise ValueError("WAV body has no data chunk")
+
+
+def wav_data_offset(prefix: bytes) -> int | None:
+    """Offset of the first sample byte once ``prefix`` holds the whole header, else ``None``."""
+    try:
+        return parse_wav(prefix).data_offset
+    except (ValueError, struct.error):
+        return None
+
+
+# --- statistics --------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(rank)
+    hi = math.ceil(rank)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, ignoring NaNs; NaN when nothing is left."""
+    return percentile([v for v in values if not math.isnan(v)], 50.0)
+
+
+# --- the /healthz prober ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One ``GET /healthz``: when it was sent (monotonic), how long it took, whether 200."""
+
+    sent_at: float
+    latency_s: float
+    ok: bool
+
+
+class HealthProber:
+    """Hits ``/healthz`` every ``interval_s`` on its own thread, a new connection each time.
+
+    A new TCP connection per probe is what a kubelet liveness probe does. Probes are
+    paced on a fixed schedule; when one takes longer than the interval the next is
+    sent as soon as it returns (so a blocked server yields fewer, slower probes, and
+    every one of them is counted).
+    """
+
+    def __init__(self, host: str, port: int, interval_s: float = 0.05, timeout_s: float = 10.0):
+        self._host = host
+        self._port = port
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healthz-prober", daemon=True)
+        self.probes: list[Probe] = []
+
+    def start(self) -> None:
+        """Start probing in the background."""
+        self._thread.start()
+
+    def stop(self) -> list[Probe]:
+        """Stop after the probe in flight (bounded by the timeout) and return all probes."""
+        self._stop.set()
+        self._thread.join(self._timeout_s + 5.0)
+        return list(self.probes)
+
+    def _probe_once(self) -> Probe:
+        sent = time.monotonic()
+        ok = False
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+        try:
+            conn.request("GET", HEALTH_PATH)
+            resp = conn.getresponse()
+            resp.read()
+            ok = resp.status == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+        finally:
+            conn.close()
+        return Probe(sent_at=sent, latency_s=time.monotonic() - sent, ok=ok)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self.probes.append(self._probe_once())
+            next_at += self._interval_s
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_at = time.monotonic()
+
+
+# --- the closed-loop load ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult:
+    """One speech request: text, timings (monotonic), HTTP status, audio length received."""
+
+    text: str
+    started_at: float
+    latency_s: float
+    status: int
+    audio_seconds: float
+    error: str = ""
+
+
+@dataclass(slots=True)
+class LoadResult:
+    """A whole load run: every request, every probe, and the saturation window."""
+
+    requests: list[RequestResult] = field(default_factory=list)
+    probes: list[Probe] = field(default_factory=list)
+    started_at: float = 0.0
+    saturated_until: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def ok(self) -> list[RequestResult]:
+        """The requests that returned 200 with audio."""
+        return [r for r in self.requests if r.status == 200 and not r.error]
+
+    @property
+    def wall_s(self) -> float:
+        """From the first request sent to the last response received."""
+        return self.finished_at - self.started_at
+
+    @property
+    def saturated_probes(self) -> list[Probe]:
+        """Probes sent while every client still had a request to send or in flight."""
+        return [p for p in self.probes if self.started_at <= p.sent_at <= self.saturated_until]
+
+
+async def _one_request(client: httpx.AsyncClient, text: str, timeout_s: float) -> RequestResult:
+    started = time.monotonic()
+    try:
+        resp = await client.post(SPEECH_PATH, json=speech_body(text), timeout=timeout_s)
+        body = resp.content
+        latency = time.monotonic() - started
+        if resp.status_code != 200:
+            return RequestResult(text, started, latency, resp.status_code, 0.0, body[:200].decode())
+        return RequestResult(text, started, latency, 200, parse_wav(body).audio_seconds)
+    except (httpx.HTTPError, ValueError) as exc:
+        latency = time.monotonic() - started
+        return RequestResult(text, started, latency, 0, 0.0, f"{type(exc).__name__}: {exc}")
+
+
+async def run_load(
+    base_url: str,
+    texts: Sequence[str],
+    *,
+    concurrency: int,
+    request_timeout_s: float,
+    probe_interval_s: float = 0.05,
+) -> LoadResult:
+    """Send ``texts`` with ``concurrency`` closed-loop clients while probing ``/healthz``.
+
+    Each client takes the next text from a shared list, waits for the whole response,
+    and takes the next; the run ends when the list is empty and every response is in.
+    ``saturated_until`` is when the last text was taken: until then all clients were busy.
+    """
+    url = httpx.URL(base_url)
+    host = url.host
+    port = url.port or 80
+    pending = list(reversed(texts))
+    result = LoadResult()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    prober = HealthProber(host, port, interval_s=probe_interval_s)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits) as client:
+
+        async def worker() -> None:
+            while pending:
+                text = pending.pop()
+                if not pending:
+                    result.saturated_until = time.monotonic()
+                result.requests.append(await _one_request(client, text, request_timeout_s))
+
+        result.started_at = time.monotonic()
+        prober.start()
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            result.finished_at = time.monotonic()
+            result.probes = prober.stop()
+    if result.saturated_until == 0.0:
+        result.saturated_until = result.finished_at
+    return result
+
+
+async def warm_up(base_url: str, texts: Sequence[str], *, concurrency: int) -> None:
+    """Untimed requests (each text once, ``concurrency`` at a time) before measuring."""
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url) as client:
+
+        async def one(text: str) -> None:
+            async with sem:
+                resp = await client.post(SPEECH_PATH, json=speech_body(text), timeout=120.0)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"warm-up request failed: {resp.status_code} {resp.text}")
+
+        await asyncio.gather(*(one(t) for t in texts))
+
+
+# --- time to first audio -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTiming:
+    """One streaming request: seconds to the first audio byte and to the end of the body."""
+
+    first_audio_s: float
+    total_s: float
+    audio_seconds: float
+    chunks: int
+
+
+async def time_stream(base_url: str, text: str, *, timeout_s: float = 120.0) -> StreamTiming:
+    """``POST`` ``text`` with ``stream_format=audio``; time the first byte past the WAV header.
+
+    A streaming server may send the WAV header before any audio is synthesized, so the
+    clock stops at the first byte of sample data, not at the first byte of the body.
+    """
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        started = time.monotonic()
+        first_audio: float | None = None
+        buf = bytearray()
+        chunks = 0
+        async with client.stream(
+            "POST", SPEECH_PATH, json=speech_body(text, stream=True), timeout=timeout_s
+        ) as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                raise RuntimeError(f"streaming request failed: {resp.status_code} {resp.text}")
+            async for chunk in resp.aiter_raw():
+                if not chunk:
+                    continue
+                chunks += 1
+                buf.extend(chunk)
+                if first_audio is None:
+                    offset = wav_data_offset(bytes(buf))
+                    if offset is not None and len(buf) > offset:
+                        first_audio = time.monotonic() - started
+        total = time.monotonic() - started
+    info = parse_wav(bytes(buf))
+    return StreamTiming(
+        first_audio_s=first_audio if first_audio is not None else total,
+        total_s=total,
+        audio_seconds=info.audio_seconds,
+        chunks=chunks,
+    )
+
+
+async def time_full(base_url: str, text: str, *, timeout_s: float = 120.0) -> tuple[float, float]:
+    """``POST`` ``text`` without streaming; return (seconds to the whole body, audio seconds)."""
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        started = time.monotonic()
+        resp = await client.post(SPEECH_PATH, json=speech_body(text), timeout=timeout_s)
+        body = resp.content
+        elapsed = time.monotonic() - started
+    if resp.status_code != 200:
+        raise RuntimeError(f"full request failed: {resp.status_code} {resp.text}")
+    return elapsed, parse_wav(body).audio_seconds
