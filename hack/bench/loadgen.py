@@ -399,3 +399,34 @@ async def time_full(base_url: str, text: str, *, timeout_s: float = 120.0) -> tu
     if resp.status_code != 200:
         raise RuntimeError(f"full request failed: {resp.status_code} {resp.text}")
     return elapsed, parse_wav(body).audio_seconds
+
+
+def histogram_sum_count(base_url: str, name: str) -> tuple[float, float] | None:
+    """``(sum, count)`` of Prometheus histogram ``name`` (all label sets) from ``/metrics``.
+
+    ``None`` when the endpoint or the metric is missing (the seed pattern has neither).
+    """
+    try:
+        resp = httpx.get(f"{base_url}/metrics", timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    total = 0.0
+    count = 0.0
+    seen = False
+    for line in resp.text.splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        series = metric.split("{", 1)[0]
+        try:
+            if series == f"{name}_sum":
+                total += float(value)
+                seen = True
+            elif series == f"{name}_count":
+                count += float(value)
+                seen = True
+        except ValueError:
+            continue
+    return (total, count) if seen else None

@@ -1,0 +1,70 @@
+"""Smoke test of the benchmark driver behind ``make bench`` (``hack/bench/run.py``).
+
+Runs the real driver in ``--smoke`` mode (one round, eight requests per configuration)
+against the real seed-pattern baseline, the real ``voicefleet-server`` and the real
+bundled voice, and checks that the report has every section and a number in every
+headline figure. It asserts nothing about performance: that is the benchmark's job.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = REPO / "hack" / "bench" / "run.py"
+
+SECTIONS = (
+    "# Benchmarks",
+    "## Setup",
+    "## Method",
+    "## Results (medians over rounds)",
+    "## Targets",
+    "## Every round",
+    "## Discussion",
+)
+NUMBER = r"\d+\.\d+"
+
+
+@pytest.mark.slow
+def test_bench_driver_smoke_run_writes_complete_report(tmp_path: Path) -> None:
+    """``run.py --smoke`` exits 0, prints the summary and writes a complete report."""
+    output = tmp_path / "benchmarks.md"
+    raw = tmp_path / "raw.json"
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "--smoke", "--output", str(output), "--raw", str(raw)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "[bench" in proc.stderr, "no progress lines"
+    assert "server / bare throughput:" in proc.stdout
+
+    report = output.read_text()
+    for section in SECTIONS:
+        assert section in report, f"missing section {section!r}"
+    assert "Smoke run" in report
+    assert "hack/bench/run.py --smoke" in report
+
+    # One row per configuration, each with a measured req/s (not a dash).
+    for label in ("(a) seed pattern", "(b) voicefleet-server", "(c) bare engine"):
+        row = next((ln for ln in report.splitlines() if ln.startswith(f"| {label}")), None)
+        assert row is not None, f"no results row for {label}"
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert re.fullmatch(NUMBER, cells[1]), f"{label}: req/s cell {cells[1]!r}"
+        assert re.fullmatch(NUMBER, cells[3]), f"{label}: p50 cell {cells[3]!r}"
+
+    # Headline ratios and every target have a measured figure and a verdict.
+    for ratio in ("server ÷ bare engine throughput", "server TTFA ÷ server full synthesis"):
+        assert re.search(re.escape(ratio) + r"[^*]*\*\*" + NUMBER + r"\*\*", report), ratio
+    targets = report.split("## Targets", 1)[1].split("## Every round", 1)[0]
+    verdicts = re.findall(r"\*\*(met|missed)\*\*", targets)
+    assert len(verdicts) == 3, targets
+    assert raw.read_text().startswith("[")
