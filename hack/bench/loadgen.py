@@ -12,7 +12,6 @@ This file is not part of an importable package: ``run.py`` puts its own director
 from __future__ import annotations
 
 import asyncio
-import http.client
 import math
 import random
 import struct
@@ -175,12 +174,13 @@ class Probe:
 
 
 class HealthProber:
-    """Hits ``/healthz`` every ``interval_s`` on its own thread, a new connection each time.
+    """Sends ``GET /healthz`` every ``interval_s`` on a fixed schedule, from its own thread.
 
-    A new TCP connection per probe is what a kubelet liveness probe does. Probes are
-    paced on a fixed schedule; when one takes longer than the interval the next is
-    sent as soon as it returns (so a blocked server yields fewer, slower probes, and
-    every one of them is counted).
+    Open loop: a probe is sent on schedule whether or not earlier ones have answered
+    (each on a new TCP connection, as a kubelet does), so a server that blocks gets as
+    many probes as one that does not, and the slow periods are sampled as densely as
+    the fast ones (no coordinated omission). The prober runs its own asyncio loop on its
+    own thread, so the load generator's loop never delays a probe.
     """
 
     def __init__(self, host: str, port: int, interval_s: float = 0.05, timeout_s: float = 10.0):
@@ -189,7 +189,7 @@ class HealthProber:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="healthz-prober", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="healthz-prober", daemon=True)
         self.probes: list[Probe] = []
 
     def start(self) -> None:
@@ -197,36 +197,47 @@ class HealthProber:
         self._thread.start()
 
     def stop(self) -> list[Probe]:
-        """Stop after the probe in flight (bounded by the timeout) and return all probes."""
+        """Stop sending, wait for probes in flight (bounded by the timeout), return all."""
         self._stop.set()
         self._thread.join(self._timeout_s + 5.0)
-        return list(self.probes)
+        return sorted(self.probes, key=lambda p: p.sent_at)
 
-    def _probe_once(self) -> Probe:
+    async def _probe_once(self) -> None:
         sent = time.monotonic()
         ok = False
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout_s)
+        request = (
+            f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        writer: asyncio.StreamWriter | None = None
         try:
-            conn.request("GET", HEALTH_PATH)
-            resp = conn.getresponse()
-            resp.read()
-            ok = resp.status == 200
-        except (OSError, http.client.HTTPException):
+            async with asyncio.timeout(self._timeout_s):
+                reader, writer = await asyncio.open_connection(self._host, self._port)
+                writer.write(request)
+                await writer.drain()
+                response = await reader.read()
+                ok = response.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+        except (OSError, TimeoutError):
             ok = False
         finally:
-            conn.close()
-        return Probe(sent_at=sent, latency_s=time.monotonic() - sent, ok=ok)
+            if writer is not None:
+                writer.close()
+        self.probes.append(Probe(sent_at=sent, latency_s=time.monotonic() - sent, ok=ok))
 
-    def _run(self) -> None:
+    async def _schedule(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
         next_at = time.monotonic()
         while not self._stop.is_set():
-            self.probes.append(self._probe_once())
+            task = asyncio.create_task(self._probe_once())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
             next_at += self._interval_s
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
-            else:
-                next_at = time.monotonic()
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _main(self) -> None:
+        asyncio.run(self._schedule())
 
 
 # --- the closed-loop load ------------------------------------------------------------------

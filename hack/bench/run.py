@@ -609,9 +609,11 @@ def render_report(
         "request sent to the last response received. Latency is per request, end to end."
     )
     add(
-        f"- `/healthz` while saturated: a separate prober thread opens a new connection "
-        f"every {plan.probe_interval_s * 1000:.0f} ms (like a kubelet probe) during the load; "
-        "only probes sent while every client still had work are counted."
+        f"- `/healthz` while saturated: a separate prober thread (its own event loop) sends "
+        f"`GET /healthz` on a new connection every {plan.probe_interval_s * 1000:.0f} ms "
+        "during the load, like a kubelet probe, on a fixed schedule whether or not earlier "
+        "probes have answered (open loop, so slow periods are not under-sampled); timeout "
+        "10 s. Only probes sent while every client still had work are counted."
     )
     add(
         "- Time to first audio (TTFA): with the server otherwise idle, the 4-sentence text "
@@ -746,11 +748,12 @@ def discussion(s: Summary, plan: Plan, load_before: str, load_after: str) -> lis
     out.append(
         f"**Event-loop blocking.** Under {plan.concurrency} concurrent clients the seed "
         f"pattern answered `/healthz` with a p99 of {fmt(seed['healthz_p99_ms'])} ms "
-        f"(worst {fmt(seed['healthz_max_ms'])} ms): a probe waits for the synthesis running "
-        "on the event loop and then for the speech requests that reached the loop before it. "
+        f"(worst {fmt(seed['healthz_max_ms'])} ms). A probe on a new connection needs several "
+        "turns of the event loop (accept, read, run the route), and each turn also runs, "
+        "to completion, every speech handler that became runnable meanwhile: a probe can wait "
+        "for several syntheses, which is why it can be slower than the speech requests. "
         f"{seed_slow} of its {seed_probes} saturated probes (all rounds) took over 1 s, the "
-        "default timeout of a Kubernetes liveness probe; because each blocked probe holds "
-        "the prober, it also got far fewer probes in. "
+        "default timeout of a Kubernetes liveness probe. "
         f"voicefleet-server answered with a p99 of {fmt(srv['healthz_p99_ms'])} ms "
         f"(worst {fmt(srv['healthz_max_ms'])} ms; {srv_slow} of {srv_probes} probes over 1 s) "
         "while doing the same work"
