@@ -9,9 +9,8 @@ is what lets a streaming response start after the first sentence.
 
 Batching: the graph takes a padded ``[batch, phonemes]`` tensor with real
 ``input_lengths``, so sentence *i* of several requests can run in one pass. The graph
-does not expose the predicted durations, so each item's audio is cut where its decoded
-signal falls to near-silence (VITS masks frames beyond an item's length, which decode to
-almost nothing) plus a short tail. ``scales`` is one tensor for the whole batch, so
+does not expose the predicted durations, so each item's audio is cut where the decoded
+padding begins (see :func:`trim_batch_padding`). ``scales`` is one tensor for the whole batch, so
 requests with different speeds run in separate passes. On a 2-core CPU batching gains
 nothing (measured; see ``docs/engines.md``), which is why the scheduler keeps it off there.
 """
@@ -57,12 +56,11 @@ _CALIBRATION_TEXTS = (
 """Real syntheses timed at load: short, medium, long, so the fit sees the per-character
 slope and the fixed per-request overhead."""
 
-_SILENCE_FRAME = 256
-"""Samples per analysis frame when trimming batched output (one VITS hop at 22.05 kHz)."""
-_SILENCE_RATIO = 0.01
-"""A frame is silent when its RMS is below this fraction of the item's loudest frame."""
-_TAIL_SECONDS = 0.08
-"""Kept after the last voiced frame so that trimming never clips a decaying consonant."""
+_HOP = 256
+"""Output samples per latent frame of Piper's VITS decoder (every Piper voice quality)."""
+_REPEAT_RUN = 4
+"""Identical consecutive hops that prove we are in decoded padding, not speech."""
+_REPEAT_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +346,7 @@ class PiperOnnxEngine:
                 for row, k in enumerate(members):
                     samples = audio[row]
                     if len(members) > 1:
-                        samples = trim_trailing_silence(samples, self.sample_rate)
+                        samples = trim_batch_padding(samples)
                     yield self._chunk(k, samples, is_last=i == len(plans[k]) - 1)
 
     def _chunk(self, index: int, samples: Samples, *, is_last: bool) -> AudioChunk:
@@ -362,19 +360,24 @@ class PiperOnnxEngine:
         return AudioChunk(index=index, samples=samples, is_last=is_last)
 
 
-def trim_trailing_silence(samples: Samples, sample_rate: int) -> Samples:
-    """Cut the near-silent padding a batched pass leaves after a shorter item's speech.
+def trim_batch_padding(samples: Samples, hop: int = _HOP) -> Samples:
+    """Cut what a batched pass decoded from the padding after a shorter item's speech.
 
-    Frame RMS against the item's own loudest frame, so quiet voices are trimmed as
-    reliably as loud ones; a short tail is kept so decays are never clipped.
+    VITS zeroes the latent frames beyond an item's predicted length; the decoder, being
+    convolutional with a ``hop``-sample stride, turns a run of zero frames into a signal
+    that repeats *exactly* every ``hop`` samples (its biases, about -54 dBFS here). Real
+    speech never repeats bit-for-bit, so the first run of :data:`_REPEAT_RUN` identical
+    consecutive hops marks the end of the item (plus the decoder's ~0.1 s decay, which is
+    kept). An item as long as the batch's longest has no such run and is returned whole.
+    This needs no access to the durations, which Piper's exported graph does not output.
     """
-    frames = samples.size // _SILENCE_FRAME
-    if frames == 0:
+    frames = samples.size // hop
+    if frames <= _REPEAT_RUN:
         return samples
-    framed = samples[: frames * _SILENCE_FRAME].reshape(frames, _SILENCE_FRAME)
-    rms = np.sqrt(np.mean(np.square(framed, dtype=np.float64), axis=1))
-    voiced = np.nonzero(rms >= _SILENCE_RATIO * float(rms.max()))[0]
-    if voiced.size == 0:
+    framed = samples[: frames * hop].reshape(frames, hop)
+    same = np.max(np.abs(np.diff(framed, axis=0)), axis=1) <= _REPEAT_TOLERANCE
+    runs = np.convolve(same.astype(np.int64), np.ones(_REPEAT_RUN, dtype=np.int64), "valid")
+    starts = np.nonzero(runs == _REPEAT_RUN)[0]
+    if starts.size == 0:
         return samples
-    end = (int(voiced[-1]) + 1) * _SILENCE_FRAME + round(_TAIL_SECONDS * sample_rate)
-    return samples[: min(end, samples.size)]
+    return samples[: (int(starts[0]) + 1) * hop]
