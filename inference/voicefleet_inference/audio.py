@@ -389,7 +389,7 @@ class StreamEncoder:
         if self._file is None or self._sink is None:
             return float_to_int16(pcm).tobytes()
         if pcm.size:
-            self._file.write(np.clip(pcm, -1.0, 1.0))
+            self._file.write(float_to_int16(pcm))
         return self._sink.take()
 
 
@@ -430,9 +430,10 @@ def encode(
         whole = resample(whole, sample_rate, rate)
     container, subtype = _SOUNDFILE_FORMATS[fmt]
     buffer = io.BytesIO()
+    # int16 in, so every format quantizes and clips the same way as wav/pcm.
     soundfile.write(
         buffer,
-        np.clip(whole, -1.0, 1.0),
+        float_to_int16(whole),
         rate,
         format=container,
         subtype=subtype,
