@@ -1,0 +1,170 @@
+"""`voicefleet-cluster build|up|down|status|kubelet` — the developer entry points.
+
+`up` starts a cluster whose processes outlive this command (they run in their
+own sessions) and records them in `<state-dir>/state.json`; `down` reads that
+file back. The admin kubeconfig goes to `<state-dir>/kubeconfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from voicefleet_localcluster import binaries
+from voicefleet_localcluster.controlplane import (
+    DEFAULT_NODE,
+    ClusterStartError,
+    ClusterState,
+    ControlPlane,
+    stop_cluster,
+)
+from voicefleet_localcluster.procs import alive, has_marker
+
+
+def _say(line: str) -> None:
+    print(f"[voicefleet-cluster] {line}", file=sys.stderr, flush=True)
+
+
+def _state_file(state_dir: Path) -> Path:
+    return state_dir / "state.json"
+
+
+def cmd_build(_: argparse.Namespace) -> int:
+    started = time.monotonic()
+    directory = binaries.ensure_binaries()
+    _say(f"ready in {time.monotonic() - started:.0f}s: {directory}")
+    print(directory)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir.resolve()
+    state_file = _state_file(state_dir)
+    if state_file.exists():
+        old = ClusterState.load(state_file)
+        if any(alive(p) and has_marker(p, old.cluster_id) for p in old.pids.values()):
+            _say(f"a cluster is already running (see {state_file}); run `down` first")
+            return 1
+        stop_cluster(old)  # stale state from a crash: clean its leftovers
+        state_file.unlink(missing_ok=True)
+    bin_dir = binaries.ensure_binaries()
+    plane = ControlPlane(
+        bin_dir=bin_dir,
+        kubeconfig_path=state_dir / "kubeconfig",
+        node_name=args.node_name,
+        gpus=args.gpus,
+    )
+    try:
+        state = plane.start(timeout=args.timeout)
+    except ClusterStartError as exc:
+        _say(str(exc))
+        return 1
+    state.save(state_file)
+    _say(f"control plane up in {state.started_seconds:.1f}s at {state.server}")
+    _say(f"logs: {state.work_dir / 'logs'}   pod logs: {state.pod_logs_dir}")
+    print(f"export KUBECONFIG={state.kubeconfig}")
+    print(f"export PATH={bin_dir}:$PATH   # kubectl, helm")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state_file = _state_file(args.state_dir.resolve())
+    if not state_file.exists():
+        _say(f"no cluster recorded in {state_file}; nothing to stop")
+        return 0
+    state = ClusterState.load(state_file)
+    started = time.monotonic()
+    stop_cluster(state)
+    state_file.unlink(missing_ok=True)
+    _say(f"cluster {state.cluster_id} stopped in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_file = _state_file(args.state_dir.resolve())
+    if not state_file.exists():
+        print("down")
+        return 3
+    state = ClusterState.load(state_file)
+    healthy = True
+    print(f"cluster {state.cluster_id}  server {state.server}  kubeconfig {state.kubeconfig}")
+    for name, pid in state.pids.items():
+        up = alive(pid) and has_marker(pid, state.cluster_id)
+        healthy &= up
+        print(
+            f"  {name:<24} pid {pid:<8} {'running' if up else 'DEAD'}  log {state.logs.get(name)}"
+        )
+    return 0 if healthy else 1
+
+
+def cmd_kubelet(args: argparse.Namespace) -> int:
+    from voicefleet_localcluster.kubelet import KubeletConfig, run_kubelet
+
+    versions = binaries.read_versions()
+    config = KubeletConfig(
+        kubeconfig=args.kubeconfig,
+        node_name=args.node_name,
+        root_dir=args.root_dir,
+        cluster_id=args.cluster_id,
+        path_prefix=args.path_prefix,
+        gpus=args.gpus,
+        cpu=args.cpu,
+        memory=args.memory,
+        max_pods=args.max_pods,
+        kubernetes_version=versions.kubernetes,
+    )
+    return run_kubelet(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voicefleet-cluster",
+        description="Local Kubernetes built from Go modules, with a process kubelet.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build the binaries into the cache (skipped if cached)")
+    build.set_defaults(func=cmd_build)
+
+    state_help = "where state.json and kubeconfig live (default: ./.cluster)"
+    up = sub.add_parser("up", help="start control plane + process kubelet")
+    up.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    up.add_argument("--node-name", default=DEFAULT_NODE)
+    up.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu capacity of the node")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop every process of the cluster and remove its data")
+    down.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="show the recorded cluster's processes")
+    status.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    status.set_defaults(func=cmd_status)
+
+    kubelet = sub.add_parser("kubelet", help="run the process kubelet (started by `up`)")
+    kubelet.add_argument("--kubeconfig", type=Path, required=True)
+    kubelet.add_argument("--node-name", default=DEFAULT_NODE)
+    kubelet.add_argument("--root-dir", type=Path, required=True)
+    kubelet.add_argument("--cluster-id", default=secrets.token_hex(6))
+    kubelet.add_argument("--path-prefix", type=Path, default=Path(sys.executable).parent)
+    kubelet.add_argument("--gpus", type=int, default=4)
+    kubelet.add_argument("--cpu", default="32")
+    kubelet.add_argument("--memory", default="128Gi")
+    kubelet.add_argument("--max-pods", type=int, default=110)
+    kubelet.set_defaults(func=cmd_kubelet)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""Start and stop one local cluster: etcd, kube-apiserver, controller-manager, scheduler, kubelet.
+
+Layout of a cluster's work dir (a fresh temp dir, removed on stop):
+
+    pki/        CA, serving and client certificates, service-account keys
+    etcd/       etcd's data dir
+    logs/       one log file per component
+    kubelet/    the process kubelet's pod dirs (container logs)
+    *.kubeconfig
+
+All components start at once (the controller-manager, scheduler and kubelet
+retry until the API server answers), which is what keeps a warm start short;
+readiness is then awaited in dependency order. Every process runs in its own
+process group and carries the cluster's marker in its environment (see `procs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from voicefleet_localcluster import pki
+from voicefleet_localcluster.kubeapi import ApiError, KubeClient
+from voicefleet_localcluster.kubeconfig import KubeConfig
+from voicefleet_localcluster.procs import (
+    MARKER_ENV,
+    alive,
+    has_marker,
+    kill_marked,
+    terminate_groups,
+)
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+DEFAULT_NODE = "voicefleet-local"
+STOP_ORDER = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+
+Logger = Callable[[str], None]
+
+
+class ClusterStartError(RuntimeError):
+    """A component failed to start or become ready; the message carries its log tail."""
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now (held together, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        content = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(content[-lines:])
+
+
+@dataclass
+class ClusterState:
+    """What `down` and `status` need to find a running cluster again (saved as JSON)."""
+
+    cluster_id: str
+    work_dir: Path
+    kubeconfig: Path
+    server: str
+    bin_dir: Path
+    node_name: str
+    pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    pod_logs_dir: str = ""
+    started_seconds: float = 0.0
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterState:
+        data: dict[str, Any] = json.loads(path.read_text())
+        for key in ("work_dir", "kubeconfig", "bin_dir"):
+            data[key] = Path(data[key])
+        return cls(**data)
+
+
+def _print(line: str) -> None:
+    print(f"[voicefleet-cluster] {line}", file=sys.stderr, flush=True)
+
+
+class ControlPlane:
+    """One local cluster. `start()` returns once the API server is ready and the node Ready."""
+
+    def __init__(
+        self,
+        *,
+        bin_dir: Path,
+        kubeconfig_path: Path | None = None,
+        work_root: Path | None = None,
+        node_name: str = DEFAULT_NODE,
+        gpus: int = 4,
+        python: Path | None = None,
+        log: Logger = _print,
+    ) -> None:
+        self.bin_dir = bin_dir
+        self.node_name = node_name
+        self.gpus = gpus
+        self.python = python or Path(sys.executable)
+        self.log = log
+        self.cluster_id = secrets.token_hex(6)
+        root = work_root or Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="voicefleet-cluster-", dir=root))
+        self.kubeconfig = kubeconfig_path or self.work_dir / "admin.kubeconfig"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        self.state: ClusterState | None = None
+
+    # -- assembly ------------------------------------------------------------------------
+
+    def _pki(self) -> dict[str, pki.KeyPair]:
+        directory = self.work_dir / "pki"
+        ca = pki.make_ca(directory)
+        leaves: dict[str, dict[str, Any]] = {
+            "apiserver": {
+                "common_name": "kube-apiserver",
+                "server": True,
+                "client": False,
+                "dns_names": [
+                    "localhost",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ],
+                "ips": ["127.0.0.1", SERVICE_IP],
+            },
+            "admin": {"common_name": "kubernetes-admin", "organizations": ["system:masters"]},
+            "controller-manager": {"common_name": "system:kube-controller-manager"},
+            "scheduler": {"common_name": "system:kube-scheduler"},
+            "kubelet": {
+                "common_name": f"system:node:{self.node_name}",
+                "organizations": ["system:nodes"],
+            },
+        }
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {
+                name: pool.submit(pki.issue, ca, directory, name, **spec)
+                for name, spec in leaves.items()
+            }
+            pool.submit(pki.make_service_account_keys, directory).result()
+            pairs = {name: future.result() for name, future in futures.items()}
+        pairs["ca"] = ca
+        return pairs
+
+    def _kubeconfig(self, server: str, ca: pki.KeyPair, pair: pki.KeyPair, user: str) -> KubeConfig:
+        return KubeConfig(
+            server=server,
+            ca_pem=ca.cert.read_bytes(),
+            cert_pem=pair.cert.read_bytes(),
+            key_pem=pair.key.read_bytes(),
+            user=user,
+        )
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> None:
+        log_path = self.work_dir / "logs" / f"{name}.log"
+        self.logs[name] = log_path
+        env = {
+            "PATH": f"{self.bin_dir}:{self.python.parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(Path.home()),
+            "LANG": "C.UTF-8",
+            MARKER_ENV: self.cluster_id,
+        }
+        with log_path.open("ab") as handle:
+            self.procs[name] = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.work_dir,
+                start_new_session=True,
+            )
+
+    def start(self, *, timeout: float = 120.0) -> ClusterState:
+        t0 = time.monotonic()
+        try:
+            state = self._start(timeout)
+        except BaseException as exc:
+            detail = str(exc)
+            self.log(f"start failed after {time.monotonic() - t0:.1f}s: {detail.splitlines()[0]}")
+            kept = self.stop(keep_logs=True)
+            if kept is not None:
+                self.log(f"component logs kept in {kept}")
+            raise
+        state.started_seconds = round(time.monotonic() - t0, 2)
+        self.log(f"cluster ready in {state.started_seconds:.1f}s; KUBECONFIG={self.kubeconfig}")
+        return state
+
+    def _start(self, timeout: float) -> ClusterState:
+        (self.work_dir / "etcd").mkdir(mode=0o700)
+        for sub in ("logs", "kubelet", "kcm-certs", "scheduler-certs", "apiserver-certs"):
+            (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
+        certs = self._pki()
+        etcd_port, peer_port, api_port, kcm_port, sched_port = free_ports(5)
+        server = f"https://127.0.0.1:{api_port}"
+        ca = certs["ca"]
+        admin = self._kubeconfig(server, ca, certs["admin"], "admin")
+        admin.write(self.kubeconfig)
+        kubeconfigs = {}
+        for name, user in (
+            ("controller-manager", "system:kube-controller-manager"),
+            ("scheduler", "system:kube-scheduler"),
+            ("kubelet", f"system:node:{self.node_name}"),
+        ):
+            path = self.work_dir / f"{name}.kubeconfig"
+            self._kubeconfig(server, ca, certs[name], user).write(path)
+            kubeconfigs[name] = str(path)
+        pki_dir = self.work_dir / "pki"
+        b = self.bin_dir
+        etcd_client = f"http://127.0.0.1:{etcd_port}"
+        etcd_peer = f"http://127.0.0.1:{peer_port}"
+        self._spawn(
+            "etcd",
+            [
+                str(b / "etcd"),
+                "--name=default",
+                f"--data-dir={self.work_dir / 'etcd'}",
+                f"--listen-client-urls={etcd_client}",
+                f"--advertise-client-urls={etcd_client}",
+                f"--listen-peer-urls={etcd_peer}",
+                f"--initial-advertise-peer-urls={etcd_peer}",
+                f"--initial-cluster=default={etcd_peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(b / "kube-apiserver"),
+                f"--etcd-servers={etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={self.work_dir / 'apiserver-certs'}",
+                f"--tls-cert-file={certs['apiserver'].cert}",
+                f"--tls-private-key-file={certs['apiserver'].key}",
+                f"--client-ca-file={ca.cert}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki_dir / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                # Pod IPs are loopback addresses, which the endpoint reconciler refuses
+                # for the `kubernetes` Service; nothing here needs its Endpoints.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
+        self._spawn(
+            "kubelet",
+            [
+                str(self.python),
+                "-m",
+                "voicefleet_localcluster",
+                "kubelet",
+                f"--kubeconfig={kubeconfigs['kubelet']}",
+                f"--node-name={self.node_name}",
+                f"--root-dir={self.work_dir / 'kubelet'}",
+                f"--cluster-id={self.cluster_id}",
+                f"--gpus={self.gpus}",
+                f"--path-prefix={self.python.parent}",
+            ],
+        )
+        self.state = ClusterState(
+            cluster_id=self.cluster_id,
+            work_dir=self.work_dir,
+            kubeconfig=self.kubeconfig,
+            server=server,
+            bin_dir=self.bin_dir,
+            node_name=self.node_name,
+            pids={name: proc.pid for name, proc in self.procs.items()},
+            logs={name: str(path) for name, path in self.logs.items()},
+            ports={
+                "etcd": etcd_port,
+                "etcd-peer": peer_port,
+                "kube-apiserver": api_port,
+                "kube-controller-manager": kcm_port,
+                "kube-scheduler": sched_port,
+            },
+            pod_logs_dir=str(self.work_dir / "kubelet" / "pods"),
+        )
+        deadline = time.monotonic() + timeout
+        client = KubeClient(admin, timeout=5.0)
+        try:
+            self._await("kube-apiserver", deadline, client.healthy)
+            # These two exit (rather than retry) when RBAC is not bootstrapped yet.
+            self._spawn(
+                "kube-controller-manager",
+                [
+                    str(b / "kube-controller-manager"),
+                    f"--kubeconfig={kubeconfigs['controller-manager']}",
+                    f"--authentication-kubeconfig={kubeconfigs['controller-manager']}",
+                    f"--authorization-kubeconfig={kubeconfigs['controller-manager']}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={kcm_port}",
+                    f"--cert-dir={self.work_dir / 'kcm-certs'}",
+                    "--leader-elect=false",
+                    "--controllers=*",
+                    "--use-service-account-credentials=true",
+                    f"--root-ca-file={ca.cert}",
+                    f"--service-account-private-key-file={pki_dir / 'sa.key'}",
+                    f"--cluster-signing-cert-file={ca.cert}",
+                    f"--cluster-signing-key-file={ca.key}",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    "--cluster-name=voicefleet-local",
+                    "--profiling=false",
+                ],
+            )
+            self._spawn(
+                "kube-scheduler",
+                [
+                    str(b / "kube-scheduler"),
+                    f"--kubeconfig={kubeconfigs['scheduler']}",
+                    f"--authentication-kubeconfig={kubeconfigs['scheduler']}",
+                    f"--authorization-kubeconfig={kubeconfigs['scheduler']}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={sched_port}",
+                    f"--cert-dir={self.work_dir / 'scheduler-certs'}",
+                    "--leader-elect=false",
+                    "--profiling=false",
+                ],
+            )
+            self.state.pids.update({n: p.pid for n, p in self.procs.items()})
+            self.state.logs.update({n: str(p) for n, p in self.logs.items()})
+            for name, port in (
+                ("kube-controller-manager", kcm_port),
+                ("kube-scheduler", sched_port),
+            ):
+                self._await(name, deadline, lambda p=port: _https_ok(p))  # type: ignore[misc]
+            self._await("kubelet", deadline, lambda: _node_ready(client, self.node_name))
+        finally:
+            client.close()
+        return self.state
+
+    def _await(self, name: str, deadline: float, check: Callable[[], bool]) -> None:
+        while True:
+            for component, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise ClusterStartError(
+                        f"{component} exited with code {proc.returncode}; "
+                        f"log {self.logs[component]}, last lines:\n{tail(self.logs[component])}"
+                    )
+            if check():
+                return
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"{name} not ready in time; log {self.logs[name]}, last lines:\n"
+                    f"{tail(self.logs[name])}"
+                )
+            time.sleep(0.2)
+
+    def stop(self, *, keep_logs: bool = False) -> Path | None:
+        """Stop everything this object started; see `stop_cluster`."""
+        state = self.state or ClusterState(
+            cluster_id=self.cluster_id,
+            work_dir=self.work_dir,
+            kubeconfig=self.kubeconfig,
+            server="",
+            bin_dir=self.bin_dir,
+            node_name=self.node_name,
+            pids={name: proc.pid for name, proc in self.procs.items()},
+        )
+        kept = stop_cluster(state, keep_logs=keep_logs, log=self.log)
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
+        return kept
+
+
+def _https_ok(port: int) -> bool:
+    try:
+        return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def _node_ready(client: KubeClient, node: str) -> bool:
+    try:
+        obj = client.get(f"/api/v1/nodes/{node}")
+    except (ApiError, httpx.HTTPError):
+        return False
+    conditions = obj.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def stop_cluster(
+    state: ClusterState, *, keep_logs: bool = False, log: Logger = _print
+) -> Path | None:
+    """End every process of the cluster and remove its work dir.
+
+    The kubelet goes first so it can end its pods; then the control plane in
+    reverse dependency order; then a sweep for any process still carrying the
+    cluster's marker. Recorded pids are only signalled when their environment
+    still carries the marker (a stale state file must never kill a stranger).
+    With `keep_logs`, the logs dir survives (start failures) and its path is returned.
+    """
+    stages = (
+        ["kubelet"],
+        ["kube-scheduler", "kube-controller-manager"],
+        ["kube-apiserver"],
+        ["etcd"],
+    )
+    for stage in stages:
+        pids = [
+            state.pids[name]
+            for name in stage
+            if name in state.pids
+            and alive(state.pids[name])
+            and has_marker(state.pids[name], state.cluster_id)
+        ]
+        terminate_groups(pids, grace=25.0 if stage == ["kubelet"] else 10.0)
+    stragglers = kill_marked(state.cluster_id)
+    if stragglers:
+        log(f"killed {len(stragglers)} leftover process(es): {stragglers}")
+    kept: Path | None = None
+    if keep_logs and (state.work_dir / "logs").is_dir():
+        kept = Path(tempfile.mkdtemp(prefix=f"voicefleet-cluster-logs-{state.cluster_id}-"))
+        shutil.copytree(state.work_dir / "logs", kept, dirs_exist_ok=True)
+    shutil.rmtree(state.work_dir, ignore_errors=True)
+    if not state.kubeconfig.is_relative_to(state.work_dir):
+        state.kubeconfig.unlink(missing_ok=True)
+    return kept
+
+
+@contextlib.contextmanager
+def running_cluster(**kwargs: Any) -> Iterator[tuple[ControlPlane, ClusterState]]:
+    """Start a cluster for the duration of a `with` block."""
+    plane = ControlPlane(**kwargs)
+    state = plane.start()
+    try:
+        yield plane, state
+    finally:
+        plane.stop()
