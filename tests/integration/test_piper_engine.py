@@ -203,3 +203,29 @@ def test_cuda_without_a_cuda_onnxruntime_is_a_clear_error() -> None:
         with pytest.raises(EngineError, match="CUDAExecutionProvider"):
             created.load()
         assert not created.is_ready()
+
+
+def test_phoneme_ids_follow_pipers_layout(engine: Engine) -> None:
+    assert isinstance(engine, PiperOnnxEngine)
+    (sentence,) = engine.sentences("Hi, you!")
+    ids = engine.phoneme_ids(sentence)
+    # ^ _ p1 _ p2 _ ... pn _ $  (ids 1, 0 and 2 in every Piper espeak voice)
+    assert ids[0] == 1
+    assert ids[-1] == 2
+    assert all(i == 0 for i in ids[1:-1:2])
+    assert all(i != 0 for i in ids[2:-1:2])
+    comma, bang = 8, 4  # punctuation phonemes are kept
+    assert comma in ids
+    assert ids[-3] == bang
+
+
+def test_trim_batch_padding_cuts_at_exactly_repeating_hops() -> None:
+    from voicefleet_inference.engines.piper_onnx import trim_batch_padding
+
+    rng = np.random.default_rng(0)
+    speech = (rng.standard_normal(256 * 20) * 0.1).astype(np.float32)
+    hum = np.tile((rng.standard_normal(256) * 0.002).astype(np.float32), 30)
+    edge = (rng.standard_normal(256 * 3) * 0.01).astype(np.float32)
+    padded = np.concatenate([speech, hum, edge])
+    assert len(trim_batch_padding(padded)) == len(speech) + 256
+    assert len(trim_batch_padding(speech)) == len(speech)  # the batch's longest item
