@@ -28,6 +28,7 @@ import unicodedata
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_SENTENCE_PHONEMES",
     "Clause",
     "Phonemizer",
     "PhonemizerError",
@@ -48,6 +49,9 @@ _TRAILING_CLOSERS = "\"')]}\u00bb\u201d\u2019 \t\r\n"
 _LANGUAGE_SWITCH = re.compile(r"\([a-z]{2,3}(?:-[a-z0-9]+)*\)")
 """espeak marks a switch of language inside a clause as ``(fr)`` … ``(en)``; not phonemes."""
 _WHITESPACE = re.compile(r"\s+")
+
+MAX_SENTENCE_PHONEMES = 400
+"""Longest synthesis unit, in phoneme characters: about 25 s of speech for this voice."""
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -193,11 +197,14 @@ class Phonemizer:
                 result.append(Clause(phonemes=phonemes, terminator=terminator))
         return result
 
-    def sentences(self, text: str) -> list[str]:
+    def sentences(self, text: str, max_phonemes: int = MAX_SENTENCE_PHONEMES) -> list[str]:
         """Group clauses into sentences: each ends at ``.``, ``!`` or ``?`` (or the text's end).
 
         Within a sentence, clauses are joined as Piper voices saw them in training: the
-        clause's phonemes, its punctuation, then a space before the next clause.
+        clause's phonemes, its punctuation, then a space before the next clause. A sentence
+        longer than ``max_phonemes`` is cut at clause, then word, boundaries: one forward
+        pass over minutes of unpunctuated text would hold gigabytes of decoder activations
+        and delay a stream's first audio until all of it was done.
         """
         sentences: list[str] = []
         parts: list[str] = []
@@ -205,9 +212,30 @@ class Phonemizer:
             if clause.phonemes or clause.terminator:
                 parts.append(clause.phonemes + clause.terminator)
             if clause.terminator in _SENTENCE_TERMINATORS and parts:
-                sentences.append(" ".join(parts))
+                sentences.extend(_pack(parts, max_phonemes))
                 parts = []
         if parts:
-            sentences.append(" ".join(parts))
+            sentences.extend(_pack(parts, max_phonemes))
         # A "sentence" of bare punctuation ("...") has nothing to say.
         return [s for s in sentences if any(ch.isalpha() for ch in s)]
+
+
+def _pack(pieces: list[str], limit: int) -> list[str]:
+    """Join ``pieces`` with spaces into strings of at most ``limit`` characters, greedily.
+
+    A piece longer than the limit is first broken into its words.
+    """
+    words: list[str] = []
+    for piece in pieces:
+        words.extend(piece.split(" ") if len(piece) > limit else [piece])
+    packed: list[str] = []
+    current = ""
+    for word in words:
+        if current and len(current) + 1 + len(word) > limit:
+            packed.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        packed.append(current)
+    return packed

@@ -75,3 +75,11 @@ def test_concurrent_threads_get_the_same_phonemes(phonemizer: Phonemizer) -> Non
         results = list(pool.map(work, range(60)))
     for i, result in enumerate(results):
         assert result == expected[i % len(texts)]
+
+
+def test_long_unpunctuated_text_is_cut_into_bounded_units(phonemizer: Phonemizer) -> None:
+    text = " ".join(f"word number {i}" for i in range(120))
+    sentences = phonemizer.sentences(text, max_phonemes=200)
+    assert len(sentences) > 3
+    assert all(len(s) <= 200 for s in sentences)
+    assert " ".join(sentences) == " ".join(phonemizer.sentences(text, max_phonemes=100_000))
