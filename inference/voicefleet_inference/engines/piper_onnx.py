@@ -149,10 +149,12 @@ class PiperOnnxEngine:
         self._phonemizer: Phonemizer | None = None
         self._cost: CostModel | None = None
         self._has_sid = False
-        speakers = sorted(self._config.speaker_id_map.items(), key=lambda kv: kv[1])
-        self._speakers = (
-            tuple(name for name, _ in speakers) if self._config.num_speakers > 1 else ()
-        )
+        self._speaker_ids = dict(self._config.speaker_id_map)
+        if self._config.num_speakers > 1 and not self._speaker_ids:
+            # Some multi-speaker exports carry no names: their speakers are "0", "1", ...
+            self._speaker_ids = {str(i): i for i in range(self._config.num_speakers)}
+        ordered = sorted(self._speaker_ids.items(), key=lambda kv: kv[1])
+        self._speakers = tuple(name for name, _ in ordered) if self._config.num_speakers > 1 else ()
         self.load_seconds: float | None = None
         """Wall time of :meth:`load` (session, warm-up and calibration), for logs."""
 
@@ -276,7 +278,7 @@ class PiperOnnxEngine:
             return 0
         if not self._speakers:
             raise EngineInputError(f"model {self._model_name} has one speaker; got {speaker!r}")
-        sid = self._config.speaker_id_map.get(speaker)
+        sid = self._speaker_ids.get(speaker)
         if sid is None:
             raise EngineInputError(
                 f"unknown speaker {speaker!r}; this model has {', '.join(self._speakers)}"
