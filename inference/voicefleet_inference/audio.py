@@ -52,7 +52,6 @@ __all__ = [
     "KNOWN_FORMATS",
     "STREAMABLE_FORMATS",
     "SUPPORTED_FORMATS",
-    "AudioEncoder",
     "Resampler",
     "StreamEncoder",
     "UnsupportedFormat",
@@ -391,10 +390,6 @@ class StreamEncoder:
         if pcm.size:
             self._file.write(float_to_int16(pcm))
         return self._sink.take()
-
-
-AudioEncoder = StreamEncoder
-"""Alias: the streaming encoder is the encoder."""
 
 
 def stream_encoder(fmt: str, sample_rate: int) -> StreamEncoder:
