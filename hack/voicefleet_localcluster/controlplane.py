@@ -415,12 +415,20 @@ def _https_ok(port: int) -> bool:
 
 
 def _node_ready(client: KubeClient, node: str) -> bool:
+    """Ready=True and schedulable.
+
+    The TaintNodesByCondition admission plugin taints every new Node
+    `node.kubernetes.io/not-ready:NoSchedule`; the node-lifecycle controller lifts
+    it once it sees the kubelet's Ready condition. Until then nothing schedules.
+    """
     try:
         obj = client.get(f"/api/v1/nodes/{node}")
     except (ApiError, httpx.HTTPError):
         return False
     conditions = obj.get("status", {}).get("conditions", [])
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    taints = obj.get("spec", {}).get("taints", []) or []
+    return ready and not any(t.get("key") == "node.kubernetes.io/not-ready" for t in taints)
 
 
 def stop_cluster(

@@ -161,10 +161,10 @@ class ContainerRuntime:
         workdir = Path(str(self.spec.get("workingDir") or self.worker.pod_dir))
         if not workdir.is_dir():
             workdir = self.worker.pod_dir
-        with self.log_path.open("ab") as header:
+        with self.log_path.open("ab") as header:  # marks restarts; argv goes to the kubelet log
             header.write(
-                f"--- voicefleet kubelet {timestamp(datetime.now(UTC))}: run {self.runs + 1}: "
-                f"{argv}\n".encode()
+                f"--- voicefleet kubelet {timestamp(datetime.now(UTC))}: "
+                f"{self.name} run {self.runs + 1}\n".encode()
             )
         log_file: IO[bytes] = self.log_path.open("ab")
         try:
@@ -194,7 +194,7 @@ class ContainerRuntime:
         self.readiness = self._tracker("readinessProbe", "readiness", ip, now)
         self.liveness = self._tracker("livenessProbe", "liveness", ip, now)
         self.startup = self._tracker("startupProbe", "startup", ip, now)
-        log.info("%s: started %s pid=%s", self.worker.key, self.name, self.proc.pid)
+        log.info("%s: started %s pid=%s: %s", self.worker.key, self.name, self.proc.pid, argv)
 
     def _tracker(self, field_name: str, kind: Any, ip: str, now: float) -> ProbeTracker | None:
         try:
