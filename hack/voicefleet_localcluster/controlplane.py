@@ -373,6 +373,7 @@ class ControlPlane:
         return self.state
 
     def _await(self, name: str, deadline: float, check: Callable[[], bool]) -> None:
+        started = time.monotonic()
         while True:
             for component, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -381,6 +382,7 @@ class ControlPlane:
                         f"log {self.logs[component]}, last lines:\n{tail(self.logs[component])}"
                     )
             if check():
+                self.log(f"{name} ready (+{time.monotonic() - started:.1f}s)")
                 return
             if time.monotonic() > deadline:
                 raise ClusterStartError(

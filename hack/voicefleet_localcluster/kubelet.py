@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -68,6 +69,7 @@ POD_IP_ANNOTATION = "voicefleet.io/pod-ip"
 GPU_RESOURCE = "nvidia.com/gpu"
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
+SA_TOKEN_SECONDS = 7 * 24 * 3600  # not refreshed: local clusters live hours, not weeks
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -349,6 +351,9 @@ class PodWorker(threading.Thread):
             "KUBERNETES_SERVICE_PORT": str(self.kubelet.api_port),
             "VOICEFLEET_POD_LOG_DIR": str(self.pod_dir),
         }
+        sa_kubeconfig = self._service_account_kubeconfig(pod)
+        if sa_kubeconfig is not None:
+            base["KUBECONFIG"] = str(sa_kubeconfig)
         env = resolve_env(
             spec,
             pod,
@@ -360,6 +365,71 @@ class PodWorker(threading.Thread):
         )
         env[MARKER_ENV] = config.cluster_id
         return env
+
+    def _service_account_kubeconfig(self, pod: JsonDict) -> Path | None:
+        """A kubeconfig holding a token bound to this pod, the stand-in for the token mount.
+
+        Clients cannot find `/var/run/secrets/kubernetes.io/serviceaccount` outside a
+        container, but every Kubernetes client falls back to `$KUBECONFIG`, so the pod
+        still talks to the API server as its ServiceAccount, under its RBAC.
+        """
+        spec = pod["spec"]
+        if spec.get("automountServiceAccountToken") is False:
+            return None
+        account = spec.get("serviceAccountName") or "default"
+        directory = self.pod_dir / "serviceaccount"
+        path = directory / "kubeconfig"
+        if path.exists():
+            return path
+        meta = pod["metadata"]
+        namespace = str(meta["namespace"])
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": SA_TOKEN_SECONDS,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            },
+        }
+        answer = self.kubelet.client.create(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", request
+        )
+        token = str(answer["status"]["token"])
+        directory.mkdir(mode=0o700, exist_ok=True)
+        (directory / "token").write_text(token)
+        (directory / "namespace").write_text(namespace)
+        (directory / "ca.crt").write_bytes(self.kubelet.kube.ca_pem)
+        user = f"system:serviceaccount:{namespace}:{account}"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.kubelet.kube.server,
+                        "certificate-authority": str(directory / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "in-cluster",
+                    "context": {"cluster": "local", "user": user, "namespace": namespace},
+                }
+            ],
+            "current-context": "in-cluster",
+        }
+        tmp = directory / "kubeconfig.tmp"
+        tmp.write_text(json.dumps(config))
+        tmp.replace(path)
+        return path
 
     # -- main loop ------------------------------------------------------------------------
 

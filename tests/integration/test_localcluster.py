@@ -575,3 +575,68 @@ def test_cli_up_and_down_leave_no_process_behind(
     assert not Path(state["work_dir"]).exists()
     assert not (state_dir / "kubeconfig").exists()
     assert not (state_dir / "state.json").exists()
+
+
+IN_POD_CLIENT = textwrap.dedent(
+    """
+    import os
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+    config.load_config()  # in-cluster files are absent; falls back to $KUBECONFIG
+    api = client.CoreV1Api()
+    ns = os.environ["NS"]
+    print("configmaps", len(api.list_namespaced_config_map(ns).items))
+    try:
+        api.list_namespaced_secret(ns)
+        print("secrets allowed")
+    except ApiException as exc:
+        print("secrets denied", exc.status)
+    """
+)
+
+
+def test_pods_reach_the_api_server_as_their_service_account(
+    local_cluster: LocalCluster, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    local_cluster.kubectl_run("create", "serviceaccount", "app", "-n", ns)
+    local_cluster.kubectl_run(
+        "create", "role", "cm-reader", "--verb=list", "--resource=configmaps", "-n", ns
+    )
+    local_cluster.kubectl_run(
+        "create", "rolebinding", "app", "--role=cm-reader", f"--serviceaccount={ns}:app", "-n", ns
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "serviceAccountName": "app",
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python",
+                    "command": ["python", "-c", IN_POD_CLIENT],
+                    "env": [
+                        {
+                            "name": "NS",
+                            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    local_cluster.apply(pod, namespace=ns)
+    wait_for(
+        lambda: (
+            local_cluster.get_json("pod", "client", "-n", ns)["status"].get("phase")
+            in ("Succeeded", "Failed")
+        ),
+        timeout=60,
+        what="the in-pod client to finish",
+    )
+    output = local_cluster.pod_log(ns, "client")
+    assert "configmaps 1" in output, output  # kube-root-ca.crt, published by the controller
+    assert "secrets denied 403" in output, output
