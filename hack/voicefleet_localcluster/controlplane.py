@@ -220,6 +220,9 @@ class ControlPlane:
                 self.log(f"component logs kept in {kept}")
             raise
         state.started_seconds = round(time.monotonic() - t0, 2)
+        # A copy inside the work dir lets `voicefleet-cluster down --state-dir <work dir>`
+        # clean up a cluster whose owner (e.g. a killed test session) never stopped it.
+        state.save(self.work_dir / "state.json")
         self.log(f"cluster ready in {state.started_seconds:.1f}s; KUBECONFIG={self.kubeconfig}")
         return state
 
