@@ -14,6 +14,7 @@ A file lock serialises concurrent builders (two test sessions starting at once).
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import os
@@ -23,10 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 K8S_MODULE_DIR = HACK_DIR / "k8s"
@@ -151,15 +155,97 @@ def ldflags(target: Target, versions: Versions) -> str:
     return " ".join(flags)
 
 
-def find_go() -> str:
-    """Locate the Go toolchain (PATH first, then the conventional install dir)."""
-    found = shutil.which("go")
-    if found:
-        return found
-    for candidate in ("/usr/local/go/bin/go", str(Path.home() / "go/bin/go")):
-        if os.access(candidate, os.X_OK):
+MIN_GO = (1, 24)
+# Fallback toolchain when no Go >= MIN_GO is installed: the `golang.org/toolchain`
+# module from the Go module proxy (what `GOTOOLCHAIN` switching downloads), pinned by
+# its go.sum-style h1 hash, computed from the proxy's zip when this pin was added.
+BOOTSTRAP_GO = "1.25.5"
+BOOTSTRAP_GO_H1 = {"linux-amd64": "h1:IkknVKy/4hLMR+ZwWfP4Oqhjz2sKqNtEXz1meP8P3Nc="}
+GOPROXY_URL = "https://proxy.golang.org"
+
+
+def go_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from `go version` output, e.g. 'go version go1.26.8 linux/amd64'."""
+    match = re.search(r"\bgo(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def zip_h1(path: Path) -> str:
+    """The `h1:` hash Go records in go.sum for a module zip (dirhash.Hash1)."""
+    summary = hashlib.sha256()
+    with zipfile.ZipFile(path) as archive:
+        for name in sorted(archive.namelist()):
+            digest = hashlib.sha256(archive.read(name)).hexdigest()
+            summary.update(f"{digest}  {name}\n".encode())
+    return "h1:" + base64.b64encode(summary.digest()).decode()
+
+
+def _installed_go() -> str | None:
+    candidates = [shutil.which("go"), "/usr/local/go/bin/go", str(Path.home() / "go/bin/go")]
+    for candidate in candidates:
+        if not candidate or not os.access(candidate, os.X_OK):
+            continue
+        proc = subprocess.run(
+            [candidate, "version"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "GOTOOLCHAIN": "local"},
+        )
+        version = go_version(proc.stdout)
+        if version is not None and version >= MIN_GO:
             return candidate
-    raise FileNotFoundError("the Go toolchain is needed to build the local cluster; install Go")
+    return None
+
+
+def find_go(log: Callable[[str], None] = lambda line: None) -> str:
+    """An installed Go >= MIN_GO, else the pinned toolchain fetched from the module proxy."""
+    installed = _installed_go()
+    if installed:
+        return installed
+    platform_key = f"linux-{_goarch()}"
+    expected = BOOTSTRAP_GO_H1.get(platform_key)
+    if expected is None:
+        raise FileNotFoundError(
+            f"Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed to build the local cluster; install it"
+        )
+    root = cache_root() / f"go{BOOTSTRAP_GO}.{platform_key}"
+    go = root / "bin" / "go"
+    if os.access(go, os.X_OK):
+        return str(go)
+    version = f"v0.0.1-go{BOOTSTRAP_GO}.{platform_key}"
+    url = f"{GOPROXY_URL}/golang.org/toolchain/@v/{version}.zip"
+    log(f"no Go >= {MIN_GO[0]}.{MIN_GO[1]} installed; fetching go{BOOTSTRAP_GO} from {url}")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        archive = Path(tmp) / "toolchain.zip"
+        with httpx.stream("GET", url, timeout=300, follow_redirects=True) as response:
+            response.raise_for_status()
+            with archive.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+        actual = zip_h1(archive)
+        if actual != expected:
+            raise RuntimeError(f"go toolchain hash mismatch: {actual} != pinned {expected}")
+        prefix = f"golang.org/toolchain@{version}/"
+        unpacked = Path(tmp) / "go"
+        with zipfile.ZipFile(archive) as zipped:
+            for info in zipped.infolist():
+                if info.is_dir() or not info.filename.startswith(prefix):
+                    continue
+                target = unpacked / info.filename.removeprefix(prefix)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zipped.read(info))
+        # Module zips carry no file modes; the toolchain's programs must be executable.
+        for executable in [*unpacked.glob("bin/*"), *unpacked.glob("pkg/tool/*/*")]:
+            executable.chmod(0o755)
+        unpacked.rename(root)
+    return str(go)
+
+
+def _goarch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 @contextmanager
@@ -193,7 +279,7 @@ def ensure_binaries(log: Callable[[str], None] = _default_log) -> Path:
 
 
 def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]) -> None:
-    go = find_go()
+    go = find_go(log)
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bin.partial-", dir=target_dir.parent))
     log(
@@ -218,7 +304,12 @@ def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]
                 target.package,
             ]
             proc = subprocess.run(
-                cmd, cwd=target.module_dir, capture_output=True, text=True, check=False
+                cmd,
+                cwd=target.module_dir,
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "GOTOOLCHAIN": "local"},
             )
             if proc.returncode != 0:
                 raise RuntimeError(

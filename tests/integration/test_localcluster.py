@@ -640,3 +640,29 @@ def test_pods_reach_the_api_server_as_their_service_account(
     output = local_cluster.pod_log(ns, "client")
     assert "configmaps 1" in output, output  # kube-root-ca.crt, published by the controller
     assert "secrets denied 403" in output, output
+
+
+def test_helm_installs_a_chart(
+    local_cluster: LocalCluster, cluster_namespace: str, tmp_path: Path
+) -> None:
+    chart = tmp_path / "hello"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: hello\nversion: 0.1.0\nkubeVersion: '>=1.30.0-0'\n"
+    )
+    (chart / "values.yaml").write_text("greeting: hi\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-greeting\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+    ns = cluster_namespace
+    local_cluster.helm_run(
+        "install", "demo", str(chart), "-n", ns, "--set", "greeting=hello", "--wait"
+    )
+    data = local_cluster.get_json("configmap", "demo-greeting", "-n", ns)["data"]
+    assert data == {"greeting": "hello"}
+    listed = json.loads(local_cluster.helm_run("list", "-n", ns, "-o", "json").stdout)
+    assert [(r["name"], r["status"]) for r in listed] == [("demo", "deployed")]
+    local_cluster.helm_run("uninstall", "demo", "-n", ns, "--wait")
+    gone = local_cluster.kubectl_run("get", "configmap", "demo-greeting", "-n", ns, check=False)
+    assert gone.returncode != 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,18 @@ def test_wait_for_returns_the_value_or_times_out() -> None:
     assert wait_for(lambda: next(calls), timeout=5, interval=0.001) == "done"
     with pytest.raises(WaitTimeout, match=r"never.*ZeroDivisionError"):
         wait_for(lambda: 1 / 0 == 0, timeout=0.05, interval=0.01, what="never")
+
+
+def test_go_version_parsing() -> None:
+    assert binaries.go_version("go version go1.26.8 linux/amd64") == (1, 26)
+    assert binaries.go_version("go version go1.9 linux/amd64") == (1, 9)
+    assert binaries.go_version("bash: go: not found") is None
+
+
+def test_zip_h1_matches_go_sum_hashing(tmp_path: Path) -> None:
+    """dirhash.Hash1 over the zip's entries (checked once against a real go.sum line)."""
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("m@v1/go.mod", "module m\n")
+        zipped.writestr("m@v1/a.go", "package m\n")
+    assert binaries.zip_h1(archive) == "h1:H1N7vbG0aKow6Pg3vW8mqcv6r6Qo9oWn9TF7mlIYrpc="
