@@ -122,6 +122,7 @@ class ContainerRuntime:
         self.waiting_message = ""
         self.restart_count = 0
         self.runs = 0
+        self.start_failures = 0  # consecutive; spaces out retries of a broken spec
         self.started_at: datetime | None = None
         self.started_mono = 0.0
         self.next_start = 0.0
@@ -151,7 +152,7 @@ class ContainerRuntime:
         try:
             self.env = self.worker.container_env(self.spec, pod)
             argv = container_argv(self.spec, self.env)
-        except (UnsupportedSpec, ApiError) as exc:
+        except (UnsupportedSpec, ApiError, httpx.HTTPError) as exc:
             self._cannot_start("CreateContainerConfigError", str(exc), now)
             return
         executable = shutil.which(argv[0], path=self.env.get("PATH")) if argv else None
@@ -187,6 +188,7 @@ class ContainerRuntime:
         if self.runs > 0:
             self.restart_count += 1
         self.runs += 1
+        self.start_failures = 0
         self.state = "running"
         self.started_at = datetime.now(UTC)
         self.started_mono = now
@@ -212,8 +214,9 @@ class ContainerRuntime:
         self.waiting_reason = reason
         self.waiting_message = message
         self.next_start = now + restart_backoff(
-            self.runs, self.worker.kubelet.config.restart_backoff_cap
+            self.start_failures, self.worker.kubelet.config.restart_backoff_cap
         )
+        self.start_failures += 1
 
     def _exited(self, code: int, now: float, reason: str, message: str = "") -> None:
         if code < 0:  # killed by a signal: report it the way container runtimes do
@@ -448,7 +451,10 @@ class PodWorker(threading.Thread):
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         status = pod.get("status", {})
         previous_ip = str(status.get("podIP", ""))
-        self.pod_ip = self.kubelet.allocate_ip(self.uid, previous_ip)
+        if pod["spec"].get("hostNetwork"):
+            self.pod_ip = HOST_IP
+        else:
+            self.pod_ip = self.kubelet.allocate_ip(self.uid, previous_ip)
         self.containers = [ContainerRuntime(self, c) for c in pod["spec"].get("containers", [])]
         finished = status.get("phase") in ("Succeeded", "Failed")
         if finished:  # seen again after a kubelet restart: never rerun a completed pod
