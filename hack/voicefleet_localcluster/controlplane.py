@@ -216,8 +216,13 @@ class ControlPlane:
             detail = str(exc)
             self.log(f"start failed after {time.monotonic() - t0:.1f}s: {detail.splitlines()[0]}")
             kept = self.stop(keep_logs=True)
-            if kept is not None:
-                self.log(f"component logs kept in {kept}")
+            if kept is None:
+                raise
+            self.log(f"component logs kept in {kept}")
+            if isinstance(exc, ClusterStartError):  # point at the logs that still exist
+                raise ClusterStartError(
+                    detail.replace(str(self.work_dir / "logs"), str(kept))
+                ) from exc
             raise
         state.started_seconds = round(time.monotonic() - t0, 2)
         # A copy inside the work dir lets `voicefleet-cluster down --state-dir <work dir>`

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from voicefleet_localcluster.controlplane import ClusterStartError, ControlPlane
 from voicefleet_localcluster.procs import alive, marked_processes
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
@@ -666,3 +668,28 @@ def test_helm_installs_a_chart(
     local_cluster.helm_run("uninstall", "demo", "-n", ns, "--wait")
     gone = local_cluster.kubectl_run("get", "configmap", "demo-greeting", "-n", ns, check=False)
     assert gone.returncode != 0
+
+
+def test_a_failed_start_reports_the_log_tail_and_leaves_nothing_running(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Fault injection: a kube-apiserver that rejects its flags, next to the real etcd."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for binary in local_cluster.bin_dir.iterdir():
+        (bin_dir / binary.name).symlink_to(binary)
+    (bin_dir / "kube-apiserver").unlink()
+    (bin_dir / "kube-apiserver").write_text('#!/bin/sh\necho "unknown flag: --foo" >&2\nexit 1\n')
+    (bin_dir / "kube-apiserver").chmod(0o755)
+    plane = ControlPlane(bin_dir=bin_dir, log=lambda line: None)
+    with pytest.raises(ClusterStartError, match="kube-apiserver exited with code 1") as failure:
+        plane.start(timeout=30)
+    message = str(failure.value)
+    assert "unknown flag: --foo" in message
+    kept = Path(message.split("log ", 1)[1].split(",", 1)[0])
+    try:
+        assert kept.is_file()  # the log survives; the rest of the work dir does not
+        assert not plane.work_dir.exists()
+        assert marked_processes(plane.cluster_id) == []
+    finally:
+        shutil.rmtree(kept.parent, ignore_errors=True)
