@@ -116,6 +116,9 @@ def cmd_kubelet(args: argparse.Namespace) -> int:
         memory=args.memory,
         max_pods=args.max_pods,
         kubernetes_version=versions.kubernetes,
+        port=args.port,
+        serving_cert=args.serving_cert,
+        serving_key=args.serving_key,
     )
     return run_kubelet(config)
 
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     kubelet.add_argument("--cpu", default="32")
     kubelet.add_argument("--memory", default="128Gi")
     kubelet.add_argument("--max-pods", type=int, default=110)
+    kubelet.add_argument("--port", type=int, default=0, help="HTTPS port for `kubectl logs`")
+    kubelet.add_argument("--serving-cert", type=Path, help="enables the `kubectl logs` endpoint")
+    kubelet.add_argument("--serving-key", type=Path)
     kubelet.set_defaults(func=cmd_kubelet)
     return parser
 

@@ -162,6 +162,18 @@ class ControlPlane:
                 "ips": ["127.0.0.1", SERVICE_IP],
             },
             "admin": {"common_name": "kubernetes-admin", "organizations": ["system:masters"]},
+            "apiserver-kubelet-client": {
+                "common_name": "kube-apiserver-kubelet-client",
+                "organizations": ["system:masters"],
+            },
+            "kubelet-serving": {
+                "common_name": f"system:node:{self.node_name}",
+                "organizations": ["system:nodes"],
+                "server": True,
+                "client": False,
+                "dns_names": ["localhost", self.node_name],
+                "ips": ["127.0.0.1"],
+            },
             "controller-manager": {"common_name": "system:kube-controller-manager"},
             "scheduler": {"common_name": "system:kube-scheduler"},
             "kubelet": {
@@ -236,7 +248,7 @@ class ControlPlane:
         for sub in ("logs", "kubelet", "kcm-certs", "scheduler-certs", "apiserver-certs"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
         certs = self._pki()
-        etcd_port, peer_port, api_port, kcm_port, sched_port = free_ports(5)
+        etcd_port, peer_port, api_port, kcm_port, sched_port, kubelet_port = free_ports(6)
         server = f"https://127.0.0.1:{api_port}"
         ca = certs["ca"]
         admin = self._kubeconfig(server, ca, certs["admin"], "admin")
@@ -291,6 +303,11 @@ class ControlPlane:
                 # Pod IPs are loopback addresses, which the endpoint reconciler refuses
                 # for the `kubernetes` Service; nothing here needs its Endpoints.
                 "--endpoint-reconciler-type=none",
+                # `kubectl logs` goes through the API server to the kubelet's log endpoint.
+                f"--kubelet-client-certificate={certs['apiserver-kubelet-client'].cert}",
+                f"--kubelet-client-key={certs['apiserver-kubelet-client'].key}",
+                f"--kubelet-certificate-authority={ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
             ],
         )
@@ -307,6 +324,9 @@ class ControlPlane:
                 f"--cluster-id={self.cluster_id}",
                 f"--gpus={self.gpus}",
                 f"--path-prefix={self.python.parent}",
+                f"--port={kubelet_port}",
+                f"--serving-cert={certs['kubelet-serving'].cert}",
+                f"--serving-key={certs['kubelet-serving'].key}",
             ],
         )
         self.state = ClusterState(
@@ -324,6 +344,7 @@ class ControlPlane:
                 "kube-apiserver": api_port,
                 "kube-controller-manager": kcm_port,
                 "kube-scheduler": sched_port,
+                "kubelet": kubelet_port,
             },
             pod_logs_dir=str(self.work_dir / "kubelet" / "pods"),
         )

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ import httpx
 from voicefleet_localcluster import kubeconfig
 from voicefleet_localcluster.ipam import IpAllocator, PodNetworkClaim
 from voicefleet_localcluster.kubeapi import ApiError, KubeClient
+from voicefleet_localcluster.logserver import LogServer
 from voicefleet_localcluster.podspec import (
     UnsupportedSpec,
     container_argv,
@@ -90,6 +91,10 @@ class KubeletConfig:
     sync_interval: float = 0.5
     restart_backoff_cap: float = 30.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    # HTTPS endpoint for `kubectl logs` (off unless a serving certificate is given)
+    port: int = 0
+    serving_cert: Path | None = None
+    serving_key: Path | None = None
 
 
 def micro_time(moment: datetime) -> str:
@@ -610,6 +615,8 @@ class Kubelet:
         self._network: PodNetworkClaim | None = None
         self._allocator: IpAllocator | None = None
         self._alloc_lock = threading.Lock()
+        self._log_server: LogServer | None = None
+        self._log_port = 0
         self.stop = threading.Event()
 
     # -- helpers used by workers ---------------------------------------------------------
@@ -632,6 +639,18 @@ class Kubelet:
                 del self._workers[worker.uid]
             if worker.deleting or worker.current() is None:
                 self._finished.add(worker.uid)
+
+    def container_log(
+        self, namespace: str, pod: str, container: str
+    ) -> tuple[Path, Callable[[], bool]] | None:
+        """Where a container's output is, and whether it is still running (for `logs -f`)."""
+        with self._workers_lock:
+            workers = [w for w in self._workers.values() if w.key == f"{namespace}/{pod}"]
+        for worker in workers:
+            for runtime in worker.containers:
+                if runtime.name == container:
+                    return runtime.log_path, lambda r=runtime: r.proc is not None
+        return None
 
     def patch_pod_status(self, pod: JsonDict, body: JsonDict) -> None:
         meta = pod["metadata"]
@@ -695,7 +714,7 @@ class Kubelet:
                 {"type": "InternalIP", "address": HOST_IP},
                 {"type": "Hostname", "address": self.config.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self._log_port}},
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",
@@ -842,6 +861,16 @@ class Kubelet:
         self._allocator = IpAllocator(self._network.third_octet)
         log.info("pod network 127.0.%d.0/24", self._network.third_octet)
         self.config.root_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.serving_cert is not None and self.config.serving_key is not None:
+            self._log_server = LogServer(
+                port=self.config.port,
+                cert=self.config.serving_cert,
+                key=self.config.serving_key,
+                client_ca_pem=self.kube.ca_pem,
+                lookup=self.container_log,
+            )
+            self._log_server.start()
+            self._log_port = self._log_server.port
         while True:
             try:
                 self.register_node()
@@ -863,6 +892,8 @@ class Kubelet:
             worker.shutdown()
         for worker in workers:
             worker.join(timeout=15.0)
+        if self._log_server is not None:
+            self._log_server.stop()
         if self._network is not None:
             self._network.release()
         self.client.close()

@@ -693,3 +693,24 @@ def test_a_failed_start_reports_the_log_tail_and_leaves_nothing_running(
         assert marked_processes(plane.cluster_id) == []
     finally:
         shutil.rmtree(kept.parent, ignore_errors=True)
+
+
+def test_kubectl_logs_reads_the_container_output(
+    local_cluster: LocalCluster, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    script = (
+        "import time\nfor i in range(20):\n    print('line', i, flush=True)\n    time.sleep(0.1)"
+    )
+    local_cluster.kubectl_run(
+        "run", "talker", "-n", ns, "--image=python", "--restart=Never", "--command",
+        "--", "python", "-c", script,
+    )  # fmt: skip
+    followed = local_cluster.kubectl_run("logs", "-f", "talker", "-n", ns, timeout=60)
+    assert followed.stdout.splitlines()[-1] == "line 19"  # -f ends when the container does
+    wait_for(
+        lambda: local_cluster.get_json("pod", "talker", "-n", ns)["status"]["phase"] == "Succeeded",
+        what="pod to succeed",
+    )
+    tail = local_cluster.kubectl_run("logs", "talker", "-n", ns, "--tail=2").stdout
+    assert tail.splitlines() == ["line 18", "line 19"]

@@ -13,6 +13,7 @@ from voicefleet_localcluster import binaries, pki
 from voicefleet_localcluster.ipam import AddressesExhausted, IpAllocator, PodNetworkClaim
 from voicefleet_localcluster.kubeconfig import KubeConfig, load
 from voicefleet_localcluster.kubelet import restart_backoff, should_restart
+from voicefleet_localcluster.logserver import tail_lines
 from voicefleet_localcluster.podspec import (
     UnsupportedSpec,
     container_argv,
@@ -392,3 +393,10 @@ def test_zip_h1_matches_go_sum_hashing(tmp_path: Path) -> None:
         zipped.writestr("m@v1/go.mod", "module m\n")
         zipped.writestr("m@v1/a.go", "package m\n")
     assert binaries.zip_h1(archive) == "h1:H1N7vbG0aKow6Pg3vW8mqcv6r6Qo9oWn9TF7mlIYrpc="
+
+
+def test_log_tail_drops_kubelet_markers() -> None:
+    data = b"--- voicefleet kubelet t: c run 1\na\nb\n--- voicefleet kubelet t: c run 2\nc\n"
+    assert tail_lines(data, None) == b"a\nb\nc\n"
+    assert tail_lines(data, 2) == b"b\nc\n"
+    assert tail_lines(data, 0) == b""
