@@ -33,6 +33,9 @@ NUMBER = r"\d+\.\d+"
 @pytest.mark.slow
 def test_bench_driver_smoke_run_writes_complete_report(tmp_path: Path) -> None:
     """``run.py --smoke`` exits 0, prints the summary and writes a complete report."""
+    pytest.importorskip(
+        "voicefleet_inference.cli", reason="voicefleet-server (voicefleet_inference.cli) not built"
+    )
     output = tmp_path / "benchmarks.md"
     raw = tmp_path / "raw.json"
     proc = subprocess.run(
