@@ -633,7 +633,8 @@ def render_report(
         f"onnxruntime intra-op threads = **{plan.threads}** for all three configurations "
         f"({plan.threads_source})"
     )
-    add(f"- Server command: `{shlex.join(plan.server_cmd)}`")
+    not_run = " (not run: see Results)" if plan.server_missing else ""
+    add(f"- Server command: `{shlex.join(plan.server_cmd)}`{not_run}")
     add(f"- Seed-pattern command: `{shlex.join(plan.seed_cmd)}`")
     add("")
     add("## Method")
