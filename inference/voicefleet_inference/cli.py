@@ -1,0 +1,38 @@
+"""``voicefleet-server``: one TTS voice over HTTP (see ``docs/server.md``).
+
+Parses flags and environment into :class:`~voicefleet_inference.settings.Settings`,
+configures logging and runs :func:`~voicefleet_inference.server.runner.serve`. Nothing
+happens at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 after a drain, 1 if the engine failed to load, 2 for bad settings."""
+    from voicefleet_inference.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"voicefleet-server: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from voicefleet_inference.server.runner import serve
+
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Every Prometheus metric of the inference server, named once, in one registry per app.
+
+The names are a contract (DESIGN.md): the autoscaler and the router read
+``voicefleet_queue_depth`` and ``voicefleet_queue_work_seconds``. Each app gets its own
+:class:`~prometheus_client.CollectorRegistry` from :func:`create_metrics`, so tests can run
+several servers in one process and nothing is registered at import time.
+
+Labels are bounded: ``code`` is an HTTP status, ``reason`` one of :data:`REJECT_REASONS`.
+Never request text, never client addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = [
+    "CONTENT_TYPE",
+    "REJECT_CLIENT_GONE",
+    "REJECT_DRAINING",
+    "REJECT_NOT_READY",
+    "REJECT_QUEUE_FULL",
+    "REJECT_REASONS",
+    "REJECT_SHUTDOWN",
+    "REJECT_TIMEOUT",
+    "Metrics",
+    "create_metrics",
+    "render",
+]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+REJECT_QUEUE_FULL: Final = "queue_full"
+"""Admission refused: the queue was at ``max_queue`` (429)."""
+REJECT_DRAINING: Final = "draining"
+"""Admission refused: the server is draining for shutdown (503)."""
+REJECT_NOT_READY: Final = "not_ready"
+"""Admission refused: no engine loaded yet, or every worker died (503)."""
+REJECT_TIMEOUT: Final = "timeout"
+"""Accepted, but queue wait plus synthesis exceeded the request timeout (504)."""
+REJECT_CLIENT_GONE: Final = "client_gone"
+"""Accepted, then dropped before it ran because the client disconnected (not computed)."""
+REJECT_SHUTDOWN: Final = "shutdown"
+"""Accepted, then abandoned because the drain grace ran out."""
+REJECT_REASONS: Final = (
+    REJECT_QUEUE_FULL,
+    REJECT_DRAINING,
+    REJECT_NOT_READY,
+    REJECT_TIMEOUT,
+    REJECT_CLIENT_GONE,
+    REJECT_SHUTDOWN,
+)
+
+_DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_TTFA_BUCKETS: Final = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 4, 8, 15, 30, 60)
+_BATCH_BUCKETS: Final = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The server's metrics; the scheduler and the HTTP layer update them (thread-safe)."""
+
+    registry: CollectorRegistry
+    queue_depth: Gauge
+    requests_in_flight: Gauge
+    queue_work_seconds: Gauge
+    request_duration_seconds: Histogram
+    time_to_first_audio_seconds: Histogram
+    batch_size: Histogram
+    audio_seconds_total: Counter
+    requests_total: Counter
+    rejected_total: Counter
+
+
+def create_metrics() -> Metrics:
+    """A fresh registry with every metric, rejection reasons pre-set to 0."""
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = Metrics(
+        registry=registry,
+        queue_depth=Gauge(
+            "voicefleet_queue_depth",
+            "Requests accepted and waiting to run.",
+            registry=registry,
+        ),
+        requests_in_flight=Gauge(
+            "voicefleet_requests_in_flight",
+            "Requests running in an engine.",
+            registry=registry,
+        ),
+        queue_work_seconds=Gauge(
+            "voicefleet_queue_work_seconds",
+            "Estimated engine-seconds of work waiting plus still to do for running requests.",
+            registry=registry,
+        ),
+        request_duration_seconds=Histogram(
+            "voicefleet_request_duration_seconds",
+            "Synthesis requests (/v1/audio/speech, /tts), arrival to last byte sent.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        ),
+        time_to_first_audio_seconds=Histogram(
+            "voicefleet_time_to_first_audio_seconds",
+            "Admission to the first synthesized chunk of a request.",
+            buckets=_TTFA_BUCKETS,
+            registry=registry,
+        ),
+        batch_size=Histogram(
+            "voicefleet_batch_size",
+            "Requests per engine call (dynamic batching).",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        ),
+        audio_seconds_total=Counter(
+            "voicefleet_audio_seconds",
+            "Seconds of audio synthesized.",
+            registry=registry,
+        ),
+        requests_total=Counter(
+            "voicefleet_requests",
+            "Synthesis requests answered, by HTTP status (499: client went away).",
+            labelnames=("code",),
+            registry=registry,
+        ),
+        rejected_total=Counter(
+            "voicefleet_rejected",
+            "Requests refused at admission or dropped before completion, by reason.",
+            labelnames=("reason",),
+            registry=registry,
+        ),
+    )
+    for reason in REJECT_REASONS:
+        metrics.rejected_total.labels(reason=reason)
+    return metrics
+
+
+def render(metrics: Metrics) -> bytes:
+    """The Prometheus text exposition of ``metrics`` (content type :data:`CONTENT_TYPE`)."""
+    return generate_latest(metrics.registry)

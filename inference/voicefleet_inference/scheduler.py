@@ -1,0 +1,711 @@
+"""Bounded request queue, engine worker threads, dynamic batching, drain.
+
+Why threads and not ``async def`` routes calling the model (GPT-SoVITS api_v2's design):
+the model blocks for hundreds of milliseconds per sentence, and an event loop that runs it
+cannot answer ``/healthz`` or start a stream meanwhile. Here the event loop only admits
+requests and moves bytes; synthesis runs in ``workers`` threads, each of which *creates its
+own engine* (the factory is called inside the thread) and is the only thread that ever
+touches it. onnxruntime and numpy release the GIL while they compute, so the loop stays
+responsive.
+
+Flow of one request::
+
+    loop thread: submit() ──▶ queue (bounded, FIFO) ──▶ worker thread: plan_batch()
+                    ▲                                        │ engine.synthesize_batch()
+                    └── RequestHandle ◀── call_soon_threadsafe(chunk) ◀┘
+
+* Admission (:meth:`Scheduler.submit`) happens on the loop thread: draining → Draining,
+  not loaded → NotReady, queue at ``max_queue`` → QueueFull with a Retry-After derived
+  from the queued work-seconds. The engine's cost model estimates each request's
+  engine-seconds there; the sum over waiting and running requests is
+  ``voicefleet_queue_work_seconds``.
+* Batching is decided by the pure :func:`plan_batch`: take up to ``max_batch_size``
+  requests, waiting at most ``batch_window_s`` after the oldest one arrived.
+* Chunks travel to the loop through ``loop.call_soon_threadsafe`` into a per-request
+  queue. It is unbounded but naturally bounded: one entry per sentence of one request whose
+  text is at most ``max_input_chars`` long. A worker never blocks on a slow client, which
+  would stall every other request in its batch.
+* Cancellation (client gone, timeout): a queued request is removed at once and never
+  computed; a running one is flagged, and once every request of a batch is flagged the
+  worker stops iterating the engine.
+* Drain: stop admitting, wait for queued and running work up to the grace period, fail
+  what is left with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from voicefleet_inference.cost import CostModel
+from voicefleet_inference.engines.base import (
+    Engine,
+    EngineError,
+    EngineInputError,
+    Samples,
+    SynthesisRequest,
+)
+from voicefleet_inference.metrics import (
+    REJECT_CLIENT_GONE,
+    REJECT_DRAINING,
+    REJECT_NOT_READY,
+    REJECT_QUEUE_FULL,
+    REJECT_SHUTDOWN,
+    REJECT_TIMEOUT,
+    Metrics,
+)
+from voicefleet_inference.server.errors import (
+    Draining,
+    InvalidRequest,
+    NotReady,
+    QueueFull,
+    RequestTimeout,
+    ServiceError,
+    ShuttingDown,
+    SynthesisFailed,
+)
+
+__all__ = [
+    "BatchPlan",
+    "DrainReport",
+    "EngineFactory",
+    "EngineInfo",
+    "RequestHandle",
+    "Scheduler",
+    "SchedulerConfig",
+    "Waiting",
+    "plan_batch",
+    "retry_after_seconds",
+]
+
+log = logging.getLogger("voicefleet.scheduler")
+
+EngineFactory = Callable[[], Engine]
+"""Creates a new, unloaded engine; called once inside each worker thread."""
+
+_MAX_RETRY_AFTER_S: Final = 120
+_RUNNING_WORK_FLOOR: Final = 0.05
+"""A running request never counts for less than this fraction of its estimate: it is not
+done, however optimistic the cost model was."""
+
+
+# -- pure decisions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What :func:`plan_batch` needs to know of one queued request."""
+
+    enqueued_at: float
+    deadline: float
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """Indices into the queue: run ``take`` now, fail ``expired``, forget ``dropped``.
+
+    When nothing is taken, ``wait_until`` says when to look again (``None``: when
+    something new arrives).
+    """
+
+    take: tuple[int, ...] = ()
+    expired: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+    wait_until: float | None = None
+
+
+def plan_batch(queue: Sequence[Waiting], now: float, max_batch: int, window_s: float) -> BatchPlan:
+    """Decide what a free worker runs next (FIFO, dynamic batching).
+
+    A batch starts as soon as ``max_batch`` live requests wait, or once the oldest live
+    request has waited ``window_s`` (so a worker that was busy takes its backlog at once
+    and a lone request waits at most the window). With ``max_batch == 1`` nothing waits.
+    Cancelled requests are dropped, requests past their deadline expire, neither is run.
+    """
+    expired: list[int] = []
+    dropped: list[int] = []
+    live: list[int] = []
+    for i, item in enumerate(queue):
+        if item.cancelled:
+            dropped.append(i)
+        elif item.deadline <= now:
+            expired.append(i)
+        else:
+            live.append(i)
+    if not live:
+        return BatchPlan(expired=tuple(expired), dropped=tuple(dropped))
+    oldest = queue[live[0]].enqueued_at
+    if max_batch <= 1 or len(live) >= max_batch or now >= oldest + window_s:
+        return BatchPlan(
+            take=tuple(live[:max_batch]), expired=tuple(expired), dropped=tuple(dropped)
+        )
+    return BatchPlan(expired=tuple(expired), dropped=tuple(dropped), wait_until=oldest + window_s)
+
+
+def retry_after_seconds(queued_work_s: float, workers: int) -> int:
+    """Seconds a client refused for a full queue should wait: the backlog per worker.
+
+    At least 1 (HTTP's Retry-After is whole seconds), at most 120 (beyond that the
+    estimate means little and a client is better off trying another replica).
+    """
+    if not math.isfinite(queued_work_s) or queued_work_s <= 0:
+        return 1
+    return max(1, min(_MAX_RETRY_AFTER_S, math.ceil(queued_work_s / max(1, workers))))
+
+
+# -- configuration and reports -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The scheduler's share of :class:`~voicefleet_inference.settings.Settings`."""
+
+    workers: int = 1
+    max_queue: int = 64
+    max_batch_size: int = 1
+    batch_window_s: float = 0.005
+    request_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What the HTTP layer needs to validate requests, read from the first loaded engine."""
+
+    model_name: str
+    sample_rate: int
+    speakers: tuple[str, ...]
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    """What a drain achieved: ``abandoned`` requests were failed with 503 at the deadline."""
+
+    pending_at_start: int
+    abandoned: int
+    elapsed_s: float
+
+    @property
+    def complete(self) -> bool:
+        return self.abandoned == 0
+
+
+# -- per-request state ---------------------------------------------------------------------------
+
+
+class _End:
+    """Marker: the request's last chunk has been delivered."""
+
+
+_END: Final = _End()
+
+
+@dataclass(eq=False)
+class _Job:
+    """One accepted request; its mutable fields are guarded by the scheduler's lock."""
+
+    request: SynthesisRequest
+    cost_s: float
+    enqueued_at: float
+    deadline: float
+    handle: RequestHandle
+    state: str = "queued"  # queued -> running -> done
+    cancelled: bool = False
+    remaining_s: float = 0.0
+    first_chunk_at: float | None = None
+
+    def view(self) -> Waiting:
+        return Waiting(self.enqueued_at, self.deadline, self.cancelled)
+
+
+class RequestHandle:
+    """The event loop's side of one accepted request: await its chunks, or cancel it.
+
+    Only the loop thread calls these methods; the worker thread reaches the handle only
+    through ``loop.call_soon_threadsafe``.
+    """
+
+    def __init__(
+        self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop, cost_s: float
+    ) -> None:
+        self._scheduler = scheduler
+        self._loop = loop
+        self._items: asyncio.Queue[Samples | _End | ServiceError] = asyncio.Queue()
+        self._finished = False
+        self._job: _Job | None = None
+        self.cost_s = cost_s
+        """The cost model's estimate for this request, in engine-seconds."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the last chunk or an error was taken, or the request was cancelled."""
+        return self._finished
+
+    async def next_chunk(self) -> Samples | None:
+        """The next chunk of audio, ``None`` after the last; raises the request's error.
+
+        Enforces the request deadline (queue wait plus synthesis): past it the request is
+        cancelled and :class:`RequestTimeout` raised.
+        """
+        if self._finished:
+            return None
+        job = self._job
+        assert job is not None
+        remaining = job.deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                item = await self._items.get()
+        except TimeoutError:
+            self._scheduler._cancel(job, timed_out=True)
+            self._finished = True
+            raise RequestTimeout(
+                f"request took longer than {self._scheduler.config.request_timeout_s:g}s "
+                "(queue wait plus synthesis)"
+            ) from None
+        if isinstance(item, _End):
+            self._finished = True
+            return None
+        if isinstance(item, ServiceError):
+            self._finished = True
+            raise item
+        return item
+
+    async def chunks(self) -> AsyncIterator[Samples]:
+        """Every chunk in order; raises the request's error, if any, where it happens."""
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    def cancel(self) -> None:
+        """The client is gone: drop the request if queued, stop its synthesis if running.
+
+        Idempotent, and a no-op once the request finished.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        if self._job is not None:
+            self._scheduler._cancel(self._job, timed_out=False)
+
+    # -- called from worker threads -----------------------------------------------------
+
+    def _post(self, item: Samples | _End | ServiceError) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+
+
+# -- the scheduler -----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    thread: threading.Thread | None = None
+    loaded: bool = False
+    error: BaseException | None = None
+    running: list[_Job] = field(default_factory=list)
+    last_progress_at: float = 0.0
+
+
+class Scheduler:
+    """Admission, bounded FIFO queue, ``workers`` engine threads, dynamic batching, drain.
+
+    Lifecycle: ``start()`` spawns the workers (each creates and loads its engine);
+    :meth:`is_ready` turns true when all are loaded; ``submit()`` from the event loop;
+    on shutdown ``begin_drain()``, ``await drain(grace)``, ``stop()``.
+    """
+
+    def __init__(
+        self, engine_factory: EngineFactory, config: SchedulerConfig, metrics: Metrics
+    ) -> None:
+        self._factory = engine_factory
+        self.config = config
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._queue: list[_Job] = []
+        self._workers = [_Worker(i) for i in range(config.workers)]
+        self._info: EngineInfo | None = None
+        self._cost: CostModel | None = None
+        self._draining = False
+        self._stopping = False
+        self._started = False
+        metrics.queue_depth.set_function(self.queue_depth)
+        metrics.requests_in_flight.set_function(self.in_flight)
+        metrics.queue_work_seconds.set_function(self.work_seconds)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the worker threads; returns at once (loading happens in the threads)."""
+        if self._started:
+            raise RuntimeError("scheduler already started")
+        self._started = True
+        for worker in self._workers:
+            worker.thread = threading.Thread(
+                target=self._worker_main,
+                args=(worker,),
+                name=f"voicefleet-engine-{worker.index}",
+                daemon=True,  # a hung engine call must not keep the process alive at exit
+            )
+            worker.thread.start()
+
+    def stop(self, join_timeout_s: float = 5.0) -> None:
+        """Tell workers to exit once their current batch is done; fail anything queued."""
+        with self._wakeup:
+            self._stopping = True
+            leftover, self._queue = self._queue, []
+            self._wakeup.notify_all()
+        for job in leftover:
+            self._fail(job, ShuttingDown("server is shutting down"), REJECT_SHUTDOWN)
+        deadline = time.monotonic() + join_timeout_s
+        for worker in self._workers:
+            if worker.thread is not None:
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def begin_drain(self) -> None:
+        """Stop admitting: from now on :meth:`submit` raises Draining, readiness is false."""
+        with self._lock:
+            self._draining = True
+
+    async def drain(self, grace_s: float, poll_s: float = 0.02) -> DrainReport:
+        """Wait until no request is queued or running, at most ``grace_s``.
+
+        What is left at the deadline is failed with 503 (queued) or cancelled (running),
+        and counted in the report as abandoned.
+        """
+        self.begin_drain()
+        started = time.monotonic()
+        pending_at_start = self.pending()
+        # Polling a counter that worker threads change: simplest correct wait at shutdown.
+        while self.pending() and time.monotonic() - started < grace_s:  # noqa: ASYNC110
+            await asyncio.sleep(poll_s)
+        abandoned = 0
+        with self._wakeup:
+            leftover, self._queue = self._queue, []
+            running = [job for w in self._workers for job in w.running if job.state != "done"]
+        for job in leftover:
+            abandoned += 1
+            self._fail(
+                job, ShuttingDown("drain grace ran out before this request ran"), REJECT_SHUTDOWN
+            )
+        for job in running:
+            abandoned += 1
+            with self._lock:
+                job.cancelled = True
+            job.handle._post(ShuttingDown("drain grace ran out while this request ran"))
+            self._metrics.rejected_total.labels(reason=REJECT_SHUTDOWN).inc()
+        return DrainReport(pending_at_start, abandoned, time.monotonic() - started)
+
+    async def wait_loaded(self, poll_s: float = 0.05) -> EngineInfo:
+        """Return once every worker loaded its engine; raise the first load error."""
+        while True:
+            for worker in self._workers:
+                if worker.error is not None:
+                    raise RuntimeError(
+                        f"engine worker {worker.index} failed to load: {worker.error}"
+                    ) from worker.error
+            if self._info is not None and all(w.loaded for w in self._workers):
+                return self._info
+            await asyncio.sleep(poll_s)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo | None:
+        """The model's identity once an engine loaded, else ``None``."""
+        return self._info
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def is_live(self) -> bool:
+        """Liveness: every worker thread that was started is still running."""
+        return self._started and all(
+            w.thread is not None and w.thread.is_alive() for w in self._workers
+        )
+
+    def is_ready(self) -> bool:
+        """Readiness: every worker loaded its engine and is alive, and not draining."""
+        return (
+            not self._draining
+            and self.is_live()
+            and all(w.loaded for w in self._workers)
+            and self._info is not None
+        )
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(1 for w in self._workers for j in w.running if j.state == "running")
+
+    def pending(self) -> int:
+        """Requests accepted and not finished: queued plus running."""
+        return self.queue_depth() + self.in_flight()
+
+    def work_seconds(self) -> float:
+        """Estimated engine-seconds waiting plus still to do for running requests."""
+        with self._lock:
+            queued = sum(j.cost_s for j in self._queue)
+            running = sum(
+                max(j.remaining_s, _RUNNING_WORK_FLOOR * j.cost_s)
+                for w in self._workers
+                for j in w.running
+                if j.state == "running"
+            )
+        return queued + running
+
+    def queued_work_seconds(self) -> float:
+        with self._lock:
+            return sum(j.cost_s for j in self._queue)
+
+    # -- admission (event-loop thread) ---------------------------------------------------
+
+    def submit(self, request: SynthesisRequest) -> RequestHandle:
+        """Admit ``request`` or raise Draining / NotReady / QueueFull; never blocks.
+
+        Must be called from the event loop that will await the returned handle.
+        """
+        loop = asyncio.get_running_loop()
+        if self._draining:
+            self._metrics.rejected_total.labels(reason=REJECT_DRAINING).inc()
+            raise Draining(
+                "server is shutting down; retry on another replica",
+                retry_after_s=1,
+            )
+        cost = self._cost
+        if cost is None or not self.is_ready():
+            self._metrics.rejected_total.labels(reason=REJECT_NOT_READY).inc()
+            alive = any(w.thread is not None and w.thread.is_alive() for w in self._workers)
+            raise NotReady(
+                "model is loading; retry shortly" if alive else "no engine worker is running",
+                retry_after_s=2,
+            )
+        estimate = cost.estimate(request.text, request.speed)
+        handle = RequestHandle(self, loop, estimate)
+        now = time.monotonic()
+        job = _Job(
+            request=request,
+            cost_s=estimate,
+            enqueued_at=now,
+            deadline=now + self.config.request_timeout_s,
+            handle=handle,
+            remaining_s=estimate,
+        )
+        handle._job = job
+        with self._wakeup:
+            if len(self._queue) >= self.config.max_queue:
+                queued_work = sum(j.cost_s for j in self._queue)
+                self._metrics.rejected_total.labels(reason=REJECT_QUEUE_FULL).inc()
+                raise QueueFull(
+                    f"queue is full ({self.config.max_queue} requests waiting, about "
+                    f"{queued_work:.1f} engine-seconds); retry later",
+                    retry_after_s=retry_after_seconds(queued_work, self.config.workers),
+                )
+            self._queue.append(job)
+            self._wakeup.notify()
+        return handle
+
+    def _cancel(self, job: _Job, *, timed_out: bool) -> None:
+        """Called on the loop thread by the handle; see :meth:`RequestHandle.cancel`."""
+        reason = REJECT_TIMEOUT if timed_out else REJECT_CLIENT_GONE
+        with self._wakeup:
+            if job.state == "done" or job.cancelled:
+                return
+            job.cancelled = True
+            if job.state == "queued":
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(job)
+                job.state = "done"
+                self._wakeup.notify_all()  # a worker waiting on the batch window re-plans
+        self._metrics.rejected_total.labels(reason=reason).inc()
+
+    # -- worker threads --------------------------------------------------------------------
+
+    def _worker_main(self, worker: _Worker) -> None:
+        try:
+            engine = self._factory()
+            engine.load()
+            if not engine.is_ready():
+                raise EngineError("engine.load() returned but the engine is not ready")
+            with self._lock:
+                if self._info is None:
+                    self._info = EngineInfo(
+                        model_name=engine.model_name,
+                        sample_rate=engine.sample_rate,
+                        speakers=tuple(engine.speakers),
+                        device=engine.device,
+                    )
+                    self._cost = engine.cost_model()
+                worker.loaded = True
+            log.info(
+                "engine worker %d loaded %s on %s", worker.index, engine.model_name, engine.device
+            )
+        except BaseException as exc:
+            worker.error = exc
+            log.error("engine worker %d failed to load: %s", worker.index, exc)
+            self._after_worker_exit()
+            return
+        try:
+            while (batch := self._take_batch(worker)) is not None:
+                self._run_batch(worker, engine, batch)
+        except BaseException as exc:
+            worker.error = exc
+            log.exception("engine worker %d died", worker.index)
+            raise
+        finally:
+            self._after_worker_exit(worker)
+
+    def _after_worker_exit(self, worker: _Worker | None = None) -> None:
+        """If no worker is left alive, nobody will ever run the queue: fail it now."""
+        current = threading.current_thread()
+        with self._wakeup:
+            if worker is not None:
+                for job in worker.running:
+                    if job.state != "done" and not job.cancelled:
+                        job.state = "done"
+                        job.handle._post(SynthesisFailed("engine worker died"))
+                worker.running = []
+            others_alive = any(
+                w.thread is not None and w.thread is not current and w.thread.is_alive()
+                for w in self._workers
+            )
+            if others_alive or self._stopping:
+                return
+            leftover, self._queue = self._queue, []
+        for job in leftover:
+            self._fail(job, NotReady("no engine worker is running"), REJECT_NOT_READY)
+
+    def _take_batch(self, worker: _Worker) -> list[_Job] | None:
+        """Block until :func:`plan_batch` yields work (``None`` when stopping)."""
+        with self._wakeup:
+            while True:
+                if self._stopping:
+                    return None
+                now = time.monotonic()
+                plan = plan_batch(
+                    [j.view() for j in self._queue],
+                    now,
+                    self.config.max_batch_size,
+                    self.config.batch_window_s,
+                )
+                expired = [self._queue[i] for i in plan.expired]
+                taken = [self._queue[i] for i in plan.take]
+                gone = set(plan.take) | set(plan.expired) | set(plan.dropped)
+                if gone:
+                    self._queue = [j for i, j in enumerate(self._queue) if i not in gone]
+                for job in expired:
+                    job.state = "done"
+                    job.handle._post(
+                        RequestTimeout(
+                            f"request waited longer than {self.config.request_timeout_s:g}s"
+                        )
+                    )
+                    self._metrics.rejected_total.labels(reason=REJECT_TIMEOUT).inc()
+                if taken:
+                    for job in taken:
+                        job.state = "running"
+                    worker.running = taken
+                    worker.last_progress_at = now
+                    return taken
+                timeout = None if plan.wait_until is None else max(0.0, plan.wait_until - now)
+                self._wakeup.wait(timeout)
+
+    def _run_batch(self, worker: _Worker, engine: Engine, batch: list[_Job]) -> None:
+        """Run ``batch``; one bad request in a failed batch does not fail the others."""
+        self._metrics.batch_size.observe(len(batch))
+        try:
+            self._synthesize(worker, engine, batch)
+        except EngineError as exc:
+            unstarted = [j for j in batch if j.state == "running" and j.first_chunk_at is None]
+            if len(batch) > 1 and len(unstarted) == len(batch):
+                # Nothing was produced: the engine validates the whole batch first, so
+                # rerun each request alone and let only the bad one fail.
+                for job in batch:
+                    if not job.cancelled:
+                        self._run_one(worker, engine, job)
+            else:
+                self._fail_running(batch, exc)
+        except Exception as exc:  # an engine bug must not kill the worker
+            log.exception("engine raised an unexpected error")
+            self._fail_running(batch, exc)
+        finally:
+            with self._lock:
+                for job in batch:
+                    job.state = "done"
+                worker.running = []
+
+    def _run_one(self, worker: _Worker, engine: Engine, job: _Job) -> None:
+        try:
+            self._synthesize(worker, engine, [job])
+        except Exception as exc:
+            self._fail_running([job], exc)
+
+    def _synthesize(self, worker: _Worker, engine: Engine, batch: list[_Job]) -> None:
+        open_jobs = {i for i, j in enumerate(batch) if not j.cancelled}
+        if not open_jobs:
+            return
+        chunks = engine.synthesize_batch([j.request for j in batch])
+        try:
+            for chunk in chunks:
+                job = batch[chunk.index]
+                now = time.monotonic()
+                with self._lock:
+                    job.remaining_s = max(0.0, job.remaining_s - (now - worker.last_progress_at))
+                    worker.last_progress_at = now
+                    cancelled = job.cancelled
+                if not cancelled:
+                    if job.first_chunk_at is None:
+                        job.first_chunk_at = now
+                        self._metrics.time_to_first_audio_seconds.observe(now - job.enqueued_at)
+                    self._metrics.audio_seconds_total.inc(len(chunk.samples) / engine.sample_rate)
+                    job.handle._post(chunk.samples)
+                if chunk.is_last:
+                    with self._lock:
+                        job.state = "done"
+                    if not cancelled:
+                        job.handle._post(_END)
+                    open_jobs.discard(chunk.index)
+                if not open_jobs or all(batch[i].cancelled for i in open_jobs):
+                    break  # everyone left is gone: stop computing for nobody
+        finally:
+            close = getattr(chunks, "close", None)
+            if callable(close):
+                close()
+        if any(not batch[i].cancelled for i in open_jobs):
+            raise EngineError("engine stopped before the last chunk of every request")
+
+    def _fail_running(self, batch: Sequence[_Job], exc: BaseException) -> None:
+        error = _to_service_error(exc)
+        with self._lock:
+            victims = [j for j in batch if j.state != "done" and not j.cancelled]
+            for job in victims:
+                job.state = "done"
+        for job in victims:
+            job.handle._post(error)
+
+    def _fail(self, job: _Job, error: ServiceError, reason: str) -> None:
+        job.state = "done"
+        job.cancelled = True
+        job.handle._post(error)
+        self._metrics.rejected_total.labels(reason=reason).inc()
+
+
+def _to_service_error(exc: BaseException) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, EngineInputError):
+        return InvalidRequest(str(exc), param="input", code="unspeakable_input")
+    if isinstance(exc, EngineError):
+        return SynthesisFailed(f"synthesis failed: {exc}")
+    return SynthesisFailed(f"synthesis failed: internal error ({type(exc).__name__})")

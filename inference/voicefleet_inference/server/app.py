@@ -1,0 +1,108 @@
+"""``create_app(settings, scheduler, metrics)``: the FastAPI app of one inference pod.
+
+Routes only decode and delegate (see :mod:`.dataplane`); every handler here is
+``async def`` and none of them computes audio, so ``/healthz``, ``/readyz`` and
+``/metrics`` answer in milliseconds however busy the engine threads are. There are no
+control endpoints: no remote exit, restart or model switching.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from voicefleet_inference.metrics import CONTENT_TYPE, Metrics, render
+from voicefleet_inference.scheduler import Scheduler
+from voicefleet_inference.server import gptsovits_routes, openai_routes
+from voicefleet_inference.server.errors import install_error_handlers
+from voicefleet_inference.settings import Settings
+
+__all__ = ["SYNTHESIS_PATHS", "RequestMetricsMiddleware", "create_app"]
+
+SYNTHESIS_PATHS: Final = frozenset(("/v1/audio/speech", "/tts"))
+
+
+class RequestMetricsMiddleware:
+    """Counts ``voicefleet_requests_total{code}`` and times synthesis requests, end to end.
+
+    A plain ASGI middleware (not ``BaseHTTPMiddleware``) so a streamed body passes through
+    untouched and the duration runs to the last byte. A response that started but never
+    finished counts as 499 when the client left (Starlette stops streaming quietly) and
+    as 500 when the app raised.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in SYNTHESIS_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status: int | None = None
+        completed = False
+
+        async def watch(message: Message) -> None:
+            nonlocal status, completed
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                completed = True
+            await send(message)
+
+        code = "500"
+        try:
+            await self.app(scope, receive, watch)
+            code = str(status) if completed and status is not None else "499"
+        finally:
+            self.metrics.requests_total.labels(code=code).inc()
+            self.metrics.request_duration_seconds.observe(time.monotonic() - started)
+
+
+def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> FastAPI:
+    """The app; it starts nothing (the caller starts and stops the scheduler)."""
+    app = FastAPI(
+        title="VoiceFleet inference server",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(openai_routes.create_router(settings, scheduler))
+    app.include_router(gptsovits_routes.create_router(settings, scheduler))
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """Liveness: every engine worker thread is alive (draining or not)."""
+        if scheduler.is_live():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(
+            {"status": "unhealthy", "message": "an engine worker thread is not running"},
+            status_code=503,
+        )
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: every engine loaded and not draining."""
+        if scheduler.is_ready():
+            info = scheduler.info
+            return JSONResponse({"status": "ready", "model": info.model_name if info else None})
+        if scheduler.draining:
+            state = "draining"
+        elif scheduler.is_live():
+            state = "loading"
+        else:
+            state = "unhealthy"
+        return JSONResponse({"status": state}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(render(metrics), media_type=CONTENT_TYPE)
+
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
