@@ -559,10 +559,9 @@ class Scheduler:
         try:
             while (batch := self._take_batch(worker)) is not None:
                 self._run_batch(worker, engine, batch)
-        except BaseException as exc:
+        except BaseException as exc:  # logged, not re-raised: liveness reports the death
             worker.error = exc
             log.exception("engine worker %d died", worker.index)
-            raise
         finally:
             self._after_worker_exit(worker)
 
@@ -639,6 +638,9 @@ class Scheduler:
         except Exception as exc:  # an engine bug must not kill the worker
             log.exception("engine raised an unexpected error")
             self._fail_running(batch, exc)
+        except BaseException as exc:  # the worker dies: its requests must not hang
+            self._fail_running(batch, SynthesisFailed(f"engine worker died: {exc!r}"))
+            raise
         finally:
             with self._lock:
                 for job in batch:

@@ -161,6 +161,7 @@ def decode_speech(raw: Mapping[str, object], info: EngineInfo, max_input_chars: 
             f"speed must be between {low} and {high}, got {body.speed}", param="speed"
         )
     try:
+        audio.content_type(body.response_format)  # every format is checked before any work
         stream = _stream_mode(body.stream_format, body.response_format)
     except audio.UnsupportedFormat as exc:
         raise InvalidRequest(str(exc), param="response_format", code="unsupported_format") from None

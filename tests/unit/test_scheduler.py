@@ -1,0 +1,379 @@
+"""Scheduler: batching decisions (pure), admission, backpressure, cancellation, timeouts,
+drain and worker death, with ``FakeEngine`` at the engine seam."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from scheduler_fakes import SENTENCE_SAMPLES, FakeBehaviour, FakeFactory
+
+from voicefleet_inference.engines.base import SynthesisRequest
+from voicefleet_inference.metrics import Metrics, create_metrics
+from voicefleet_inference.scheduler import (
+    RequestHandle,
+    Scheduler,
+    SchedulerConfig,
+    Waiting,
+    plan_batch,
+    retry_after_seconds,
+)
+from voicefleet_inference.server.errors import (
+    Draining,
+    InvalidRequest,
+    NotReady,
+    QueueFull,
+    RequestTimeout,
+    ShuttingDown,
+    SynthesisFailed,
+)
+
+# -- plan_batch (pure) ---------------------------------------------------------------------
+
+
+def w(t: float, *, deadline: float = 1e9, cancelled: bool = False) -> Waiting:
+    return Waiting(enqueued_at=t, deadline=deadline, cancelled=cancelled)
+
+
+def test_plan_empty_queue_waits_for_arrivals() -> None:
+    plan = plan_batch([], now=10.0, max_batch=8, window_s=0.005)
+    assert plan.take == ()
+    assert plan.wait_until is None
+
+
+def test_plan_without_batching_takes_the_oldest_at_once() -> None:
+    plan = plan_batch([w(10.0), w(10.0)], now=10.0, max_batch=1, window_s=0.5)
+    assert plan.take == (0,)
+
+
+def test_plan_waits_for_the_window_after_the_first_arrival() -> None:
+    plan = plan_batch([w(10.0), w(10.001)], now=10.002, max_batch=4, window_s=0.005)
+    assert plan.take == ()
+    assert plan.wait_until == pytest.approx(10.005)
+
+
+def test_plan_takes_everything_waiting_once_the_window_passed() -> None:
+    plan = plan_batch([w(10.0), w(10.001), w(10.004)], now=10.005, max_batch=4, window_s=0.005)
+    assert plan.take == (0, 1, 2)
+
+
+def test_plan_takes_a_full_batch_without_waiting_and_respects_the_maximum() -> None:
+    queue = [w(10.0 + i * 1e-4) for i in range(5)]
+    plan = plan_batch(queue, now=10.0005, max_batch=3, window_s=1.0)
+    assert plan.take == (0, 1, 2)
+
+
+def test_plan_takes_a_backlog_at_once() -> None:
+    """A worker that was busy does not wait a window for requests that already waited."""
+    plan = plan_batch([w(1.0), w(9.0)], now=10.0, max_batch=8, window_s=0.005)
+    assert plan.take == (0, 1)
+
+
+def test_plan_drops_cancelled_and_expires_overdue_requests() -> None:
+    queue = [w(1.0, cancelled=True), w(1.0, deadline=5.0), w(2.0), w(3.0)]
+    plan = plan_batch(queue, now=10.0, max_batch=8, window_s=0.005)
+    assert plan.dropped == (0,)
+    assert plan.expired == (1,)
+    assert plan.take == (2, 3)
+
+
+def test_retry_after_is_backlog_per_worker_in_whole_seconds_within_bounds() -> None:
+    assert retry_after_seconds(0.0, 1) == 1
+    assert retry_after_seconds(10.2, 1) == 11
+    assert retry_after_seconds(10.2, 2) == 6
+    assert retry_after_seconds(1e6, 1) == 120
+    assert retry_after_seconds(float("nan"), 1) == 1
+
+
+# -- the scheduler with FakeEngine -------------------------------------------------------------
+
+
+class Rig:
+    def __init__(self, config: SchedulerConfig, behaviour: FakeBehaviour | None = None) -> None:
+        self.factory = FakeFactory(behaviour)
+        self.b = self.factory.behaviour
+        self.metrics: Metrics = create_metrics()
+        self.scheduler = Scheduler(self.factory, config, self.metrics)
+
+    def rejected(self, reason: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "voicefleet_rejected_total", {"reason": reason}
+        )
+        return value or 0.0
+
+    def sample(self, name: str) -> float:
+        return self.metrics.registry.get_sample_value(name) or 0.0
+
+
+async def collect(handle: RequestHandle) -> list[np.ndarray]:
+    return [c async for c in handle.chunks()]
+
+
+async def eventually(predicate: object, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def rig_factory() -> AsyncIterator[object]:
+    rigs: list[Rig] = []
+
+    async def make(config: SchedulerConfig, behaviour: FakeBehaviour | None = None) -> Rig:
+        rig = Rig(config, behaviour)
+        rigs.append(rig)
+        rig.scheduler.start()
+        if not rig.b.fail_load:
+            await asyncio.wait_for(rig.scheduler.wait_loaded(), 5)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.b.gate.set()
+        rig.scheduler.stop()
+
+
+def req(text: str = "Hello.", speed: float = 1.0) -> SynthesisRequest:
+    return SynthesisRequest(text=text, speed=speed)
+
+
+async def test_each_worker_creates_and_uses_its_own_engine(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(workers=3))
+    handles = [rig.scheduler.submit(req(f"Request {i}.")) for i in range(6)]
+    for h in handles:
+        assert len(await collect(h)) == 1
+    assert len(set(rig.b.created_in)) == 3
+    assert threading.get_ident() not in rig.b.created_in
+    assert rig.b.misuse == []
+    assert rig.scheduler.is_ready()
+    assert rig.scheduler.is_live()
+
+
+async def test_batching_window_groups_requests_that_arrive_together(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(max_batch_size=4, batch_window_s=0.2))
+    handles = [rig.scheduler.submit(req(f"Text {i}.")) for i in range(3)]
+    results = [await collect(h) for h in handles]
+    assert [len(r) for r in results] == [1, 1, 1]
+    assert rig.b.batches == [["Text 0.", "Text 1.", "Text 2."]]
+    assert rig.metrics.registry.get_sample_value("voicefleet_batch_size_sum") == 3
+
+
+async def test_batches_never_exceed_max_batch_size(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(max_batch_size=2, batch_window_s=0.05))
+    handles = [rig.scheduler.submit(req(f"Text {i}.")) for i in range(5)]
+    for h in handles:
+        await collect(h)
+    assert [len(b) for b in rig.b.batches] == [2, 2, 1]
+    assert rig.b.texts() == [f"Text {i}." for i in range(5)]  # FIFO
+
+
+async def test_without_batching_requests_run_one_by_one(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(max_batch_size=1))
+    handles = [rig.scheduler.submit(req(f"Text {i}.")) for i in range(3)]
+    for h in handles:
+        await collect(h)
+    assert [len(b) for b in rig.b.batches] == [1, 1, 1]
+
+
+async def test_chunks_arrive_per_sentence_before_the_request_finishes(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(), FakeBehaviour(sentence_delay_s=0.1))
+    handle = rig.scheduler.submit(req("One. Two. Three. Four."))
+    started = time.monotonic()
+    first = await handle.next_chunk()
+    first_at = time.monotonic() - started
+    rest = await collect(handle)
+    total = time.monotonic() - started
+    assert first is not None
+    assert len(first) == SENTENCE_SAMPLES
+    assert len(rest) == 3
+    assert first_at < total / 2
+
+
+async def test_full_queue_is_refused_with_retry_after(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(max_queue=2), behaviour)
+    running = rig.scheduler.submit(req("Running."))
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    queued = [rig.scheduler.submit(req("Queued " + "x" * 400 + ".")) for _ in range(2)]
+    with pytest.raises(QueueFull) as info:
+        rig.scheduler.submit(req("One too many."))
+    assert info.value.status == 429
+    assert info.value.retry_after_s is not None
+    assert info.value.retry_after_s >= 8
+    assert rig.rejected("queue_full") == 1
+    assert rig.scheduler.queue_depth() == 2
+    behaviour.gate.set()
+    for h in (running, *queued):
+        assert len(await collect(h)) == 1
+
+
+async def test_cancelled_before_start_never_reaches_the_engine(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(), behaviour)
+    first = rig.scheduler.submit(req("Runs."))
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    gone = rig.scheduler.submit(req("Client went away."))
+    assert rig.scheduler.queue_depth() == 1
+    work_before = rig.scheduler.work_seconds()
+    gone.cancel()
+    assert rig.scheduler.queue_depth() == 0
+    assert rig.scheduler.work_seconds() < work_before
+    behaviour.gate.set()
+    await collect(first)
+    after = rig.scheduler.submit(req("Later."))
+    await collect(after)
+    assert rig.b.texts() == ["Runs.", "Later."]
+    assert rig.rejected("client_gone") == 1
+
+
+async def test_engine_stops_when_every_request_of_a_running_batch_is_cancelled(
+    rig_factory,
+) -> None:
+    rig = await rig_factory(SchedulerConfig(), FakeBehaviour(sentence_delay_s=0.05))
+    handle = rig.scheduler.submit(req(" ".join(f"Sentence {i}." for i in range(20))))
+    assert await handle.next_chunk() is not None
+    handle.cancel()
+    await eventually(lambda: rig.scheduler.in_flight() == 0)
+    assert rig.b.closed_early == 1
+    assert rig.b.chunks_yielded < 20
+
+
+async def test_timeout_covers_queue_wait_and_run(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(request_timeout_s=0.3), behaviour)
+    stuck = rig.scheduler.submit(req("Stuck in the engine."))
+    waiting = rig.scheduler.submit(req("Stuck in the queue."))
+    started = time.monotonic()
+    with pytest.raises(RequestTimeout):
+        await collect(stuck)
+    with pytest.raises(RequestTimeout):
+        await collect(waiting)
+    assert 0.25 < time.monotonic() - started < 2.0
+    behaviour.gate.set()
+    await eventually(lambda: rig.scheduler.pending() == 0)
+    assert rig.b.texts() == ["Stuck in the engine."]  # the queued one never ran
+    assert rig.rejected("timeout") == 2
+
+
+async def test_unspeakable_request_in_a_batch_fails_alone(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(max_batch_size=4, batch_window_s=0.1))
+    good = rig.scheduler.submit(req("Fine."))
+    bad = rig.scheduler.submit(req("..."))
+    also_good = rig.scheduler.submit(req("Also fine."))
+    assert len(await collect(good)) == 1
+    with pytest.raises(InvalidRequest, match="nothing to speak"):
+        await collect(bad)
+    assert len(await collect(also_good)) == 1
+
+
+async def test_engine_failure_is_an_error_never_silence(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig())
+    handle = rig.scheduler.submit(req("Good start. Then FAIL here. Never."))
+    assert await handle.next_chunk() is not None
+    with pytest.raises(SynthesisFailed, match="simulated engine failure"):
+        await collect(handle)
+    ok = rig.scheduler.submit(req("Worker still serves."))
+    assert len(await collect(ok)) == 1
+    assert rig.scheduler.is_live()
+
+
+async def test_worker_that_fails_to_load_is_not_live_and_refuses_work(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(), FakeBehaviour(fail_load=True))
+    with pytest.raises(RuntimeError, match="failed to load"):
+        await asyncio.wait_for(rig.scheduler.wait_loaded(), 5)
+    await eventually(lambda: not rig.scheduler.is_live())
+    assert not rig.scheduler.is_ready()
+    with pytest.raises(NotReady):
+        rig.scheduler.submit(req())
+
+
+async def test_worker_death_fails_its_request_and_turns_liveness_false(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig())
+    queued_behind = None
+    dying = rig.scheduler.submit(req("FATAL."))
+    queued_behind = rig.scheduler.submit(req("Behind it."))
+    with pytest.raises(SynthesisFailed, match="worker died"):
+        await collect(dying)
+    with pytest.raises(NotReady):
+        await collect(queued_behind)
+    await eventually(lambda: not rig.scheduler.is_live())
+    assert not rig.scheduler.is_ready()
+
+
+async def test_drain_waits_for_accepted_work_and_refuses_new(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(), behaviour)
+    accepted = [rig.scheduler.submit(req(f"Accepted {i}.")) for i in range(3)]
+    results = [asyncio.ensure_future(collect(h)) for h in accepted]
+    drain = asyncio.ensure_future(rig.scheduler.drain(grace_s=5.0))
+    await asyncio.sleep(0.05)
+    assert not rig.scheduler.is_ready()
+    assert rig.scheduler.is_live()
+    with pytest.raises(Draining) as info:
+        rig.scheduler.submit(req("Too late."))
+    assert info.value.status == 503
+    assert info.value.retry_after_s
+    assert not drain.done()
+    behaviour.gate.set()
+    report = await asyncio.wait_for(drain, 5)
+    assert report.complete
+    assert report.pending_at_start == 3
+    assert [len(await r) for r in results] == [1, 1, 1]
+    assert rig.rejected("draining") == 1
+
+
+async def test_drain_gives_up_after_the_grace_and_fails_what_is_left(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(), behaviour)
+    running = rig.scheduler.submit(req("Never finishes."))
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    queued = rig.scheduler.submit(req("Never starts."))
+    started = time.monotonic()
+    report = await rig.scheduler.drain(grace_s=0.2)
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert report.abandoned == 2
+    assert not report.complete
+    for handle in (running, queued):
+        with pytest.raises(ShuttingDown):
+            await collect(handle)
+
+
+async def test_metrics_follow_queued_and_completed_work(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(), behaviour)
+    handles = [rig.scheduler.submit(req("Twenty characters.. Two.")) for _ in range(3)]
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    assert rig.sample("voicefleet_queue_depth") == 2
+    assert rig.sample("voicefleet_requests_in_flight") == 1
+    # 3 requests x (0.01 + 0.01 * 24 chars); the running one counts at least 5 %.
+    assert rig.sample("voicefleet_queue_work_seconds") > 2 * 0.25
+    behaviour.gate.set()
+    for h in handles:
+        await collect(h)
+    await eventually(lambda: rig.scheduler.pending() == 0)
+    assert rig.sample("voicefleet_queue_depth") == 0
+    assert rig.sample("voicefleet_requests_in_flight") == 0
+    assert rig.sample("voicefleet_queue_work_seconds") == 0
+    assert rig.sample("voicefleet_audio_seconds_total") == pytest.approx(3 * 2 * 0.1)
+    assert rig.sample("voicefleet_time_to_first_audio_seconds_count") == 3
+
+
+async def test_submit_before_load_is_not_ready() -> None:
+    behaviour = FakeBehaviour()
+    scheduler = Scheduler(FakeFactory(behaviour), SchedulerConfig(), create_metrics())
+    with pytest.raises(NotReady):
+        scheduler.submit(req())
+    assert not scheduler.is_live()
+    assert not scheduler.is_ready()
