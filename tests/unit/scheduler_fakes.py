@@ -8,6 +8,7 @@ batches and on which threads.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,8 @@ class FakeBehaviour:
     chunks_yielded: int = 0
     closed_early: int = 0
     created_in: list[int] = field(default_factory=list)
+    load_nice: list[int] = field(default_factory=list)
+    """The nice value of each loading thread (engine threads yield to the event loop)."""
     misuse: list[str] = field(default_factory=list)
     """Any engine used from a thread other than the one that created it."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -84,6 +87,8 @@ class FakeEngine:
 
     def load(self) -> None:
         self._check_thread("load")
+        with self._b.lock:
+            self._b.load_nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         if self._b.fail_load:
             raise EngineError("fake engine refuses to load")
         self._loaded = True

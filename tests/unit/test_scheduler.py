@@ -4,6 +4,7 @@ drain and worker death, with ``FakeEngine`` at the engine seam."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -151,6 +152,8 @@ async def test_each_worker_creates_and_uses_its_own_engine(rig_factory) -> None:
     assert len(set(rig.b.created_in)) == 3
     assert threading.get_ident() not in rig.b.created_in
     assert rig.b.misuse == []
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert rig.b.load_nice == [min(19, loop_nice + 5)] * 3  # engines yield the CPU to the loop
     assert rig.scheduler.is_ready()
     assert rig.scheduler.is_live()
 
