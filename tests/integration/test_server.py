@@ -311,3 +311,30 @@ async def test_sigterm_drains_accepted_requests_refuses_new_and_exits_zero(
         assert "drained 3 request(s)" in srv.log()
     finally:
         stop_server(srv)
+
+
+def test_a_model_that_cannot_load_exits_1_and_says_why(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(SERVER), "--host", "127.0.0.1", "--port", str(free_port())],
+        env={**os.environ, "VOICEFLEET_MODEL": str(tmp_path / "missing.onnx")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "failed to load" in proc.stderr
+    assert "missing.onnx" in proc.stderr
+
+
+def test_invalid_settings_exit_2_naming_the_variable() -> None:
+    proc = subprocess.run(
+        [str(SERVER)],
+        env={**os.environ, "VOICEFLEET_MAX_QUEUE": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "VOICEFLEET_MAX_QUEUE: not an integer: 'lots'" in proc.stderr
