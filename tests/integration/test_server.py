@@ -338,3 +338,23 @@ def test_invalid_settings_exit_2_naming_the_variable() -> None:
     )
     assert proc.returncode == 2
     assert "VOICEFLEET_MAX_QUEUE: not an integer: 'lots'" in proc.stderr
+
+
+async def test_a_client_that_leaves_while_queued_is_dropped_not_computed(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        before = (await client.get("/metrics")).text
+        busy = [asyncio.ensure_future(client.post(SPEECH, json=speech(LONG))) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=0.3) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                await impatient.post(SPEECH, json=speech(LONG))
+        await asyncio.sleep(0.1)
+        during = (await client.get("/metrics")).text
+        await asyncio.gather(*busy)
+        after = (await client.get("/metrics")).text
+    gone = 'voicefleet_rejected_total{reason="client_gone"}'
+    assert metric(during, gone) == metric(before, gone) + 1
+    assert metric(during, "voicefleet_queue_depth") <= 1  # only one of the busy two waits
+    assert _code_count(after, "499") == _code_count(before, "499") + 1
+    batches = "voicefleet_batch_size_count"
+    assert metric(after, batches) == metric(before, batches) + 2  # the third never ran
