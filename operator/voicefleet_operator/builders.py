@@ -1,0 +1,342 @@
+"""Pure builders: a :class:`~voicefleet_operator.spec.Voice` in, Kubernetes objects out.
+
+What each object holds, and why, is explained in ``docs/operator-objects.md``. The
+results are plain dicts ready for server-side apply: ``apiVersion``, ``kind``,
+``metadata.name``/``namespace``/``labels`` and the ``spec`` fields the operator owns,
+never ``ownerReferences`` (the caller adopts them) and never ``status``.
+
+Determinism is a requirement, not a nicety: the operator re-applies on every resume and
+on every change, and a pod template that differed byte-for-byte between two runs for the
+same input (a timestamp, a set iterated in hash order, a reordered env list) would roll
+every voice's pods for nothing. So every mapping is built in sorted key order, lists
+whose order carries no meaning are sorted, and nothing reads the clock or the machine.
+Fields the operator does not want are omitted rather than set empty, so that server-side
+apply releases them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+from voicefleet_operator.labels import (
+    PROMETHEUS_ANNOTATIONS,
+    VOICE_GENERATION_ANNOTATION,
+    is_reserved_label,
+    object_labels,
+    selector_labels,
+)
+from voicefleet_operator.spec import DEFAULT_IMAGE, Voice, VoiceSpec
+
+__all__ = [
+    "CONTAINER_NAME",
+    "GPU_RESOURCE",
+    "GPU_TOLERATION",
+    "MODEL_MOUNT",
+    "POD_GID",
+    "POD_UID",
+    "SERVER_PORT",
+    "SERVICE_PORT",
+    "TERMINATION_MARGIN_SECONDS",
+    "BuildOptions",
+    "build_deployment",
+    "build_pdb",
+    "build_service",
+    "server_env",
+    "service_endpoint",
+]
+
+CONTAINER_NAME: Final = "server"
+SERVER_PORT: Final = 8080
+"""The inference server's port (DESIGN.md contract); named ``http`` in the pod."""
+SERVICE_PORT: Final = 80
+MODEL_MOUNT: Final = "/models"
+"""Where a volume model's PVC is mounted, read-only; ``spec.model.volume.path`` is below it."""
+POD_UID: Final = 65532
+POD_GID: Final = 65532
+"""The conventional "nonroot" id of distroless images: never 0, never a real login."""
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_TOLERATION: Final[dict[str, str]] = {
+    "effect": "NoSchedule",
+    "key": GPU_RESOURCE,
+    "operator": "Exists",
+}
+"""GPU node pools are commonly tainted ``nvidia.com/gpu:NoSchedule``; a GPU voice must
+tolerate that taint to land anywhere at all."""
+TERMINATION_MARGIN_SECONDS: Final = 15
+"""terminationGracePeriodSeconds = drainGraceSeconds + this. The pod's shutdown spends
+the preStop sleep (5 s), then the server's drain (at most drainGraceSeconds), then up to
+5 s for uvicorn to send the last responses: 15 s covers both with 5 s to spare, so SIGKILL
+never cuts a drain that stayed within its own grace."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Operator-wide settings that shape every Deployment (from the operator's CLI).
+
+    ``default_image`` applies only to a TTSVoice that carries no ``spec.image``.
+    """
+
+    default_image: str | None = None
+    command: tuple[str, ...] = ("voicefleet-server",)
+    pre_stop_sleep_seconds: int = 5
+    """Time for endpoint controllers and the router to drop a terminating pod before
+    the server gets SIGTERM and starts refusing new work."""
+    startup_timeout_seconds: int = 300
+    """How long a new container may take to answer ``/healthz`` before liveness applies
+    (onnxruntime import and a cold model cache on a busy node can take minutes)."""
+    readiness_period_seconds: int = 2
+    liveness_period_seconds: int = 10
+
+
+def service_endpoint(voice: Voice) -> str:
+    """The in-cluster URL of the voice's Service (``.status.endpoint``)."""
+    return f"http://{voice.name}.{voice.namespace}.svc:{SERVICE_PORT}"
+
+
+def _metadata(voice: Voice, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if annotations:
+        meta["annotations"] = dict(sorted(annotations.items()))
+    meta["labels"] = dict(sorted(object_labels(voice.name).items()))
+    meta["name"] = voice.name
+    meta["namespace"] = voice.namespace
+    return meta
+
+
+def _model_argument(spec: VoiceSpec) -> str:
+    if spec.model.bundled is not None:
+        return spec.model.bundled
+    assert spec.model.volume is not None  # ModelSource guarantees exactly one
+    return f"{MODEL_MOUNT}/{spec.model.volume.path}"
+
+
+def server_env(spec: VoiceSpec) -> dict[str, str]:
+    """The ``VOICEFLEET_*`` variables the server reads (``voicefleet_inference.settings``).
+
+    Optional knobs left unset in the TTSVoice are left out, so the server picks its own
+    machine-dependent default (batch size by device, threads by cores). ``VOICEFLEET_HOST``
+    refers to ``$(POD_IP)``, defined before it in the container.
+    """
+    tuning = spec.server
+    env = {
+        "VOICEFLEET_BATCH_WINDOW_MS": str(tuning.batch_window_ms),
+        "VOICEFLEET_DEVICE": "cuda" if spec.resources.gpus > 0 else "cpu",
+        "VOICEFLEET_DRAIN_GRACE_S": str(tuning.drain_grace_seconds),
+        "VOICEFLEET_ENGINE": spec.engine,
+        "VOICEFLEET_HOST": "$(POD_IP)",
+        "VOICEFLEET_MAX_INPUT_CHARS": str(tuning.max_input_chars),
+        "VOICEFLEET_MAX_QUEUE": str(tuning.max_queue),
+        "VOICEFLEET_MODEL": _model_argument(spec),
+        "VOICEFLEET_PORT": str(SERVER_PORT),
+        "VOICEFLEET_REQUEST_TIMEOUT_S": str(tuning.request_timeout_seconds),
+        "VOICEFLEET_WORKERS": str(tuning.workers),
+    }
+    if tuning.max_batch_size is not None:
+        env["VOICEFLEET_MAX_BATCH_SIZE"] = str(tuning.max_batch_size)
+    if tuning.threads_per_worker is not None:
+        env["VOICEFLEET_THREADS_PER_WORKER"] = str(tuning.threads_per_worker)
+    return dict(sorted(env.items()))
+
+
+def _container_env(spec: VoiceSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    ]
+    env.extend({"name": k, "value": v} for k, v in server_env(spec).items())
+    taken = {item["name"] for item in env}
+    # User variables come last and keep their order: a value may refer to an earlier one.
+    env.extend(
+        {"name": item.name, "value": item.value} for item in spec.env if item.name not in taken
+    )
+    return env
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
+    return {
+        "failureThreshold": failures,
+        "httpGet": {"path": path, "port": "http", "scheme": "HTTP"},
+        "periodSeconds": period,
+        "successThreshold": 1,
+        "timeoutSeconds": timeout,
+    }
+
+
+def _resources(spec: VoiceSpec) -> dict[str, Any]:
+    limits: dict[str, Any] = {"memory": spec.resources.memory}
+    if spec.resources.gpus > 0:
+        limits[GPU_RESOURCE] = str(spec.resources.gpus)
+    # No CPU limit: CFS throttling of a latency-bound server hurts more than it protects.
+    return {
+        "limits": dict(sorted(limits.items())),
+        "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+    }
+
+
+def _tolerations(spec: VoiceSpec) -> list[dict[str, Any]]:
+    out = [dict(t) for t in spec.tolerations]
+    if spec.resources.gpus > 0 and GPU_TOLERATION not in out:
+        out.append(dict(GPU_TOLERATION))
+    return out
+
+
+def _pod_labels(voice: Voice) -> dict[str, str]:
+    labels = {k: v for k, v in voice.spec.pod_labels.items() if not is_reserved_label(k)}
+    labels.update(object_labels(voice.name))  # the operator's labels always win
+    return dict(sorted(labels.items()))
+
+
+def _pod_annotations(spec: VoiceSpec) -> dict[str, str]:
+    annotations = dict(spec.pod_annotations)
+    annotations.update(PROMETHEUS_ANNOTATIONS)  # the autoscaler depends on these scrapes
+    return dict(sorted(annotations.items()))
+
+
+def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
+    spec = voice.spec
+    mounts: list[dict[str, Any]] = []
+    if spec.model.volume is not None:
+        mounts.append({"mountPath": MODEL_MOUNT, "name": "model", "readOnly": True})
+    mounts.append({"mountPath": "/tmp", "name": "tmp"})
+    startup_period = 2
+    return {
+        "command": list(options.command),
+        "env": _container_env(spec),
+        "image": spec.image or options.default_image or DEFAULT_IMAGE,
+        "imagePullPolicy": spec.image_pull_policy,
+        "lifecycle": {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}},
+        "livenessProbe": _http_probe("/healthz", options.liveness_period_seconds, 3, 5),
+        "name": CONTAINER_NAME,
+        "ports": [{"containerPort": SERVER_PORT, "name": "http", "protocol": "TCP"}],
+        "readinessProbe": _http_probe("/readyz", options.readiness_period_seconds, 2, 2),
+        "resources": _resources(spec),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+        "startupProbe": _http_probe(
+            "/healthz",
+            startup_period,
+            max(1, math.ceil(options.startup_timeout_seconds / startup_period)),
+            2,
+        ),
+        "volumeMounts": mounts,
+    }
+
+
+def _volumes(spec: VoiceSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = []
+    if spec.model.volume is not None:
+        claim = spec.model.volume.persistent_volume_claim
+        volumes.append(
+            {
+                "name": "model",
+                "persistentVolumeClaim": {
+                    "claimName": claim.claim_name,
+                    "readOnly": claim.read_only,
+                },
+            }
+        )
+    volumes.append({"emptyDir": {}, "name": "tmp"})
+    return volumes
+
+
+def _pod_spec(voice: Voice, options: BuildOptions) -> dict[str, Any]:
+    spec = voice.spec
+    pod: dict[str, Any] = {}
+    if spec.affinity is not None:
+        pod["affinity"] = spec.affinity
+    # The server never calls the API server; no token in the pod is one less secret to leak.
+    pod["automountServiceAccountToken"] = False
+    pod["containers"] = [_container(voice, options)]
+    # Service links would inject <SERVICE>_PORT variables: a Service named "voicefleet"
+    # in the namespace would set VOICEFLEET_PORT=tcp://... behind the server's back.
+    pod["enableServiceLinks"] = False
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
+    if spec.priority_class_name is not None:
+        pod["priorityClassName"] = spec.priority_class_name
+    pod["securityContext"] = {
+        "fsGroup": POD_GID,
+        "runAsGroup": POD_GID,
+        "runAsNonRoot": True,
+        "runAsUser": POD_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod["terminationGracePeriodSeconds"] = (
+        spec.server.drain_grace_seconds + TERMINATION_MARGIN_SECONDS
+    )
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    pod["volumes"] = _volumes(spec)
+    return pod
+
+
+def build_deployment(voice: Voice, options: BuildOptions) -> dict[str, Any]:
+    """The voice's Deployment (``apps/v1``): the inference server, one pod per replica.
+
+    ``spec.replicas`` is copied from the TTSVoice (the scale subresource's field), the
+    only writer of replica counts. Changing replicas or autoscaling bounds never changes
+    the pod template, so it never rolls pods.
+    """
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(voice, {VOICE_GENERATION_ANNOTATION: str(voice.generation)}),
+        "spec": {
+            "replicas": voice.spec.replicas,
+            "selector": {"matchLabels": selector_labels(voice.name)},
+            "strategy": {
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                "type": "RollingUpdate",
+            },
+            "template": {
+                "metadata": {
+                    "annotations": _pod_annotations(voice.spec),
+                    "labels": _pod_labels(voice),
+                },
+                "spec": _pod_spec(voice, options),
+            },
+        },
+    }
+
+
+def build_service(voice: Voice) -> dict[str, Any]:
+    """The voice's ClusterIP Service: port 80 (``http``) to the pods' named port ``http``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(voice),
+        "spec": {
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "protocol": "TCP", "targetPort": "http"}
+            ],
+            "selector": selector_labels(voice.name),
+            "type": "ClusterIP",
+        },
+    }
+
+
+def build_pdb(voice: Voice) -> dict[str, Any] | None:
+    """A PodDisruptionBudget (``policy/v1``) allowing one voluntary eviction at a time.
+
+    ``None`` unless ``autoscaling.maxReplicas > 1``: with at most one pod a budget either
+    blocks node drains forever (maxUnavailable 0) or protects nothing (1), so the caller
+    deletes any existing one. ``unhealthyPodEvictionPolicy: AlwaysAllow`` lets a drain
+    evict pods that are not ready anyway (e.g. crash-looping) instead of stalling on them.
+    """
+    if voice.spec.autoscaling.max_replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(voice),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(voice.name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
