@@ -16,6 +16,7 @@ apply releases them.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Final
@@ -175,7 +176,7 @@ def _resources(spec: VoiceSpec) -> dict[str, Any]:
 
 
 def _tolerations(spec: VoiceSpec) -> list[dict[str, Any]]:
-    out = [dict(t) for t in spec.tolerations]
+    out = [copy.deepcopy(t) for t in spec.tolerations]
     if spec.resources.gpus > 0 and GPU_TOLERATION not in out:
         out.append(dict(GPU_TOLERATION))
     return out
@@ -247,7 +248,7 @@ def _pod_spec(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     spec = voice.spec
     pod: dict[str, Any] = {}
     if spec.affinity is not None:
-        pod["affinity"] = spec.affinity
+        pod["affinity"] = copy.deepcopy(spec.affinity)  # the result is the caller's to mutate
     # The server never calls the API server; no token in the pod is one less secret to leak.
     pod["automountServiceAccountToken"] = False
     pod["containers"] = [_container(voice, options)]

@@ -56,7 +56,7 @@ _BUNDLED: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _DNS_SUBDOMAIN: Final = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
-_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_ENV: Final = 64
 
 
@@ -462,6 +462,14 @@ def _parse_resources(raw: object) -> Resources:
     )
 
 
+def _priority_class(name: str | None) -> str | None:
+    if name is not None and (len(name) > 253 or not _DNS_SUBDOMAIN.match(name)):
+        raise SpecError(
+            f"{name!r} is not a valid PriorityClass name", field="spec.priorityClassName"
+        )
+    return name
+
+
 def parse_spec(raw: object) -> VoiceSpec:
     """The typed spec of one TTSVoice ``.spec``; raises :class:`SpecError`.
 
@@ -489,7 +497,7 @@ def parse_spec(raw: object) -> VoiceSpec:
         node_selector=f.str_map("nodeSelector"),
         tolerations=f.obj_list("tolerations"),
         affinity=f.obj("affinity"),
-        priority_class_name=f.opt_str("priorityClassName"),
+        priority_class_name=_priority_class(f.opt_str("priorityClassName")),
         pod_labels=pod_labels,
         pod_annotations=f.str_map("podAnnotations"),
         server=_parse_server(f.raw.get("server")),
