@@ -1,0 +1,85 @@
+"""`voicefleet-operator`: parse flags, build the dependencies, run kopf.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 1 could not start (no credentials,
+port in use, mandatory peering missing) or crashed, 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from voicefleet_operator import handlers
+from voicefleet_operator.k8s import ConfigError, Kube, make_api_client
+from voicefleet_operator.metrics import OperatorMetrics
+from voicefleet_operator.settings import OperatorConfig, UsageError, build_parser, parse_args
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("voicefleet_operator")
+
+
+def run(config: OperatorConfig) -> None:
+    """Run the operator until a signal stops it (raises on startup failures)."""
+    kopf.configure(verbose=config.verbose, log_prefix=True)
+    api = make_api_client(config.kubeconfig, pool_size=config.workers + 4)
+    metrics = OperatorMetrics.create()
+    if config.metrics_port is not None:
+        metrics.serve(config.metrics_port)
+    deps = handlers.Deps.create(config=config, kube=Kube(api), metrics=metrics)
+    registry = handlers.build_registry()
+    settings = handlers.build_settings(config)
+    liveness = (
+        f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port is not None else None
+    )
+    log.info(
+        "starting: %s, peering %s, priority %d, %d workers",
+        "all namespaces" if config.clusterwide else "namespaces " + ",".join(config.namespaces),
+        "off" if config.standalone else config.peering_name,
+        config.priority,
+        config.workers,
+    )
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            memo=kopf.Memo(deps=deps),
+            clusterwide=config.clusterwide,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=liveness,
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse_args(args)
+    except UsageError as exc:
+        build_parser().print_usage(sys.stderr)
+        print(f"voicefleet-operator: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run(config)
+    except ConfigError as exc:
+        print(f"voicefleet-operator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # e.g. a port already in use
+        print(f"voicefleet-operator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("operator crashed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""kopf handlers: decode, delegate to the pure core, apply through `k8s`, report.
+
+Flow of one reconcile (create / update / resume of a TTSVoice)::
+
+    parse_voice(body) ─▶ problems (PVC exists?) ─▶ build_* ─▶ kopf.adopt ─▶ k8s.apply
+                                                     └──────────────▶ derive_status ─▶ status patch
+                                                                        └─▶ transitions ─▶ Events
+
+A Deployment event (its status moved) recomputes the owning voice's status the
+same way, without applying anything. Decisions live in `builders` and
+`conditions`; this module only moves data between them and the API.
+
+Handlers are plain `def`: kopf runs them in its thread pool
+(`settings.execution.max_workers`), which is where the blocking client calls
+belong. Nothing is registered at import: `build_registry()` makes a fresh
+`kopf.OperatorRegistry`, and dependencies reach handlers through `kopf.Memo`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+
+from voicefleet_operator import labels
+from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
+from voicefleet_operator.conditions import Problem, derive_status, transitions
+from voicefleet_operator.k8s import GROUP, PLURAL, VERSION, Kube, KubeError
+from voicefleet_operator.metrics import OperatorMetrics
+from voicefleet_operator.settings import OperatorConfig
+from voicefleet_operator.spec import SpecError, Voice, parse_voice
+
+RETRY_DELAY = 30.0
+"""Seconds before kopf retries a voice that is invalid or waits on something (a PVC)."""
+WATCH_SERVER_TIMEOUT = 600
+"""Ask the API server to end each watch after this long, so a silently dead
+connection is noticed and re-established (kopf's default is to wait forever)."""
+ANNOTATION_PREFIX = "operator.voicefleet.io"
+"""kopf's own bookkeeping annotations on TTSVoices (instead of kopf.zalando.org/...)."""
+
+
+@dataclass
+class Deps:
+    """Everything handlers need, carried in `kopf.Memo` (no module globals)."""
+
+    config: OperatorConfig
+    kube: Kube
+    metrics: OperatorMetrics
+    options: BuildOptions
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, *, config: OperatorConfig, kube: Kube, metrics: OperatorMetrics) -> Deps:
+        return cls(
+            config=config,
+            kube=kube,
+            metrics=metrics,
+            options=BuildOptions(default_image=config.default_image),
+        )
+
+    def voice_lock(self, namespace: str, name: str) -> threading.Lock:
+        """One lock per voice: the reconcile and the Deployment-event path both write
+        its status from different threads; serialising them keeps read-compare-write
+        of conditions (and the Events derived from it) consistent."""
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+
+
+def _body(raw: Mapping[str, Any]) -> kopf.Body:
+    """kopf's typed view of a plain dict (for kopf.event / kopf.adopt)."""
+    return kopf.Body(cast(kopf.RawBody, dict(raw)))
+
+
+def _deps(memo: Any) -> Deps:
+    deps = memo.get("deps") if isinstance(memo, Mapping) else getattr(memo, "deps", None)
+    if not isinstance(deps, Deps):
+        raise RuntimeError("voicefleet-operator started without Deps in kopf.Memo")
+    return deps
+
+
+# --- settings and registry --------------------------------------------------------------
+
+
+def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    """kopf settings for this operator (see docs/operator.md for the reasons).
+
+    Persistence stays in annotations (with our own prefix), not `status.kopf`:
+    the TTSVoice status schema is structural and would prune kopf's free-form
+    progress, and annotations survive restarts so a resumed operator knows what
+    it last handled (no duplicate work). Events: only the ones handlers post
+    explicitly (`posting.loggers` off), so 100 voices do not mean 100s of
+    "handler succeeded" Events.
+    """
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    settings.posting.enabled = True
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_SERVER_TIMEOUT + 30
+    settings.watching.connect_timeout = 30
+    settings.execution.max_workers = config.workers
+    settings.peering.name = config.peering_name
+    settings.peering.priority = config.priority
+    settings.peering.standalone = config.standalone
+    settings.peering.mandatory = config.peering is not None
+    return settings
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    """A fresh registry with every handler of the operator; nothing global is touched."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login)
+    kopf.on.startup(registry=registry)(ensure_peering)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)(reconcile)
+    kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)(reconcile)
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(reconcile)
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)(deleted)
+    kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={labels.MANAGED_BY_LABEL: labels.MANAGED_BY},
+        registry=registry,
+    )(deployment_event)
+    return registry
+
+
+# --- activities -------------------------------------------------------------------------
+
+
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf authenticates with exactly the credentials our own client uses."""
+    from voicefleet_operator.k8s import connection_info
+
+    return connection_info(_deps(memo).kube.api)
+
+
+def ensure_peering(memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Create the peering object(s) kopf will heartbeat into, unless standalone.
+
+    With `--peering` a missing peering CRD is fatal (kopf refuses to start);
+    without it (auto mode) we just say that replicas will not coordinate.
+    """
+    deps = _deps(memo)
+    config = deps.config
+    if config.standalone:
+        return
+    targets: Sequence[str | None] = (
+        [None] if config.clusterwide else [ns for ns in config.namespaces if "*" not in ns]
+    )
+    for namespace in targets:
+        try:
+            created = deps.kube.ensure_peering(config.peering_name, namespace)
+        except KubeError as exc:
+            if exc.status == 404 and config.peering is None:
+                logger.warning(
+                    "kopf peering CRDs are not installed (crds/kopf-peering.yaml): "
+                    "running without peering; do not run a second replica"
+                )
+                return
+            raise
+        if created:
+            logger.info(
+                "created peering object %r in %s", config.peering_name, namespace or "cluster"
+            )
+
+
+# --- the reconcile ----------------------------------------------------------------------
+
+
+def _problems(voice: Voice, kube: Kube) -> list[Problem]:
+    """What only the operator can see wrong: today, a volume model's missing PVC."""
+    volume = voice.spec.model.volume
+    if volume is None:
+        return []
+    claim = volume.persistent_volume_claim.claim_name
+    if kube.pvc_exists(voice.namespace, claim):
+        return []
+    return [
+        Problem(
+            reason="PVCNotFound",
+            message=(
+                f"PersistentVolumeClaim {claim!r} (spec.model.volume.persistentVolumeClaim) "
+                f"does not exist in namespace {voice.namespace!r}; create it with the model "
+                f"at {volume.path!r}; retrying every {RETRY_DELAY:.0f}s"
+            ),
+        )
+    ]
+
+
+def _write_status(
+    deps: Deps,
+    body: Mapping[str, Any],
+    voice: Voice,
+    deployment: Mapping[str, Any] | None,
+    problems: Sequence[Problem],
+) -> None:
+    """Derive the status, patch it only when it differs, post Events for transitions.
+
+    `body` must be the freshest TTSVoice we have: its conditions are the "before"
+    for lastTransitionTime and for deciding which transitions deserve an Event.
+    """
+    current: Mapping[str, Any] = body.get("status") or {}
+    previous = list(current.get("conditions") or [])
+    status = derive_status(voice, deployment, problems, previous, datetime.now(UTC))
+    if all(current.get(key) == value for key, value in status.items()):
+        return
+    deps.kube.patch_voice_status(voice.namespace, voice.name, status)
+    deps.metrics.status_writes.inc()
+    for event_type, reason, message in transitions(previous, status.get("conditions") or []):
+        kopf.event(_body(body), type=event_type, reason=reason, message=message)
+
+
+def _apply(deps: Deps, body: Mapping[str, Any], voice: Voice) -> dict[str, Any]:
+    """Server-side apply Service, PDB (or delete it), then Deployment; return the
+    Deployment as the API server now has it."""
+    service = build_service(voice)
+    pdb = build_pdb(voice)
+    deployment = build_deployment(voice, deps.options)
+    owned = [obj for obj in (service, pdb, deployment) if obj is not None]
+    kopf.adopt(owned, owner=_body(body))
+    deps.kube.apply(service)
+    if pdb is not None:
+        deps.kube.apply(pdb)
+    elif deps.kube.delete_pdb(voice.namespace, voice.name):
+        kopf.event(
+            _body(body),
+            type="Normal",
+            reason="PodDisruptionBudgetDeleted",
+            message="autoscaling.maxReplicas is 1: the PodDisruptionBudget is no longer needed",
+        )
+    return deps.kube.apply(deployment)
+
+
+def _invalid(
+    deps: Deps, body: Mapping[str, Any], error: SpecError, logger: kopf.Logger
+) -> kopf.TemporaryError:
+    """Report a spec the API server let through but the operator cannot build.
+
+    No Voice exists to derive status from, so this writes just the Degraded
+    condition (keeping the transition time when it was already reported).
+    """
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    message = f"invalid spec: {error}"
+    current: Mapping[str, Any] = body.get("status") or {}
+    previous = list(current.get("conditions") or [])
+    old = next((c for c in previous if c.get("type") == "Degraded"), None)
+    generation = int(meta.get("generation") or 0)
+    unchanged = (
+        old is not None
+        and old.get("status") == "True"
+        and old.get("reason") == "InvalidSpec"
+        and old.get("message") == message
+    )
+    if not unchanged:
+        degraded = {
+            "type": "Degraded",
+            "status": "True",
+            "reason": "InvalidSpec",
+            "message": message,
+            "lastTransitionTime": (
+                old["lastTransitionTime"]
+                if old is not None and old.get("status") == "True"
+                else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            "observedGeneration": generation,
+        }
+        conditions = [c for c in previous if c.get("type") != "Degraded"] + [degraded]
+        deps.kube.patch_voice_status(
+            namespace, name, {"conditions": conditions, "observedGeneration": generation}
+        )
+        deps.metrics.status_writes.inc()
+        kopf.event(_body(body), type="Warning", reason="InvalidSpec", message=message)
+    logger.warning("%s", message)
+    deps.metrics.reconcile_errors.labels(reason="invalid_spec").inc()
+    return kopf.TemporaryError(message, delay=RETRY_DELAY)
+
+
+def reconcile(body: kopf.Body, reason: Any, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Make the cluster match one TTSVoice; idempotent, so create/update/resume share it."""
+    deps = _deps(memo)
+    trigger = str(reason) if str(reason) in ("create", "update", "resume") else "update"
+    started = time.perf_counter()
+    deps.metrics.reconciles.labels(trigger=trigger).inc()
+    try:
+        _reconcile(deps, dict(body), logger)
+    finally:
+        deps.metrics.reconcile_duration.labels(trigger=trigger).observe(
+            time.perf_counter() - started
+        )
+
+
+def _reconcile(deps: Deps, body: dict[str, Any], logger: kopf.Logger) -> None:
+    try:
+        voice = parse_voice(body)
+    except SpecError as exc:
+        raise _invalid(deps, body, exc, logger) from exc
+    with deps.voice_lock(voice.namespace, voice.name):
+        try:
+            problems = _problems(voice, deps.kube)
+            if problems:
+                # Leave whatever runs alone (a PVC deleted under serving pods must not
+                # take them down); report, and look again later.
+                deployment = deps.kube.get_deployment(voice.namespace, voice.name)
+            else:
+                deployment = _apply(deps, body, voice)
+            _write_status(deps, body, voice, deployment, problems)
+        except KubeError as exc:
+            deps.metrics.reconcile_errors.labels(reason="api").inc()
+            raise kopf.TemporaryError(f"API call failed: {exc}", delay=5) from exc
+    if problems:
+        deps.metrics.reconcile_errors.labels(reason="problem").inc()
+        raise kopf.TemporaryError("; ".join(p.message for p in problems), delay=RETRY_DELAY)
+    logger.info(
+        "reconciled generation %d: Deployment replicas %d",
+        voice.generation,
+        voice.spec.replicas,
+    )
+
+
+def deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Nothing to do: ownerReferences let the garbage collector remove what we made."""
+    meta = body.get("metadata") or {}
+    _deps(memo).forget(str(meta.get("namespace")), str(meta.get("name")))
+    logger.info("deleted; the garbage collector removes its Deployment, Service and PDB")
+
+
+# --- Deployment events ------------------------------------------------------------------
+
+
+def _owner_voice(deployment: Mapping[str, Any]) -> str | None:
+    for ref in (deployment.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == labels.KIND and str(ref.get("apiVersion", "")).startswith(
+            f"{GROUP}/"
+        ):
+            return str(ref.get("name"))
+    return None
+
+
+def deployment_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    """A managed Deployment changed: refresh its voice's status (replicas, Ready…).
+
+    A Deployment deleted behind our back while its voice lives is re-created at once
+    rather than waiting for the next change to the voice.
+    """
+    deps = _deps(memo)
+    deployment = dict(body)
+    meta = deployment.get("metadata") or {}
+    namespace = str(meta.get("namespace"))
+    name = _owner_voice(deployment)
+    if name is None:
+        return
+    started = time.perf_counter()
+    deps.metrics.reconciles.labels(trigger="deployment").inc()
+    try:
+        voice_body = deps.kube.get_voice(namespace, name)
+        if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        try:
+            voice = parse_voice(voice_body)
+        except SpecError:
+            return  # the voice's own reconcile reports it
+        with deps.voice_lock(namespace, name):
+            problems = _problems(voice, deps.kube)
+            if event.get("type") == "DELETED":
+                if problems:
+                    current = None
+                else:
+                    logger.warning("Deployment deleted while its TTSVoice exists: re-creating")
+                    current = _apply(deps, voice_body, voice)
+            else:
+                current = deployment
+            _write_status(deps, voice_body, voice, current, problems)
+    except KubeError as exc:
+        deps.metrics.reconcile_errors.labels(reason="api").inc()
+        logger.warning("could not refresh TTSVoice %s/%s status: %s", namespace, name, exc)
+    finally:
+        deps.metrics.reconcile_duration.labels(trigger="deployment").observe(
+            time.perf_counter() - started
+        )
