@@ -155,6 +155,29 @@ def test_every_number_is_bounded() -> None:
     assert unbounded == []
 
 
+def test_bounds_survive_json_numbers() -> None:
+    """The API server reads bounds as float64: above 2**53 an int64 bound wraps negative."""
+    too_big = [
+        path
+        for path, schema in walk(root_schema())
+        for key in ("minimum", "maximum")
+        if abs(schema.get(key, 0)) > 2**53 - 1
+    ]
+    assert too_big == []
+
+
+def test_defaults_are_named_in_descriptions() -> None:
+    """`kubectl explain` shows descriptions but not defaults, so descriptions must say them."""
+    silent = [
+        path
+        for path, schema in walk(root_schema())
+        if "default" in schema
+        and schema.get("type") != "object"
+        and "default" not in schema["description"].lower()
+    ]
+    assert silent == []
+
+
 def test_every_string_is_bounded() -> None:
     unbounded = [
         path

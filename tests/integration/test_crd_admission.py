@@ -1,0 +1,449 @@
+"""The TTSVoice CRD on a real kube-apiserver, driven with the real kubectl.
+
+What only a real API server can prove: the schema is structural and accepted, the CEL
+rules compile within their cost budget and refuse bad voices with messages that say what
+to fix, defaults are filled in, the scale subresource works (and respects the CEL bounds),
+status is a subresource, and `kubectl get` / `kubectl explain` show what users need.
+No operator runs here: this is the API alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "ttsvoices.yaml"
+PEERING = REPO / "crds" / "kopf-peering.yaml"
+SAMPLES = REPO / "crds" / "samples"
+GROUP_VERSION = "voicefleet.io/v1alpha1"
+
+
+@pytest.fixture(scope="module")
+def crds(local_cluster: LocalCluster) -> LocalCluster:
+    """Install the CRDs once for this module and wait until the API serves them."""
+    for manifest in (CRD, PEERING):
+        local_cluster.kubectl_run(
+            "apply", "--server-side", "--force-conflicts", "-f", str(manifest)
+        )
+    local_cluster.kubectl_run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/ttsvoices.voicefleet.io",
+        "crd/kopfpeerings.kopf.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+    )
+    # Established means served; discovery (what kubectl resolves `ttsv` with) follows.
+    wait_for(
+        lambda: local_cluster.kubectl_run("get", "ttsv", "-A", check=False).returncode == 0,
+        timeout=30,
+        what="kubectl to resolve the short name ttsv",
+    )
+    return local_cluster
+
+
+@pytest.fixture(scope="module")
+def reject_namespace(crds: LocalCluster) -> Iterator[str]:
+    """One namespace for all refused voices: nothing is ever stored in it."""
+    with crds.namespace("crd-admission-rejects") as name:
+        yield name
+
+
+def voice(name: str, **spec: Any) -> dict[str, Any]:
+    """A minimal valid TTSVoice (bundled model), with `spec` overrides."""
+    body: dict[str, Any] = {
+        "apiVersion": GROUP_VERSION,
+        "kind": "TTSVoice",
+        "metadata": {"name": name},
+        "spec": {"model": {"bundled": "en_US-joe-medium"}},
+    }
+    body["spec"].update(copy.deepcopy(spec))
+    return body
+
+
+def get_voice(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    return cluster.get_json("ttsvoice", name, "-n", namespace)
+
+
+def assert_kept(written: Any, stored: Any, path: str) -> None:
+    """Every value the user wrote is stored unchanged (the server only adds defaults)."""
+    if isinstance(written, dict):
+        for key, value in written.items():
+            assert key in stored, f"{path}.{key} was dropped"
+            assert_kept(value, stored[key], f"{path}.{key}")
+    else:
+        assert stored == written, path
+
+
+def create(cluster: LocalCluster, namespace: str, body: dict[str, Any]) -> None:
+    cluster.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+
+# --- accepted, with defaults filled in by the API server ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "sample", sorted(p.name for p in SAMPLES.glob("*.yaml")), ids=lambda name: name
+)
+def test_sample_is_accepted(crds: LocalCluster, cluster_namespace: str, sample: str) -> None:
+    body = yaml.safe_load((SAMPLES / sample).read_text())
+    crds.kubectl_run("apply", "-n", cluster_namespace, "-f", str(SAMPLES / sample))
+    stored = get_voice(crds, cluster_namespace, body["metadata"]["name"])
+    # What the sample says is kept as written; what it leaves out is defaulted.
+    assert_kept(body["spec"], stored["spec"], "spec")
+    assert stored["spec"]["engine"] == "piper-onnx"
+    assert stored["spec"]["image"] == "ghcr.io/voicefleet/voicefleet-server:0.1.0"
+    assert stored["spec"]["server"]["requestTimeoutSeconds"] == 120
+    assert stored["spec"]["server"]["drainGraceSeconds"] == 30
+    assert "coldStartTimeoutSeconds" in stored["spec"]["autoscaling"]
+
+
+def test_minimal_voice_gets_every_default(crds: LocalCluster, cluster_namespace: str) -> None:
+    create(crds, cluster_namespace, voice("minimal"))
+    spec = get_voice(crds, cluster_namespace, "minimal")["spec"]
+    assert spec == {
+        "replicas": 1,
+        "engine": "piper-onnx",
+        "model": {"bundled": "en_US-joe-medium"},
+        "image": "ghcr.io/voicefleet/voicefleet-server:0.1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},
+        "server": {
+            "maxQueue": 64,
+            "batchWindowMs": 5,
+            "workers": 1,
+            "requestTimeoutSeconds": 120,
+            "drainGraceSeconds": 30,
+            "maxInputChars": 4096,
+        },
+        "autoscaling": {
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "targetWorkSecondsPerReplica": 10,
+            "scaleDownDelaySeconds": 300,
+            "scaleToZeroIdleSeconds": 600,
+            "coldStartTimeoutSeconds": 120,
+        },
+    }
+
+
+def test_volume_model_defaults_read_only(crds: LocalCluster, cluster_namespace: str) -> None:
+    body = voice("vol", model={"volume": {"persistentVolumeClaim": {"claimName": "voices"}}})
+    body["spec"]["model"]["volume"]["path"] = "voices/en_US-joe-medium.onnx"
+    body["spec"]["env"] = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}, {"name": "EMPTY"}]
+    body["spec"]["resources"] = {"cpu": 2, "memory": "2Gi"}
+    create(crds, cluster_namespace, body)
+    spec = get_voice(crds, cluster_namespace, "vol")["spec"]
+    assert spec["model"]["volume"]["persistentVolumeClaim"] == {
+        "claimName": "voices",
+        "readOnly": True,
+    }
+    assert spec["env"][1] == {"name": "EMPTY", "value": ""}
+    assert spec["resources"]["cpu"] == 2, "an integer quantity is accepted as written"
+
+
+# --- refused, with a message that says what to fix ----------------------------------------
+
+
+def with_model(model: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"model": model, **spec}
+
+
+PVC = {"persistentVolumeClaim": {"claimName": "voices"}}
+
+# (case id, spec of the voice, fragments the API server's message must contain)
+INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "min-above-max",
+        {"replicas": 3, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
+        [
+            "spec.autoscaling.minReplicas",
+            "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas",
+        ],
+    ),
+    (
+        "replicas-above-max",
+        {"replicas": 5, "autoscaling": {"maxReplicas": 3}},
+        ["spec.replicas: Invalid value", "spec.replicas must be <= spec.autoscaling.maxReplicas"],
+    ),
+    (
+        "replicas-below-min",
+        {"replicas": 1, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}},
+        ["spec.replicas: Invalid value", "spec.replicas must be >= spec.autoscaling.minReplicas"],
+    ),
+    (
+        "replicas-negative",
+        {"replicas": -1},
+        ["spec.replicas", "should be greater than or equal to 0"],
+    ),
+    (
+        "replicas-above-bound",
+        {"replicas": 1001, "autoscaling": {"maxReplicas": 1000}},
+        ["spec.replicas", "should be less than or equal to 1000"],
+    ),
+    (
+        "unknown-engine",
+        {"engine": "tacotron"},
+        ['spec.engine: Unsupported value: "tacotron"', '"piper-onnx"'],
+    ),
+    (
+        "model-both",
+        with_model({"bundled": "en_US-joe-medium", "volume": {**PVC, "path": "a.onnx"}}),
+        ["spec.model must set exactly one of bundled", "or volume"],
+    ),
+    ("model-neither", with_model({}), ["spec.model must set exactly one of bundled"]),
+    ("model-missing", {"model": None}, ["spec.model: Required value"]),
+    (
+        "path-absolute",
+        with_model({"volume": {**PVC, "path": "/etc/voices/joe.onnx"}}),
+        ["spec.model.volume.path must be relative to the volume root"],
+    ),
+    (
+        "path-dotdot",
+        with_model({"volume": {**PVC, "path": "voices/../../etc/joe.onnx"}}),
+        ["spec.model.volume.path must not contain '..' segments"],
+    ),
+    (
+        "path-not-onnx",
+        with_model({"volume": {**PVC, "path": "voices/joe.onnx.json"}}),
+        ["spec.model.volume.path must name the .onnx model file"],
+    ),
+    (
+        "claim-name-invalid",
+        with_model(
+            {"volume": {"persistentVolumeClaim": {"claimName": "My_Voices"}, "path": "a.onnx"}}
+        ),
+        ["spec.model.volume.persistentVolumeClaim.claimName", "should match"],
+    ),
+    (
+        "bundled-name-invalid",
+        with_model({"bundled": "../etc/passwd"}),
+        ["spec.model.bundled", "should match"],
+    ),
+    (
+        "cpu-malformed",
+        {"resources": {"cpu": "lots"}},
+        ["spec.resources.cpu must be a Kubernetes quantity above zero"],
+    ),
+    (
+        "memory-zero",
+        {"resources": {"memory": "0Mi"}},
+        ["spec.resources.memory must be a Kubernetes quantity above zero"],
+    ),
+    (
+        "cpu-negative-int",
+        {"resources": {"cpu": -2}},
+        ["spec.resources.cpu must be a Kubernetes quantity above zero"],
+    ),
+    (
+        "target-zero",
+        {"autoscaling": {"targetWorkSecondsPerReplica": 0}},
+        ["spec.autoscaling.targetWorkSecondsPerReplica", "should be greater than 0"],
+    ),
+    (
+        "target-negative",
+        {"autoscaling": {"targetWorkSecondsPerReplica": -5}},
+        ["spec.autoscaling.targetWorkSecondsPerReplica", "should be greater than 0"],
+    ),
+    (
+        "gpus-17",
+        {"resources": {"gpus": 17}},
+        ["spec.resources.gpus", "should be less than or equal to 16"],
+    ),
+    (
+        "max-queue-zero",
+        {"server": {"maxQueue": 0}},
+        ["spec.server.maxQueue", "should be greater than or equal to 1"],
+    ),
+    (
+        "env-voicefleet-prefix",
+        {"env": [{"name": "VOICEFLEET_MAX_QUEUE", "value": "9"}]},
+        ["reserved for the operator", "spec.server.maxQueue"],
+    ),
+    (
+        "env-duplicate",
+        {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]},
+        ["spec.env[1]: Duplicate value"],
+    ),
+    (
+        "pod-label-reserved",
+        {"podLabels": {"voicefleet.io/voice": "someone-else"}},
+        ["spec.podLabels must not set keys under voicefleet.io/", "pick another prefix"],
+    ),
+    (
+        "unknown-field",
+        {"server": {"maxQueu": 10}},
+        ['unknown field "spec.server.maxQueu"'],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "fragments"), INVALID, ids=[case for case, _, _ in INVALID]
+)
+def test_invalid_voice_is_refused(
+    crds: LocalCluster,
+    reject_namespace: str,
+    case: str,
+    spec: dict[str, Any],
+    fragments: list[str],
+) -> None:
+    body = voice(case, **spec)
+    if body["spec"].get("model") is None:
+        del body["spec"]["model"]
+    result = crds.kubectl_run(
+        "create", "-n", reject_namespace, "-f", "-", input=json.dumps(body), check=False
+    )
+    assert result.returncode != 0, f"{case} was accepted"
+    message = " ".join(result.stderr.split())
+    assert "is invalid" in message or "unknown field" in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+    gone = crds.kubectl_run("get", "ttsvoice", case, "-n", reject_namespace, check=False)
+    assert "NotFound" in gone.stderr
+
+
+def test_name_must_suit_a_service(crds: LocalCluster, reject_namespace: str) -> None:
+    """A dotted name is a valid object name but cannot name the voice's Service."""
+    result = crds.kubectl_run(
+        "create",
+        "-n",
+        reject_namespace,
+        "-f",
+        "-",
+        input=json.dumps(voice("joe.medium")),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "metadata.name must be a DNS-1035 label" in " ".join(result.stderr.split())
+
+
+def test_update_that_breaks_a_rule_is_refused(crds: LocalCluster, cluster_namespace: str) -> None:
+    create(crds, cluster_namespace, voice("upd", replicas=2))
+    patch = {"spec": {"autoscaling": {"maxReplicas": 1}}}
+    result = crds.kubectl_run(
+        "patch", "ttsvoice", "upd", "-n", cluster_namespace, "--type=merge",
+        "-p", json.dumps(patch), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "spec.replicas must be <= spec.autoscaling.maxReplicas" in result.stderr
+    assert get_voice(crds, cluster_namespace, "upd")["spec"]["autoscaling"]["maxReplicas"] == 3
+
+
+# --- scale and status subresources ---------------------------------------------------------
+
+
+def scale_of(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    path = f"/apis/{GROUP_VERSION}/namespaces/{namespace}/ttsvoices/{name}/scale"
+    scale: dict[str, Any] = json.loads(cluster.kubectl_run("get", "--raw", path).stdout)
+    return scale
+
+
+def test_kubectl_scale_within_bounds(crds: LocalCluster, cluster_namespace: str) -> None:
+    create(crds, cluster_namespace, voice("sc", autoscaling={"minReplicas": 0, "maxReplicas": 3}))
+    crds.kubectl_run("scale", "ttsvoice/sc", "-n", cluster_namespace, "--replicas=2")
+    assert get_voice(crds, cluster_namespace, "sc")["spec"]["replicas"] == 2
+    scale = scale_of(crds, cluster_namespace, "sc")
+    assert scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == 2
+
+    crds.kubectl_run("scale", "ttsv/sc", "-n", cluster_namespace, "--replicas=0")
+    assert get_voice(crds, cluster_namespace, "sc")["spec"]["replicas"] == 0
+
+    refused = crds.kubectl_run(
+        "scale", "ttsvoice/sc", "-n", cluster_namespace, "--replicas=4", check=False
+    )
+    assert refused.returncode != 0
+    assert "spec.replicas must be <= spec.autoscaling.maxReplicas" in refused.stderr
+    assert get_voice(crds, cluster_namespace, "sc")["spec"]["replicas"] == 0
+
+
+def test_status_is_a_subresource_and_feeds_columns_and_scale(
+    crds: LocalCluster, cluster_namespace: str
+) -> None:
+    create(crds, cluster_namespace, voice("st", replicas=2))
+    status = {
+        "replicas": 2,
+        "readyReplicas": 1,
+        "desiredReplicas": 2,
+        "selector": "voicefleet.io/voice=st",
+        "queueDepth": 7,
+        "queueWorkSeconds": 3.5,
+        "endpoint": f"http://st.{cluster_namespace}.svc:80",
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "NotReady",
+                "message": "1/2 replicas ready",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": 1,
+            }
+        ],
+    }
+    # Through the main resource, status is ignored (it belongs to the status subresource).
+    crds.kubectl_run(
+        "patch", "ttsvoice", "st", "-n", cluster_namespace, "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+    assert "status" not in get_voice(crds, cluster_namespace, "st")
+    crds.kubectl_run(
+        "patch", "ttsvoice", "st", "-n", cluster_namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+    assert get_voice(crds, cluster_namespace, "st")["status"]["queueDepth"] == 7
+
+    rows = crds.kubectl_run("get", "ttsv", "st", "-n", cluster_namespace).stdout.splitlines()
+    assert rows[1].split()[:7] == ["st", "piper-onnx", "en_US-joe-medium", "2", "1", "7", "False"]
+    wide = crds.kubectl_run("get", "ttsv", "st", "-n", cluster_namespace, "-o", "wide").stdout
+    assert f"http://st.{cluster_namespace}.svc:80" in wide
+
+    scale = scale_of(crds, cluster_namespace, "st")
+    assert scale["status"] == {"replicas": 2, "selector": "voicefleet.io/voice=st"}
+
+    bad = {"status": {"conditions": [{**status["conditions"][0], "status": "Maybe"}]}}  # type: ignore[index]
+    refused = crds.kubectl_run(
+        "patch", "ttsvoice", "st", "-n", cluster_namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps(bad), check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "Unsupported value" in refused.stderr
+
+
+# --- kubectl UX ------------------------------------------------------------------------------
+
+
+def test_get_prints_the_columns(crds: LocalCluster, cluster_namespace: str) -> None:
+    create(crds, cluster_namespace, voice("cols"))
+    header = crds.kubectl_run("get", "ttsv", "-n", cluster_namespace).stdout.splitlines()[0]
+    assert re.match(r"NAME\s+ENGINE\s+MODEL\s+DESIRED\s+READY\s+QUEUE\s+STATUS\s+AGE$", header)
+    # The `voicefleet` category lists TTSVoices with everything else VoiceFleet defines.
+    by_category = crds.kubectl_run("get", "voicefleet", "-n", cluster_namespace).stdout
+    assert by_category.splitlines()[0] == header
+    assert by_category.splitlines()[1].split()[:2] == ["cols", "piper-onnx"]
+
+
+def test_explain_teaches_the_api(crds: LocalCluster) -> None:
+    spec = crds.kubectl_run("explain", "ttsvoice.spec").stdout
+    assert "Desired state of the voice" in " ".join(spec.split())
+    for field in ("autoscaling", "engine", "model", "replicas", "resources", "server"):
+        assert re.search(rf"^\s+{field}\s", spec, re.MULTILINE), field
+    minimum = " ".join(
+        crds.kubectl_run("explain", "ttsv.spec.autoscaling.minReplicas").stdout.split()
+    )
+    assert "Fewest replicas (default 1). 0 allows scale-to-zero" in minimum
+    model = " ".join(crds.kubectl_run("explain", "ttsvoice.spec.model").stdout.split())
+    assert "Set exactly one of `bundled`" in model
