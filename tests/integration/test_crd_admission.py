@@ -216,6 +216,11 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.model.volume.path must not contain '..' segments"],
     ),
     (
+        "path-empty-segment",
+        with_model({"volume": {**PVC, "path": "voices//joe.onnx"}}),
+        ["spec.model.volume.path must not contain empty or '.' segments"],
+    ),
+    (
         "path-not-onnx",
         with_model({"volume": {**PVC, "path": "voices/joe.onnx.json"}}),
         ["spec.model.volume.path must name the .onnx model file"],
@@ -271,6 +276,11 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         "env-voicefleet-prefix",
         {"env": [{"name": "VOICEFLEET_MAX_QUEUE", "value": "9"}]},
         ["reserved for the operator", "spec.server.maxQueue"],
+    ),
+    (
+        "env-pod-ip",
+        {"env": [{"name": "POD_IP", "value": "0.0.0.0"}]},
+        ["spec.env[0].name: Forbidden", "env name POD_IP is set by the operator"],
     ),
     (
         "env-duplicate",
@@ -387,7 +397,7 @@ def test_status_is_a_subresource_and_feeds_columns_and_scale(
             {
                 "type": "Ready",
                 "status": "False",
-                "reason": "NotReady",
+                "reason": "ReplicasNotReady",
                 "message": "1/2 replicas ready",
                 "lastTransitionTime": "2026-01-01T00:00:00Z",
                 "observedGeneration": 1,
