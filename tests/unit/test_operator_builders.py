@@ -289,7 +289,11 @@ def test_pod_ip_is_defined_before_the_host_refers_to_it() -> None:
 
 
 def test_env_names_are_unique_and_operator_ones_sorted() -> None:
-    env = env_list(voice(env=[{"name": "Z", "value": "1"}, {"name": "A", "value": "2"}]))
+    v = voice(
+        env=[{"name": "Z", "value": "1"}, {"name": "A", "value": "2"}],
+        server={"maxBatchSize": 4, "threadsPerWorker": 1},
+    )
+    env = env_list(v)
     names = [e["name"] for e in env]
     assert len(names) == len(set(names))
     operator_names = [n for n in names if n.startswith("VOICEFLEET_")]
