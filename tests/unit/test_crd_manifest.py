@@ -493,6 +493,34 @@ def test_pvc_sample_may_scale_to_four() -> None:
     assert spec["autoscaling"]["maxReplicas"] == 4
 
 
+# --- the API reference keeps up with the schema -------------------------------------------
+
+DOC_PATH = REPO / "docs" / "ttsvoice-api.md"
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_api_doc_names_every_field() -> None:
+    doc = DOC_PATH.read_text()
+    missing = [
+        path
+        for path, _ in walk(root_schema())
+        if path.startswith(("spec.", "status."))
+        and not path.endswith(("[]", "{}"))
+        and f"`{path.rsplit('.', 1)[-1].removesuffix('[]')}" not in doc
+        and f"`{path.removesuffix('[]')}" not in doc
+    ]
+    assert missing == []
+
+
+def test_api_doc_quotes_every_cel_message() -> None:
+    doc = squash(DOC_PATH.read_text())
+    missing = [rule["message"] for _, rule in all_rules() if squash(rule["message"]) not in doc]
+    assert missing == []
+
+
 # --- kopf peering ------------------------------------------------------------------------
 
 
