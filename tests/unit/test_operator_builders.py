@@ -7,9 +7,11 @@ import copy
 import dataclasses
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from voicefleet_inference.settings import build_parser, load_settings
 from voicefleet_localcluster.podspec import resolve_env, resolve_port
@@ -535,3 +537,39 @@ def test_default_voice_gets_a_pdb() -> None:
 
 def test_service_endpoint() -> None:
     assert service_endpoint(voice()) == "http://joe.voices.svc:80"
+
+
+# -- the shipped samples ---------------------------------------------------------------------
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "crds" / "samples").glob("*.yaml"))
+
+
+def sample_voice(name: str) -> Voice:
+    path = next(p for p in SAMPLES if p.name == name)
+    doc = yaml.safe_load(path.read_text())
+    doc["metadata"]["namespace"] = "voices"
+    return parse_voice(doc)
+
+
+def test_bundled_sample_runs_one_pod_without_a_budget() -> None:
+    v = sample_voice("en-us-joe.yaml")
+    assert build_deployment(v, OPTS)["spec"]["replicas"] == 1
+    assert build_pdb(v) is None  # its maxReplicas is 1
+
+
+def test_gpu_sample_gets_one_gpu_toleration_and_cuda() -> None:
+    v = sample_voice("gpu-voice.yaml")
+    pod = pod_spec(v)
+    assert pod["tolerations"].count(GPU_TOLERATION) == 1
+    assert container(v)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    s = load_settings([], kubelet_env(v), cores=4)
+    assert (s.device, s.max_batch_size, s.batch_window_ms) == ("cuda", 16, 10.0)
+
+
+def test_pvc_sample_mounts_its_claim_and_fits_its_cores() -> None:
+    v = sample_voice("pvc-voice.yaml")
+    claim = next(vol for vol in pod_spec(v)["volumes"] if vol["name"] == "model")
+    assert claim["persistentVolumeClaim"]["claimName"] == "piper-voices"
+    # threadsPerWorker x workers must fit the CPU request the sample asks for
+    s = load_settings([], kubelet_env(v), cores=int(v.spec.resources.cpu))
+    assert s.model == f"/models/{v.spec.model.volume.path}"  # type: ignore[union-attr]
