@@ -1,0 +1,524 @@
+"""voicefleet-operator against the real control plane, as its own least-privilege ServiceAccount.
+
+One operator process (the `voicefleet-operator` console script of this venv) serves
+the whole module; it authenticates with a token of the ServiceAccount from
+operator/deploy/rbac.yaml, so every test also proves that RBAC is enough. Pods run
+through the process kubelet with the real voicefleet-server. The operator's log is
+printed (and its path kept) when a test fails.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
+SAMPLE = REPO / "crds" / "samples" / "en-us-joe.yaml"
+PVC_SAMPLE = REPO / "crds" / "samples" / "pvc-voice.yaml"
+SA_NAMESPACE = "voicefleet-system"
+SA_NAME = "voicefleet-operator"
+PEERING = "voicefleet-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Operator:
+    """A running voicefleet-operator process and where its output goes."""
+
+    argv: list[str]
+    log_path: Path
+    health_port: int
+    metrics_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = field(default=0)
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        with self.log_path.open("ab") as log:
+            log.write(f"--- test: start {self.starts}\n".encode())
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.starts += 1
+        wait_for(self.healthy, timeout=30, what=f"operator /healthz (log {self.log_path})")
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"operator exited: {self.proc and self.proc.returncode}")
+        rsp = httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2)
+        return rsp.status_code == 200
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def operator_argv(
+    kubeconfig: Path, health: int, metrics: int, *, priority: int, extra: list[str] | None = None
+) -> list[str]:
+    return [
+        str(OPERATOR),
+        "--all-namespaces",
+        f"--kubeconfig={kubeconfig}",
+        f"--health-port={health}",
+        f"--metrics-port={metrics}",
+        f"--peering={PEERING}",
+        f"--priority={priority}",
+        *(extra or []),
+    ]
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CRDs installed by the admin; the operator's identity is only the ServiceAccount."""
+    local_cluster.kubectl_run(
+        "apply",
+        "-f",
+        str(REPO / "crds" / "ttsvoices.yaml"),
+        "-f",
+        str(REPO / "crds" / "kopf-peering.yaml"),
+    )
+    local_cluster.kubectl_run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/ttsvoices.voicefleet.io",
+        "crd/clusterkopfpeerings.kopf.dev",
+    )
+    local_cluster.kubectl_run("create", "namespace", SA_NAMESPACE, check=False)
+    local_cluster.kubectl_run("apply", "-f", str(REPO / "operator" / "deploy" / "rbac.yaml"))
+    path = tmp_path_factory.mktemp("operator") / "sa.kubeconfig"
+    return local_cluster.service_account_kubeconfig(SA_NAMESPACE, SA_NAME, path)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    sa_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Operator]:
+    health, metrics = free_port(), free_port()
+    op = Operator(
+        argv=operator_argv(sa_kubeconfig, health, metrics, priority=100),
+        log_path=tmp_path_factory.mktemp("operator-log") / "operator.log",
+        health_port=health,
+        metrics_port=metrics,
+    )
+    failed_before = request.session.testsfailed
+    op.start()
+    try:
+        yield op
+    finally:
+        code = op.stop()
+        if request.session.testsfailed > failed_before:
+            kept = Path("/tmp") / f"voicefleet-operator-{os.getpid()}.log"
+            shutil.copy(op.log_path, kept)
+            tail = "\n".join(op.log().splitlines()[-80:])
+            print(
+                f"\n--- operator log kept at {kept} (exit {code}); tail:\n{tail}", file=sys.stderr
+            )
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def voice(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get_json("ttsvoice", name, "-n", ns)
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in obj.get("status", {}).get("conditions", []):
+        if cond["type"] == kind:
+            return dict(cond)
+    return None
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+    refs = obj["metadata"].get("ownerReferences", [])
+    return refs == [
+        {
+            "apiVersion": "voicefleet.io/v1alpha1",
+            "kind": "TTSVoice",
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def exists(cluster: LocalCluster, ns: str, *what: str) -> bool:
+    return cluster.kubectl_run("get", *what, "-n", ns, check=False).returncode == 0
+
+
+def scalable_voice(name: str, *, replicas: int = 0, max_replicas: int = 3) -> dict[str, Any]:
+    return {
+        "apiVersion": "voicefleet.io/v1alpha1",
+        "kind": "TTSVoice",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "model": {"bundled": "en_US-joe-medium"},
+            "resources": {"cpu": "250m", "memory": "512Mi"},
+            "autoscaling": {"minReplicas": 0, "maxReplicas": max_replicas},
+        },
+    }
+
+
+def events_for(cluster: LocalCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.get_json(
+        "events", "-n", ns, "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return items
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+def test_sample_becomes_ready_voice_that_speaks_then_rolls_on_update_and_survives_restart(
+    local_cluster: LocalCluster, cluster_namespace: str, operator: Operator
+) -> None:
+    ns = cluster_namespace
+    local_cluster.kubectl_run("apply", "-n", ns, "-f", str(SAMPLE))
+    owner = voice(local_cluster, ns, "en-us-joe")
+
+    dep = wait_for(
+        lambda: local_cluster.get_json("deployment", "en-us-joe", "-n", ns),
+        timeout=30,
+        what="the Deployment",
+    )
+    svc = local_cluster.get_json("service", "en-us-joe", "-n", ns)
+    assert owned_by(dep, owner)
+    assert owned_by(svc, owner)
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["selector"] == {"matchLabels": {"voicefleet.io/voice": "en-us-joe"}}
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["voicefleet-server"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert svc["spec"]["selector"] == {"voicefleet.io/voice": "en-us-joe"}
+    assert not exists(local_cluster, ns, "pdb", "en-us-joe"), "maxReplicas 1 needs no PDB"
+
+    # The real server in a pod, on its own pod IP.
+    pod = wait_for(
+        lambda: local_cluster.ready_pods(ns, "voicefleet.io/voice=en-us-joe"),
+        timeout=90,
+        what="a Ready en-us-joe pod",
+    )[0]
+    rsp = httpx.post(
+        f"http://{pod['status']['podIP']}:8080/v1/audio/speech",
+        json={
+            "model": "en_US-joe-medium",
+            "input": "Hello from the cluster.",
+            "voice": "default",
+            "response_format": "wav",
+        },
+        timeout=60,
+    )
+    assert rsp.status_code == 200, rsp.text
+    with wave.open(io.BytesIO(rsp.content)) as wav:
+        assert wav.getframerate() == 22050
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    assert len(samples) / 22050 > 0.5
+    assert float(np.sqrt(np.mean((samples / 32768.0) ** 2))) > 0.01, "silent audio"
+
+    def ready_status() -> dict[str, Any] | None:
+        obj = voice(local_cluster, ns, "en-us-joe")
+        ready = condition(obj, "Ready")
+        status = obj.get("status", {})
+        if ready and ready["status"] == "True" and status.get("readyReplicas") == 1:
+            return obj
+        return None
+
+    obj = wait_for(ready_status, timeout=30, what="TTSVoice Ready=True, readyReplicas 1")
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert obj["status"]["endpoint"] == f"http://en-us-joe.{ns}.svc:80"
+    assert obj["status"]["selector"] == "voicefleet.io/voice=en-us-joe"
+
+    # An update rolls the Deployment: new template generation, a second ReplicaSet.
+    before = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
+    local_cluster.kubectl_run(
+        "patch",
+        "ttsvoice",
+        "en-us-joe",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"server": {"maxQueue": 32}}}),
+    )
+
+    def rolled() -> dict[str, Any] | None:
+        d = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
+        env = {
+            e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        return d if env.get("VOICEFLEET_MAX_QUEUE") == "32" else None
+
+    after = wait_for(rolled, timeout=30, what="VOICEFLEET_MAX_QUEUE=32 in the template")
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+    wait_for(
+        lambda: (
+            len(
+                local_cluster.get_json("rs", "-n", ns, "-l", "voicefleet.io/voice=en-us-joe")[
+                    "items"
+                ]
+            )
+            == 2
+        ),
+        timeout=30,
+        what="a second ReplicaSet",
+    )
+    generation = voice(local_cluster, ns, "en-us-joe")["metadata"]["generation"]
+
+    def settled() -> bool:
+        obj = ready_status()
+        d = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
+        st = d["status"]
+        done = (
+            st.get("updatedReplicas") == st.get("availableReplicas") == st.get("replicas") == 1
+            and not st.get("terminatingReplicas")
+            and len(local_cluster.pods(ns, "voicefleet.io/voice=en-us-joe")) == 1
+        )
+        return bool(obj and done and obj["status"]["observedGeneration"] == generation)
+
+    wait_for(
+        settled, timeout=120, what="rollout done (old pod gone) and Ready at the new generation"
+    )
+
+    # Restart: the resumed operator converges without touching anything.
+    rs_before = sorted(
+        r["metadata"]["name"]
+        for r in local_cluster.get_json("rs", "-n", ns, "-l", "voicefleet.io/voice=en-us-joe")[
+            "items"
+        ]
+    )
+    svc_before = local_cluster.get_json("service", "en-us-joe", "-n", ns)
+    steady = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
+    assert operator.stop() == 0, "SIGTERM is a clean stop (exit 0)"
+    log_size = len(operator.log())
+    operator.start()
+
+    def resumed() -> bool:
+        lines = operator.log()[log_size:].splitlines()
+        return any(f"[{ns}/en-us-joe]" in ln and "Resuming is processed" in ln for ln in lines)
+
+    wait_for(resumed, timeout=30, what="the restarted operator to resume en-us-joe")
+    now = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
+    assert now["metadata"]["resourceVersion"] == steady["metadata"]["resourceVersion"]
+    assert now["metadata"]["generation"] == steady["metadata"]["generation"]
+    assert (
+        local_cluster.get_json("service", "en-us-joe", "-n", ns)["metadata"]["resourceVersion"]
+        == (svc_before["metadata"]["resourceVersion"])
+    )
+    assert len(local_cluster.get_json("deployments", "-n", ns)["items"]) == 1
+    assert len(local_cluster.get_json("services", "-n", ns)["items"]) == 1
+    assert (
+        sorted(
+            r["metadata"]["name"]
+            for r in local_cluster.get_json("rs", "-n", ns, "-l", "voicefleet.io/voice=en-us-joe")[
+                "items"
+            ]
+        )
+        == rs_before
+    )
+
+
+def test_scale_subresource_drives_replicas_pdb_follows_max_and_delete_collects_everything(
+    local_cluster: LocalCluster, cluster_namespace: str, operator: Operator
+) -> None:
+    ns = cluster_namespace
+    local_cluster.apply(scalable_voice("scaly"), namespace=ns)
+    owner = voice(local_cluster, ns, "scaly")
+    dep = wait_for(
+        lambda: local_cluster.get_json("deployment", "scaly", "-n", ns),
+        timeout=30,
+        what="Deployment",
+    )
+    assert dep["spec"]["replicas"] == 0
+    pdb = local_cluster.get_json("pdb", "scaly", "-n", ns)
+    assert owned_by(pdb, owner)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == {"matchLabels": {"voicefleet.io/voice": "scaly"}}
+
+    local_cluster.kubectl_run("scale", "ttsvoice", "scaly", "-n", ns, "--replicas=2")
+    wait_for(
+        lambda: local_cluster.get_json("deployment", "scaly", "-n", ns)["spec"]["replicas"] == 2,
+        timeout=30,
+        what="Deployment replicas 2 after kubectl scale ttsvoice",
+    )
+    wait_for(
+        lambda: voice(local_cluster, ns, "scaly")["status"].get("desiredReplicas") == 2,
+        timeout=30,
+        what="status.desiredReplicas 2",
+    )
+    local_cluster.kubectl_run("scale", "ttsvoice", "scaly", "-n", ns, "--replicas=0")
+    wait_for(
+        lambda: local_cluster.get_json("deployment", "scaly", "-n", ns)["spec"]["replicas"] == 0,
+        timeout=30,
+        what="Deployment replicas back to 0",
+    )
+
+    local_cluster.kubectl_run("delete", "ttsvoice", "scaly", "-n", ns, "--wait=true")
+    wait_for(
+        lambda: (
+            not any(exists(local_cluster, ns, kind, "scaly") for kind in ("deploy", "svc", "pdb"))
+        ),
+        timeout=60,
+        what="Deployment, Service and PDB garbage-collected",
+    )
+
+    # maxReplicas down to 1: the disruption budget is no longer wanted and goes.
+    local_cluster.apply(scalable_voice("shrinks"), namespace=ns)
+    wait_for(lambda: exists(local_cluster, ns, "pdb", "shrinks"), timeout=30, what="PDB")
+    local_cluster.kubectl_run(
+        "patch",
+        "ttsvoice",
+        "shrinks",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"autoscaling": {"maxReplicas": 1}}}),
+    )
+    wait_for(lambda: not exists(local_cluster, ns, "pdb", "shrinks"), timeout=30, what="PDB gone")
+    assert exists(local_cluster, ns, "deploy", "shrinks")
+    assert operator.proc is not None
+    assert operator.proc.poll() is None
+
+
+def test_missing_pvc_is_degraded_with_a_warning_event_not_a_crash(
+    local_cluster: LocalCluster, cluster_namespace: str, operator: Operator
+) -> None:
+    ns = cluster_namespace
+    local_cluster.kubectl_run("apply", "-n", ns, "-f", str(PVC_SAMPLE))
+    name = yaml.safe_load(PVC_SAMPLE.read_text())["metadata"]["name"]
+
+    def degraded() -> dict[str, Any] | None:
+        cond = condition(voice(local_cluster, ns, name), "Degraded")
+        return cond if cond and cond["status"] == "True" else None
+
+    cond = wait_for(degraded, timeout=30, what="Degraded=True")
+    assert cond["reason"] == "PVCNotFound"
+    assert "piper-voices" in cond["message"]
+    ready = condition(voice(local_cluster, ns, name), "Ready")
+    assert ready is not None
+    assert ready["status"] == "False"
+    warnings = wait_for(
+        lambda: [e for e in events_for(local_cluster, ns, name) if e["type"] == "Warning"],
+        timeout=20,
+        what="a Warning Event on the TTSVoice",
+    )
+    assert any("piper-voices" in e["message"] for e in warnings), warnings
+    assert not exists(local_cluster, ns, "deployment", name), (
+        "no pods for a model that is not there"
+    )
+    assert operator.healthy()
+
+
+def peers(cluster: LocalCluster) -> dict[str, Any]:
+    obj = cluster.get_json("clusterkopfpeering", PEERING)
+    return {k: v for k, v in (obj.get("status") or {}).items() if v}
+
+
+def test_two_operators_peer_only_the_higher_priority_acts_and_the_other_takes_over(
+    local_cluster: LocalCluster,
+    cluster_namespace: str,
+    operator: Operator,
+    sa_kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    ns = cluster_namespace
+    health, metrics = free_port(), free_port()
+    second = Operator(
+        argv=operator_argv(sa_kubeconfig, health, metrics, priority=50),
+        log_path=tmp_path / "second.log",
+        health_port=health,
+        metrics_port=metrics,
+    )
+    second.start()
+    try:
+        wait_for(lambda: len(peers(local_cluster)) == 2, timeout=30, what="two peers registered")
+        local_cluster.apply(scalable_voice("peered"), namespace=ns)
+        wait_for(
+            lambda: voice(local_cluster, ns, "peered").get("status", {}).get("observedGeneration"),
+            timeout=30,
+            what="the voice reconciled by the active operator",
+        )
+        assert f"[{ns}/peered]" in operator.log()
+        assert f"[{ns}/peered]" not in second.log(), "the paused operator must not act"
+        assert "Resuming operations" not in second.log()
+        assert "Possibly conflicting operators" not in operator.log() + second.log()
+
+        # The active one leaves (it deletes its own peering record on SIGTERM): the
+        # other resumes and reconciles at once, without waiting for a lease to expire.
+        assert operator.stop() == 0
+        wait_for(
+            lambda: "Resuming operations" in second.log(), timeout=30, what="the second to resume"
+        )
+        local_cluster.kubectl_run(
+            "patch",
+            "ttsvoice",
+            "peered",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"server": {"maxQueue": 7}}}),
+        )
+
+        def env_has_queue_7() -> bool:
+            d = local_cluster.get_json("deployment", "peered", "-n", ns)
+            env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+            return {"name": "VOICEFLEET_MAX_QUEUE", "value": "7"} in env
+
+        wait_for(env_has_queue_7, timeout=30, what="the second operator to apply the update")
+        assert f"[{ns}/peered]" in second.log()
+
+        # The higher priority comes back: the second pauses again.
+        operator.start()
+        wait_for(
+            lambda: "Pausing operations in favour of" in second.log(),
+            timeout=30,
+            what="the second to pause for the returning higher-priority operator",
+        )
+    finally:
+        assert second.stop() == 0, second.log()[-3000:]
