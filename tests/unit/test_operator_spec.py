@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -508,3 +510,29 @@ def test_volume_path_with_dots_inside_names_is_fine() -> None:
     spec = parse_spec({"model": vol(path="v1..2/de_DE-thorsten.medium.onnx")})
     assert spec.model.volume is not None
     assert spec.model.volume.path == "v1..2/de_DE-thorsten.medium.onnx"
+
+
+# -- the pure layer ----------------------------------------------------------------------------
+
+
+def test_parses_a_kopf_body_like_a_dict() -> None:
+    """Handlers pass kopf's read-only Body views straight in."""
+    import kopf
+
+    raw = body(env=[{"name": "A", "value": "1"}], nodeSelector={"pool": "tts"})
+    assert parse_voice(kopf.Body(cast("kopf.RawBody", raw))) == parse_voice(raw)
+
+
+def test_the_pure_modules_import_neither_kopf_nor_kubernetes() -> None:
+    """The core is tested without a cluster; the layering that allows it is checked here."""
+    code = (
+        "import sys\n"
+        "import voicefleet_operator.labels, voicefleet_operator.spec\n"
+        "import voicefleet_operator.builders, voicefleet_operator.conditions\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == ""
