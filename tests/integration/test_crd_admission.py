@@ -380,6 +380,56 @@ def test_kubectl_scale_within_bounds(crds: LocalCluster, cluster_namespace: str)
     assert get_voice(crds, cluster_namespace, "sc")["spec"]["replicas"] == 0
 
 
+def hpa(name: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    """An HPA on a TTSVoice. No metrics server runs, but an HPA still raises a target below
+    its minReplicas, through the target's scale subresource: that is what this exercises."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": GROUP_VERSION, "kind": "TTSVoice", "name": name},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 80},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_a_horizontal_pod_autoscaler_scales_a_voice_within_its_bounds(
+    crds: LocalCluster, cluster_namespace: str
+) -> None:
+    """The real HPA controller scales TTSVoices, and the CEL bounds hold against it too."""
+    create(crds, cluster_namespace, voice("fits"))
+    create(crds, cluster_namespace, voice("capped"))
+    crds.apply([hpa("fits", 2, 3), hpa("capped", 4, 5)], namespace=cluster_namespace)
+
+    wait_for(
+        lambda: get_voice(crds, cluster_namespace, "fits")["spec"]["replicas"] == 2,
+        timeout=90,
+        what="the HPA to scale voice fits to its minReplicas 2",
+    )
+
+    def refused() -> str | None:
+        status = crds.get_json("hpa", "capped", "-n", cluster_namespace).get("status", {})
+        for condition in status.get("conditions", []):
+            if condition["type"] == "AbleToScale" and condition["status"] == "False":
+                return str(condition["message"])
+        return None
+
+    message = wait_for(refused, timeout=90, what="the HPA on voice capped to be refused")
+    assert "spec.replicas must be <= spec.autoscaling.maxReplicas" in message
+    assert get_voice(crds, cluster_namespace, "capped")["spec"]["replicas"] == 1
+
+
 def test_status_is_a_subresource_and_feeds_columns_and_scale(
     crds: LocalCluster, cluster_namespace: str
 ) -> None:
