@@ -488,3 +488,38 @@ def test_a_whole_life_through_derive_status() -> None:
         ("Normal", "VoiceRecovered"),
         ("Normal", "ScaledToZero"),
     ]
+
+
+# -- status as the API server really sends it (zero counts omitted) --------------------------
+
+
+def test_zero_counts_omitted_while_the_first_pod_starts() -> None:
+    dep = deployment(replicas=1)
+    dep["status"] = {
+        "observedGeneration": 1,
+        "replicas": 1,
+        "updatedReplicas": 1,
+        "unavailableReplicas": 1,
+    }
+    status = derive_status(voice(replicas=1), dep, [], [], T0)
+    assert summary(status)["Ready"] == ("False", "ReplicasNotReady")
+    assert summary(status)["Progressing"] == ("True", "RollingOut")
+    assert cond(status, "Progressing")["message"] == "0 of 1 updated replicas available"
+    assert (status["replicas"], status["readyReplicas"]) == (1, 0)
+
+
+def test_scaled_to_zero_and_settled() -> None:
+    dep = deployment(replicas=0, generation=2)
+    dep["status"] = {
+        "observedGeneration": 2,
+        "conditions": [
+            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+        ],
+    }
+    status = derive_status(voice(replicas=0), dep, [], [], T0)
+    assert summary(status) == {
+        "Ready": ("False", "ScaledToZero"),
+        "Progressing": ("False", "RolloutComplete"),
+        "Degraded": ("False", "AsExpected"),
+    }
