@@ -27,8 +27,8 @@ log = logging.getLogger("voicefleet_operator")
 
 def run(config: OperatorConfig) -> None:
     """Run the operator until a signal stops it (raises on startup failures)."""
-    kopf.configure(verbose=config.verbose, log_prefix=True)
     api = make_api_client(config.kubeconfig, pool_size=config.workers + 4)
+    kopf.configure(verbose=config.verbose, log_prefix=True)
     metrics = OperatorMetrics.create()
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
