@@ -5,8 +5,10 @@ Three conditions, each shaped like ``metav1.Condition`` (``type``, ``status`` "T
 UTC with a ``Z``, ``observedGeneration``), always in the order Ready, Progressing, Degraded:
 
 ``Ready``
-    True when ``readyReplicas >= 1`` and ``readyReplicas >= spec.replicas``: the voice
-    answers requests at the capacity asked for. A voice scaled to zero
+    True when at least one replica is ready: the voice answers requests. Reason
+    ``ReplicasReady`` when all replicas asked for are ready, ``PartiallyReady`` while some
+    are (a scale-up or rollout in progress): an autoscaler scale-up must not make a serving
+    voice look broken to the router or to ``kubectl wait``. A voice scaled to zero
     (``spec.replicas == 0``) is *not* Ready (reason ``ScaledToZero``): nothing serves
     until the router's first request wakes it, and clients listing ready voices must
     know that the first request will wait for a cold start.
@@ -130,6 +132,10 @@ def _ready(
         )
     if ready >= desired:
         return _Verdict("True", "ReplicasReady", f"{ready}/{desired} replicas ready")
+    if ready >= 1:
+        return _Verdict(
+            "True", "PartiallyReady", f"{ready}/{desired} replicas ready; more are starting"
+        )
     return _Verdict("False", "ReplicasNotReady", f"{ready}/{desired} replicas ready")
 
 

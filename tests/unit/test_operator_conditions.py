@@ -135,7 +135,8 @@ def test_missing_deployment_status_counts_as_zero() -> None:
         (1, 1, ("True", "ReplicasReady")),
         (2, 2, ("True", "ReplicasReady")),
         (2, 3, ("True", "ReplicasReady")),  # surge pod counted during a rollout
-        (2, 1, ("False", "ReplicasNotReady")),
+        (2, 1, ("True", "PartiallyReady")),  # scaling up: still serving
+        (3, 2, ("True", "PartiallyReady")),
         (2, 0, ("False", "ReplicasNotReady")),
         (1, 0, ("False", "ReplicasNotReady")),
         (0, 0, ("False", "ScaledToZero")),
@@ -247,7 +248,8 @@ def test_scaling_up_is_progress() -> None:
         voice(replicas=4), deployment(replicas=4, ready=2, available=2), [], [], T0
     )
     assert summary(status)["Progressing"] == ("True", "RollingOut")
-    assert summary(status)["Ready"] == ("False", "ReplicasNotReady")
+    # the two ready replicas keep serving while the other two start
+    assert summary(status)["Ready"] == ("True", "PartiallyReady")
 
 
 def test_deployment_built_from_an_older_voice_generation_is_reconciling() -> None:
@@ -339,13 +341,15 @@ def test_problem_reason_may_use_the_metav1_alphabet() -> None:
 
 
 def test_transition_time_kept_while_status_unchanged_and_moved_when_it_flips() -> None:
-    first = derive_status(voice(), deployment(ready=0), [], [], T0)
-    second = derive_status(voice(), deployment(ready=1), [], first["conditions"], T1)
-    # Ready stays False (1 of 2), only its message changes: time kept
+    first = derive_status(voice(), deployment(ready=1), [], [], T0)
+    second = derive_status(voice(), deployment(ready=2), [], first["conditions"], T1)
+    # Ready stays True (1 of 2, then 2 of 2), only its reason and message change: time kept
+    assert cond(second, "Ready")["status"] == "True"
     assert cond(second, "Ready")["lastTransitionTime"] == "2026-11-25T12:00:00Z"
+    assert cond(second, "Ready")["reason"] != cond(first, "Ready")["reason"]
     assert cond(second, "Ready")["message"] != cond(first, "Ready")["message"]
-    third = derive_status(voice(), deployment(ready=2), [], second["conditions"], T1)
-    assert cond(third, "Ready")["status"] == "True"
+    third = derive_status(voice(), deployment(ready=0), [], second["conditions"], T1)
+    assert cond(third, "Ready")["status"] == "False"
     assert cond(third, "Ready")["lastTransitionTime"] == "2026-11-25T12:03:00Z"
     assert cond(third, "Degraded")["lastTransitionTime"] == "2026-11-25T12:00:00Z"
 
