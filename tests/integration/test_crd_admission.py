@@ -434,7 +434,7 @@ def test_status_is_a_subresource_and_feeds_columns_and_scale(
     crds: LocalCluster, cluster_namespace: str
 ) -> None:
     create(crds, cluster_namespace, voice("st", replicas=2))
-    status = {
+    status: dict[str, Any] = {
         "replicas": 2,
         "readyReplicas": 1,
         "desiredReplicas": 2,
@@ -474,7 +474,7 @@ def test_status_is_a_subresource_and_feeds_columns_and_scale(
     scale = scale_of(crds, cluster_namespace, "st")
     assert scale["status"] == {"replicas": 2, "selector": "voicefleet.io/voice=st"}
 
-    bad = {"status": {"conditions": [{**status["conditions"][0], "status": "Maybe"}]}}  # type: ignore[index]
+    bad = {"status": {"conditions": [{**status["conditions"][0], "status": "Maybe"}]}}
     refused = crds.kubectl_run(
         "patch", "ttsvoice", "st", "-n", cluster_namespace, "--subresource=status",
         "--type=merge", "-p", json.dumps(bad), check=False,

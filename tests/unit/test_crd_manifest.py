@@ -360,6 +360,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def has_type(value: Any, kind: str) -> bool:
+    """JSON types as the API server sees them (a YAML `true` is not an integer)."""
+    if kind != "boolean" and isinstance(value, bool):
+        return False
+    return isinstance(value, _TYPES[kind])
+
+
 def check(value: Any, schema: Schema, path: str = "") -> list[str]:
     """A small structural validator: types, unknown fields, required, enums and bounds.
 
@@ -377,7 +384,7 @@ def check(value: Any, schema: Schema, path: str = "") -> list[str]:
     kind = schema.get("type")
     if kind is None:
         return errors
-    if not isinstance(value, _TYPES[kind]) or (kind != "boolean" and isinstance(value, bool)):
+    if not has_type(value, kind):
         return [f"{where}: want {kind}, got {value!r}"]
     if "enum" in schema and value not in schema["enum"]:
         errors.append(f"{where}: {value!r} not in {schema['enum']}")
