@@ -29,6 +29,8 @@ def run(config: OperatorConfig) -> None:
     """Run the operator until a signal stops it (raises on startup failures)."""
     api = make_api_client(config.kubeconfig, pool_size=config.workers + 4)
     kopf.configure(verbose=config.verbose, log_prefix=True)
+    if not config.verbose:  # one line per liveness probe drowns the useful lines
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     metrics = OperatorMetrics.create()
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)

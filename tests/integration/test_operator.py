@@ -333,6 +333,7 @@ def test_sample_becomes_ready_voice_that_speaks_then_rolls_on_update_and_survive
     )
     svc_before = local_cluster.get_json("service", "en-us-joe", "-n", ns)
     steady = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
+    voice_before = voice(local_cluster, ns, "en-us-joe")
     assert operator.stop() == 0, "SIGTERM is a clean stop (exit 0)"
     log_size = len(operator.log())
     operator.start()
@@ -349,6 +350,8 @@ def test_sample_becomes_ready_voice_that_speaks_then_rolls_on_update_and_survive
         local_cluster.get_json("service", "en-us-joe", "-n", ns)["metadata"]["resourceVersion"]
         == (svc_before["metadata"]["resourceVersion"])
     )
+    # Nothing rewritten on the voice either: not its status, not kopf's annotations.
+    assert voice(local_cluster, ns, "en-us-joe") == voice_before
     assert len(local_cluster.get_json("deployments", "-n", ns)["items"]) == 1
     assert len(local_cluster.get_json("services", "-n", ns)["items"]) == 1
     assert (
