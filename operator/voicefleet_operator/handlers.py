@@ -140,6 +140,7 @@ def build_registry() -> kopf.OperatorRegistry:
         labels={labels.MANAGED_BY_LABEL: labels.MANAGED_BY},
         registry=registry,
     )(deployment_event)
+    kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)(pvc_event)
     return registry
 
 
@@ -399,3 +400,40 @@ def deployment_event(
         deps.metrics.reconcile_duration.labels(trigger="deployment").observe(
             time.perf_counter() - started
         )
+
+
+# --- PVC events -------------------------------------------------------------------------
+
+
+def pvc_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    """A claim appeared: reconcile at once the voices that were waiting for it.
+
+    Without this a voice stays Degraded until kopf's next retry (`RETRY_DELAY`);
+    with it, creating the missing PVC brings the voice up within a second.
+    Only real ADDED events count (kopf's initial listing has no type).
+    """
+    if event.get("type") != "ADDED":
+        return
+    deps = _deps(memo)
+    meta = body.get("metadata") or {}
+    namespace, claim = str(meta.get("namespace")), str(meta.get("name"))
+    try:
+        candidates = deps.kube.list_voices(namespace)
+    except KubeError as exc:
+        logger.warning("could not list TTSVoices in %s: %s", namespace, exc)
+        return
+    for voice_body in candidates:
+        volume = ((voice_body.get("spec") or {}).get("model") or {}).get("volume") or {}
+        if (volume.get("persistentVolumeClaim") or {}).get("claimName") != claim:
+            continue
+        if (voice_body.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        name = voice_body["metadata"]["name"]
+        logger.info("PersistentVolumeClaim %s appeared: reconciling TTSVoice %s", claim, name)
+        deps.metrics.reconciles.labels(trigger="pvc").inc()
+        try:
+            _reconcile(deps, voice_body, logger)
+        except kopf.TemporaryError as exc:
+            logger.warning("TTSVoice %s/%s still not reconciled: %s", namespace, name, exc)

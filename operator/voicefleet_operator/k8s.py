@@ -219,6 +219,11 @@ class Kube:
             missing_ok=True,
         )
 
+    def list_voices(self, namespace: str) -> list[dict[str, Any]]:
+        found = _call(self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        items: list[dict[str, Any]] = (found or {}).get("items") or []
+        return items
+
     # --- writes on the TTSVoice ---------------------------------------------
 
     def patch_voice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

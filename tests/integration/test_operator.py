@@ -61,8 +61,10 @@ class Operator:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env["PYTHONUNBUFFERED"] = "1"  # the log is read while the operator runs
         with self.log_path.open("ab") as log:
             log.write(f"--- test: start {self.starts}\n".encode())
+            log.flush()
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
@@ -455,6 +457,49 @@ def test_missing_pvc_is_degraded_with_a_warning_event_not_a_crash(
         "no pods for a model that is not there"
     )
     assert operator.healthy()
+
+    # The claim appears: the voice recovers at once (no pods: replicas 0 keeps the
+    # process kubelet from running a server whose model file is not really there).
+    local_cluster.kubectl_run(
+        "patch",
+        "ttsvoice",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"replicas": 0, "autoscaling": {"minReplicas": 0}}}),
+    )
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "piper-voices"},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    local_cluster.apply(claim, namespace=ns)
+    dep = wait_for(
+        lambda: local_cluster.get_json("deployment", name, "-n", ns),
+        timeout=15,
+        what="the Deployment once the PVC exists (well before kopf's 30 s retry)",
+    )
+    assert dep["spec"]["replicas"] == 0
+    assert "PersistentVolumeClaim piper-voices appeared" in operator.log()
+    volumes = dep["spec"]["template"]["spec"]["volumes"]
+    model = {
+        "name": "model",
+        "persistentVolumeClaim": {"claimName": "piper-voices", "readOnly": True},
+    }
+    assert model in volumes
+    wait_for(
+        lambda: condition(voice(local_cluster, ns, name), "Degraded")["status"] == "False",
+        timeout=15,
+        what="Degraded=False",
+    )
+    wait_for(
+        lambda: any(e["reason"] == "VoiceRecovered" for e in events_for(local_cluster, ns, name)),
+        timeout=15,
+        what="a VoiceRecovered Event",
+    )
 
 
 def peers(cluster: LocalCluster) -> dict[str, Any]:
