@@ -171,13 +171,18 @@ def ensure_peering(memo: Any, logger: kopf.Logger, **_: Any) -> None:
         try:
             created = deps.kube.ensure_peering(config.peering_name, namespace)
         except KubeError as exc:
-            if exc.status == 404 and config.peering is None:
-                logger.warning(
-                    "kopf peering CRDs are not installed (crds/kopf-peering.yaml): "
-                    "running without peering; do not run a second replica"
-                )
-                return
-            raise
+            if exc.status != 404:
+                raise
+            if config.peering is not None:
+                raise kopf.PermanentError(
+                    f"--peering {config.peering}: the kopf peering CRDs are not installed "
+                    "(kubectl apply -f crds/kopf-peering.yaml), or use --standalone"
+                ) from exc
+            logger.warning(
+                "kopf peering CRDs are not installed (crds/kopf-peering.yaml): "
+                "running without peering; do not run a second replica"
+            )
+            return
         if created:
             logger.info(
                 "created peering object %r in %s", config.peering_name, namespace or "cluster"

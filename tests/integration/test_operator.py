@@ -402,6 +402,17 @@ def test_scale_subresource_drives_replicas_pdb_follows_max_and_delete_collects_e
         what="Deployment replicas back to 0",
     )
 
+    # Someone deletes the Deployment: it comes back at once, still owned by the voice.
+    old_uid = local_cluster.get_json("deployment", "scaly", "-n", ns)["metadata"]["uid"]
+    local_cluster.kubectl_run("delete", "deployment", "scaly", "-n", ns, "--wait=true")
+    again = wait_for(
+        lambda: local_cluster.get_json("deployment", "scaly", "-n", ns),
+        timeout=30,
+        what="the deleted Deployment re-created",
+    )
+    assert again["metadata"]["uid"] != old_uid
+    assert owned_by(again, owner)
+
     local_cluster.kubectl_run("delete", "ttsvoice", "scaly", "-n", ns, "--wait=true")
     wait_for(
         lambda: (
