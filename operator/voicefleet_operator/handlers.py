@@ -353,7 +353,7 @@ def deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
 # --- Deployment events ------------------------------------------------------------------
 
 
-def _owner_voice(deployment: Mapping[str, Any]) -> str | None:
+def owner_voice(deployment: Mapping[str, Any]) -> str | None:
     for ref in (deployment.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("kind") == labels.KIND and str(ref.get("apiVersion", "")).startswith(
             f"{GROUP}/"
@@ -374,7 +374,7 @@ def deployment_event(
     deployment = dict(body)
     meta = deployment.get("metadata") or {}
     namespace = str(meta.get("namespace"))
-    name = _owner_voice(deployment)
+    name = owner_voice(deployment)
     if name is None:
         return
     started = time.perf_counter()

@@ -1,0 +1,93 @@
+"""How the operator is wired into kopf, checked without a cluster.
+
+`build_settings` is where every kopf knob is decided (docs/operator.md explains
+each); these tests pin the decisions so a refactor cannot drop one silently.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+import pytest
+from prometheus_client import generate_latest
+
+from voicefleet_operator import metrics
+from voicefleet_operator.handlers import (
+    ANNOTATION_PREFIX,
+    WATCH_SERVER_TIMEOUT,
+    build_registry,
+    build_settings,
+    owner_voice,
+)
+from voicefleet_operator.settings import DEFAULT_PEERING, parse_args
+
+
+def test_settings_keep_kopf_state_in_our_annotations_and_post_only_explicit_events() -> None:
+    settings = build_settings(parse_args(["-A"]))
+    progress = settings.persistence.progress_storage
+    diffbase = settings.persistence.diffbase_storage
+    assert isinstance(progress, kopf.AnnotationsProgressStorage)
+    assert progress.prefix == ANNOTATION_PREFIX
+    assert isinstance(diffbase, kopf.AnnotationsDiffBaseStorage)
+    assert diffbase.prefix == ANNOTATION_PREFIX
+    assert settings.posting.enabled
+    assert not settings.posting.loggers
+    assert settings.posting.level == logging.INFO
+    assert settings.watching.server_timeout == WATCH_SERVER_TIMEOUT
+    assert settings.watching.client_timeout is not None
+    assert settings.watching.client_timeout > WATCH_SERVER_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "mandatory", "standalone"),
+    [
+        (["-A"], DEFAULT_PEERING, False, False),
+        (["-A", "--peering=prod"], "prod", True, False),
+        (["-A", "--standalone"], DEFAULT_PEERING, False, True),
+    ],
+)
+def test_peering_follows_the_flags(
+    argv: list[str], name: str, mandatory: bool, standalone: bool
+) -> None:
+    settings = build_settings(parse_args([*argv, "--priority=42", "--workers=7"]))
+    assert settings.peering.name == name
+    assert settings.peering.mandatory is mandatory
+    assert settings.peering.standalone is standalone
+    assert settings.peering.priority == 42
+    assert settings.execution.max_workers == 7
+
+
+def test_each_registry_is_fresh_and_the_default_one_stays_empty() -> None:
+    first, second = build_registry(), build_registry()
+    assert first is not second
+    assert first is not kopf.get_default_registry()
+
+
+def test_theowner_voice_is_read_from_the_controller_reference() -> None:
+    deployment = {
+        "metadata": {
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x"},
+                {"apiVersion": "voicefleet.io/v1alpha1", "kind": "TTSVoice", "name": "joe"},
+            ]
+        }
+    }
+    assert owner_voice(deployment) == "joe"
+    assert owner_voice({"metadata": {}}) is None
+    stranger = {"metadata": {"ownerReferences": [{"apiVersion": "x.io/v1", "kind": "TTSVoice"}]}}
+    assert owner_voice(stranger) is None
+
+
+def test_metrics_live_in_their_own_registry_under_the_names_in_metrics_py() -> None:
+    a, b = metrics.OperatorMetrics.create(), metrics.OperatorMetrics.create()
+    a.reconciles.labels(trigger="create").inc()
+    a.reconcile_errors.labels(reason="problem").inc()
+    a.reconcile_duration.labels(trigger="create").observe(0.02)
+    a.status_writes.inc()
+    text = generate_latest(a.registry).decode()
+    assert f'{metrics.RECONCILES}{{trigger="create"}} 1.0' in text
+    assert f'{metrics.RECONCILE_ERRORS}{{reason="problem"}} 1.0' in text
+    assert f'{metrics.RECONCILE_DURATION}_count{{trigger="create"}} 1.0' in text
+    assert f"{metrics.STATUS_WRITES} 1.0" in text
+    assert f'{metrics.RECONCILES}{{trigger="create"}}' not in generate_latest(b.registry).decode()
