@@ -174,7 +174,7 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
-    refs = obj["metadata"].get("ownerReferences", [])
+    refs: list[dict[str, Any]] = obj["metadata"].get("ownerReferences", [])
     return refs == [
         {
             "apiVersion": "voicefleet.io/v1alpha1",
@@ -502,7 +502,9 @@ def test_missing_pvc_is_degraded_with_a_warning_event_not_a_crash(
     }
     assert model in volumes
     wait_for(
-        lambda: condition(voice(local_cluster, ns, name), "Degraded")["status"] == "False",
+        lambda: (
+            (condition(voice(local_cluster, ns, name), "Degraded") or {}).get("status") == "False"
+        ),
         timeout=15,
         what="Degraded=False",
     )
