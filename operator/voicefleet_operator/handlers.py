@@ -362,13 +362,24 @@ def owner_voice(deployment: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _replicas_drifted(deployment: Mapping[str, Any], voice: Voice) -> bool:
+    """True when the Deployment asks for other replicas than the voice's ``spec.replicas``."""
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    return isinstance(replicas, int) and replicas != voice.spec.replicas
+
+
 def deployment_event(
     event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
 ) -> None:
     """A managed Deployment changed: refresh its voice's status (replicas, Ready…).
 
     A Deployment deleted behind our back while its voice lives is re-created at once
-    rather than waiting for the next change to the voice.
+    rather than waiting for the next change to the voice. Likewise a Deployment whose
+    ``spec.replicas`` was written by someone else (``kubectl scale deployment``, an HPA
+    aimed at the Deployment) is put back to the voice's ``spec.replicas`` at once: the
+    TTSVoice's scale subresource is the one writer of replicas, so two writers never
+    take turns. The voice is read fresh, so a Deployment event that merely lags a
+    ``kubectl scale ttsvoice`` re-applies the same value and changes nothing.
     """
     deps = _deps(memo)
     deployment = dict(body)
@@ -395,6 +406,14 @@ def deployment_event(
                 else:
                     logger.warning("Deployment deleted while its TTSVoice exists: re-creating")
                     current = _apply(deps, voice_body, voice)
+            elif not problems and _replicas_drifted(deployment, voice):
+                logger.warning(
+                    "Deployment replicas were set to %s outside the TTSVoice: restoring %s"
+                    " (scale the TTSVoice instead)",
+                    (deployment.get("spec") or {}).get("replicas"),
+                    voice.spec.replicas,
+                )
+                current = _apply(deps, voice_body, voice)
             else:
                 current = deployment
             _write_status(deps, voice_body, voice, current, problems)

@@ -402,6 +402,16 @@ def test_scale_subresource_drives_replicas_pdb_follows_max_and_delete_collects_e
         what="Deployment replicas back to 0",
     )
 
+    # Someone scales the Deployment itself: the voice is the one writer of replicas,
+    # so the operator puts it back at once (no waiting for the voice's next change).
+    local_cluster.kubectl_run("scale", "deployment", "scaly", "-n", ns, "--replicas=3")
+    wait_for(
+        lambda: local_cluster.get_json("deployment", "scaly", "-n", ns)["spec"]["replicas"] == 0,
+        timeout=30,
+        what="Deployment replicas restored to the voice's 0 after kubectl scale deployment",
+    )
+    assert voice(local_cluster, ns, "scaly")["spec"]["replicas"] == 0
+
     # Someone deletes the Deployment: it comes back at once, still owned by the voice.
     old_uid = local_cluster.get_json("deployment", "scaly", "-n", ns)["metadata"]["uid"]
     local_cluster.kubectl_run("delete", "deployment", "scaly", "-n", ns, "--wait=true")
