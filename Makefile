@@ -42,8 +42,9 @@ test: install lint typecheck ## the full suite: lint, types, unit, integration (
 serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
 	$(BIN)/voicefleet-server --host $(HOST) --port $(PORT)
 
-bench: install ## benchmarks; results land in docs/benchmarks.md
+bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmarks.md), then 100 voices through the operator (figures printed; table in docs/operator.md)
 	$(BIN)/python hack/bench/run.py --output docs/benchmarks.md
+	$(BIN)/python hack/bench/operator_scale.py
 
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build
