@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 import httpx
 import yaml
 
+from voicefleet_localcluster.procs import stop_process
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
 from voicefleet_operator.settings import DEFAULT_WORKERS
 
@@ -167,12 +167,8 @@ def run(count: int, workers: int | None) -> dict[str, Any]:
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
         }
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if proc is not None:
+            stop_process(proc, grace=20)
         cluster.stop()
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 MARKER_ENV = "VOICEFLEET_CLUSTER_ID"
 
@@ -107,3 +109,20 @@ def kill_marked(cluster_id: str) -> list[int]:
     while time.monotonic() < deadline and any(alive(p) for p in stragglers):
         time.sleep(0.05)
     return stragglers
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> int:
+    """SIGTERM a child we started, give it ``grace`` seconds to drain, then SIGKILL.
+
+    For one process (a server or operator under test, a benchmark's subject), not a
+    group: those handle SIGTERM themselves and their exit code is what callers check.
+    Returns the exit code (negative when a signal ended it).
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -23,6 +23,8 @@ import httpx
 import numpy as np
 import pytest
 
+from voicefleet_localcluster.procs import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 SERVER = Path(sys.executable).with_name("voicefleet-server")
 SPEECH = "/v1/audio/speech"
@@ -85,14 +87,7 @@ def start_server(log_path: Path, *extra: str, env: dict[str, str] | None = None)
 
 
 def stop_server(server: Server) -> int:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-    return server.proc.returncode
+    return stop_process(server.proc, grace=60)
 
 
 @pytest.fixture(scope="module")
