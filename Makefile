@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8080
 HOST ?= 127.0.0.1
 
-PRODUCT_SRC := inference/voicefleet_inference operator/voicefleet_operator hack/voicefleet_localcluster
+PRODUCT_SRC := crds/voicefleet_api inference/voicefleet_inference operator/voicefleet_operator hack/voicefleet_localcluster
 
 .PHONY: help install lint typecheck unit test serve bench cluster-build cluster-up cluster-down clean
 

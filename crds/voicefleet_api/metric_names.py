@@ -1,0 +1,34 @@
+"""Every Prometheus metric name the planes export or read (contract names).
+
+The server and router register their metrics under these names; the autoscaler and the
+router parse scrapes by them; dashboards and alert rules in the chart use them too.
+Counters are named without ``_total``: prometheus-client appends it on exposition.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# The inference pod (``GET /metrics`` on every server).
+QUEUE_DEPTH: Final = "voicefleet_queue_depth"
+REQUESTS_IN_FLIGHT: Final = "voicefleet_requests_in_flight"
+QUEUE_WORK_SECONDS: Final = "voicefleet_queue_work_seconds"
+REQUEST_DURATION_SECONDS: Final = "voicefleet_request_duration_seconds"
+TIME_TO_FIRST_AUDIO_SECONDS: Final = "voicefleet_time_to_first_audio_seconds"
+BATCH_SIZE: Final = "voicefleet_batch_size"
+AUDIO_SECONDS: Final = "voicefleet_audio_seconds"
+REQUESTS: Final = "voicefleet_requests"
+REJECTED: Final = "voicefleet_rejected"
+
+# The router.
+ROUTER_PENDING_REQUESTS: Final = "voicefleet_router_pending_requests"
+"""Gauge labelled ``voice`` (``namespace/name``): requests held while no replica can take
+them (scale from zero, every pod restarting). The autoscaler scales from zero on it."""
+
+VOICE_LABEL_NAME: Final = "voice"
+"""The label that names a voice on router metrics: ``namespace/name``."""
+
+
+def counter_sample(name: str) -> str:
+    """The exposed sample name of a counter registered as ``name`` (``…_total``)."""
+    return f"{name}_total"
