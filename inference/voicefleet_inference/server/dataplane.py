@@ -32,8 +32,7 @@ from pydantic import ValidationError
 
 from voicefleet_inference import audio
 from voicefleet_inference.engines.base import Samples, SynthesisRequest
-from voicefleet_inference.scheduler import EngineInfo, RequestHandle, Scheduler
-from voicefleet_inference.server.errors import (
+from voicefleet_inference.errors import (
     ClientDisconnected,
     InvalidRequest,
     NotReady,
@@ -41,6 +40,7 @@ from voicefleet_inference.server.errors import (
     ServiceError,
     SynthesisFailed,
 )
+from voicefleet_inference.scheduler import EngineInfo, RequestHandle, Scheduler
 
 __all__ = [
     "SpeechJob",
