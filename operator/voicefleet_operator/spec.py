@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import re
-from contextvars import ContextVar
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Annotated, Any, Final
 
 from pydantic import (
