@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from voicefleet_api.crd import API_VERSION, KIND
+from voicefleet_api.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from voicefleet_api.scale import ScaleError, scale_voice
 from voicefleet_localcluster.testing import LocalCluster
 
@@ -50,10 +50,6 @@ def create_voice(cluster: LocalCluster, namespace: str, name: str, **spec: Any) 
     cluster.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(body))
 
 
-def scale_path(namespace: str, name: str) -> str:
-    return f"/apis/{API_VERSION}/namespaces/{namespace}/ttsvoices/{name}/scale"
-
-
 def stored(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
     return cluster.get_json("ttsvoice", name, "-n", namespace)
 
@@ -75,11 +71,15 @@ def test_writes_the_replicas_through_the_scale_subresource(
         True,
         False,
     )
-    voice = stored(local_cluster, cluster_namespace, "joe")
+    voice = local_cluster.get_json(
+        "ttsvoice", "joe", "-n", cluster_namespace, "--show-managed-fields"
+    )
     assert voice["spec"]["replicas"] == 3
     writers = [m for m in voice["metadata"]["managedFields"] if m.get("subresource") == "scale"]
     assert writers, voice["metadata"]["managedFields"]
-    scale = local_cluster.get_json("--raw", scale_path(cluster_namespace, "joe"))
+    scale = k8s_client.CustomObjectsApi(api).get_namespaced_custom_object_scale(
+        GROUP, VERSION, cluster_namespace, PLURAL, "joe"
+    )
     assert scale["spec"]["replicas"] == 3
 
 
