@@ -9,6 +9,6 @@ that only the operator and router import; everything else here is plain constant
 
 from __future__ import annotations
 
-from voicefleet_api import crd, engines, env, labels, metric_names
+from voicefleet_api import crd, engines, env, labels, metric_names, termination
 
-__all__ = ["crd", "engines", "env", "labels", "metric_names"]
+__all__ = ["crd", "engines", "env", "labels", "metric_names", "termination"]

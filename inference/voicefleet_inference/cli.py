@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from voicefleet_api.env import TERMINATION_MESSAGE_PATH
 
 __all__ = ["main"]
 
@@ -31,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from voicefleet_inference.server.runner import serve
 
-    return asyncio.run(serve(settings))
+    last_words = os.environ.get(TERMINATION_MESSAGE_PATH) or None
+    return asyncio.run(serve(settings, last_words=Path(last_words) if last_words else None))
 
 
 if __name__ == "__main__":

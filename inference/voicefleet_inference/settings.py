@@ -377,7 +377,10 @@ def build_parser(cores: int | None = None) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Drain: on SIGTERM or SIGINT /readyz turns 503 at once, new requests get 503, "
-        "accepted ones finish within the drain grace, then the process exits 0.",
+        "accepted ones finish within the drain grace, then the process exits 0. "
+        "A model that fails to load exits 1; with $VOICEFLEET_TERMINATION_MESSAGE_PATH set "
+        "(the operator sets /dev/termination-log), the reason is also written there as one "
+        "line, which Kubernetes shows as the container's termination message.",
     )
     for opt in _options(cores):
         envs = " or ".join(f"${e}" for e in opt.envs)

@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
+from voicefleet_api import termination
+from voicefleet_api.env import TERMINATION_MESSAGE_PATH
 from voicefleet_operator.labels import (
     PROMETHEUS_ANNOTATIONS,
     VOICE_GENERATION_ANNOTATION,
@@ -132,6 +134,7 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
         "VOICEFLEET_MODEL": _model_argument(spec),
         "VOICEFLEET_PORT": str(SERVER_PORT),
         "VOICEFLEET_REQUEST_TIMEOUT_S": str(tuning.request_timeout_seconds),
+        TERMINATION_MESSAGE_PATH: termination.PATH,
         "VOICEFLEET_WORKERS": str(tuning.workers),
     }
     if tuning.max_batch_size is not None:
@@ -223,6 +226,11 @@ def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
             max(1, math.ceil(options.startup_timeout_seconds / startup_period)),
             2,
         ),
+        # The server's one-line reason for a failed start lands in the pod's status
+        # (and from there in the TTSVoice's Degraded condition); a crash before it can
+        # write still leaves the log tail there.
+        "terminationMessagePath": termination.PATH,
+        "terminationMessagePolicy": termination.POLICY,
         "volumeMounts": mounts,
     }
 
