@@ -28,7 +28,8 @@ from typing import Any, cast
 
 import kopf
 
-from voicefleet_operator import labels
+from voicefleet_api.labels import VOICE_LABEL
+from voicefleet_operator import labels, pods
 from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
 from voicefleet_operator.conditions import Problem, derive_status, transitions
 from voicefleet_operator.k8s import GROUP, PLURAL, VERSION, Kube, KubeError
@@ -141,6 +142,14 @@ def build_registry() -> kopf.OperatorRegistry:
         registry=registry,
     )(deployment_event)
     kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)(pvc_event)
+    kopf.index(
+        "",
+        "v1",
+        "pods",
+        labels={VOICE_LABEL: kopf.PRESENT},
+        id=pods.INDEX_NAME,
+        registry=registry,
+    )(pods.index_pod)
     return registry
 
 
