@@ -1,7 +1,8 @@
 """Pure derivation of why a voice cannot run, from what the cluster says about it.
 
-Input is what the API server returns: pod objects (``status.conditions``,
-``status.containerStatuses``) and the text of a refused write. Output is
+Input is what the API server returns: pods as the operator's pod index holds them
+(:class:`~voicefleet_operator.pods.PodInfo`: ``status.conditions`` and
+``status.containerStatuses`` copied as sent) and the text of a refused write. Output is
 :class:`~voicefleet_operator.conditions.Problem` values for the ``Degraded`` condition,
 carrying the cluster's own words (the scheduler's message, the kubelet's waiting
 reason, the exit code and termination message), so ``kubectl get ttsv`` and
@@ -35,6 +36,7 @@ from typing import Any, Final
 
 from voicefleet_api.termination import parse_message
 from voicefleet_operator.conditions import Problem
+from voicefleet_operator.pods import PodInfo
 
 __all__ = [
     "IMAGE_PULL_BACKOFF",
@@ -99,15 +101,7 @@ def _terminated_text(term: Mapping[str, Any]) -> str:
     return f"{text}: {message}" if message else text
 
 
-def _memory_limit(pod: Mapping[str, Any], container: str) -> str | None:
-    for spec in (pod.get("spec") or {}).get("containers") or ():
-        if spec.get("name") == container:
-            limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
-            return str(limit) if limit is not None else None
-    return None
-
-
-def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Problem | None:
+def _container_problem(status: Mapping[str, Any], memory: str | None) -> Problem | None:
     name = str(status.get("name") or "?")
     state = status.get("state") or {}
     waiting = state.get("waiting") or {}
@@ -152,8 +146,7 @@ def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Pro
             f"{_one_line(detail)}",
         )
     if term.get("reason") == OOM_KILLED:
-        limit = _memory_limit(pod, name)
-        within = f" of {limit}" if limit else ""
+        within = f" of {memory}" if memory else ""
         return Problem(
             OOM_KILLED,
             f"container {name!r} was killed for exceeding its memory limit{within}"
@@ -166,15 +159,14 @@ def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Pro
     return Problem(TERMINATED, f"container {name!r} terminated: {_terminated_text(term)}")
 
 
-def _scheduled(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for cond in (pod.get("status") or {}).get("conditions") or ():
+def _scheduled(pod: PodInfo) -> Mapping[str, Any] | None:
+    for cond in pod.conditions:
         if cond.get("type") == "PodScheduled":
-            return cond  # type: ignore[no-any-return]
+            return cond
     return None
 
 
-def _pod_problems(pod: Mapping[str, Any]) -> list[Problem]:
-    status = pod.get("status") or {}
+def _pod_problems(pod: PodInfo, memory: str | None) -> list[Problem]:
     scheduled = _scheduled(pod)
     if scheduled is not None and scheduled.get("status") == "False":
         if scheduled.get("reason") == UNSCHEDULABLE:
@@ -182,42 +174,33 @@ def _pod_problems(pod: Mapping[str, Any]) -> list[Problem]:
             return [Problem(UNSCHEDULABLE, f"no node can run the pod: {message}")]
         return []
     found = []
-    for container in status.get("containerStatuses") or ():
-        problem = _container_problem(pod, container)
+    for container in pod.container_statuses:
+        problem = _container_problem(container, memory)
         if problem is not None:
             found.append(problem)
     return found
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    for cond in (pod.get("status") or {}).get("conditions") or ():
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
 
 
 def _rank(reason: str) -> int:
     return _ORDER.index(reason) if reason in _ORDER else len(_ORDER)
 
 
-def pod_report(pods: Iterable[Mapping[str, Any]]) -> PodReport:
+def pod_report(pods: Iterable[PodInfo], *, memory: str | None = None) -> PodReport:
     """Problems and the number of starting pods among one voice's pods.
 
-    Pods are taken in name order, so the same pods always give the same report (an
-    unchanged state writes an identical status). Several pods with the same problem
-    give one Problem whose message says how many.
+    ``memory`` is the voice's memory limit, quoted when a pod was OOM-killed. Pods are
+    taken in name order, so the same pods always give the same report (an unchanged
+    state writes an identical status). Several pods with the same problem give one
+    Problem whose message says how many.
     """
-    live = sorted(
-        (p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")),
-        key=lambda p: str((p.get("metadata") or {}).get("name") or ""),
-    )
+    live = sorted((p for p in pods if not p.terminating), key=lambda p: p.name)
     grouped: dict[str, list[Problem]] = {}
     starting = 0
     for pod in live:
-        problems = _pod_problems(pod)
+        problems = _pod_problems(pod, memory)
         for problem in problems:
             grouped.setdefault(problem.reason, []).append(problem)
-        if not problems and not _ready(pod):
+        if not problems and not pod.ready:
             starting += 1
     merged = []
     for reason in sorted(grouped, key=lambda r: (_rank(r), r)):

@@ -28,13 +28,13 @@ from typing import Any, cast
 
 import kopf
 
-from voicefleet_operator import labels
+from voicefleet_api.labels import VOICE_LABEL
+from voicefleet_operator import labels, pods
 from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
 from voicefleet_operator.conditions import Problem, derive_status, transitions
 from voicefleet_operator.failures import PodReport, pod_report, rejected_problem
 from voicefleet_operator.k8s import GROUP, PLURAL, VERSION, Kube, KubeError
 from voicefleet_operator.metrics import OperatorMetrics
-from voicefleet_operator.podindex import POD_INDEX, PodIndex, pods_of, voice_pods
 from voicefleet_operator.settings import OperatorConfig
 from voicefleet_operator.spec import SpecError, Voice, parse_voice
 
@@ -104,10 +104,14 @@ def _body(raw: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast(kopf.RawBody, dict(raw)))
 
 
-def _pod_index(kwargs: Mapping[str, Any]) -> PodIndex | None:
-    """The pod index kopf injected into a handler's keyword arguments."""
-    found = kwargs.get(POD_INDEX)
-    return cast(PodIndex, found) if isinstance(found, Mapping) else None
+def _pod_report(kwargs: Mapping[str, Any], voice: Voice) -> PodReport:
+    """What the voice's pods say, from the pod index kopf injected into a handler."""
+    index = kwargs.get(pods.INDEX_NAME)
+    if not isinstance(index, Mapping):
+        return PodReport()
+    return pod_report(
+        pods.pods_of(index, voice.namespace, voice.name), memory=voice.spec.resources.memory
+    )
 
 
 def _deps(memo: Any) -> Deps:
@@ -169,9 +173,17 @@ def build_registry() -> kopf.OperatorRegistry:
         registry=registry,
     )(deployment_event)
     kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)(pvc_event)
-    managed_pods = {labels.MANAGED_BY_LABEL: labels.MANAGED_BY}
-    kopf.index("", "v1", "pods", labels=managed_pods, registry=registry)(voice_pods)
-    kopf.on.event("", "v1", "pods", labels=managed_pods, registry=registry)(pod_event)
+    kopf.index(
+        "",
+        "v1",
+        "pods",
+        labels={VOICE_LABEL: kopf.PRESENT},
+        id=pods.INDEX_NAME,
+        registry=registry,
+    )(pods.index_pod)
+    kopf.on.event("", "v1", "pods", labels={VOICE_LABEL: kopf.PRESENT}, registry=registry)(
+        pod_event
+    )
     return registry
 
 
@@ -249,19 +261,19 @@ def _write_status(
     voice: Voice,
     deployment: Mapping[str, Any] | None,
     problems: Sequence[Problem],
-    pods: PodReport | None = None,
+    pod_state: PodReport | None = None,
 ) -> None:
     """Derive the status, patch it only when it differs, post Events for transitions.
 
     `body` must be the freshest TTSVoice we have: its conditions are the "before"
     for lastTransitionTime and for deciding which transitions deserve an Event.
     `problems` are the operator's own; the API server's refusal of this generation's
-    objects and what the pods report (`pods`, from the pod index) are added here, so
+    objects and what the pods report (`pod_state`, from the pod index) are added here, so
     every path that writes status reports them the same way.
     """
     current: Mapping[str, Any] = body.get("status") or {}
     previous = list(current.get("conditions") or [])
-    report = pods or PodReport()
+    report = pod_state or PodReport()
     found = [*problems, *deps.rejection(voice), *report.problems]
     status = derive_status(
         voice, deployment, found, previous, datetime.now(UTC), starting=report.starting
@@ -367,7 +379,7 @@ def reconcile(body: kopf.Body, reason: Any, memo: Any, logger: kopf.Logger, **kw
     started = time.perf_counter()
     deps.metrics.reconciles.labels(trigger=trigger).inc()
     try:
-        _reconcile(deps, dict(body), logger, _pod_index(kwargs))
+        _reconcile(deps, dict(body), logger, kwargs)
     finally:
         deps.metrics.reconcile_duration.labels(trigger=trigger).observe(
             time.perf_counter() - started
@@ -375,8 +387,9 @@ def reconcile(body: kopf.Body, reason: Any, memo: Any, logger: kopf.Logger, **kw
 
 
 def _reconcile(
-    deps: Deps, body: dict[str, Any], logger: kopf.Logger, index: PodIndex | None = None
+    deps: Deps, body: dict[str, Any], logger: kopf.Logger, kwargs: Mapping[str, Any]
 ) -> None:
+    """One reconcile; `kwargs` are the calling handler's (kopf injects the pod index)."""
     try:
         voice = parse_voice(body)
     except SpecError as exc:
@@ -384,7 +397,7 @@ def _reconcile(
     with deps.voice_lock(voice.namespace, voice.name):
         try:
             problems = _problems(voice, deps.kube)
-            pods = pod_report(pods_of(index, voice.namespace, voice.name))
+            report = _pod_report(kwargs, voice)
             if problems:
                 # Leave whatever runs alone (a PVC deleted under serving pods must not
                 # take them down); report, and look again later.
@@ -396,11 +409,11 @@ def _reconcile(
                     # Permanent for this spec: report it, do not retry every few seconds.
                     deps.reject(voice, exc.problem)
                     deployment = deps.kube.get_deployment(voice.namespace, voice.name)
-                    _write_status(deps, body, voice, deployment, problems, pods)
+                    _write_status(deps, body, voice, deployment, problems, report)
                     deps.metrics.reconcile_errors.labels(reason="rejected").inc()
                     logger.warning("%s", exc.problem.message)
                     raise kopf.PermanentError(exc.problem.message) from exc
-            _write_status(deps, body, voice, deployment, problems, pods)
+            _write_status(deps, body, voice, deployment, problems, report)
         except KubeError as exc:
             deps.metrics.reconcile_errors.labels(reason="api").inc()
             raise kopf.TemporaryError(f"API call failed: {exc}", delay=5) from exc
@@ -471,7 +484,7 @@ def deployment_event(
             return  # the voice's own reconcile reports it
         with deps.voice_lock(namespace, name):
             problems = _problems(voice, deps.kube)
-            pods = pod_report(pods_of(_pod_index(kwargs), namespace, name))
+            report = _pod_report(kwargs, voice)
             current: Mapping[str, Any] | None = deployment
             try:
                 if event.get("type") == "DELETED":
@@ -489,7 +502,7 @@ def deployment_event(
                     current = _apply(deps, voice_body, voice)
             except Rejected as exc:
                 deps.reject(voice, exc.problem)
-            _write_status(deps, voice_body, voice, current, problems, pods)
+            _write_status(deps, voice_body, voice, current, problems, report)
     except KubeError as exc:
         deps.metrics.reconcile_errors.labels(reason="api").inc()
         logger.warning("could not refresh TTSVoice %s/%s status: %s", namespace, name, exc)
@@ -531,7 +544,7 @@ def pvc_event(
         logger.info("PersistentVolumeClaim %s appeared: reconciling TTSVoice %s", claim, name)
         deps.metrics.reconciles.labels(trigger="pvc").inc()
         try:
-            _reconcile(deps, voice_body, logger, _pod_index(kwargs))
+            _reconcile(deps, voice_body, logger, kwargs)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
             logger.warning("TTSVoice %s/%s still not reconciled: %s", namespace, name, exc)
 
@@ -566,10 +579,10 @@ def pod_event(
         except SpecError:
             return  # the voice's own reconcile reports it
         with deps.voice_lock(namespace, voice.name):
-            pods = pod_report(pods_of(_pod_index(kwargs), namespace, voice.name))
+            report = _pod_report(kwargs, voice)
             deployment = deps.kube.get_deployment(namespace, voice.name)
             problems = _problems(voice, deps.kube)
-            _write_status(deps, voice_body, voice, deployment, problems, pods)
+            _write_status(deps, voice_body, voice, deployment, problems, report)
     except KubeError as exc:
         deps.metrics.reconcile_errors.labels(reason="api").inc()
         logger.warning("could not refresh TTSVoice %s/%s status: %s", namespace, name, exc)

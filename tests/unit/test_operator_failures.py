@@ -1,7 +1,8 @@
 """failures.pod_report / rejected_problem: pods as the API server sends them → Problems.
 
 The pod bodies below follow what `kubectl get pod -o json` shows for each failure on
-a real node (kubelet v1.34 wording), trimmed to the fields the operator reads.
+a real node (kubelet v1.34 wording); they go through the pod index's own `pod_info`,
+as in the operator.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import pytest
 
 from voicefleet_api.termination import format_message, parse_message
 from voicefleet_operator.conditions import Problem, derive_status
-from voicefleet_operator.failures import PodReport, pod_report, rejected_problem
-from voicefleet_operator.podindex import index_pod, pods_of
+from voicefleet_operator.failures import PodReport, rejected_problem
+from voicefleet_operator.failures import pod_report as report_of
+from voicefleet_operator.pods import pod_info
 from voicefleet_operator.spec import parse_voice
 
 MODEL_LINE = format_message(
@@ -32,7 +34,6 @@ def pod(
     ready: bool = False,
     scheduled: dict[str, Any] | None = None,
     container: dict[str, Any] | None = None,
-    memory: str = "512Mi",
     deleting: bool = False,
 ) -> dict[str, Any]:
     conditions: list[dict[str, Any]] = [
@@ -62,7 +63,7 @@ def pod(
         "metadata": meta,
         "spec": {
             "containers": [
-                {"name": "server", "resources": {"limits": {"memory": memory}}, "image": "x"}
+                {"name": "server", "resources": {"limits": {"memory": "64Mi"}}, "image": "x"}
             ]
         },
         "status": status,
@@ -89,6 +90,11 @@ def crash_looping(message: str = "", reason: str = "Error", code: int = 1) -> di
         },
         "lastState": {"terminated": terminated},
     }
+
+
+def pod_report(pods: list[dict[str, Any]], memory: str | None = None) -> PodReport:
+    infos = [pod_info(p) for p in pods]
+    return report_of([i for i in infos if i is not None], memory=memory)
 
 
 def only(report: PodReport) -> Problem:
@@ -141,7 +147,7 @@ def test_clean_exit_is_not_a_problem() -> None:
 
 def test_oom_killed_names_the_limit() -> None:
     problem = only(
-        pod_report([pod(container=crash_looping(reason="OOMKilled", code=137), memory="64Mi")])
+        pod_report([pod(container=crash_looping(reason="OOMKilled", code=137))], memory="64Mi")
     )
     assert problem.reason == "OOMKilled"
     assert "exceeding its memory limit of 64Mi" in problem.message
@@ -235,19 +241,6 @@ def test_termination_line_round_trip() -> None:
     assert len(format_message("ModelLoadFailed", "x" * 9000).encode()) == 4096
     with pytest.raises(ValueError, match="unknown termination reason"):
         format_message("SomethingElse", "x")
-
-
-def test_index_keeps_what_the_report_reads() -> None:
-    full = pod(container=crash_looping(MODEL_LINE))
-    full["metadata"]["annotations"] = {"big": "x" * 1000}
-    full["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {}}]
-    slim = index_pod(full)
-    assert "annotations" not in slim["metadata"]
-    assert "volumes" not in slim["spec"]
-    assert pod_report([slim]) == pod_report([full])
-    assert pods_of({("ns", "v"): [slim]}, "ns", "v") == [slim]
-    assert pods_of(None, "ns", "v") == []
-    assert pods_of({}, "ns", "v") == []
 
 
 # --- the status the pods lead to ---------------------------------------------------------
