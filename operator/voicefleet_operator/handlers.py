@@ -327,6 +327,16 @@ def _apply(deps: Deps, body: Mapping[str, Any], voice: Voice) -> dict[str, Any]:
     return applied
 
 
+def _with_fresh_status(deps: Deps, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with the status the API server has now (kopf's copy may predate a status
+    write from a pod or Deployment event), so Events are derived against what is stored."""
+    meta = body.get("metadata") or {}
+    fresh = deps.kube.get_voice(str(meta.get("namespace")), str(meta.get("name")))
+    if fresh is None or (fresh.get("metadata") or {}).get("uid") != meta.get("uid"):
+        return body
+    return {**body, "status": fresh.get("status") or {}}
+
+
 def _invalid(
     deps: Deps, body: Mapping[str, Any], error: SpecError, logger: kopf.Logger
 ) -> kopf.TemporaryError:
@@ -396,6 +406,7 @@ def _reconcile(
         raise _invalid(deps, body, exc, logger) from exc
     with deps.voice_lock(voice.namespace, voice.name):
         try:
+            body = _with_fresh_status(deps, body)
             problems = _problems(voice, deps.kube)
             report = _pod_report(kwargs, voice)
             if problems:
@@ -475,14 +486,14 @@ def deployment_event(
     started = time.perf_counter()
     deps.metrics.reconciles.labels(trigger="deployment").inc()
     try:
-        voice_body = deps.kube.get_voice(namespace, name)
-        if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
-            return
-        try:
-            voice = parse_voice(voice_body)
-        except SpecError:
-            return  # the voice's own reconcile reports it
-        with deps.voice_lock(namespace, name):
+        with deps.voice_lock(namespace, name):  # read under the lock: see pod_event
+            voice_body = deps.kube.get_voice(namespace, name)
+            if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            try:
+                voice = parse_voice(voice_body)
+            except SpecError:
+                return  # the voice's own reconcile reports it
             problems = _problems(voice, deps.kube)
             report = _pod_report(kwargs, voice)
             current: Mapping[str, Any] | None = deployment
@@ -571,14 +582,16 @@ def pod_event(
     started = time.perf_counter()
     deps.metrics.reconciles.labels(trigger="pod").inc()
     try:
-        voice_body = deps.kube.get_voice(namespace, str(name))
-        if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
-            return
-        try:
-            voice = parse_voice(voice_body)
-        except SpecError:
-            return  # the voice's own reconcile reports it
-        with deps.voice_lock(namespace, voice.name):
+        # Read the voice under its lock: its conditions are the "before" of the Events,
+        # and another thread may just have rewritten them.
+        with deps.voice_lock(namespace, str(name)):
+            voice_body = deps.kube.get_voice(namespace, str(name))
+            if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            try:
+                voice = parse_voice(voice_body)
+            except SpecError:
+                return  # the voice's own reconcile reports it
             report = _pod_report(kwargs, voice)
             deployment = deps.kube.get_deployment(namespace, voice.name)
             problems = _problems(voice, deps.kube)

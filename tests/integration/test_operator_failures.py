@@ -1,0 +1,273 @@
+"""A voice that cannot run says why: one test per failure class, on the real control plane.
+
+One operator (the least-privilege ServiceAccount of test_operator) serves the module,
+and every broken voice is applied at once when the module starts, so their pods crash,
+wait and fail in parallel; each test then waits for its own voice. Each test checks:
+``Degraded=True`` with the expected reason and a message naming the cause within its
+stated time, ``kubectl get ttsv`` showing the reason, a Warning Event, ``Ready`` and
+``Progressing`` agreeing, and recovery (``Degraded=False`` and a ``VoiceRecovered``
+Event) once the TTSVoice is fixed. The seconds from apply to Degraded and what
+``kubectl get``/``describe`` print are echoed (``pytest -s``) for docs/operator.md.
+"""
+
+# ruff: noqa: F811  (test_operator's fixtures are imported by name and requested as arguments)
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+# The module's operator and helpers are test_operator's (same RBAC, same process).
+from test_operator import (  # type: ignore[import-not-found]
+    Operator,
+    condition,
+    events_for,
+    operator,  # noqa: F401  (fixture, by name)
+    sa_kubeconfig,  # noqa: F401  (fixture, by name)
+    voice,
+)
+
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One broken voice: what is wrong, what the user must read, how it is fixed."""
+
+    name: str
+    spec: dict[str, Any]
+    reason: str
+    fragments: tuple[str, ...]
+    fix: list[dict[str, Any]]  # a JSON patch
+    within: float  # seconds from apply to Degraded
+
+
+BASE: dict[str, Any] = {
+    "replicas": 1,
+    "model": {"bundled": "en_US-joe-medium"},
+    "resources": {"cpu": "250m", "memory": "512Mi"},
+    "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+}
+
+CASES = {
+    case.name: case
+    for case in (
+        Case(
+            "typo-model",
+            {"model": {"bundled": "en_US-nobody-medium"}},
+            "ModelLoadFailed",
+            ("unknown model 'en_US-nobody-medium'", "'en_US-joe-medium'", "exited with code 1"),
+            [{"op": "replace", "path": "/spec/model/bundled", "value": "en_US-joe-medium"}],
+            within=60,
+        ),
+        Case(
+            "no-image",
+            {"image": "ghcr.io/nobody/no-such-server:1"},
+            "ImagePullBackOff",
+            ('failed to pull image "ghcr.io/nobody/no-such-server:1"',),
+            [{"op": "remove", "path": "/spec/image"}],
+            within=30,
+        ),
+        Case(
+            "no-node",
+            {"nodeSelector": {"pool": "nowhere"}},
+            "Unschedulable",
+            ("0/1 nodes are available", "didn't match Pod's node affinity/selector"),
+            [{"op": "remove", "path": "/spec/nodeSelector"}],
+            within=30,
+        ),
+        Case(
+            "small-memory",
+            {"resources": {"cpu": "250m", "memory": "40Mi"}},
+            "OOMKilled",
+            ("exceeding its memory limit of 40Mi", "spec.resources.memory"),
+            [{"op": "replace", "path": "/spec/resources/memory", "value": "512Mi"}],
+            within=60,
+        ),
+        Case(
+            "bad-toleration",
+            {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]},
+            "DeploymentRejected",
+            ("spec.template.spec.tolerations[0]", "must be empty when `operator` is 'Exists'"),
+            [{"op": "replace", "path": "/spec/tolerations", "value": [{"operator": "Exists"}]}],
+            within=20,
+        ),
+    )
+}
+
+
+@dataclass
+class Broken:
+    namespace: str
+    applied_at: float
+
+
+@pytest.fixture(scope="module")
+def broken(local_cluster: LocalCluster, operator: Operator) -> Iterator[Broken]:
+    """Every broken voice, applied in one `kubectl apply` so they fail in parallel."""
+    with local_cluster.namespace("failures") as ns:
+        items = [
+            {
+                "apiVersion": "voicefleet.io/v1alpha1",
+                "kind": "TTSVoice",
+                "metadata": {"name": case.name},
+                "spec": {**BASE, **case.spec},
+            }
+            for case in CASES.values()
+        ]
+        started = time.monotonic()
+        local_cluster.kubectl_run(
+            "apply",
+            "-n",
+            ns,
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+        yield Broken(ns, started)
+
+
+def degraded_with(cluster: LocalCluster, ns: str, name: str, reason: str) -> dict[str, Any] | None:
+    cond = condition(voice(cluster, ns, name), "Degraded")
+    return cond if cond and cond["status"] == "True" and cond["reason"] == reason else None
+
+
+def get_row(cluster: LocalCluster, ns: str, name: str, *wide: str) -> str:
+    return cluster.kubectl_run("get", "ttsv", name, "-n", ns, *wide).stdout
+
+
+def check_failure_class(
+    cluster: LocalCluster,
+    operator: Operator,
+    broken: Broken,
+    case: Case,
+) -> None:
+    ns, name = broken.namespace, case.name
+    cond = wait_for(
+        lambda: degraded_with(cluster, ns, name, case.reason),
+        timeout=case.within,
+        what=f"{name}: Degraded=True {case.reason}",
+    )
+    seconds = time.monotonic() - broken.applied_at
+    for fragment in case.fragments:
+        assert fragment in cond["message"], f"{fragment!r} not in {cond['message']!r}"
+
+    obj = voice(cluster, ns, name)
+    ready, progressing = condition(obj, "Ready"), condition(obj, "Progressing")
+    assert ready is not None
+    assert progressing is not None
+    assert ready["status"] == "False", ready
+    assert progressing["status"] == "False", progressing
+    assert progressing["reason"] in ("Stalled", "Blocked"), progressing
+
+    row = get_row(cluster, ns, name)
+    assert re.search(rf"^{name}\s.*\s{case.reason}\s", row, re.M), row
+    wide = get_row(cluster, ns, name, "-o", "wide")
+    assert cond["message"][:60] in wide, wide
+    warnings = wait_for(
+        lambda: [
+            e
+            for e in events_for(cluster, ns, name)
+            if e["type"] == "Warning" and e["reason"] == case.reason
+        ],
+        timeout=15,
+        what=f"{name}: a Warning {case.reason} Event",
+    )
+    assert warnings[0]["message"] == cond["message"] or case.fragments[0] in warnings[0]["message"]
+    describe = cluster.kubectl_run("describe", "ttsv", name, "-n", ns).stdout
+    assert case.reason in describe
+    print(f"\n=== {name}: Degraded {case.reason} after {seconds:.1f}s\n{row}{wide}")
+    print("\n".join(line for line in describe.splitlines() if case.reason in line))
+
+    # Fixed: Degraded clears with a Normal Event.
+    cluster.kubectl_run("patch", "ttsv", name, "-n", ns, "--type=json", "-p", json.dumps(case.fix))
+    wait_for(
+        lambda: (condition(voice(cluster, ns, name), "Degraded") or {}).get("status") == "False",
+        timeout=90,
+        what=f"{name}: Degraded=False after the fix",
+    )
+    wait_for(
+        lambda: any(e["reason"] == "VoiceRecovered" for e in events_for(cluster, ns, name)),
+        timeout=15,
+        what=f"{name}: a VoiceRecovered Event",
+    )
+    assert operator.healthy()
+
+
+def test_unknown_model_reads_the_servers_last_words(
+    local_cluster: LocalCluster,
+    operator: Operator,
+    broken: Broken,
+) -> None:
+    check_failure_class(local_cluster, operator, broken, CASES["typo-model"])
+    # Recovered for real: the fixed voice serves.
+    wait_for(
+        lambda: (
+            (condition(voice(local_cluster, broken.namespace, "typo-model"), "Ready") or {}).get(
+                "status"
+            )
+            == "True"
+        ),
+        timeout=120,
+        what="typo-model Ready after the fix",
+    )
+
+
+def test_image_that_cannot_be_pulled(
+    local_cluster: LocalCluster,
+    operator: Operator,
+    broken: Broken,
+) -> None:
+    check_failure_class(local_cluster, operator, broken, CASES["no-image"])
+
+
+def test_pod_that_no_node_can_run(
+    local_cluster: LocalCluster,
+    operator: Operator,
+    broken: Broken,
+) -> None:
+    check_failure_class(local_cluster, operator, broken, CASES["no-node"])
+
+
+def test_pod_killed_for_its_memory(
+    local_cluster: LocalCluster,
+    operator: Operator,
+    broken: Broken,
+) -> None:
+    check_failure_class(local_cluster, operator, broken, CASES["small-memory"])
+
+
+def test_deployment_refused_by_the_api_server_is_not_retried_in_a_loop(
+    local_cluster: LocalCluster,
+    operator: Operator,
+    broken: Broken,
+) -> None:
+    ns = broken.namespace
+    wait_for(
+        lambda: degraded_with(local_cluster, ns, "bad-toleration", "DeploymentRejected"),
+        timeout=CASES["bad-toleration"].within,
+        what="bad-toleration: Degraded",
+    )
+
+    def rejected_count() -> float:
+        text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+        found = re.search(r'reconcile_errors_total\{reason="rejected"\} ([0-9.e+]+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    before = rejected_count()
+    time.sleep(7)  # more than the 5 s an API error would be retried after
+    assert rejected_count() == before, "a refused Deployment must not be retried on a timer"
+    check_failure_class(local_cluster, operator, broken, CASES["bad-toleration"])
+    wait_for(
+        lambda: local_cluster.get_json("deployment", "bad-toleration", "-n", ns),
+        timeout=15,
+        what="the Deployment once the spec is valid",
+    )
