@@ -166,6 +166,9 @@ def resolve_port(port: int | str, container: JsonDict) -> int:
 PRELOADED_IMAGES = frozenset({"busybox", "alpine", "debian", "ubuntu"})
 """Base images the node "has" although no executable carries their name: their containers
 always give a `command`, run from the host's tools (`sh`, `sleep`, …)."""
+PRELOADED_PREFIXES = ("ghcr.io/voicefleet/",)
+"""The project's own images (built from this checkout, e.g. `voicefleet-control`, which
+holds several console scripts): present whatever their name, as after `kind load`."""
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX_BYTES = 4096
 """What the kubelet keeps of the termination-message file."""
@@ -197,16 +200,18 @@ def image_pull_error(image: str, policy: str, path: str) -> tuple[str, str] | No
     """`(reason, message)` when the node cannot "pull" `image`; None when it can.
 
     The process kubelet's image store is the PATH: an image is present when the
-    executable it maps to (see `image_command`) is on it, or it is a preloaded base
-    image. A missing image fails as a real node's would: `ErrImagePull`, or
-    `ErrImageNeverPull` under `imagePullPolicy: Never`; the caller backs off between
-    tries (`ImagePullBackOff`).
+    executable it maps to (see `image_command`) is on it, or it is preloaded (a base
+    image, or one of the project's own). A missing image fails as a real node's would:
+    `ErrImagePull`, or `ErrImageNeverPull` under `imagePullPolicy: Never`; the caller
+    backs off between tries (`ImagePullBackOff`).
     """
     try:
         command = image_command(image)
     except UnsupportedSpec:
         return "InvalidImageName", f'Failed to apply default image tag "{image}": invalid reference'
-    if command in PRELOADED_IMAGES or shutil.which(command, path=path) is not None:
+    if image.startswith(PRELOADED_PREFIXES) or command in PRELOADED_IMAGES:
+        return None
+    if shutil.which(command, path=path) is not None:
         return None
     if policy == "Never":
         return (

@@ -415,6 +415,7 @@ def test_image_present_when_its_command_is_on_path(tmp_path: Path) -> None:
     path = str(tmp_path)
     assert image_pull_error("ghcr.io/voicefleet/voicefleet-server:0.1.0", "Always", path) is None
     assert image_pull_error("busybox", "IfNotPresent", path) is None, "preloaded base image"
+    assert image_pull_error("ghcr.io/voicefleet/voicefleet-control:1", "Always", path) is None
     reason, message = image_pull_error("ghcr.io/nobody/no-such-server:1", "IfNotPresent", path) or (
         "",
         "",
