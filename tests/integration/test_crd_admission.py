@@ -527,7 +527,8 @@ def test_status_is_a_subresource_and_feeds_columns_and_scale(
 def test_get_prints_the_columns(crds: LocalCluster, cluster_namespace: str) -> None:
     create(crds, cluster_namespace, voice("cols"))
     header = crds.kubectl_run("get", "ttsv", "-n", cluster_namespace).stdout.splitlines()[0]
-    assert re.match(r"NAME\s+ENGINE\s+MODEL\s+DESIRED\s+READY\s+QUEUE\s+STATUS\s+AGE$", header)
+    columns = r"NAME\s+ENGINE\s+MODEL\s+DESIRED\s+READY\s+QUEUE\s+STATUS\s+REASON\s+AGE$"
+    assert re.match(columns, header), header
     # The `voicefleet` category lists TTSVoices with everything else VoiceFleet defines.
     by_category = crds.kubectl_run("get", "voicefleet", "-n", cluster_namespace).stdout
     assert by_category.splitlines()[0] == header
