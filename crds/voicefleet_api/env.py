@@ -25,6 +25,9 @@ REQUEST_TIMEOUT_S: Final = "VOICEFLEET_REQUEST_TIMEOUT_S"
 DRAIN_GRACE_S: Final = "VOICEFLEET_DRAIN_GRACE_S"
 MAX_INPUT_CHARS: Final = "VOICEFLEET_MAX_INPUT_CHARS"
 LOG_LEVEL: Final = "VOICEFLEET_LOG_LEVEL"
+TERMINATION_MESSAGE_PATH: Final = "VOICEFLEET_TERMINATION_MESSAGE_PATH"
+"""Where the server writes its last words before exiting non-zero (unset: nowhere);
+see :mod:`voicefleet_api.termination`."""
 
 POD_IP: Final = "POD_IP"
 """Set by the operator from the downward API; the server binds ``$(POD_IP)``."""

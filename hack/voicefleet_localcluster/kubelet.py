@@ -46,10 +46,14 @@ from voicefleet_localcluster.ipam import IpAllocator, PodNetworkClaim
 from voicefleet_localcluster.kubeapi import ApiError, KubeClient
 from voicefleet_localcluster.logserver import LogServer
 from voicefleet_localcluster.podspec import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
     UnsupportedSpec,
     container_argv,
+    image_pull_error,
+    memory_bytes,
     resolve_env,
     resolve_port,
+    termination_message,
 )
 from voicefleet_localcluster.podstatus import (
     ContainerView,
@@ -107,6 +111,15 @@ def restart_backoff(restarts: int, cap: float) -> float:
     return float(min(cap, 2 ** min(restarts, 16)))
 
 
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/statm").read_text().split()
+    except OSError:
+        return 0
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE") if len(fields) > 1 else 0
+
+
 def should_restart(restart_policy: str, exit_code: int) -> bool:
     return restart_policy == "Always" or (restart_policy == "OnFailure" and exit_code != 0)
 
@@ -138,6 +151,18 @@ class ContainerRuntime:
         self.startup: ProbeTracker | None = None
         self.ready = False
         self.done = False  # terminated for good (restart policy says no)
+        # No mounts here: the one file a real kubelet mounts into every container, the
+        # termination-message file, lives in the pod dir, and env values naming the
+        # container's terminationMessagePath are pointed at it.
+        self.termination_path = str(
+            spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
+        )
+        self.termination_policy = str(spec.get("terminationMessagePolicy") or "File")
+        self.termination_file = worker.pod_dir / f"{self.name}.termination-log"
+        self.log_offset = 0  # where this run's output starts in the log (for the fallback)
+        limits = (spec.get("resources") or {}).get("limits") or {}
+        self.memory_limit = memory_bytes(limits.get("memory"))
+        self.pull_failures = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -150,6 +175,14 @@ class ContainerRuntime:
         if code is not None:
             self._exited(code, now, "Completed" if code == 0 else "Error")
             return
+        if self.memory_limit is not None and _rss_bytes(self.proc.pid) > self.memory_limit:
+            # No cgroup here: the kubelet plays the OOM killer on the process's RSS.
+            log.warning("%s: %s over its memory limit: killed", self.worker.key, self.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self._exited(128 + signal.SIGKILL, now, "OOMKilled")
+            return
         self._probe(now)
 
     def start(self, now: float) -> None:
@@ -160,6 +193,22 @@ class ContainerRuntime:
         except (UnsupportedSpec, ApiError, httpx.HTTPError) as exc:
             self._cannot_start("CreateContainerConfigError", str(exc), now)
             return
+        pull_policy = str(self.spec.get("imagePullPolicy") or "IfNotPresent")
+        pull_error = image_pull_error(self.image, pull_policy, self.env.get("PATH", ""))
+        if pull_error is not None:
+            reason, message = pull_error
+            if reason == "ErrImagePull" and self.pull_failures > 0:
+                reason, message = (
+                    "ImagePullBackOff",
+                    f'Back-off pulling image "{self.image}": ErrImagePull: {message}',
+                )
+            self.pull_failures += 1
+            self._cannot_start(reason, message, now)
+            return
+        self.pull_failures = 0
+        for key, value in self.env.items():
+            if value == self.termination_path:
+                self.env[key] = str(self.termination_file)
         executable = shutil.which(argv[0], path=self.env.get("PATH")) if argv else None
         if executable is None:
             self._cannot_start(
@@ -174,6 +223,8 @@ class ContainerRuntime:
                 f"--- voicefleet kubelet {timestamp(datetime.now(UTC))}: "
                 f"{self.name} run {self.runs + 1}\n".encode()
             )
+        self.termination_file.write_bytes(b"")
+        self.log_offset = self.log_path.stat().st_size
         log_file: IO[bytes] = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(
@@ -234,7 +285,7 @@ class ContainerRuntime:
             reason=reason,
             started_at=self.started_at,
             finished_at=datetime.now(UTC),
-            message=message,
+            message=self._termination_message(code) or message,
         )
         self.state = "terminated"
         log.info("%s: %s pid=%s exited %s (%s)", self.worker.key, self.name, pid, code, reason)
@@ -249,6 +300,22 @@ class ContainerRuntime:
         self.waiting_reason = "CrashLoopBackOff"
         self.waiting_message = f"back-off {delay:.0f}s restarting failed container"
         self.next_start = now + delay
+
+    def _termination_message(self, code: int) -> str:
+        """The container's termination message, or its log tail (see podspec)."""
+        try:
+            written = self.termination_file.read_bytes()
+        except OSError:
+            written = b""
+        tail = b""
+        if not written.strip() and self.termination_policy == "FallbackToLogsOnError" and code:
+            try:
+                with self.log_path.open("rb") as log_file:
+                    log_file.seek(self.log_offset)
+                    tail = log_file.read()
+            except OSError:
+                tail = b""
+        return termination_message(written, tail, self.termination_policy, code)
 
     def _probe(self, now: float) -> None:
         if self.startup is not None and not self.startup.verdict:

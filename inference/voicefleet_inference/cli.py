@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -31,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from voicefleet_inference.server.runner import serve
 
-    return asyncio.run(serve(settings))
+    last_words = (
+        Path(settings.termination_message_path) if settings.termination_message_path else None
+    )
+    return asyncio.run(serve(settings, last_words=last_words))
 
 
 if __name__ == "__main__":

@@ -222,6 +222,16 @@ class Settings(BaseSettings):
             help=f"one of {', '.join(LOG_LEVELS)} (debug also logs every request)",
         ),
     )
+    termination_message_path: str = Field(
+        "",
+        max_length=4096,
+        json_schema_extra=_flag(
+            "--termination-message-path",
+            metavar="PATH",
+            help="file that gets one line naming the cause when the model fails to load "
+            "(the pod's terminationMessagePath; empty: none)",
+        ),
+    )
     cores: int = Field(default_factory=available_cores, ge=1, exclude=True)
     """Cores this process may use (resolved, not a flag): the bound for workers x threads."""
 
@@ -371,7 +381,10 @@ def build_parser(cores: int | None = None) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Drain: on SIGTERM or SIGINT /readyz turns 503 at once, new requests get 503, "
-        "accepted ones finish within the drain grace, then the process exits 0.",
+        "accepted ones finish within the drain grace, then the process exits 0. "
+        "A model that fails to load exits 1; with $VOICEFLEET_TERMINATION_MESSAGE_PATH set "
+        "(the operator sets /dev/termination-log), the reason is also written there as one "
+        "line, which Kubernetes shows as the container's termination message.",
     )
     threads = max(1, cores)
     for field, info in Settings.model_fields.items():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from voicefleet_api import env as server_env_names
+from voicefleet_api import termination
 from voicefleet_api.labels import SERVER_PORT as _CONTRACT_PORT
 from voicefleet_operator.labels import (
     PROMETHEUS_ANNOTATIONS,
@@ -135,6 +136,7 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
         server_env_names.MODEL: _model_argument(spec),
         server_env_names.PORT: str(SERVER_PORT),
         server_env_names.REQUEST_TIMEOUT_S: str(tuning.request_timeout_seconds),
+        server_env_names.TERMINATION_MESSAGE_PATH: termination.PATH,
         server_env_names.WORKERS: str(tuning.workers),
     }
     if tuning.max_batch_size is not None:
@@ -226,6 +228,11 @@ def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
             max(1, math.ceil(options.startup_timeout_seconds / startup_period)),
             2,
         ),
+        # The server's one-line reason for a failed start lands in the pod's status
+        # (and from there in the TTSVoice's Degraded condition); a crash before it can
+        # write still leaves the log tail there.
+        "terminationMessagePath": termination.PATH,
+        "terminationMessagePolicy": termination.POLICY,
         "volumeMounts": mounts,
     }
 

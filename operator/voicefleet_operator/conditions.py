@@ -20,9 +20,12 @@ UTC with a ``Z``, ``observedGeneration``), always in the order Ready, Progressin
     Deployment gave up, ``Blocked`` when an operator problem stops reconciling, else
     ``RolloutComplete``.
 ``Degraded``
-    True for every operator-detected :class:`Problem` (reason = the first problem's,
-    messages joined) and for the Deployment's ``ReplicaFailure`` or
-    ``ProgressDeadlineExceeded``; else False with ``AsExpected``.
+    True for every :class:`Problem` (reason = the first problem's, messages joined):
+    those the operator detects, those the voice's pods report (``failures``), and the
+    Deployment's ``ReplicaFailure`` or ``ProgressDeadlineExceeded``; else False with
+    ``AsExpected`` ("no problems observed" only when no pod is still starting either).
+    Pod problems also make ``Progressing`` False (``Stalled``) and are named in
+    ``Ready``'s message.
 
 ``lastTransitionTime`` is kept from the previous condition of the same type whenever its
 status did not change, so re-deriving an unchanged state writes an identical status.
@@ -73,6 +76,9 @@ class Problem:
 
     reason: str
     message: str
+    from_pods: bool = False
+    """Reported by the voice's pods (a crash, a pull error, no node): the rollout cannot
+    finish by itself, so ``Progressing`` is False (``Stalled``) rather than rolling on."""
 
     def __post_init__(self) -> None:
         if len(self.reason) > 1024 or not _REASON.match(self.reason):
@@ -132,9 +138,15 @@ def _ready(
         )
     if ready >= desired:
         return _Verdict("True", "ReplicasReady", f"{ready}/{desired} replicas ready")
+    failing = [p.reason for p in problems if p.from_pods]
     if ready >= 1:
+        more = f"others fail: {', '.join(failing)}" if failing else "more are starting"
+        return _Verdict("True", "PartiallyReady", f"{ready}/{desired} replicas ready; {more}")
+    if failing:
         return _Verdict(
-            "True", "PartiallyReady", f"{ready}/{desired} replicas ready; more are starting"
+            "False",
+            "ReplicasNotReady",
+            f"{ready}/{desired} replicas ready: {', '.join(failing)} (see Degraded)",
         )
     return _Verdict("False", "ReplicasNotReady", f"{ready}/{desired} replicas ready")
 
@@ -192,6 +204,9 @@ def _progressing(
     if deadline is not None:
         message = str(deadline.get("message") or "the Deployment exceeded its progress deadline")
         return _Verdict("False", "ProgressDeadlineExceeded", message)
+    stalled = ", ".join(p.reason for p in problems if p.from_pods)
+    if stalled:
+        return _Verdict("False", "Stalled", f"pods cannot become ready: {stalled} (see Degraded)")
     rolling = _rollout(voice, deployment)
     if rolling is not None:
         return _Verdict("True", "RollingOut", rolling)
@@ -202,7 +217,9 @@ def _progressing(
     return _Verdict("False", "RolloutComplete", "the Deployment is rolled out and stable")
 
 
-def _degraded(deployment: Mapping[str, Any] | None, problems: Sequence[Problem]) -> _Verdict:
+def _degraded(
+    deployment: Mapping[str, Any] | None, problems: Sequence[Problem], starting: int
+) -> _Verdict:
     found = [(p.reason, p.message) for p in problems]
     if deployment is not None:
         failure = _dep_condition(deployment, "ReplicaFailure")
@@ -223,6 +240,10 @@ def _degraded(deployment: Mapping[str, Any] | None, problems: Sequence[Problem])
             )
     if found:
         return _problems_verdict(found)
+    if starting:
+        return _Verdict(
+            "False", "AsExpected", f"{starting} pod(s) starting; no failure reported yet"
+        )
     return _Verdict("False", "AsExpected", "no problems observed")
 
 
@@ -259,12 +280,16 @@ def derive_status(
     problems: Sequence[Problem],
     previous_conditions: Sequence[Mapping[str, Any]],
     now: datetime,
+    *,
+    starting: int = 0,
 ) -> dict[str, Any]:
     """The TTSVoice ``.status`` patch for what was observed (see the module docstring).
 
     ``deployment`` is the live Deployment as read from the API server (``None`` when it
     does not exist); ``problems`` what the operator detected on this pass;
-    ``previous_conditions`` the object's current ``.status.conditions``. Keys the
+    ``previous_conditions`` the object's current ``.status.conditions``; ``starting``
+    how many pods are on their way but not ready (a healthy ``Degraded`` then says so
+    rather than "no problems observed"). Keys the
     autoscaler owns (``queueDepth``, ``queueWorkSeconds``, ``lastScaleTime``) are not
     touched. Same inputs give an identical dict, so an unchanged state patches nothing new.
     """
@@ -274,7 +299,7 @@ def derive_status(
     verdicts = {
         READY: _ready(voice, deployment, problems),
         PROGRESSING: _progressing(voice, deployment, problems),
-        DEGRADED: _degraded(deployment, problems),
+        DEGRADED: _degraded(deployment, problems, starting),
     }
     return {
         "conditions": [

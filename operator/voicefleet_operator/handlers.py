@@ -29,14 +29,19 @@ from typing import Any, cast
 import kopf
 
 from voicefleet_api.crd import GROUP, KIND, PLURAL, VERSION
-from voicefleet_operator import labels
+from voicefleet_api.labels import VOICE_LABEL
+from voicefleet_operator import labels, pods
 from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
 from voicefleet_operator.conditions import Problem, derive_status, transitions
+from voicefleet_operator.failures import PodReport, pod_report, rejected_problem
 from voicefleet_operator.k8s import Kube, KubeError
 from voicefleet_operator.metrics import OperatorMetrics
 from voicefleet_operator.settings import OperatorConfig
 from voicefleet_operator.spec import SpecError, Voice, parse_voice
 
+REJECTED_STATUSES = frozenset({400, 422})
+"""API answers that mean "this object is invalid": no retry will change them, only a new
+spec will (kopf.PermanentError; the update handler runs on the next spec change)."""
 RETRY_DELAY = 30.0
 """Seconds before kopf retries a voice that is invalid or waits on something (a PVC)."""
 WATCH_SERVER_TIMEOUT = 600
@@ -56,6 +61,7 @@ class Deps:
     options: BuildOptions
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    _rejections: dict[tuple[str, str], tuple[int, Problem]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, *, config: OperatorConfig, kube: Kube, metrics: OperatorMetrics) -> Deps:
@@ -76,11 +82,37 @@ class Deps:
     def forget(self, namespace: str, name: str) -> None:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
+            self._rejections.pop((namespace, name), None)
+
+    def reject(self, voice: Voice, problem: Problem | None) -> None:
+        """Remember (or, with None, forget) that the API server refused this generation's
+        objects, so status refreshes from pod and Deployment events keep reporting it."""
+        with self._locks_guard:
+            if problem is None:
+                self._rejections.pop((voice.namespace, voice.name), None)
+            else:
+                self._rejections[(voice.namespace, voice.name)] = (voice.generation, problem)
+
+    def rejection(self, voice: Voice) -> list[Problem]:
+        """The refusal recorded for this voice's current generation, if any."""
+        with self._locks_guard:
+            found = self._rejections.get((voice.namespace, voice.name))
+        return [found[1]] if found is not None and found[0] == voice.generation else []
 
 
 def _body(raw: Mapping[str, Any]) -> kopf.Body:
     """kopf's typed view of a plain dict (for kopf.event / kopf.adopt)."""
     return kopf.Body(cast(kopf.RawBody, dict(raw)))
+
+
+def _pod_report(kwargs: Mapping[str, Any], voice: Voice) -> PodReport:
+    """What the voice's pods say, from the pod index kopf injected into a handler."""
+    index = kwargs.get(pods.INDEX_NAME)
+    if not isinstance(index, Mapping):
+        return PodReport()
+    return pod_report(
+        pods.pods_of(index, voice.namespace, voice.name), memory=voice.spec.resources.memory
+    )
 
 
 def _deps(memo: Any) -> Deps:
@@ -142,6 +174,17 @@ def build_registry() -> kopf.OperatorRegistry:
         registry=registry,
     )(deployment_event)
     kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)(pvc_event)
+    kopf.index(
+        "",
+        "v1",
+        "pods",
+        labels={VOICE_LABEL: kopf.PRESENT},
+        id=pods.INDEX_NAME,
+        registry=registry,
+    )(pods.index_pod)
+    kopf.on.event("", "v1", "pods", labels={VOICE_LABEL: kopf.PRESENT}, registry=registry)(
+        pod_event
+    )
     return registry
 
 
@@ -219,15 +262,23 @@ def _write_status(
     voice: Voice,
     deployment: Mapping[str, Any] | None,
     problems: Sequence[Problem],
+    pod_state: PodReport | None = None,
 ) -> None:
     """Derive the status, patch it only when it differs, post Events for transitions.
 
     `body` must be the freshest TTSVoice we have: its conditions are the "before"
     for lastTransitionTime and for deciding which transitions deserve an Event.
+    `problems` are the operator's own; the API server's refusal of this generation's
+    objects and what the pods report (`pod_state`, from the pod index) are added here, so
+    every path that writes status reports them the same way.
     """
     current: Mapping[str, Any] = body.get("status") or {}
     previous = list(current.get("conditions") or [])
-    status = derive_status(voice, deployment, problems, previous, datetime.now(UTC))
+    report = pod_state or PodReport()
+    found = [*problems, *deps.rejection(voice), *report.problems]
+    status = derive_status(
+        voice, deployment, found, previous, datetime.now(UTC), starting=report.starting
+    )
     if all(current.get(key) == value for key, value in status.items()):
         return
     deps.kube.patch_voice_status(voice.namespace, voice.name, status)
@@ -236,17 +287,35 @@ def _write_status(
         kopf.event(_body(body), type=event_type, reason=reason, message=message)
 
 
+class Rejected(Exception):
+    """The API server refused an owned object as invalid (`REJECTED_STATUSES`)."""
+
+    def __init__(self, kind: str, error: KubeError) -> None:
+        super().__init__(f"{kind}: {error}")
+        self.problem = rejected_problem(kind, error.status, error.message)
+
+
+def _apply_one(deps: Deps, obj: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return deps.kube.apply(obj)
+    except KubeError as exc:
+        if exc.status in REJECTED_STATUSES:
+            raise Rejected(str(obj["kind"]), exc) from exc
+        raise
+
+
 def _apply(deps: Deps, body: Mapping[str, Any], voice: Voice) -> dict[str, Any]:
     """Server-side apply Service, PDB (or delete it), then Deployment; return the
-    Deployment as the API server now has it."""
+    Deployment as the API server now has it. An object the API server refuses raises
+    `Rejected`; a fully applied generation clears an earlier refusal."""
     service = build_service(voice)
     pdb = build_pdb(voice)
     deployment = build_deployment(voice, deps.options)
     owned = [obj for obj in (service, pdb, deployment) if obj is not None]
     kopf.adopt(owned, owner=_body(body))
-    deps.kube.apply(service)
+    _apply_one(deps, service)
     if pdb is not None:
-        deps.kube.apply(pdb)
+        _apply_one(deps, pdb)
     elif deps.kube.delete_pdb(voice.namespace, voice.name):
         kopf.event(
             _body(body),
@@ -254,7 +323,19 @@ def _apply(deps: Deps, body: Mapping[str, Any], voice: Voice) -> dict[str, Any]:
             reason="PodDisruptionBudgetDeleted",
             message="autoscaling.maxReplicas is 1: the PodDisruptionBudget is no longer needed",
         )
-    return deps.kube.apply(deployment)
+    applied = _apply_one(deps, deployment)
+    deps.reject(voice, None)
+    return applied
+
+
+def _with_fresh_status(deps: Deps, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with the status the API server has now (kopf's copy may predate a status
+    write from a pod or Deployment event), so Events are derived against what is stored."""
+    meta = body.get("metadata") or {}
+    fresh = deps.kube.get_voice(str(meta.get("namespace")), str(meta.get("name")))
+    if fresh is None or (fresh.get("metadata") or {}).get("uid") != meta.get("uid"):
+        return body
+    return {**body, "status": fresh.get("status") or {}}
 
 
 def _invalid(
@@ -302,35 +383,49 @@ def _invalid(
     return kopf.TemporaryError(message, delay=RETRY_DELAY)
 
 
-def reconcile(body: kopf.Body, reason: Any, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+def reconcile(body: kopf.Body, reason: Any, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
     """Make the cluster match one TTSVoice; idempotent, so create/update/resume share it."""
     deps = _deps(memo)
     trigger = str(reason) if str(reason) in ("create", "update", "resume") else "update"
     started = time.perf_counter()
     deps.metrics.reconciles.labels(trigger=trigger).inc()
     try:
-        _reconcile(deps, dict(body), logger)
+        _reconcile(deps, dict(body), logger, kwargs)
     finally:
         deps.metrics.reconcile_duration.labels(trigger=trigger).observe(
             time.perf_counter() - started
         )
 
 
-def _reconcile(deps: Deps, body: dict[str, Any], logger: kopf.Logger) -> None:
+def _reconcile(
+    deps: Deps, body: dict[str, Any], logger: kopf.Logger, kwargs: Mapping[str, Any]
+) -> None:
+    """One reconcile; `kwargs` are the calling handler's (kopf injects the pod index)."""
     try:
         voice = parse_voice(body)
     except SpecError as exc:
         raise _invalid(deps, body, exc, logger) from exc
     with deps.voice_lock(voice.namespace, voice.name):
         try:
+            body = _with_fresh_status(deps, body)
             problems = _problems(voice, deps.kube)
+            report = _pod_report(kwargs, voice)
             if problems:
                 # Leave whatever runs alone (a PVC deleted under serving pods must not
                 # take them down); report, and look again later.
                 deployment = deps.kube.get_deployment(voice.namespace, voice.name)
             else:
-                deployment = _apply(deps, body, voice)
-            _write_status(deps, body, voice, deployment, problems)
+                try:
+                    deployment = _apply(deps, body, voice)
+                except Rejected as exc:
+                    # Permanent for this spec: report it, do not retry every few seconds.
+                    deps.reject(voice, exc.problem)
+                    deployment = deps.kube.get_deployment(voice.namespace, voice.name)
+                    _write_status(deps, body, voice, deployment, problems, report)
+                    deps.metrics.reconcile_errors.labels(reason="rejected").inc()
+                    logger.warning("%s", exc.problem.message)
+                    raise kopf.PermanentError(exc.problem.message) from exc
+            _write_status(deps, body, voice, deployment, problems, report)
         except KubeError as exc:
             deps.metrics.reconcile_errors.labels(reason="api").inc()
             raise kopf.TemporaryError(f"API call failed: {exc}", delay=5) from exc
@@ -368,7 +463,7 @@ def _replicas_drifted(deployment: Mapping[str, Any], voice: Voice) -> bool:
 
 
 def deployment_event(
-    event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
+    event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """A managed Deployment changed: refresh its voice's status (replicas, Ready…).
 
@@ -390,32 +485,34 @@ def deployment_event(
     started = time.perf_counter()
     deps.metrics.reconciles.labels(trigger="deployment").inc()
     try:
-        voice_body = deps.kube.get_voice(namespace, name)
-        if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
-            return
-        try:
-            voice = parse_voice(voice_body)
-        except SpecError:
-            return  # the voice's own reconcile reports it
-        with deps.voice_lock(namespace, name):
+        with deps.voice_lock(namespace, name):  # read under the lock: see pod_event
+            voice_body = deps.kube.get_voice(namespace, name)
+            if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            try:
+                voice = parse_voice(voice_body)
+            except SpecError:
+                return  # the voice's own reconcile reports it
             problems = _problems(voice, deps.kube)
-            if event.get("type") == "DELETED":
-                if problems:
+            report = _pod_report(kwargs, voice)
+            current: Mapping[str, Any] | None = deployment
+            try:
+                if event.get("type") == "DELETED":
                     current = None
-                else:
-                    logger.warning("Deployment deleted while its TTSVoice exists: re-creating")
+                    if not problems:
+                        logger.warning("Deployment deleted while its TTSVoice exists: re-creating")
+                        current = _apply(deps, voice_body, voice)
+                elif not problems and _replicas_drifted(deployment, voice):
+                    logger.warning(
+                        "Deployment replicas were set to %s outside the TTSVoice: restoring %s"
+                        " (scale the TTSVoice instead)",
+                        (deployment.get("spec") or {}).get("replicas"),
+                        voice.spec.replicas,
+                    )
                     current = _apply(deps, voice_body, voice)
-            elif not problems and _replicas_drifted(deployment, voice):
-                logger.warning(
-                    "Deployment replicas were set to %s outside the TTSVoice: restoring %s"
-                    " (scale the TTSVoice instead)",
-                    (deployment.get("spec") or {}).get("replicas"),
-                    voice.spec.replicas,
-                )
-                current = _apply(deps, voice_body, voice)
-            else:
-                current = deployment
-            _write_status(deps, voice_body, voice, current, problems)
+            except Rejected as exc:
+                deps.reject(voice, exc.problem)
+            _write_status(deps, voice_body, voice, current, problems, report)
     except KubeError as exc:
         deps.metrics.reconcile_errors.labels(reason="api").inc()
         logger.warning("could not refresh TTSVoice %s/%s status: %s", namespace, name, exc)
@@ -429,7 +526,7 @@ def deployment_event(
 
 
 def pvc_event(
-    event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
+    event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """A claim appeared: reconcile at once the voices that were waiting for it.
 
@@ -457,6 +554,49 @@ def pvc_event(
         logger.info("PersistentVolumeClaim %s appeared: reconciling TTSVoice %s", claim, name)
         deps.metrics.reconciles.labels(trigger="pvc").inc()
         try:
-            _reconcile(deps, voice_body, logger)
-        except kopf.TemporaryError as exc:
+            _reconcile(deps, voice_body, logger, kwargs)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
             logger.warning("TTSVoice %s/%s still not reconciled: %s", namespace, name, exc)
+
+
+# --- pods -------------------------------------------------------------------------------
+
+
+def pod_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """A voice's pod changed (scheduled, started, crashed, became ready): refresh the
+    voice's status from the pod index at once, so a crash loop, a pull error or an
+    unschedulable pod reaches ``Degraded`` within the pod event, not a timeout.
+
+    kopf updates the index before it calls handlers for the same event, so the index
+    already holds this pod's new status. Only the voice and its Deployment are read.
+    """
+    meta = body.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(labels.VOICE_LABEL)
+    if not name:
+        return
+    namespace = str(meta.get("namespace"))
+    deps = _deps(memo)
+    started = time.perf_counter()
+    deps.metrics.reconciles.labels(trigger="pod").inc()
+    try:
+        # Read the voice under its lock: its conditions are the "before" of the Events,
+        # and another thread may just have rewritten them.
+        with deps.voice_lock(namespace, str(name)):
+            voice_body = deps.kube.get_voice(namespace, str(name))
+            if voice_body is None or (voice_body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            try:
+                voice = parse_voice(voice_body)
+            except SpecError:
+                return  # the voice's own reconcile reports it
+            report = _pod_report(kwargs, voice)
+            deployment = deps.kube.get_deployment(namespace, voice.name)
+            problems = _problems(voice, deps.kube)
+            _write_status(deps, voice_body, voice, deployment, problems, report)
+    except KubeError as exc:
+        deps.metrics.reconcile_errors.labels(reason="api").inc()
+        logger.warning("could not refresh TTSVoice %s/%s status: %s", namespace, name, exc)
+    finally:
+        deps.metrics.reconcile_duration.labels(trigger="pod").observe(time.perf_counter() - started)

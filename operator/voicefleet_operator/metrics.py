@@ -41,7 +41,8 @@ class OperatorMetrics:
             ),
             reconcile_errors=Counter(
                 RECONCILE_ERRORS.removesuffix("_total"),
-                "Reconciles that ended in a retry: invalid_spec, problem (e.g. PVC missing), api.",
+                "Reconciles that ended in a retry or a permanent error: invalid_spec, problem "
+                "(e.g. PVC missing), api, rejected (the API server refused an owned object).",
                 ["reason"],
                 registry=reg,
             ),

@@ -154,6 +154,24 @@ def test_volume_model_defaults_read_only(crds: LocalCluster, cluster_namespace: 
     assert spec["resources"]["cpu"] == 2, "an integer quantity is accepted as written"
 
 
+def test_tolerations_and_node_selector_as_kubernetes_allows_them(
+    crds: LocalCluster, cluster_namespace: str
+) -> None:
+    tolerations = [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "pool", "operator": "Equal", "value": "a100", "effect": "PreferNoSchedule"},
+        {"key": "spot", "value": "true"},  # operator defaults to Equal, effect to every one
+        {"operator": "Exists"},
+        {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "tolerationSeconds": 30},
+        {"key": "any", "operator": "Exists", "effect": ""},
+    ]
+    selector = {"pool": "gpu-pool_1.a", "kubernetes.io/os": "linux", "empty": "", "one": "x"}
+    create(crds, cluster_namespace, voice("tol", tolerations=tolerations, nodeSelector=selector))
+    spec = get_voice(crds, cluster_namespace, "tol")["spec"]
+    assert spec["tolerations"] == tolerations
+    assert spec["nodeSelector"] == selector
+
+
 # --- refused, with a message that says what to fix ----------------------------------------
 
 
@@ -296,6 +314,26 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         "unknown-field",
         {"server": {"maxQueu": 10}},
         ['unknown field "spec.server.maxQueu"'],
+    ),
+    (
+        "toleration-operator",
+        {"tolerations": [{"key": "gpu", "operator": "Sometimes", "effect": "NoSchedule"}]},
+        ['spec.tolerations[].operator must be "Exists" or "Equal"', "spec.tolerations[0]"],
+    ),
+    (
+        "toleration-effect",
+        {"tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedul"}]},
+        ['spec.tolerations[].effect must be "NoSchedule", "PreferNoSchedule"'],
+    ),
+    (
+        "node-selector-value",
+        {"nodeSelector": {"pool": "a100 fast"}},
+        ["spec.nodeSelector values must be label values", "spec.nodeSelector"],
+    ),
+    (
+        "node-selector-value-edge",
+        {"nodeSelector": {"pool": "gpu-"}},
+        ["spec.nodeSelector values must be label values"],
     ),
 ]
 
@@ -489,7 +527,8 @@ def test_status_is_a_subresource_and_feeds_columns_and_scale(
 def test_get_prints_the_columns(crds: LocalCluster, cluster_namespace: str) -> None:
     create(crds, cluster_namespace, voice("cols"))
     header = crds.kubectl_run("get", "ttsv", "-n", cluster_namespace).stdout.splitlines()[0]
-    assert re.match(r"NAME\s+ENGINE\s+MODEL\s+DESIRED\s+READY\s+QUEUE\s+STATUS\s+AGE$", header)
+    columns = r"NAME\s+ENGINE\s+MODEL\s+DESIRED\s+READY\s+QUEUE\s+STATUS\s+REASON\s+AGE$"
+    assert re.match(columns, header), header
     # The `voicefleet` category lists TTSVoices with everything else VoiceFleet defines.
     by_category = crds.kubectl_run("get", "voicefleet", "-n", cluster_namespace).stdout
     assert by_category.splitlines()[0] == header

@@ -20,8 +20,11 @@ from voicefleet_localcluster.podspec import (
     expand,
     field_value,
     image_command,
+    image_pull_error,
+    memory_bytes,
     resolve_env,
     resolve_port,
+    termination_message,
 )
 from voicefleet_localcluster.podstatus import (
     ContainerView,
@@ -400,3 +403,59 @@ def test_log_tail_drops_kubelet_markers() -> None:
     assert tail_lines(data, None) == b"a\nb\nc\n"
     assert tail_lines(data, 2) == b"b\nc\n"
     assert tail_lines(data, 0) == b""
+
+
+# --- images, termination messages, memory limits -----------------------------------------
+
+
+def test_image_present_when_its_command_is_on_path(tmp_path: Path) -> None:
+    tool = tmp_path / "voicefleet-server"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    path = str(tmp_path)
+    assert image_pull_error("ghcr.io/voicefleet/voicefleet-server:0.1.0", "Always", path) is None
+    assert image_pull_error("busybox", "IfNotPresent", path) is None, "preloaded base image"
+    assert image_pull_error("ghcr.io/voicefleet/voicefleet-control:1", "Always", path) is None
+    reason, message = image_pull_error("ghcr.io/nobody/no-such-server:1", "IfNotPresent", path) or (
+        "",
+        "",
+    )
+    assert reason == "ErrImagePull"
+    assert 'failed to pull image "ghcr.io/nobody/no-such-server:1"' in message
+    assert 'no executable "no-such-server"' in message
+    never = image_pull_error("acme/nothing:1", "Never", path)
+    assert never is not None
+    assert never[0] == "ErrImageNeverPull"
+    invalid = image_pull_error("acme/:1", "IfNotPresent", path)
+    assert invalid is not None
+    assert invalid[0] == "InvalidImageName"
+
+
+def test_termination_message_file_wins_then_log_tail_on_error() -> None:
+    log = b"".join(f"line {i}\n".encode() for i in range(200))
+    fallback = "FallbackToLogsOnError"
+    assert termination_message(b"ModelLoadFailed: x\n", log, fallback, 1) == "ModelLoadFailed: x\n"
+    tail = termination_message(b"", log, fallback, 1)
+    assert tail.endswith("line 199\n")
+    assert tail.startswith("line 120\n"), "the last 80 lines"
+    assert len(termination_message(b"", b"x" * 5000, fallback, 1)) == 2048
+    assert termination_message(b"", log, fallback, 0) == "", "no fallback on success"
+    assert termination_message(b"", log, "File", 1) == "", "no fallback under File"
+    assert len(termination_message(b"y" * 9000, b"", "File", 1)) == 4096
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [
+        ("512Mi", 512 * 2**20),
+        ("1Gi", 2**30),
+        ("1G", 10**9),
+        ("1.5Gi", int(1.5 * 2**30)),
+        (1048576, 1048576),
+        ("128974848", 128974848),
+        (None, None),
+        ("lots", None),
+    ],
+)
+def test_memory_quantities(quantity: object, expected: int | None) -> None:
+    assert memory_bytes(quantity) == expected

@@ -386,10 +386,16 @@ def test_unset_optional_knobs_leave_the_server_defaults() -> None:
 
 
 def test_defaults_of_a_voice_match_the_servers_defaults() -> None:
-    """A default TTSVoice runs the server as ``voicefleet-server`` alone would (bar host)."""
+    """A default TTSVoice runs the server as ``voicefleet-server`` alone would.
+
+    Bar the two pod-specific values: the host (the pod IP) and the termination-message
+    file the kubelet reads.
+    """
     from_pod = load_settings([], kubelet_env(voice()), cores=4)
     bare = load_settings([], {}, cores=4)
-    assert from_pod.model_copy(update={"host": bare.host}) == bare
+    assert from_pod.termination_message_path == "/dev/termination-log"
+    pod_only = {"host": bare.host, "termination_message_path": ""}
+    assert from_pod.model_copy(update=pod_only) == bare
 
 
 def test_gpu_voice_runs_on_cuda_with_the_gpu_batch_default() -> None:

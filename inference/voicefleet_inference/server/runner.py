@@ -13,15 +13,18 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
+from voicefleet_api.termination import MODEL_LOAD_FAILED
 from voicefleet_inference.engines.base import Engine
 from voicefleet_inference.metrics import Metrics, create_metrics
 from voicefleet_inference.scheduler import EngineFactory, Scheduler, SchedulerConfig
 from voicefleet_inference.server.app import create_app
 from voicefleet_inference.server.drain import DrainingServer
+from voicefleet_inference.server.lastwords import write_last_words
 from voicefleet_inference.settings import Settings
 
 __all__ = ["Service", "build_service", "engine_factory", "scheduler_config", "serve"]
@@ -69,12 +72,15 @@ def build_service(settings: Settings, factory: EngineFactory | None = None) -> S
     return Service(settings, metrics, scheduler, create_app(settings, scheduler, metrics))
 
 
-async def _watch_load(service: Service, server: DrainingServer, failed: list[str]) -> None:
+async def _watch_load(
+    service: Service, server: DrainingServer, failed: list[str], last_words: Path | None
+) -> None:
     started = time.monotonic()
     try:
         info = await service.scheduler.wait_loaded()
     except RuntimeError as exc:
         log.error("%s; exiting", exc)
+        write_last_words(last_words, MODEL_LOAD_FAILED, f"{exc} (engine {service.settings.engine})")
         failed.append(str(exc))
         server.should_exit = True
         return
@@ -89,8 +95,14 @@ async def _watch_load(service: Service, server: DrainingServer, failed: list[str
     )
 
 
-async def serve(settings: Settings, service: Service | None = None) -> int:
-    """Run until drained after SIGTERM/SIGINT (0), or until the engine fails to load (1)."""
+async def serve(
+    settings: Settings, service: Service | None = None, *, last_words: Path | None = None
+) -> int:
+    """Run until drained after SIGTERM/SIGINT (0), or until the engine fails to load (1).
+
+    A load failure is also written to ``last_words`` (the termination-message file) when
+    given, so the pod's status says why it exited.
+    """
     service = service or build_service(settings)
     config = uvicorn.Config(
         service.app,
@@ -111,7 +123,7 @@ async def serve(settings: Settings, service: Service | None = None) -> int:
     )
     service.scheduler.start()
     failed: list[str] = []
-    watcher = asyncio.create_task(_watch_load(service, server, failed))
+    watcher = asyncio.create_task(_watch_load(service, server, failed, last_words))
     try:
         await server.serve()
     finally:
