@@ -145,6 +145,8 @@ class Autoscaling:
     scale_down_delay_seconds: int = 300
     scale_to_zero_idle_seconds: int = 600
     cold_start_timeout_seconds: int = 120
+    enabled: bool = True
+    """False: the autoscaler leaves spec.replicas alone (kubectl scale, an HPA)."""
 
 
 @dataclass(frozen=True)
@@ -450,6 +452,7 @@ def _parse_autoscaling(raw: object) -> Autoscaling:
         scale_down_delay_seconds=f.int_("scaleDownDelaySeconds", 300, 0, 86_400),
         scale_to_zero_idle_seconds=f.int_("scaleToZeroIdleSeconds", 600, 1, 86_400),
         cold_start_timeout_seconds=f.int_("coldStartTimeoutSeconds", 120, 1, 3600),
+        enabled=f.bool_("enabled", True),
     )
 
 
