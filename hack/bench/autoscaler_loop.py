@@ -8,7 +8,9 @@ pods as the pod index would hand them over. The Kubernetes side is a stand-in th
 counts status writes (named as such: this measures scraping and deciding, not the API).
 
 Reported: this process's CPU (user+sys seconds per wall second, i.e. cores), and the
-tick latency per voice (scrape of its pods + decision), median and p99.
+tick latency per voice (scrape of its pods + decision), median and p99; and, run just
+before in the same process against the same servers, a bare baseline that only GETs each
+pod's /metrics on the same schedule (``cpu_vs_bare_scrape``: our loop's CPU over it).
 
     .venv/bin/python hack/bench/autoscaler_loop.py --voices 100 --pods 3 --seconds 30
 """
@@ -116,7 +118,10 @@ def pod(v: int, k: int, i: int) -> PodInfo:
     )
 
 
-async def drive(voices: int, pods: int, seconds: float, interval: float) -> dict[str, float]:
+async def drive(
+    voices: int, pods: int, seconds: float, interval: float, bare: bool = False
+) -> dict[str, float]:
+    """Tick every voice once per interval; ``bare``: only GET each pod's /metrics (baseline)."""
     kube = CountingKube()
     scaler = Autoscaler(
         AutoscalerConfig(interval=interval, scrape_timeout=0.8, pod_port=PORT),
@@ -134,10 +139,15 @@ async def drive(voices: int, pods: int, seconds: float, interval: float) -> dict
         await asyncio.sleep(interval * v / voices)  # daemons start spread out, as in kopf
         while time.monotonic() < stop:
             t0 = time.monotonic()
-            d = await scaler.tick(bodies[v], pod_lists[v], [], log)
+            if bare:
+                await asyncio.gather(
+                    *(scaler._get(f"http://{p.ip}:{PORT}/metrics") for p in pod_lists[v])
+                )
+            else:
+                d = await scaler.tick(bodies[v], pod_lists[v], [], log)
+                if d is not None and d.state.history:
+                    decided += 1
             latencies.append(time.monotonic() - t0)
-            if d is not None and d.state.history:
-                decided += 1
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -177,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         assert child.stdout is not None
         if child.stdout.readline().strip() != "ready":
             raise SystemExit("metrics servers did not start")
+        bare = asyncio.run(drive(args.voices, args.pods, args.seconds, args.interval, bare=True))
         result = asyncio.run(drive(args.voices, args.pods, args.seconds, args.interval))
+        result["bare_cpu_cores"] = bare["cpu_cores"]
+        result["bare_tick_p50_ms"] = bare["tick_p50_ms"]
+        result["cpu_vs_bare_scrape"] = result["cpu_cores"] / max(bare["cpu_cores"], 1e-9)
     finally:
         child.terminate()
         child.wait(timeout=10)
