@@ -24,7 +24,7 @@ from test_operator import (  # the same operator process helpers and SA identity
     sa_kubeconfig,  # noqa: F401  (fixture, by name)
 )
 
-from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.testing import LocalCluster, WaitTimeout, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -44,7 +44,7 @@ def autoscaling_operator(
             health,
             metrics,
             priority=100,
-            extra=["--autoscale-interval=0.5", "--standalone"],
+            extra=["--autoscale-interval=0.5", "--standalone", "--verbose"],
         ),
         log_path=tmp_path_factory.mktemp("autoscaler-log") / "operator.log",
         health_port=health,
@@ -165,7 +165,11 @@ def test_load_scales_up_survives_an_operator_restart_and_comes_back_down(
     wait_for(lambda: len(local_cluster.ready_pods(ns, selector)) == 1, timeout=60, what="1 pod")
     with Load(local_cluster, ns, name, concurrency=8) as load:
         started = time.monotonic()
-        wait_for(lambda: spec_replicas(local_cluster, ns, name) == 3, timeout=30, what="3")
+        try:
+            wait_for(lambda: spec_replicas(local_cluster, ns, name) == 3, timeout=30, what="3")
+        except WaitTimeout as exc:
+            status = local_cluster.get_json("ttsvoice", name, "-n", ns).get("status")
+            raise AssertionError(f"{exc}; status {status}; {load.ok} ok {load.failed[:3]}") from exc
         reacted = time.monotonic() - started
         up = scale_events(local_cluster, ns, name)
         assert up
