@@ -207,11 +207,12 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
     recent = [n for _, n in list(history)[-policy.up_samples :]]
     if len(recent) >= policy.up_samples and min(recent) > current:
         target = _clamp(min(recent), policy)
-        if obs.starting and target <= current + math.floor(obs.starting * policy.starting_weight):
-            return result(
-                current, "Hold", f"{numbers}; {obs.starting} pods on the way cover the excess"
-            )
         if target > current:
+            on_the_way = math.floor(obs.starting * policy.starting_weight)
+            if obs.starting and target <= current + on_the_way:
+                return result(
+                    current, "Hold", f"{numbers}; {obs.starting} pods on the way cover the excess"
+                )
             return result(target, "ScaleUp", numbers)
 
     # Down: only after a whole scaleDownDelay observed since the last change.
