@@ -31,6 +31,13 @@ import kopf
 from voicefleet_api.crd import GROUP, KIND, PLURAL, VERSION
 from voicefleet_api.labels import VOICE_LABEL
 from voicefleet_operator import labels, pods
+from voicefleet_operator.autoscaler import (
+    ROUTER_INDEX_NAME,
+    Autoscaler,
+    AutoscalerConfig,
+    router_selector,
+    run_daemon,
+)
 from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
 from voicefleet_operator.conditions import Problem, derive_status, transitions
 from voicefleet_operator.failures import PodReport, pod_report, rejected_problem
@@ -59,6 +66,7 @@ class Deps:
     kube: Kube
     metrics: OperatorMetrics
     options: BuildOptions
+    autoscaler: Autoscaler | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     _rejections: dict[tuple[str, str], tuple[int, Problem]] = field(default_factory=dict)
@@ -70,6 +78,20 @@ class Deps:
             kube=kube,
             metrics=metrics,
             options=BuildOptions(default_image=config.default_image),
+            autoscaler=(
+                Autoscaler(
+                    AutoscalerConfig(
+                        interval=config.autoscale_interval,
+                        scrape_timeout=min(0.8 * config.autoscale_interval, 5.0),
+                        stale_after=max(5.0, 3 * config.autoscale_interval),
+                        router_urls=config.router_metrics_urls,
+                        router_port=config.router_metrics_port,
+                    ),
+                    kube,
+                )
+                if config.autoscale_interval > 0
+                else None
+            ),
         )
 
     def voice_lock(self, namespace: str, name: str) -> threading.Lock:
@@ -157,8 +179,12 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     return settings
 
 
-def build_registry() -> kopf.OperatorRegistry:
-    """A fresh registry with every handler of the operator; nothing global is touched."""
+def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler of the operator; nothing global is touched.
+
+    ``config`` adds what depends on flags: the autoscaler daemon (unless
+    ``--autoscale-interval 0``) and the index of router pods (``--router-pod-selector``).
+    """
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(ensure_peering)
@@ -185,7 +211,42 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.on.event("", "v1", "pods", labels={VOICE_LABEL: kopf.PRESENT}, registry=registry)(
         pod_event
     )
+    if config is None or config.autoscale_interval > 0:
+        kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)(autoscale)
+        kopf.on.cleanup(registry=registry)(close_autoscaler)
+    if config is not None and config.router_pod_selector:
+        kopf.index(
+            "",
+            "v1",
+            "pods",
+            labels=router_selector(config.router_pod_selector),
+            id=ROUTER_INDEX_NAME,
+            registry=registry,
+        )(pods.index_pod_any)
     return registry
+
+
+async def autoscale(
+    body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """The voice's autoscaler loop (``autoscaler.run_daemon``); logic lives there."""
+    deps = _deps(memo)
+    if deps.autoscaler is None:
+        return
+    await run_daemon(
+        deps.autoscaler,
+        body,
+        stopped,
+        kwargs[pods.INDEX_NAME],
+        kwargs.get(ROUTER_INDEX_NAME),
+        logger,
+    )
+
+
+async def close_autoscaler(memo: Any, **_: Any) -> None:
+    deps = _deps(memo)
+    if deps.autoscaler is not None:
+        await deps.autoscaler.close()
 
 
 # --- activities -------------------------------------------------------------------------

@@ -125,6 +125,13 @@ def index_pod(body: Mapping[str, Any], **_: Any) -> dict[PodKey, PodInfo]:
     return {} if info is None else {info.key: info}
 
 
+def index_pod_any(body: Mapping[str, Any], **_: Any) -> dict[PodKey, PodInfo]:
+    """kopf index handler for pods without a voice (the routers): keyed ``(namespace, name)``."""
+    meta: Mapping[str, Any] = body.get("metadata") or {}
+    info = pod_info({**body, "metadata": {**meta, "labels": {VOICE_LABEL: "-"}}})
+    return {} if info is None else {(info.namespace, info.name): info}
+
+
 def pods_of(index: Mapping[PodKey, Iterable[PodInfo]], namespace: str, voice: str) -> list[PodInfo]:
     """The pods of one voice from the index (a fresh list, sorted by name; [] when none)."""
     store = index.get((namespace, voice))

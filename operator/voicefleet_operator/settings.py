@@ -23,9 +23,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from voicefleet_operator.spec import DEFAULT_IMAGE
 
 __all__ = [
+    "DEFAULT_AUTOSCALE_INTERVAL",
     "DEFAULT_HEALTH_PORT",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PEERING",
+    "DEFAULT_ROUTER_METRICS_PORT",
     "DEFAULT_WORKERS",
     "ENV_PREFIX",
     "OperatorConfig",
@@ -38,6 +40,8 @@ DEFAULT_HEALTH_PORT: Final = 8081
 DEFAULT_METRICS_PORT: Final = 8082
 DEFAULT_PEERING: Final = "voicefleet-operator"
 DEFAULT_WORKERS: Final = 32
+DEFAULT_AUTOSCALE_INTERVAL: Final = 1.0
+DEFAULT_ROUTER_METRICS_PORT: Final = 8080
 ENV_PREFIX: Final = "VOICEFLEET_OPERATOR_"
 _DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -84,6 +88,11 @@ class OperatorConfig(BaseSettings):
     kubeconfig: Path | None = None
     workers: int = DEFAULT_WORKERS
     verbose: bool = False
+    autoscale_interval: float = DEFAULT_AUTOSCALE_INTERVAL
+    """Seconds between the autoscaler's scrapes of each voice; 0 turns it off."""
+    router_metrics_urls: tuple[str, ...] = ()
+    router_pod_selector: str | None = None
+    router_metrics_port: int = DEFAULT_ROUTER_METRICS_PORT
 
     @field_validator("namespaces", mode="after")
     @classmethod
@@ -122,6 +131,37 @@ class OperatorConfig(BaseSettings):
     def _default_image(cls, value: str) -> str:
         if not value.strip():
             raise _usage("--default-image must not be empty")
+        return value
+
+    @field_validator("autoscale_interval", mode="after")
+    @classmethod
+    def _autoscale_interval(cls, value: float) -> float:
+        if not (value == 0 or 0.1 <= value <= 60):
+            raise _usage(f"--autoscale-interval must be 0 (off) or 0.1..60 seconds, got {value}")
+        return value
+
+    @field_validator("router_metrics_urls", mode="after")
+    @classmethod
+    def _router_metrics_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise _usage(f"--router-metrics-url {url!r} must be an http(s) URL")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("router_pod_selector", mode="after")
+    @classmethod
+    def _router_pod_selector(cls, value: str | None) -> str | None:
+        if value is not None and not all(
+            "=" in part and part.split("=", 1)[0].strip() for part in value.split(",")
+        ):
+            raise _usage(f"--router-pod-selector {value!r}: expected key=value[,key=value]")
+        return value
+
+    @field_validator("router_metrics_port", mode="after")
+    @classmethod
+    def _router_metrics_port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise _usage(f"--router-metrics-port must be 1..65535, got {value}")
         return value
 
     @model_validator(mode="after")
@@ -222,6 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"threads running reconciles in parallel (default {DEFAULT_WORKERS})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--autoscale-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often the autoscaler scrapes each voice's pods and decides "
+        f"(default {DEFAULT_AUTOSCALE_INTERVAL:g}; 0 turns the autoscaler off)",
+    )
+    p.add_argument(
+        "--router-metrics-url",
+        action="append",
+        dest="router_metrics_urls",
+        metavar="URL",
+        help="a router's /metrics (repeat for several): held requests per voice "
+        "(voicefleet_router_pending_requests) scale a voice from zero",
+    )
+    p.add_argument(
+        "--router-pod-selector",
+        metavar="K=V[,K=V]",
+        help="find router pods by these labels instead (or as well) and scrape each one's "
+        "/metrics on --router-metrics-port",
+    )
+    p.add_argument(
+        "--router-metrics-port",
+        type=int,
+        metavar="PORT",
+        help=f"port of the router pods' /metrics (default {DEFAULT_ROUTER_METRICS_PORT})",
+    )
     return p
 
 

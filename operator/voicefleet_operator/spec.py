@@ -355,6 +355,8 @@ class Autoscaling(_Model):
     scale_down_delay_seconds: Annotated[int, _int(0, 86_400)] = 300
     scale_to_zero_idle_seconds: Annotated[int, _int(1, 86_400)] = 600
     cold_start_timeout_seconds: Annotated[int, _int(1, 3600)] = 120
+    enabled: Bool = True
+    """False: the autoscaler leaves spec.replicas alone (kubectl scale, an HPA)."""
 
 
 def _pod_labels(labels: dict[str, str]) -> dict[str, str]:
