@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import router_common as common  # noqa: E402
+import router_common as common
 
 TEXT = "Hello there."
 
@@ -120,9 +120,11 @@ def main() -> int:
         f"| p50 latency through the router | {med(routed_p50) * 1000:.2f} ms |",
         f"| **added p50** (target ≤ 2 ms) | **{med(added) * 1000:.2f} ms** "
         f"({'met' if med(added) <= 0.002 else 'NOT met'}) |",
-        f"| router CPU per request at low rate (scraping included) | {med(cpu_per_request) * 1000:.2f} ms |",
+        "| router CPU per request at low rate (scraping included) | "
+        f"{med(cpu_per_request) * 1000:.2f} ms |",
         f"| router capacity: requests/s per core of router CPU | {med(per_core):.0f} |",
-        f"| requests/s reached (router, pod and load generator sharing the cores) | {med(raw_rate):.0f} |",
+        "| requests/s reached (router, pod and load generator sharing the cores) | "
+        f"{med(raw_rate):.0f} |",
     ]
     text = "\n".join(lines)
     print(text)

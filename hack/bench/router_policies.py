@@ -125,7 +125,7 @@ def _body(text: str) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=4)
-    parser.add_argument("--speed-factor", type=float, default=2.0)
+    parser.add_argument("--speed-factor", type=float, default=1.0)
     parser.add_argument("--jitter", type=float, default=0.2)
     parser.add_argument("--load", type=float, default=0.8)
     parser.add_argument("--duration-s", type=float, default=45.0)
@@ -138,7 +138,8 @@ def main() -> int:
     arrivals = trace(rate, args.duration_s, args.seed)
     n_long = sum(1 for a in arrivals if a.text == PARAGRAPH)
     print(
-        f"trace: {len(arrivals)} requests ({n_long} paragraphs) at {rate:.1f}/s over {args.duration_s:g} s",
+        f"trace: {len(arrivals)} requests ({n_long} paragraphs) at {rate:.1f}/s "
+        f"over {args.duration_s:g} s",
         flush=True,
     )
     ports = [common.free_port() for _ in range(args.pods)]
@@ -159,7 +160,8 @@ def main() -> int:
                     latencies, failures = asyncio.run(replay(r[1], arrivals))
                 results[policy].append((latencies, failures))
                 print(
-                    f"round {round_no + 1} {policy:>13}: p50 {common.percentile(latencies, 0.5) * 1000:7.0f} ms "
+                    f"round {round_no + 1} {policy:>13}: "
+                    f"p50 {common.percentile(latencies, 0.5) * 1000:7.0f} ms "
                     f"p99 {common.percentile(latencies, 0.99) * 1000:7.0f} ms  failures {failures}",
                     flush=True,
                 )
@@ -181,7 +183,8 @@ def main() -> int:
         f"Command: `.venv/bin/python hack/bench/router_policies.py` (what `make bench` runs): "
         f"{args.pods} simulated pods (speed factor {args.speed_factor:g}, jitter {args.jitter:g}), "
         f"{len(arrivals)} requests ({n_long} paragraphs, {len(arrivals) - n_long} sentences) as "
-        f"Poisson arrivals at {rate:.1f}/s = {args.load:.0%} of capacity over {args.duration_s:g} s; "
+        f"Poisson arrivals at {rate:.1f}/s = {args.load:.0%} of capacity over "
+        f"{args.duration_s:g} s; "
         f"the same trace through each policy, {args.rounds} round(s), medians over rounds. "
         f"{common.machine_note()}.",
         "",
@@ -191,12 +194,15 @@ def main() -> int:
     for name, p50, p99v, fails in rows:
         lines.append(f"| {name} | {p50 * 1000:.0f} ms | {p99v * 1000:.0f} ms | {fails} |")
     lines.append(
-        f"| perfect information (simulation) | {perfect_p50 * 1000:.0f} ms | {perfect_p99 * 1000:.0f} ms | - |"
+        f"| perfect information (simulation) | {perfect_p50 * 1000:.0f} ms | "
+        f"{perfect_p99 * 1000:.0f} ms | - |"
     )
     lines += [
         "",
-        f"jsq-work p99 ÷ round-robin p99 = **{vs_rr:.2f}** (target ≤ 0.5: {'met' if vs_rr <= 0.5 else 'NOT met'}); "
-        f"jsq-work p99 ÷ least-request p99 = **{vs_lr:.2f}** (target ≤ 0.85: {'met' if vs_lr <= 0.85 else 'NOT met'}); "
+        f"jsq-work p99 ÷ round-robin p99 = **{vs_rr:.2f}** "
+        f"(target ≤ 0.5: {'met' if vs_rr <= 0.5 else 'NOT met'}); "
+        f"jsq-work p99 ÷ least-request p99 = **{vs_lr:.2f}** "
+        f"(target ≤ 0.85: {'met' if vs_lr <= 0.85 else 'NOT met'}); "
         f"jsq-work p99 ÷ perfect-information p99 = {jsq / perfect_p99:.2f}.",
         "",
         f"![latency CDF per policy]({PNG.name})",
