@@ -158,15 +158,15 @@ class Fleet:
         self.voices: dict[VoiceKey, VoiceInfo] = {}
         self.pods: dict[str, PodState] = {}
         self._changed: dict[VoiceKey, asyncio.Event] = {}
-        self._listeners: list[Callable[[str, PodInfo | None], None]] = []
+        self._gone_listeners: list[Callable[[PodInfo], None]] = []
         self.synced = False
         """True once discovery has listed everything at least once (``/readyz``)."""
 
     # -- discovery side ------------------------------------------------------------------
 
-    def on_pod_change(self, listener: Callable[[str, PodInfo | None], None]) -> None:
-        """Call ``listener(pod_key, info or None when gone)`` on every pod change."""
-        self._listeners.append(listener)
+    def on_pod_gone(self, listener: Callable[[PodInfo], None]) -> None:
+        """Call ``listener(info)`` when a pod leaves the fleet (e.g. to drop its metrics)."""
+        self._gone_listeners.append(listener)
 
     def upsert_voice(self, voice: VoiceInfo) -> None:
         self.voices[voice.key] = voice
@@ -184,15 +184,13 @@ class Fleet:
             if state.info.base_url != info.base_url:  # a new IP is a new server
                 state.scraped_work_s = None
             state.info = info
-        for listener in self._listeners:
-            listener(info.key, info)
         self._wake(info.voice)
 
     def remove_pod(self, key: str) -> None:
         state = self.pods.pop(key, None)
         if state is not None:
-            for listener in self._listeners:
-                listener(key, None)
+            for listener in self._gone_listeners:
+                listener(state.info)
             self._wake(state.info.voice)
 
     def replace(
