@@ -28,6 +28,11 @@ ROUTER = BIN / "voicefleet-router"
 DOC = REPO / "docs" / "router.md"
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so the ``finally`` blocks stop every started process."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,7 +91,12 @@ def processes(
 
 
 def simulated_pod(
-    port: int, *, speed_factor: float, jitter: float, seed: int
+    port: int,
+    *,
+    speed_factor: float,
+    jitter: float,
+    seed: int,
+    audio_seconds_per_char: float = 0.057,
 ) -> tuple[list[str], dict[str, str], int]:
     argv = [
         str(SERVER),
@@ -105,6 +115,7 @@ def simulated_pod(
         "SIMULATED_ENGINE_SPEED_FACTOR": str(speed_factor),
         "SIMULATED_ENGINE_JITTER": str(jitter),
         "SIMULATED_ENGINE_SEED": str(seed),
+        "SIMULATED_ENGINE_AUDIO_SECONDS_PER_CHAR": str(audio_seconds_per_char),
     }
     return argv, env, port
 

@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
+    common.exit_cleanly_on_sigterm()
 
     pod_port, router_port = common.free_port(), common.free_port()
     pod = common.simulated_pod(pod_port, speed_factor=10_000, jitter=0.0, seed=1)

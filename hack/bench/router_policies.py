@@ -127,12 +127,20 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=4)
     parser.add_argument("--speed-factor", type=float, default=1.0)
     parser.add_argument("--jitter", type=float, default=0.2)
+    parser.add_argument(
+        "--audio-seconds-per-char",
+        type=float,
+        default=0.005,
+        help="audio the simulated pods return (the real voice: 0.057); less audio keeps the "
+        "pods' encoding CPU from blurring a queueing benchmark on a small machine",
+    )
     parser.add_argument("--load", type=float, default=0.8)
     parser.add_argument("--duration-s", type=float, default=45.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
+    common.exit_cleanly_on_sigterm()
 
     rate = args.load * args.pods / mean_cost(args.speed_factor)
     arrivals = trace(rate, args.duration_s, args.seed)
@@ -145,7 +153,11 @@ def main() -> int:
     ports = [common.free_port() for _ in range(args.pods)]
     pods = [
         common.simulated_pod(
-            p, speed_factor=args.speed_factor, jitter=args.jitter, seed=args.seed + i
+            p,
+            speed_factor=args.speed_factor,
+            jitter=args.jitter,
+            seed=args.seed + i,
+            audio_seconds_per_char=args.audio_seconds_per_char,
         )
         for i, p in enumerate(ports)
     ]
@@ -181,7 +193,8 @@ def main() -> int:
     perfect_p50, perfect_p99 = common.percentile(perfect, 0.5), common.percentile(perfect, 0.99)
     lines = [
         f"Command: `.venv/bin/python hack/bench/router_policies.py` (what `make bench` runs): "
-        f"{args.pods} simulated pods (speed factor {args.speed_factor:g}, jitter {args.jitter:g}), "
+        f"{args.pods} simulated pods (speed factor {args.speed_factor:g}, jitter {args.jitter:g}, "
+        f"{args.audio_seconds_per_char:g} s of audio per character), "
         f"{len(arrivals)} requests ({n_long} paragraphs, {len(arrivals) - n_long} sentences) as "
         f"Poisson arrivals at {rate:.1f}/s = {args.load:.0%} of capacity over "
         f"{args.duration_s:g} s; "

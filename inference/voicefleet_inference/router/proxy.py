@@ -296,6 +296,8 @@ class Proxy:
                     )
                 if isinstance(verdict, Reject):
                     hold_outcome = "rejected"
+                    if holding is None:
+                        self.metrics.held_requests_total.labels(label, "rejected").inc()
                     raise NoPodAvailable(
                         f"voice {label} has no ready pod and {self.max_held_per_voice} "
                         "requests are already waiting for one",
