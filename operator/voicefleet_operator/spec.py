@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_IMAGE: Final = "ghcr.io/voicefleet/voicefleet-server:0.1.0"
-ENGINES: Final = ("piper-onnx",)
+ENGINES: Final = ("piper-onnx", "vits-torch")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 RESERVED_ENV_PREFIX: Final = "VOICEFLEET_"
 """User env may not set server knobs directly: ``spec.server`` is the one place for them."""

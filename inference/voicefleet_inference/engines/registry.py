@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 BUNDLED_VOICE = "en_US-joe-medium"
-ENGINES = ("piper-onnx",)
+ENGINES = ("piper-onnx", "vits-torch")
 
 
 class EngineConfigError(ValueError):
@@ -70,9 +70,18 @@ def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
 
     Call it in the thread that will own the engine, then call ``load()`` there.
     """
-    if engine != "piper-onnx":
+    if engine not in ENGINES:
         raise UnknownEngineError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     name, onnx_path, json_path = resolve_piper_model(model)
+    if engine == "vits-torch":
+        from voicefleet_inference.engines.vits_torch.engine import VitsTorchEngine
+
+        try:
+            return VitsTorchEngine(
+                onnx_path, json_path, model_name=name, device=device, threads=threads
+            )
+        except ValueError as exc:
+            raise EngineConfigError(str(exc)) from exc
     try:
         return PiperOnnxEngine(
             onnx_path, json_path, model_name=name, device=device, threads=threads
