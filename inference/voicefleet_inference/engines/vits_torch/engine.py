@@ -102,7 +102,7 @@ class VitsTorchEngine:
         threads: int = 1,
         sentence_silence: float = 0.05,
         stream_windows: bool = True,
-        first_window: int = 32,
+        first_window: int = 16,
         max_batch: int = 64,
         precision: str = "float32",
     ) -> None:
@@ -125,8 +125,10 @@ class VitsTorchEngine:
         )
         self._model_name = model_name
         self._threads = threads
-        self._stream_windows = stream_windows
-        self._first_window = first_window
+        self.stream_windows = stream_windows
+        """Decode in windows (first audio early) or a whole sentence per pass; settable."""
+        self.first_window = first_window
+        """Latent frames of the first decoder window (later windows double)."""
         self._max_batch = max_batch
         self._precision = precision
         self._model: object | None = None
@@ -270,14 +272,14 @@ class VitsTorchEngine:
             )
             frames = latent.frames.tolist()
             hop = model.hop
-            if not self._stream_windows:
+            if not self.stream_windows:
                 varied = len(set(frames)) > 1
                 audio = model.dec(latent.z, latent.frames if varied else None).float().cpu()
                 for row, it in enumerate(items):
                     samples = audio[row, : frames[row] * hop].numpy()
                     yield self._chunk(it, samples, final_window=True)
                 return
-            for start, stop in plan_windows(max(frames), self._first_window):
+            for start, stop in plan_windows(max(frames), self.first_window):
                 rows = [r for r in range(len(items)) if frames[r] > start]
                 spans = []
                 for r in rows:
@@ -306,6 +308,6 @@ class VitsTorchEngine:
         samples = self._front.finish_chunk(
             np.ascontiguousarray(samples, dtype=np.float32),
             is_last=is_last or not final_window,
-            check_silence=not self._stream_windows,
+            check_silence=not self.stream_windows,
         )
         return AudioChunk(index=item.request, samples=samples, is_last=is_last)

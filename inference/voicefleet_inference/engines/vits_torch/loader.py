@@ -248,7 +248,7 @@ def _check_conv_attrs(model: VitsModel, convs: Mapping[str, ConvAttrs]) -> None:
             dilation=int(module.dilation[0]),
             stride=int(module.stride[0]),
             groups=int(module.groups),
-            pad=int(module.padding[0]),  # type: ignore[index]
+            pad=int(module.padding[0]),
             explicit_pad=attrs.explicit_pad,
         )
         if attrs.explicit_pad and attrs.pad == 0:

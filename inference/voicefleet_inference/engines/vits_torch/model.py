@@ -168,7 +168,8 @@ class RelativeAttention(nn.Module):
         p_rel.scatter_add_(3, index, p * near)
         out = out + p_rel @ self.emb_rel_v[0]
         out = out.transpose(2, 3).reshape(b, c, t)
-        return self.conv_o(out)
+        y: Tensor = self.conv_o(out)
+        return y
 
 
 class FeedForward(nn.Module):
@@ -179,7 +180,33 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = torch.relu(self.conv_1(x * mask))
-        return self.conv_2(x * mask) * mask
+        y: Tensor = self.conv_2(x * mask)
+        return y * mask
+
+
+class Encoder(nn.Module):
+    """Post-norm transformer: attention then feed-forward, each with a residual."""
+
+    def __init__(self, spec: VitsSpec) -> None:
+        super().__init__()
+        n = spec.n_layers
+        self.attn_layers = nn.ModuleList(
+            RelativeAttention(spec.hidden, spec.n_heads, spec.window) for _ in range(n)
+        )
+        self.norm_layers_1 = nn.ModuleList(ChannelNorm(spec.hidden) for _ in range(n))
+        self.ffn_layers = nn.ModuleList(
+            FeedForward(spec.hidden, spec.filter_channels, spec.ffn_kernel) for _ in range(n)
+        )
+        self.norm_layers_2 = nn.ModuleList(ChannelNorm(spec.hidden) for _ in range(n))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        attn_mask = mask.unsqueeze(2) * mask.unsqueeze(-1)
+        for attn, norm1, ffn, norm2 in zip(
+            self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2, strict=True
+        ):
+            x = norm1(x + attn(x, attn_mask))
+            x = norm2(x + ffn(x, mask))
+        return x * mask
 
 
 class TextEncoder(nn.Module):
@@ -190,29 +217,12 @@ class TextEncoder(nn.Module):
         self.hidden = spec.hidden
         self.emb = nn.Embedding(spec.n_vocab, spec.hidden)
         self.emb.requires_grad_(False)
-        enc = nn.Module()
-        enc.attn_layers = nn.ModuleList(
-            RelativeAttention(spec.hidden, spec.n_heads, spec.window) for _ in range(spec.n_layers)
-        )
-        enc.norm_layers_1 = nn.ModuleList(ChannelNorm(spec.hidden) for _ in range(spec.n_layers))
-        enc.ffn_layers = nn.ModuleList(
-            FeedForward(spec.hidden, spec.filter_channels, spec.ffn_kernel)
-            for _ in range(spec.n_layers)
-        )
-        enc.norm_layers_2 = nn.ModuleList(ChannelNorm(spec.hidden) for _ in range(spec.n_layers))
-        self.encoder = enc
+        self.encoder = Encoder(spec)
         self.proj = _conv(spec.hidden, spec.inter_channels * 2, 1)
 
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = (self.emb(ids) * math.sqrt(self.hidden)).transpose(1, 2) * mask
-        attn_mask = mask.unsqueeze(2) * mask.unsqueeze(-1)
-        enc = self.encoder
-        for attn, norm1, ffn, norm2 in zip(
-            enc.attn_layers, enc.norm_layers_1, enc.ffn_layers, enc.norm_layers_2, strict=True
-        ):
-            x = norm1(x + attn(x, attn_mask))
-            x = norm2(x + ffn(x, mask))
-        x = x * mask
+        x = self.encoder(x, mask)
         stats = self.proj(x) * mask
         m, logs = stats.chunk(2, dim=1)
         return x, m, logs
@@ -294,16 +304,16 @@ class SplineFlow(nn.Module):
 
     def __init__(self, channels: int, filter_channels: int, kernel: int, spec: FlowSpec) -> None:
         super().__init__()
-        self.half = channels // 2
+        self.split = channels // 2
         self.num_bins = spec.num_bins
         self.bound = spec.tail_bound
         self.filter_channels = filter_channels
-        self.pre = _conv(self.half, filter_channels, 1)
+        self.pre = _conv(self.split, filter_channels, 1)
         self.convs = DilatedSeparableStack(filter_channels, kernel, spec.dp_layers)
-        self.proj = _conv(filter_channels, self.half * (3 * spec.num_bins - 1), 1)
+        self.proj = _conv(filter_channels, self.split * (3 * spec.num_bins - 1), 1)
 
     def reverse(self, x: Tensor, mask: Tensor, g: Tensor) -> Tensor:
-        x0, x1 = x[:, : self.half], x[:, self.half :]
+        x0, x1 = x[:, : self.split], x[:, self.split :]
         h = self.convs(self.pre(x0), mask, g)
         h = self.proj(h) * mask
         b, c, t = x0.shape
@@ -393,13 +403,13 @@ class CouplingLayer(nn.Module):
 
     def __init__(self, channels: int, hidden: int, spec: FlowSpec) -> None:
         super().__init__()
-        self.half = channels // 2
-        self.pre = _conv(self.half, hidden, 1)
+        self.split = channels // 2
+        self.pre = _conv(self.split, hidden, 1)
         self.enc = WaveNet(hidden, spec.kernel, spec.dilation_rate, spec.wn_layers)
-        self.post = _conv(hidden, self.half, 1)
+        self.post = _conv(hidden, self.split, 1)
 
     def reverse(self, x: Tensor, mask: Tensor) -> Tensor:
-        x0, x1 = x[:, : self.half], x[:, self.half :]
+        x0, x1 = x[:, : self.split], x[:, self.split :]
         h = self.enc(self.pre(x0) * mask, mask)
         m = self.post(h) * mask
         return torch.cat([x0, (x1 - m) * mask], dim=1)
@@ -436,13 +446,17 @@ class ResBlock(nn.Module):
         def masked(t: Tensor) -> Tensor:
             return t if mask is None else t * mask
 
+        # The first residual add makes a new tensor (the input is shared by the stage's
+        # blocks); later adds are in place, which saves allocations on long signals.
         if self.kind == "1":
-            for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+            for n, (c1, c2) in enumerate(zip(self.convs1, self.convs2, strict=True)):
                 y = c1(masked(F.leaky_relu(x, 0.1)))
-                x = x + c2(masked(F.leaky_relu(y, 0.1)))
+                y = c2(masked(F.leaky_relu(y, 0.1)))
+                x = x + y if n == 0 else x.add_(y)
             return x
-        for conv in self.convs:
-            x = x + conv(masked(F.leaky_relu(x, 0.1)))
+        for n, conv in enumerate(self.convs):
+            y = conv(masked(F.leaky_relu(x, 0.1)))
+            x = x + y if n == 0 else x.add_(y)
         return x
 
 
@@ -486,8 +500,8 @@ class Generator(nn.Module):
                 mask = mask.repeat_interleave(rate, dim=2)
             acc = self.resblocks[i * per](x, mask)
             for j in range(1, per):
-                acc = acc + self.resblocks[i * per + j](x, mask)
-            x = acc / per
+                acc.add_(self.resblocks[i * per + j](x, mask))
+            x = acc.div_(per)
         x = F.leaky_relu(x)
         x = self.conv_post(x if mask is None else x * mask)
         return torch.tanh(x)[:, 0]
