@@ -14,7 +14,8 @@ Same voices, same text front end and same chunk contract as ``piper-onnx``
   the decoder's receptive field, so the first audio leaves after the encoder, duration
   predictor, flows and one small window, and the joined windows equal the whole output.
 - **Devices.** ``cpu`` (float32), ``cuda`` / ``cuda:N``; ``precision`` ``float16`` or
-  ``bfloat16`` runs the GPU under autocast (norms, softmax and the spline stay float32).
+  ``bfloat16`` runs the decoder (most of the work) under autocast; encoder, durations
+  and flows stay float32, so durations are those of float32.
 
 ``torch.set_num_threads`` is process-wide: every CPU worker of a pod sets the same
 ``threads`` value, so they agree.
@@ -262,7 +263,7 @@ class VitsTorchEngine:
         ids = torch.full((len(items), max(lengths)), self._front.pad_id, dtype=torch.long)
         for row, it in enumerate(items):
             ids[row, : len(it.ids)] = torch.tensor(it.ids, dtype=torch.long)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             latent = model.latent(
                 ids.to(dev),
                 torch.tensor(lengths, device=dev),
@@ -274,7 +275,9 @@ class VitsTorchEngine:
             hop = model.hop
             if not self.stream_windows:
                 varied = len(set(frames)) > 1
-                audio = model.dec(latent.z, latent.frames if varied else None).float().cpu()
+                with self._autocast():
+                    audio = model.dec(latent.z, latent.frames if varied else None)
+                audio = audio.float().cpu()
                 for row, it in enumerate(items):
                     samples = audio[row, : frames[row] * hop].numpy()
                     yield self._chunk(it, samples, final_window=True)
@@ -292,7 +295,9 @@ class VitsTorchEngine:
                     z[j, :, : hi - lo] = latent.z[r, :, lo:hi]
                 valid = torch.tensor([hi - lo for lo, hi, _ in spans], device=dev)
                 varied = len(set(valid.tolist())) > 1
-                audio = model.dec(z, valid if varied else None).float().cpu()
+                with self._autocast():
+                    audio = model.dec(z, valid if varied else None)
+                audio = audio.float().cpu()
                 for j, (r, (lo, _, keep_stop)) in enumerate(zip(rows, spans, strict=True)):
                     samples = audio[j, (start - lo) * hop : (keep_stop - lo) * hop].numpy()
                     yield self._chunk(items[r], samples, final_window=keep_stop == frames[r])
