@@ -11,8 +11,13 @@ CPU only, one torch thread (the machine is shared); one model and one engine per
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 import onnx
@@ -34,6 +39,7 @@ from voicefleet_inference.engines.vits_torch.engine import (
 )
 from voicefleet_inference.engines.vits_torch.loader import VitsLoadError, build_model
 from voicefleet_inference.engines.vits_torch.model import VitsModel
+from voicefleet_localcluster.procs import stop_process
 
 # 24 short sentences (CPU time is shared): questions, exclamations, numbers, currency,
 # abbreviations, one word, clauses; about 30 s of audio in all.
@@ -265,3 +271,54 @@ def test_plans() -> None:
     assert plan_windows(5, 32) == [(0, 5)]
     assert plan_buckets([10, 50, 12, 30, 11], max_batch=2) == [[0, 4], [2], [3, 1]]
     assert plan_buckets([10, 30], max_batch=8) == [[0], [1]]
+
+
+def test_the_server_serves_vits_torch_streaming_inside_sentences(tmp_path: Path) -> None:
+    """``voicefleet-server --engine vits-torch``: a streamed WAV arrives in window-sized
+    pieces (more chunks than sentences) and holds the whole, non-silent audio."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = tmp_path / "server.log"
+    server = Path(sys.executable).with_name("voicefleet-server")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(str(server), "--host", "127.0.0.1", "--port", str(port)),
+                *("--engine", "vits-torch", "--workers", "1", "--threads", "1"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        body = {
+            "model": BUNDLED_VOICE,
+            "input": "Streaming starts early. It goes on.",
+            "voice": "default",
+            "response_format": "wav",
+            "stream_format": "audio",
+        }
+        pieces = 0
+        data = bytearray()
+        with httpx.stream("POST", f"{base}/v1/audio/speech", json=body, timeout=120) as resp:
+            assert resp.status_code == 200, resp.read()
+            for chunk in resp.iter_raw():
+                pieces += 1
+                data.extend(chunk)
+        assert pieces > 3, pieces  # 2 sentences, several windows each
+        samples = np.frombuffer(bytes(data[44:]), dtype="<i2").astype(np.float32) / 32768
+        assert 1.0 < len(samples) / 22050 < 6.0
+        assert float(np.sqrt(np.mean(samples**2))) > 0.01
+    finally:
+        assert stop_process(proc, grace=60) == 0, log.read_text()
