@@ -2,7 +2,9 @@
 
 One :class:`PiperOnnxEngine` owns one onnxruntime session for its whole life and is used
 by one worker thread (see :mod:`voicefleet_inference.engines.base`); the session is never
-shared. Text becomes IPA phonemes through espeak-ng (:mod:`voicefleet_inference.phonemize`),
+shared. The text front end is :mod:`voicefleet_inference.engines.piper_text` (shared
+with ``vits-torch``). Text becomes IPA phonemes through espeak-ng
+(:mod:`voicefleet_inference.phonemize`),
 phonemes become ids the way Piper voices were trained (``^``, each phoneme followed by the
 pad ``_``, ``$``), and each sentence is one forward pass and one :class:`AudioChunk`, which
 is what lets a streaming response start after the first sentence.
