@@ -50,6 +50,7 @@ bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmar
 	$(BIN)/python hack/bench/autoscaler_loop.py --voices 100 --pods 3 --seconds 30
 	$(BIN)/python hack/bench/router_policies.py
 	$(BIN)/python hack/bench/router_overhead.py
+	$(BIN)/python hack/bench/vits_torch.py --output docs/vits-torch-bench.md
 
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build

@@ -180,8 +180,8 @@ def test_any_piper_voice_by_path(tmp_path: Path) -> None:
 
 
 def test_registry_rejects_bad_configuration(tmp_path: Path) -> None:
-    with pytest.raises(UnknownEngineError, match="piper-onnx"):
-        create_engine("vits-torch", BUNDLED_VOICE, "cpu", 1)
+    with pytest.raises(UnknownEngineError, match="piper-onnx, vits-torch"):
+        create_engine("coqui", BUNDLED_VOICE, "cpu", 1)
     with pytest.raises(UnknownModelError, match=BUNDLED_VOICE):
         create_engine("piper-onnx", "en_US-nobody-low", "cpu", 1)
     with pytest.raises(UnknownModelError, match="not found"):

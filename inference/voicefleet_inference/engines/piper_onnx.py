@@ -2,7 +2,9 @@
 
 One :class:`PiperOnnxEngine` owns one onnxruntime session for its whole life and is used
 by one worker thread (see :mod:`voicefleet_inference.engines.base`); the session is never
-shared. Text becomes IPA phonemes through espeak-ng (:mod:`voicefleet_inference.phonemize`),
+shared. The text front end is :mod:`voicefleet_inference.engines.piper_text` (shared
+with ``vits-torch``). Text becomes IPA phonemes through espeak-ng
+(:mod:`voicefleet_inference.phonemize`),
 phonemes become ids the way Piper voices were trained (``^``, each phoneme followed by the
 pad ``_``, ``$``), and each sentence is one forward pass and one :class:`AudioChunk`, which
 is what lets a streaming response start after the first sentence.
@@ -17,12 +19,8 @@ nothing (measured; see ``docs/engines.md``), which is why the scheduler keeps it
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,87 +32,23 @@ from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import (
     AudioChunk,
     EngineError,
-    EngineInputError,
     Samples,
     SynthesisRequest,
 )
-from voicefleet_inference.phonemize import Phonemizer, PhonemizerError, normalize_text
+from voicefleet_inference.engines.piper_text import (
+    PiperTextFrontEnd,
+    PiperVoiceConfig,
+    calibrate_cost,
+    parse_device,
+)
 
 __all__ = ["PiperOnnxEngine", "PiperVoiceConfig", "parse_device"]
-
-_PAD = "_"
-_BOS = "^"
-_EOS = "$"
-_DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
-
-_CALIBRATION_TEXTS = (
-    "Hello there.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Streaming starts after the first sentence, so long answers begin quickly and finish "
-    "without stalls.",
-)
-"""Real syntheses timed at load: short, medium, long, so the fit sees the per-character
-slope and the fixed per-request overhead."""
 
 _HOP = 256
 """Output samples per latent frame of Piper's VITS decoder (every Piper voice quality)."""
 _REPEAT_RUN = 4
 """Identical consecutive hops that prove we are in decoded padding, not speech."""
 _REPEAT_TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True, slots=True)
-class PiperVoiceConfig:
-    """The parts of a Piper ``.onnx.json`` this engine uses."""
-
-    sample_rate: int
-    espeak_voice: str
-    phoneme_id_map: Mapping[str, Sequence[int]]
-    noise_scale: float
-    length_scale: float
-    noise_w: float
-    num_speakers: int
-    speaker_id_map: Mapping[str, int]
-
-    @classmethod
-    def from_json(cls, path: Path) -> PiperVoiceConfig:
-        """Parse ``path``; a malformed or non-espeak config is a ValueError naming the field."""
-        try:
-            raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read Piper voice config {path}: {exc}") from exc
-        try:
-            phoneme_type = raw.get("phoneme_type", "espeak")
-            if phoneme_type != "espeak":
-                raise ValueError(f"phoneme_type {phoneme_type!r} is not supported (only espeak)")
-            inference = raw.get("inference", {})
-            id_map = {str(k): [int(i) for i in v] for k, v in raw["phoneme_id_map"].items()}
-            for symbol in (_PAD, _BOS, _EOS):
-                if symbol not in id_map:
-                    raise ValueError(f"phoneme_id_map lacks the special symbol {symbol!r}")
-            return cls(
-                sample_rate=int(raw["audio"]["sample_rate"]),
-                espeak_voice=str(raw["espeak"]["voice"]),
-                phoneme_id_map=id_map,
-                noise_scale=float(inference.get("noise_scale", 0.667)),
-                length_scale=float(inference.get("length_scale", 1.0)),
-                noise_w=float(inference.get("noise_w", 0.8)),
-                num_speakers=int(raw.get("num_speakers", 1)),
-                speaker_id_map={str(k): int(v) for k, v in raw.get("speaker_id_map", {}).items()},
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"Piper voice config {path} lacks or mistypes {exc}") from exc
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """``cpu`` → (``cpu``, 0); ``cuda`` → (``cuda``, 0); ``cuda:N`` → (``cuda``, N)."""
-    match = _DEVICE.match(device.strip().lower())
-    if match is None:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
-    kind = match.group(1)
-    if kind == "cpu" and match.group(2) is not None:
-        raise ValueError(f"device 'cpu' takes no index, got {device!r}")
-    return kind, int(match.group(2) or 0)
 
 
 class PiperOnnxEngine:
@@ -136,25 +70,18 @@ class PiperOnnxEngine:
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        if sentence_silence < 0:
-            raise ValueError("sentence_silence must be >= 0")
         self._device_kind, self._device_id = parse_device(device)
         self._device = device.strip().lower()
         self._model_path = model_path
         self._config = PiperVoiceConfig.from_json(config_path)
         self._model_name = model_name
         self._threads = threads
-        self._sentence_silence = sentence_silence
+        self._front = PiperTextFrontEnd(
+            self._config, model_name=model_name, sentence_silence=sentence_silence
+        )
         self._session: ort.InferenceSession | None = None
-        self._phonemizer: Phonemizer | None = None
         self._cost: CostModel | None = None
         self._has_sid = False
-        self._speaker_ids = dict(self._config.speaker_id_map)
-        if self._config.num_speakers > 1 and not self._speaker_ids:
-            # Some multi-speaker exports carry no names: their speakers are "0", "1", ...
-            self._speaker_ids = {str(i): i for i in range(self._config.num_speakers)}
-        ordered = sorted(self._speaker_ids.items(), key=lambda kv: kv[1])
-        self._speakers = tuple(name for name, _ in ordered) if self._config.num_speakers > 1 else ()
         self.load_seconds: float | None = None
         """Wall time of :meth:`load` (session, warm-up and calibration), for logs."""
 
@@ -170,7 +97,7 @@ class PiperOnnxEngine:
 
     @property
     def speakers(self) -> Sequence[str]:
-        return self._speakers
+        return self._front.speakers
 
     @property
     def device(self) -> str:
@@ -186,20 +113,10 @@ class PiperOnnxEngine:
     def load(self) -> None:
         """Create the session, warm it up and calibrate the cost model on real syntheses."""
         started = time.perf_counter()
-        try:
-            self._phonemizer = Phonemizer(self._config.espeak_voice)
-        except PhonemizerError as exc:
-            raise EngineError(str(exc)) from exc
+        self._front.load()
         self._session = self._create_session()
         self._has_sid = any(i.name == "sid" for i in self._session.get_inputs())
-        # Warm-up: the first run allocates arenas and picks kernels; never time it.
-        self._run_text(_CALIBRATION_TEXTS[0])
-        measurements: list[tuple[int, float]] = []
-        for text in _CALIBRATION_TEXTS:
-            t0 = time.perf_counter()
-            self._run_text(text)
-            measurements.append((len(text), time.perf_counter() - t0))
-        self._cost = CostModel.fit(measurements)
+        self._cost = calibrate_cost(self._run_text)
         self.load_seconds = time.perf_counter() - started
 
     def _create_session(self) -> ort.InferenceSession:
@@ -241,55 +158,21 @@ class PiperOnnxEngine:
 
     def sentences(self, text: str) -> list[str]:
         """The phoneme strings of ``text``, one per sentence (public for tests and tools)."""
-        if self._phonemizer is None:
-            raise EngineError("engine not loaded")
-        normalized = normalize_text(text)
-        if not normalized:
-            raise EngineInputError("text is empty")
-        try:
-            sentences = self._phonemizer.sentences(normalized)
-        except PhonemizerError as exc:
-            raise EngineError(str(exc)) from exc
-        if not sentences:
-            raise EngineInputError("text has nothing to speak (no words)")
-        return sentences
+        return self._front.sentences(text)
 
     def phoneme_ids(self, phonemes: str) -> list[int]:
-        """Piper's id sequence: BOS, pad, then each phoneme's ids each followed by pad, EOS.
-
-        Phonemes the voice has no id for are dropped (as Piper does), never guessed.
-        """
-        id_map = self._config.phoneme_id_map
-        pad = id_map[_PAD]
-        ids: list[int] = [*id_map[_BOS], *pad]
-        for phoneme in phonemes:
-            mapped = id_map.get(phoneme)
-            if mapped is None:
-                continue
-            ids.extend(mapped)
-            ids.extend(pad)
-        ids.extend(id_map[_EOS])
-        return ids
+        """Piper's id sequence (see :meth:`PiperTextFrontEnd.phoneme_ids`)."""
+        return self._front.phoneme_ids(phonemes)
 
     # -- synthesis -----------------------------------------------------------------------
 
     def _speaker_id(self, speaker: str | None) -> int:
-        if speaker is None:
-            return 0
-        if not self._speakers:
-            raise EngineInputError(f"model {self._model_name} has one speaker; got {speaker!r}")
-        sid = self._speaker_ids.get(speaker)
-        if sid is None:
-            raise EngineInputError(
-                f"unknown speaker {speaker!r}; this model has {', '.join(self._speakers)}"
-            )
-        return sid
+        return self._front.speaker_id(speaker)
 
     def _scales(self, speed: float) -> npt.NDArray[np.float32]:
-        if not math.isfinite(speed) or speed <= 0:
-            raise EngineInputError(f"speed must be a positive number, got {speed!r}")
         cfg = self._config
-        return np.array([cfg.noise_scale, cfg.length_scale / speed, cfg.noise_w], dtype=np.float32)
+        length_scale = self._front.length_scale(speed)
+        return np.array([cfg.noise_scale, length_scale, cfg.noise_w], dtype=np.float32)
 
     def _forward(
         self, id_rows: Sequence[Sequence[int]], speaker_ids: Sequence[int], speed: float
@@ -298,7 +181,7 @@ class PiperOnnxEngine:
         if self._session is None:
             raise EngineError("engine not loaded")
         lengths = np.array([len(r) for r in id_rows], dtype=np.int64)
-        pad_id = self._config.phoneme_id_map[_PAD][0]
+        pad_id = self._front.pad_id
         ids = np.full((len(id_rows), int(lengths.max())), pad_id, dtype=np.int64)
         for row, seq in enumerate(id_rows):
             ids[row, : len(seq)] = seq
@@ -352,13 +235,7 @@ class PiperOnnxEngine:
                     yield self._chunk(k, samples, is_last=i == len(plans[k]) - 1)
 
     def _chunk(self, index: int, samples: Samples, *, is_last: bool) -> AudioChunk:
-        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-        if peak < 1e-4:
-            raise EngineError("model produced silence for a non-empty sentence")
-        samples = np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
-        if not is_last and self._sentence_silence > 0:
-            gap = np.zeros(round(self._sentence_silence * self.sample_rate), dtype=np.float32)
-            samples = np.concatenate([samples, gap])
+        samples = self._front.finish_chunk(samples, is_last=is_last)
         return AudioChunk(index=index, samples=samples, is_last=is_last)
 
 

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 BUNDLED_VOICE = "en_US-joe-medium"
-ENGINES = (engine_names.PIPER_ONNX, engine_names.SIMULATED)
+ENGINES = (engine_names.PIPER_ONNX, engine_names.VITS_TORCH, engine_names.SIMULATED)
 """The engine names this build can create (a subset of ``voicefleet_api.engines.ENGINES``)."""
 
 
@@ -78,6 +78,15 @@ def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
     if engine not in ENGINES:
         raise UnknownEngineError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     name, onnx_path, json_path = resolve_piper_model(model)
+    if engine == engine_names.VITS_TORCH:
+        from voicefleet_inference.engines.vits_torch.engine import VitsTorchEngine
+
+        try:
+            return VitsTorchEngine(
+                onnx_path, json_path, model_name=name, device=device, threads=threads
+            )
+        except ValueError as exc:
+            raise EngineConfigError(str(exc)) from exc
     try:
         return PiperOnnxEngine(
             onnx_path, json_path, model_name=name, device=device, threads=threads

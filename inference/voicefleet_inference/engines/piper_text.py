@@ -1,0 +1,215 @@
+"""The Piper text front end and cost calibration, shared by ``piper-onnx`` and ``vits-torch``.
+
+Both engines run the same Piper voices, so they must turn text into exactly the same
+phoneme ids (otherwise the torch engine could not be checked against onnxruntime), pause
+the same between sentences and calibrate their cost models on the same texts. Everything
+here is model-runtime agnostic: the voice's JSON config, the sentence split through
+espeak-ng, Piper's id layout, speaker and speed validation, the inter-sentence silence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicefleet_inference.cost import CostModel
+from voicefleet_inference.engines.base import EngineError, EngineInputError, Samples
+from voicefleet_inference.phonemize import Phonemizer, PhonemizerError, normalize_text
+
+__all__ = [
+    "CALIBRATION_TEXTS",
+    "PiperTextFrontEnd",
+    "PiperVoiceConfig",
+    "calibrate_cost",
+    "parse_device",
+]
+
+PAD = "_"
+BOS = "^"
+EOS = "$"
+_DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+CALIBRATION_TEXTS = (
+    "Hello there.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Streaming starts after the first sentence, so long answers begin quickly and finish "
+    "without stalls.",
+)
+"""Real syntheses timed at load: short, medium, long, so the fit sees the per-character
+slope and the fixed per-request overhead."""
+
+
+@dataclass(frozen=True, slots=True)
+class PiperVoiceConfig:
+    """The parts of a Piper ``.onnx.json`` the engines use."""
+
+    sample_rate: int
+    espeak_voice: str
+    phoneme_id_map: Mapping[str, Sequence[int]]
+    noise_scale: float
+    length_scale: float
+    noise_w: float
+    num_speakers: int
+    speaker_id_map: Mapping[str, int]
+
+    @classmethod
+    def from_json(cls, path: Path) -> PiperVoiceConfig:
+        """Parse ``path``; a malformed or non-espeak config is a ValueError naming the field."""
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read Piper voice config {path}: {exc}") from exc
+        try:
+            phoneme_type = raw.get("phoneme_type", "espeak")
+            if phoneme_type != "espeak":
+                raise ValueError(f"phoneme_type {phoneme_type!r} is not supported (only espeak)")
+            inference = raw.get("inference", {})
+            id_map = {str(k): [int(i) for i in v] for k, v in raw["phoneme_id_map"].items()}
+            for symbol in (PAD, BOS, EOS):
+                if symbol not in id_map:
+                    raise ValueError(f"phoneme_id_map lacks the special symbol {symbol!r}")
+            return cls(
+                sample_rate=int(raw["audio"]["sample_rate"]),
+                espeak_voice=str(raw["espeak"]["voice"]),
+                phoneme_id_map=id_map,
+                noise_scale=float(inference.get("noise_scale", 0.667)),
+                length_scale=float(inference.get("length_scale", 1.0)),
+                noise_w=float(inference.get("noise_w", 0.8)),
+                num_speakers=int(raw.get("num_speakers", 1)),
+                speaker_id_map={str(k): int(v) for k, v in raw.get("speaker_id_map", {}).items()},
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"Piper voice config {path} lacks or mistypes {exc}") from exc
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``cpu`` → (``cpu``, 0); ``cuda`` → (``cuda``, 0); ``cuda:N`` → (``cuda``, N)."""
+    match = _DEVICE.match(device.strip().lower())
+    if match is None:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+    kind = match.group(1)
+    if kind == "cpu" and match.group(2) is not None:
+        raise ValueError(f"device 'cpu' takes no index, got {device!r}")
+    return kind, int(match.group(2) or 0)
+
+
+class PiperTextFrontEnd:
+    """Text -> sentences -> Piper phoneme ids for one voice, plus speaker/speed checks.
+
+    Construction reads nothing but the parsed config; :meth:`load` binds espeak-ng (in
+    the engine's owning thread, with the rest of the slow work).
+    """
+
+    def __init__(
+        self, config: PiperVoiceConfig, *, model_name: str, sentence_silence: float
+    ) -> None:
+        if sentence_silence < 0:
+            raise ValueError("sentence_silence must be >= 0")
+        self.config = config
+        self._model_name = model_name
+        self._sentence_silence = sentence_silence
+        self._phonemizer: Phonemizer | None = None
+        self._speaker_ids = dict(config.speaker_id_map)
+        if config.num_speakers > 1 and not self._speaker_ids:
+            # Some multi-speaker exports carry no names: their speakers are "0", "1", ...
+            self._speaker_ids = {str(i): i for i in range(config.num_speakers)}
+        ordered = sorted(self._speaker_ids.items(), key=lambda kv: kv[1])
+        self.speakers: tuple[str, ...] = (
+            tuple(name for name, _ in ordered) if config.num_speakers > 1 else ()
+        )
+
+    def load(self) -> None:
+        try:
+            self._phonemizer = Phonemizer(self.config.espeak_voice)
+        except PhonemizerError as exc:
+            raise EngineError(str(exc)) from exc
+
+    def sentences(self, text: str) -> list[str]:
+        """The phoneme strings of ``text``, one per sentence."""
+        if self._phonemizer is None:
+            raise EngineError("engine not loaded")
+        normalized = normalize_text(text)
+        if not normalized:
+            raise EngineInputError("text is empty")
+        try:
+            sentences = self._phonemizer.sentences(normalized)
+        except PhonemizerError as exc:
+            raise EngineError(str(exc)) from exc
+        if not sentences:
+            raise EngineInputError("text has nothing to speak (no words)")
+        return sentences
+
+    def phoneme_ids(self, phonemes: str) -> list[int]:
+        """Piper's id sequence: BOS, pad, then each phoneme's ids each followed by pad, EOS.
+
+        Phonemes the voice has no id for are dropped (as Piper does), never guessed.
+        """
+        id_map = self.config.phoneme_id_map
+        pad = id_map[PAD]
+        ids: list[int] = [*id_map[BOS], *pad]
+        for phoneme in phonemes:
+            mapped = id_map.get(phoneme)
+            if mapped is None:
+                continue
+            ids.extend(mapped)
+            ids.extend(pad)
+        ids.extend(id_map[EOS])
+        return ids
+
+    @property
+    def pad_id(self) -> int:
+        return self.config.phoneme_id_map[PAD][0]
+
+    def speaker_id(self, speaker: str | None) -> int:
+        if speaker is None:
+            return 0
+        if not self.speakers:
+            raise EngineInputError(f"model {self._model_name} has one speaker; got {speaker!r}")
+        sid = self._speaker_ids.get(speaker)
+        if sid is None:
+            raise EngineInputError(
+                f"unknown speaker {speaker!r}; this model has {', '.join(self.speakers)}"
+            )
+        return sid
+
+    def length_scale(self, speed: float) -> float:
+        """The voice's length scale at ``speed``; a bad speed is the client's error."""
+        if not math.isfinite(speed) or speed <= 0:
+            raise EngineInputError(f"speed must be a positive number, got {speed!r}")
+        return self.config.length_scale / speed
+
+    def finish_chunk(
+        self, samples: Samples, *, is_last: bool, check_silence: bool = True
+    ) -> Samples:
+        """Clip to [-1, 1] and append the inter-sentence pause unless ``is_last``.
+
+        Silent output for a non-empty sentence is an engine failure, never returned.
+        """
+        if check_silence:
+            peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+            if peak < 1e-4:
+                raise EngineError("model produced silence for a non-empty sentence")
+        samples = np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+        if not is_last and self._sentence_silence > 0:
+            gap = np.zeros(round(self._sentence_silence * self.config.sample_rate), np.float32)
+            samples = np.concatenate([samples, gap])
+        return samples
+
+
+def calibrate_cost(run_text: Callable[[str], object]) -> CostModel:
+    """Warm up once, then time :data:`CALIBRATION_TEXTS` and fit a :class:`CostModel`."""
+    run_text(CALIBRATION_TEXTS[0])  # the first run allocates and picks kernels; never timed
+    measurements: list[tuple[int, float]] = []
+    for text in CALIBRATION_TEXTS:
+        t0 = time.perf_counter()
+        run_text(text)
+        measurements.append((len(text), time.perf_counter() - t0))
+    return CostModel.fit(measurements)
