@@ -376,19 +376,20 @@ def encode(
     completed by libsndfile, so every player and ``Content-Length`` are happy.
     """
     _check(fmt)
-    if isinstance(samples, np.ndarray):
-        whole = np.asarray(samples, dtype=np.float32)
-    else:
-        parts = [np.asarray(s, dtype=np.float32) for s in samples]
-        whole = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-    if fmt == "pcm":
-        return float_to_int16(whole).tobytes()
-    if fmt == "wav":
-        data = float_to_int16(whole).tobytes()
-        return _wav_header(sample_rate, len(data)) + data
+    parts = [samples] if isinstance(samples, np.ndarray) else list(samples)
+    # Chunk by chunk where the format allows: a long clip's float copies are what would
+    # set the server's peak memory, not the int16 bytes it sends.
+    if fmt in ("pcm", "wav"):
+        data = b"".join(float_to_int16(p).tobytes() for p in parts)
+        return data if fmt == "pcm" else _wav_header(sample_rate, len(data)) + data
     if fmt in _AV_FORMATS:  # Ogg and ADTS are the same whole or streamed
         encoder = StreamEncoder(fmt, sample_rate)
-        return encoder.start() + encoder.encode(whole) + encoder.finish()
+        return encoder.start() + b"".join(encoder.encode(p) for p in parts) + encoder.finish()
+    whole = (
+        np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+        if parts
+        else np.zeros(0, dtype=np.float32)
+    )
     import soundfile
 
     container, subtype = _SOUNDFILE_FORMATS[fmt]

@@ -38,6 +38,7 @@ from voicefleet_inference.engines.base import (
     Samples,
     SynthesisRequest,
 )
+from voicefleet_inference.phoneme_budget import over_request_budget
 from voicefleet_inference.phonemize import Phonemizer, PhonemizerError, normalize_text
 
 __all__ = ["PiperOnnxEngine", "PiperVoiceConfig", "parse_device"]
@@ -210,6 +211,9 @@ class PiperOnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Busy-waiting pool threads burn the cores other workers of this pod need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No arena: a large request's buffers go back to the allocator when it ends, instead
+        # of staying reserved for the process's life (measured in docs/server.md, Memory).
+        options.enable_cpu_mem_arena = False
         providers: list[str | tuple[str, dict[str, Any]]]
         if self._device_kind == "cuda":
             available = ort.get_available_providers()
@@ -332,7 +336,11 @@ class PiperOnnxEngine:
         plans: list[list[list[int]]] = []
         speaker_ids: list[int] = []
         for request in requests:
-            plans.append([self.phoneme_ids(p) for p in self.sentences(request.text)])
+            units = self.sentences(request.text)
+            too_long = over_request_budget(units, len(request.text))
+            if too_long is not None:
+                raise EngineInputError(too_long)
+            plans.append([self.phoneme_ids(p) for p in units])
             speaker_ids.append(self._speaker_id(request.speaker))
             self._scales(request.speed)
         rounds = max((len(p) for p in plans), default=0)

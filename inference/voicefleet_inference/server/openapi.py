@@ -30,11 +30,11 @@ ERROR_STATUSES: Final = {
     "503": "Draining, loading, or shut down before the request ran; Retry-After",
     "504": "Queue wait plus synthesis exceeded the request timeout",
 }
-_AUDIO_TYPES: Final = (
-    *(audio.content_type(f) for f in audio.SUPPORTED_FORMATS),
-    "text/event-stream",
-)
+_AUDIO_TYPES: Final = tuple(audio.content_type(f) for f in audio.SUPPORTED_FORMATS)
+_CONTROLS: Final = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+"""What ``validation.check_speakable_text`` refuses (tab, LF and CR are allowed)."""
 _NOT_BLANK: Final = r"\S"
+_SPEAKABLE: Final = rf"^[^{_CONTROLS}]*[^\s{_CONTROLS}][^{_CONTROLS}]*$"
 _EMPTY_ONLY_QUERY: Final = {"type": "string", "maxLength": 0}
 _EMPTY_ONLY_JSON: Final = {
     "anyOf": [
@@ -51,7 +51,7 @@ def _ci(word: str) -> str:
 
 
 def _text(max_chars: int) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": _NOT_BLANK}
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": _SPEAKABLE}
 
 
 def _speech_body(max_chars: int, info: EngineInfo | None) -> dict[str, Any]:
@@ -155,10 +155,19 @@ def _error_schema(openai: bool) -> dict[str, Any]:
 
 def _responses(openai: bool) -> dict[str, Any]:
     binary = {"type": "string", "format": "binary"}
+    content: dict[str, Any] = {t: {"schema": binary} for t in _AUDIO_TYPES}
+    if openai:  # stream_format=sse: speech.audio.delta events, then speech.audio.done
+        content["text/event-stream"] = {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"data": {"type": "string", "contentMediaType": "application/json"}},
+            }
+        }
     responses: dict[str, Any] = {
         "200": {
             "description": "Audio in the requested format (streamed when asked to)",
-            "content": {t: {"schema": binary} for t in _AUDIO_TYPES},
+            "content": content,
         }
     }
     error = {"application/json": {"schema": _error_schema(openai)}}
