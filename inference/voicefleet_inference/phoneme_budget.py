@@ -25,7 +25,8 @@ __all__ = [
 ]
 
 MAX_PHONEMES_PER_CALL: Final = 100
-"""Phoneme characters per forward pass: about 6 s of speech for the sample voice."""
+"""Phoneme characters per forward pass: about 6 s of speech for the sample voice;
+ordinary sentences stay whole (one pass, as Piper runs them)."""
 MAX_PHONEMES_PER_CHAR: Final = 4.0
 """How far a request's text may expand when spoken. Prose is about 1.2 phonemes per
 character, text dense with numbers and symbols up to about 3.4 (measured: dates, prices,
