@@ -362,10 +362,14 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
                 f"{srv.base_url}/openapi.json",
                 "--checks",
                 "all",
+                # A schema cannot say which texts are speakable ("...", or a run of digits
+                # that expands past the phoneme limit): those 400s are right, not failures.
+                "--exclude-checks",
+                "positive_data_acceptance",
                 "--max-examples",
                 "15",
                 "--max-time",
-                "60",
+                "40",
                 "--seed",
                 "10",
                 "--request-timeout",
@@ -384,7 +388,8 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
         summary = proc.stdout[-3000:]
         assert proc.returncode == 0, summary
         assert " passed" in summary, summary
-        print(summary.splitlines()[-3:])  # the request count, for the record
+        counts = [line for line in summary.splitlines() if "generated" in line]
+        print("schemathesis:", *counts)  # the request count, for the record
     finally:
         assert stop_server(srv) == 0, srv.log()
     assert "Traceback" not in srv.log(), srv.log()
