@@ -17,18 +17,19 @@ PRODUCT_SRC := crds/voicefleet_api inference/voicefleet_inference operator/voice
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## venv at .venv with every dependency, Debian packages included
+install: $(STAMP) ## venv at .venv with every component's extra, dev tools and the dev-only local cluster
 
-$(STAMP): pyproject.toml hack/install-system-deps.sh
+$(STAMP): pyproject.toml hack/pyproject.toml hack/install-system-deps.sh
 	hack/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,server]'
+	$(BIN)/python -m pip install --quiet -e '.[server,operator,router,torch,dev]' -e hack
 	touch $(STAMP)
 
-lint: install ## ruff on everything
+lint: install ## ruff on everything, then the import contracts (pyproject [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install ## mypy --strict on product code
 	$(BIN)/mypy $(PRODUCT_SRC)

@@ -11,4 +11,7 @@ from __future__ import annotations
 
 from voicefleet_api import crd, engines, env, labels, metric_names
 
-__all__ = ["crd", "engines", "env", "labels", "metric_names"]
+__version__ = "0.1.0"
+"""The VoiceFleet release (pyproject reads it): the operator's default server image tag."""
+
+__all__ = ["__version__", "crd", "engines", "env", "labels", "metric_names"]

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import shlex
 import signal
@@ -197,7 +196,6 @@ class Plan:
     seed_cmd: tuple[str, ...]
     log_dir: Path
     threads_source: str = ""
-    server_missing: str | None = None
 
 
 def fill_load_figures(fig: RoundFigures, load: loadgen.LoadResult) -> None:
@@ -453,53 +451,12 @@ def git_revision() -> str:
         return "unknown"
 
 
-def server_missing_reason() -> str | None:
-    """Why ``voicefleet-server`` cannot be benchmarked in this checkout, or ``None``."""
-    import importlib.util
+def default_server_threads() -> tuple[int, str]:
+    """The intra-op thread count ``voicefleet-server`` uses by default here, and whence."""
+    from voicefleet_inference.settings import load_settings
 
-    try:
-        spec = importlib.util.find_spec("voicefleet_inference.cli")
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None:
-        return (
-            "`voicefleet_inference.cli` (the `voicefleet-server` entry point) is not in this "
-            "checkout yet"
-        )
-    return None
-
-
-def server_help(server_exe: str) -> str:
-    """``voicefleet-server --help`` output ("" if it cannot run)."""
-    try:
-        out = subprocess.run(
-            [server_exe, "--help"], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout + out.stderr
-
-
-def default_server_threads(help_text: str) -> tuple[int, str]:
-    """The intra-op thread count ``voicefleet-server`` uses by default on CPU, and whence.
-
-    Asked of the server's own settings where it exposes them, else read from its
-    ``--help``; if neither says, the number of CPUs (and the report says so).
-    """
-    with contextlib.suppress(Exception):
-        from voicefleet_inference import settings as server_settings
-
-        obj: Any = server_settings.Settings()
-        for attr in ("resolved_threads", "engine_threads", "intra_op_threads", "threads"):
-            value = getattr(obj, attr, None)
-            value = value() if callable(value) else value
-            if isinstance(value, int) and value > 0:
-                return value, f"the server's default (`Settings().{attr}`)"
-    match = re.search(r"--threads\b[^\n]*(?:\n[^-\n][^\n]*)*?default[:=\s]+(\d+)", help_text)
-    if match:
-        return int(match.group(1)), "the server's default (from `voicefleet-server --help`)"
-    cpus = os.cpu_count() or 1
-    return cpus, f"the number of CPUs ({cpus}); the server's own default could not be read"
+    threads = load_settings([], {}).threads_per_worker
+    return threads, "the server's default (`load_settings([], {}).threads_per_worker`)"
 
 
 # --- report --------------------------------------------------------------------------------
@@ -633,8 +590,7 @@ def render_report(
         f"onnxruntime intra-op threads = **{plan.threads}** for all three configurations "
         f"({plan.threads_source})"
     )
-    not_run = " (not run: see Results)" if plan.server_missing else ""
-    add(f"- Server command: `{shlex.join(plan.server_cmd)}`{not_run}")
+    add(f"- Server command: `{shlex.join(plan.server_cmd)}`")
     add(f"- Seed-pattern command: `{shlex.join(plan.seed_cmd)}`")
     add("")
     add("## Method")
@@ -690,11 +646,6 @@ def render_report(
     add("")
     add("## Results (medians over rounds)")
     add("")
-    if plan.server_missing:
-        add(f"> **voicefleet-server was not measured in this run**: {plan.server_missing}. ")
-        add("> Its rows, the ratios that need it and its targets are empty; re-run `make bench`")
-        add("> once the server has landed.")
-        add("")
     add(
         "| configuration | req/s | audio s / wall s | p50 ms | p99 ms | /healthz p50 ms "
         "| /healthz p99 ms | /healthz max ms | TTFA ms (4 sentences) | full ms (4 sentences) |"
@@ -796,11 +747,6 @@ def discussion(s: Summary, plan: Plan, load_before: str, load_after: str) -> lis
 
     seed_slow, seed_probes = probe_counts("seed")
     srv_slow, srv_probes = probe_counts("server")
-    if plan.server_missing:
-        return [
-            *baseline_discussion(s, plan, seed_slow, seed_probes),
-            noise_paragraph(s, load_before, load_after),
-        ]
     out.append(
         f"**Event-loop blocking.** Under {plan.concurrency} concurrent clients the seed "
         f"pattern answered `/healthz` with a p99 of {fmt(seed['healthz_p99_ms'])} ms "
@@ -875,34 +821,6 @@ def discussion(s: Summary, plan: Plan, load_before: str, load_after: str) -> lis
     )
     out.append(noise_paragraph(s, load_before, load_after))
     return out
-
-
-def baseline_discussion(s: Summary, plan: Plan, seed_slow: int, seed_probes: int) -> list[str]:
-    """What a run without voicefleet-server can still say: the seed pattern vs the engine."""
-    seed, bare = s.medians["seed"], s.medians["bare"]
-    return [
-        f"**Event-loop blocking (seed pattern).** Under {plan.concurrency} concurrent clients "
-        f"the seed pattern answered `/healthz` with a p50 of {fmt(seed['healthz_p50_ms'])} ms "
-        f"and a p99 of {fmt(seed['healthz_p99_ms'])} ms (worst {fmt(seed['healthz_max_ms'])} "
-        f"ms); {seed_slow} of its {seed_probes} saturated probes took over 1 s, the default "
-        "timeout of a Kubernetes liveness probe. A probe on a new connection needs several "
-        "turns of the event loop (accept, read, run the route), and each turn also runs, to "
-        "completion, every speech handler that became runnable meanwhile, so a probe waits "
-        "for several syntheses and is slower than the speech requests themselves.",
-        f"**Throughput and latency (seed pattern vs bare engine).** The seed pattern served "
-        f"{fmt(seed['rps'], 2)} req/s ({fmt(seed['audio_s_per_s'], 1)} s of audio per "
-        f"second) against {fmt(bare['rps'], 2)} req/s for the bare engine loop "
-        f"({fmt(ratio(seed['rps'], bare['rps']), 3)} of it): with one engine both are bound "
-        "by the same model, so serializing on the event loop costs little raw rate. What it "
-        f"costs is latency and health: per-request p50 / p99 {fmt(seed['p50_ms'])} / "
-        f"{fmt(seed['p99_ms'])} ms under {plan.concurrency} clients against "
-        f"{fmt(bare['p50_ms'])} / {fmt(bare['p99_ms'])} ms for one request at a time.",
-        f"**Streaming floor.** The bare engine yields the first sentence of the 4-sentence "
-        f"text after {fmt(bare['ttfa_ms'])} ms of {fmt(bare['full_ms'])} ms "
-        f"({fmt(ratio(bare['ttfa_ms'], bare['full_ms']), 3)} of the whole; the server's target "
-        f"is ≤ {TARGET_TTFA_FRACTION}), the floor for any server on this engine; the seed "
-        f"pattern returns nothing until all {fmt(seed['full_ms'])} ms are done.",
-    ]
 
 
 def noise_paragraph(s: Summary, load_before: str, load_after: str) -> str:
@@ -981,15 +899,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--configs: unknown {sorted(selected - set(CONFIGS))}")
     bin_dir = Path(sys.executable).parent
     server_exe = bin_dir / "voicefleet-server"
-    missing = server_missing_reason()
-    help_text = "" if missing else server_help(str(server_exe))
-    if missing and "server" in selected:
-        selected.discard("server")
-        progress(f"voicefleet-server NOT measured: {missing}")
     if args.threads is not None:
         threads, threads_source = args.threads, "set with `--threads`"
     else:
-        threads, threads_source = default_server_threads(help_text)
+        threads, threads_source = default_server_threads()
     started = dt.datetime.now(dt.UTC)
     load_before = loadavg()
     progress(
@@ -1005,9 +918,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ttfa_reps=args.ttfa_reps,
             request_timeout_s=args.request_timeout,
             probe_interval_s=args.probe_interval_ms / 1000.0,
-            server_cmd=server_command(str(server_exe), threads, help_text),
+            server_cmd=server_command(str(server_exe), threads),
             threads_source=threads_source,
-            server_missing=missing,
             seed_cmd=(
                 sys.executable,
                 str(HERE / "seed_pattern_server.py"),
@@ -1058,16 +970,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def server_command(server_exe: str, threads: int, help_text: str) -> tuple[str, ...]:
-    """``voicefleet-server`` with its defaults, pinned to ``threads`` intra-op threads.
-
-    The thread flag is passed only if the server's ``--help`` lists it.
-    """
-    cmd: tuple[str, ...] = (server_exe, "--host", HOST)
-    for flag in ("--threads", "--intra-op-threads", "--engine-threads"):
-        if re.search(re.escape(flag) + r"\b", help_text):
-            return (*cmd, flag, str(threads))
-    return cmd
+def server_command(server_exe: str, threads: int) -> tuple[str, ...]:
+    """``voicefleet-server`` with its defaults, pinned to ``threads`` intra-op threads."""
+    return (server_exe, "--host", HOST, "--threads-per-worker", str(threads))
 
 
 def run_http(config: str, round_no: int, plan: Plan) -> RoundFigures:

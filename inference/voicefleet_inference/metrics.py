@@ -1,7 +1,7 @@
 """Every Prometheus metric of the inference server, named once, in one registry per app.
 
-The names are a contract (DESIGN.md): the autoscaler and the router read
-``voicefleet_queue_depth`` and ``voicefleet_queue_work_seconds``. Each app gets its own
+The names are a contract (DESIGN.md) kept in :mod:`voicefleet_api.metric_names`: the
+autoscaler and the router read them by the same constants. Each app gets its own
 :class:`~prometheus_client.CollectorRegistry` from :func:`create_metrics`, so tests can run
 several servers in one process and nothing is registered at import time.
 
@@ -16,6 +16,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from voicefleet_api import metric_names as names
 
 __all__ = [
     "CONTENT_TYPE",
@@ -81,51 +83,51 @@ def create_metrics() -> Metrics:
     metrics = Metrics(
         registry=registry,
         queue_depth=Gauge(
-            "voicefleet_queue_depth",
+            names.QUEUE_DEPTH,
             "Requests accepted and waiting to run.",
             registry=registry,
         ),
         requests_in_flight=Gauge(
-            "voicefleet_requests_in_flight",
+            names.REQUESTS_IN_FLIGHT,
             "Requests running in an engine.",
             registry=registry,
         ),
         queue_work_seconds=Gauge(
-            "voicefleet_queue_work_seconds",
+            names.QUEUE_WORK_SECONDS,
             "Estimated engine-seconds of work waiting plus still to do for running requests.",
             registry=registry,
         ),
         request_duration_seconds=Histogram(
-            "voicefleet_request_duration_seconds",
+            names.REQUEST_DURATION_SECONDS,
             "Synthesis requests (/v1/audio/speech, /tts), arrival to last byte sent.",
             buckets=_DURATION_BUCKETS,
             registry=registry,
         ),
         time_to_first_audio_seconds=Histogram(
-            "voicefleet_time_to_first_audio_seconds",
+            names.TIME_TO_FIRST_AUDIO_SECONDS,
             "Admission to the first synthesized chunk of a request.",
             buckets=_TTFA_BUCKETS,
             registry=registry,
         ),
         batch_size=Histogram(
-            "voicefleet_batch_size",
+            names.BATCH_SIZE,
             "Requests per engine call (dynamic batching).",
             buckets=_BATCH_BUCKETS,
             registry=registry,
         ),
         audio_seconds_total=Counter(
-            "voicefleet_audio_seconds",
+            names.AUDIO_SECONDS,
             "Seconds of audio synthesized.",
             registry=registry,
         ),
         requests_total=Counter(
-            "voicefleet_requests",
+            names.REQUESTS,
             "Synthesis requests answered, by HTTP status (499: client went away).",
             labelnames=("code",),
             registry=registry,
         ),
         rejected_total=Counter(
-            "voicefleet_rejected",
+            names.REJECTED,
             "Requests refused at admission or dropped before completion, by reason.",
             labelnames=("reason",),
             registry=registry,

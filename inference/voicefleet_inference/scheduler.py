@@ -53,16 +53,7 @@ from voicefleet_inference.engines.base import (
     Samples,
     SynthesisRequest,
 )
-from voicefleet_inference.metrics import (
-    REJECT_CLIENT_GONE,
-    REJECT_DRAINING,
-    REJECT_NOT_READY,
-    REJECT_QUEUE_FULL,
-    REJECT_SHUTDOWN,
-    REJECT_TIMEOUT,
-    Metrics,
-)
-from voicefleet_inference.server.errors import (
+from voicefleet_inference.errors import (
     Draining,
     InvalidRequest,
     NotReady,
@@ -71,6 +62,15 @@ from voicefleet_inference.server.errors import (
     ServiceError,
     ShuttingDown,
     SynthesisFailed,
+)
+from voicefleet_inference.metrics import (
+    REJECT_CLIENT_GONE,
+    REJECT_DRAINING,
+    REJECT_NOT_READY,
+    REJECT_QUEUE_FULL,
+    REJECT_SHUTDOWN,
+    REJECT_TIMEOUT,
+    Metrics,
 )
 
 __all__ = [
@@ -467,10 +467,6 @@ class Scheduler:
                 if j.state == "running"
             )
         return queued + running
-
-    def queued_work_seconds(self) -> float:
-        with self._lock:
-            return sum(j.cost_s for j in self._queue)
 
     # -- admission (event-loop thread) ---------------------------------------------------
 

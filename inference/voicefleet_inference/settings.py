@@ -1,19 +1,12 @@
-"""Every setting of the inference server: one typed field, one CLI flag, one env var.
+"""Every setting of the inference server: one typed pydantic-settings model.
 
-The operator writes these environment variables into the pod spec, so their names are a
-contract (see ``docs/server.md``). Precedence: command-line flag, then environment
-variable, then the default. Defaults that depend on the machine (intra-op threads, batch
-size) are resolved here, once, and printed by ``voicefleet-server --help`` as the values
-this machine would get.
-
-Why the CPU defaults are what they are (measured, see ``docs/engines.md``):
-
-* one worker with all cores as onnxruntime intra-op threads beats several single-threaded
-  workers on throughput and halves each request's latency, and workers x threads above the
-  core count only makes threads fight, so that product is refused;
-* dynamic batching gains nothing on CPU (a padded batch of 4 ran 0.75 times as fast as the same
-  requests one by one), so ``max_batch_size`` defaults to 1 there and 8 on CUDA, where a
-  single sentence leaves the device mostly idle.
+Each field of :class:`Settings` is one CLI flag and one environment variable (the names in
+:mod:`voicefleet_api.env`, which the operator writes into pods). Precedence: flag, then
+environment variable, then the default. Defaults that depend on the machine (intra-op
+threads by cores, batch size by device) are resolved in one validator, so ``Settings()``
+and :func:`load_settings` always agree; ``voicefleet-server --help`` prints the values
+this machine would get. Why those defaults: ``docs/server.md`` (measured in
+``docs/engines.md``).
 """
 
 from __future__ import annotations
@@ -21,11 +14,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from voicefleet_api import engines
+from voicefleet_api import env as names
 
 __all__ = [
     "LOG_LEVELS",
@@ -33,12 +33,17 @@ __all__ = [
     "SettingsError",
     "available_cores",
     "build_parser",
+    "env_names",
     "load_settings",
 ]
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-_DEVICE: Final = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _CGROUP_CPU_MAX: Final = Path("/sys/fs/cgroup/cpu.max")
+_GPU_BATCH: Final = 8
+_CPU_BATCH: Final = 1
+
+
+_values_only: ContextVar[bool] = ContextVar("_values_only", default=False)
 
 
 class SettingsError(ValueError):
@@ -65,56 +70,218 @@ def available_cores(cgroup_cpu_max: Path = _CGROUP_CPU_MAX) -> int:
     return max(1, cores)
 
 
-def _default_threads(workers: int, cores: int) -> int:
-    return max(1, cores // max(1, workers))
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
-def _default_batch(device: str) -> int:
-    return 8 if device.startswith("cuda") else 1
+def _flag(*flags: str, metavar: str, help: str, default_text: str | None = None) -> Any:
+    """CLI metadata of a field: its flags, metavar, help and (when computed) default text."""
+    return {"flags": flags, "metavar": metavar, "help": help, "default_text": default_text}
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+Lower = BeforeValidator(_lower)
+
+
+class Settings(BaseSettings):
     """The resolved configuration of one server process (validated on construction).
 
-    ``Settings()`` is the default configuration for this machine; :func:`load_settings`
-    builds one from argv and the environment.
+    ``Settings()`` reads ``VOICEFLEET_*`` from the environment and fills the machine's
+    defaults; :func:`load_settings` adds the command line (and takes the environment and
+    core count as arguments, for tests).
     """
 
-    host: str = "0.0.0.0"
-    """Address to listen on; 0.0.0.0 in pods (the kubelet probes the pod IP)."""
-    port: int = 8080
-    engine: str = "piper-onnx"
-    model: str = "en_US-joe-medium"
-    """A bundled voice name, or a path to a Piper ``.onnx`` with its ``.onnx.json``."""
-    device: str = "cpu"
-    workers: int = 1
-    """Engine worker threads; each owns its own engine instance (never shared)."""
-    threads_per_worker: int = field(default_factory=lambda: _default_threads(1, available_cores()))
-    """onnxruntime intra-op threads per worker."""
-    max_queue: int = 64
-    """Requests accepted and waiting; beyond it, 429 with Retry-After."""
-    max_batch_size: int = 1
-    batch_window_ms: float = 5.0
-    """How long a worker waits after the first queued request for others to batch with."""
-    request_timeout_s: float = 120.0
-    """Queue wait plus synthesis, per request."""
-    drain_grace_s: float = 30.0
-    """On SIGTERM, how long accepted requests may take to finish."""
-    max_input_chars: int = 4096
-    log_level: str = "info"
-    cores: int = field(default_factory=available_cores, compare=False)
+    model_config = SettingsConfigDict(
+        env_prefix=names.PREFIX,
+        frozen=True,
+        extra="ignore",
+        env_ignore_empty=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    host: Annotated[str, Field(min_length=1)] = Field(
+        "0.0.0.0", json_schema_extra=_flag("--host", metavar="ADDR", help="address to listen on")
+    )
+    port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("port", names.PORT, "PORT"),
+        json_schema_extra=_flag(
+            "--port", metavar="N", help="TCP port (VOICEFLEET_PORT wins over PORT)"
+        ),
+    )
+    engine: str = Field(
+        engines.DEFAULT_ENGINE,
+        min_length=1,
+        json_schema_extra=_flag("--engine", metavar="NAME", help="engine implementation"),
+    )
+    model: str = Field(
+        "en_US-joe-medium",
+        min_length=1,
+        json_schema_extra=_flag(
+            "--model",
+            metavar="NAME|PATH",
+            help="voice model: a bundled voice name or a path to a Piper .onnx (with .onnx.json)",
+        ),
+    )
+    device: Annotated[str, Lower] = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        json_schema_extra=_flag("--device", metavar="DEV", help="cpu, cuda or cuda:N"),
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        json_schema_extra=_flag(
+            "--workers",
+            metavar="N",
+            help="engine worker threads, each owning its own engine instance",
+        ),
+    )
+    threads_per_worker: int = Field(
+        0,
+        ge=1,
+        json_schema_extra=_flag(
+            "--threads-per-worker",
+            "--threads",
+            metavar="N",
+            help="onnxruntime intra-op threads per worker; on CPU workers x threads may not "
+            "exceed the cores",
+            default_text="cores // workers = {threads} here ({cores} core(s))",
+        ),
+    )
+    max_queue: int = Field(
+        64,
+        ge=1,
+        json_schema_extra=_flag(
+            "--max-queue",
+            metavar="N",
+            help="requests waiting at most; beyond it 429 with Retry-After",
+        ),
+    )
+    max_batch_size: int = Field(
+        0,
+        ge=1,
+        le=256,
+        json_schema_extra=_flag(
+            "--max-batch-size",
+            metavar="N",
+            help="requests run together in one engine call (dynamic batching); batching "
+            "measured no gain on CPU",
+            default_text=f"{_CPU_BATCH} on cpu, {_GPU_BATCH} on cuda",
+        ),
+    )
+    batch_window_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        json_schema_extra=_flag(
+            "--batch-window-ms",
+            metavar="MS",
+            help="how long a worker waits after the first queued request for more to batch",
+        ),
+    )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        json_schema_extra=_flag(
+            "--request-timeout-s",
+            metavar="S",
+            help="per-request limit on queue wait plus synthesis (then 504)",
+        ),
+    )
+    drain_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        json_schema_extra=_flag(
+            "--drain-grace-s",
+            metavar="S",
+            help="on SIGTERM/SIGINT, time accepted requests get to finish before exit",
+        ),
+    )
+    max_input_chars: int = Field(
+        4096,
+        ge=1,
+        le=100_000,
+        json_schema_extra=_flag(
+            "--max-input-chars", metavar="N", help="longest accepted text, in characters"
+        ),
+    )
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Lower] = Field(
+        "info",
+        json_schema_extra=_flag(
+            "--log-level",
+            metavar="LEVEL",
+            help=f"one of {', '.join(LOG_LEVELS)} (debug also logs every request)",
+        ),
+    )
+    cores: int = Field(default_factory=available_cores, ge=1, exclude=True)
     """Cores this process may use (resolved, not a flag): the bound for workers x threads."""
 
-    def __post_init__(self) -> None:
-        problems = _problems(self)
-        if problems:
-            raise SettingsError("; ".join(problems))
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
 
-    @property
-    def intra_op_threads(self) -> int:
-        """Alias of :attr:`threads_per_worker` under the engine's own name for it."""
-        return self.threads_per_worker
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        """Validate ``values`` alone (no environment read); raises :class:`SettingsError`."""
+        token = _values_only.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _values_only.reset(token)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments, then the environment; no .env or secret files. from_values: arguments.
+        return (init_settings,) if _values_only.get() else (init_settings, env_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _machine_defaults(cls, data: Any) -> Any:
+        """The one place the machine-dependent defaults are chosen."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        cores = data.setdefault("cores", available_cores())
+        if data.get("threads_per_worker") is None:
+            workers = _int_or(data.get("workers"), 1)
+            data["threads_per_worker"] = max(1, _int_or(cores, 1) // max(1, workers))
+        if data.get("max_batch_size") is None:
+            device = str(_lower(data.get("device", "cpu")))
+            data["max_batch_size"] = _GPU_BATCH if device.startswith("cuda") else _CPU_BATCH
+        return data
+
+    @model_validator(mode="after")
+    def _fits_the_cores(self) -> Settings:
+        if self.device == "cpu" and self.workers * self.threads_per_worker > self.cores:
+            raise PydanticCustomError(
+                "oversubscribed",
+                "{message}",
+                {
+                    "message": f"{names.WORKERS} x {names.THREADS_PER_WORKER} = {self.workers} "
+                    f"x {self.threads_per_worker} exceeds the {self.cores} core(s) available; "
+                    "threads would fight for cores and every request would slow down. "
+                    "Lower one of them."
+                },
+            )
+        return self
 
     @property
     def batch_window_s(self) -> float:
@@ -131,85 +298,47 @@ class Settings:
         )
 
 
-def _problems(s: Settings) -> list[str]:
-    """Every invalid value, named by its env var, so one failed start shows them all."""
-    out: list[str] = []
+def _int_or(value: object, fallback: int) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return fallback
 
-    def need(ok: bool, env: str, message: str) -> None:
-        if not ok:
-            out.append(f"{env}: {message}")
 
-    need(bool(s.host), "VOICEFLEET_HOST", "must not be empty")
-    need(1 <= s.port <= 65535, "VOICEFLEET_PORT", f"must be 1..65535, got {s.port}")
-    need(bool(s.engine), "VOICEFLEET_ENGINE", "must not be empty")
-    need(bool(s.model), "VOICEFLEET_MODEL", "must not be empty")
-    need(
-        _DEVICE.match(s.device) is not None,
-        "VOICEFLEET_DEVICE",
-        f"must be cpu, cuda or cuda:N, got {s.device!r}",
-    )
-    need(1 <= s.workers <= 64, "VOICEFLEET_WORKERS", f"must be 1..64, got {s.workers}")
-    need(
-        s.threads_per_worker >= 1,
-        "VOICEFLEET_THREADS_PER_WORKER",
-        f"must be >= 1, got {s.threads_per_worker}",
-    )
-    need(s.max_queue >= 1, "VOICEFLEET_MAX_QUEUE", f"must be >= 1, got {s.max_queue}")
-    need(
-        1 <= s.max_batch_size <= 256,
-        "VOICEFLEET_MAX_BATCH_SIZE",
-        f"must be 1..256, got {s.max_batch_size}",
-    )
-    need(
-        0 <= s.batch_window_ms <= 1000 and math.isfinite(s.batch_window_ms),
-        "VOICEFLEET_BATCH_WINDOW_MS",
-        f"must be 0..1000, got {s.batch_window_ms}",
-    )
-    need(
-        0 < s.request_timeout_s <= 3600,
-        "VOICEFLEET_REQUEST_TIMEOUT_S",
-        f"must be in (0, 3600], got {s.request_timeout_s}",
-    )
-    need(
-        0 <= s.drain_grace_s <= 3600,
-        "VOICEFLEET_DRAIN_GRACE_S",
-        f"must be 0..3600, got {s.drain_grace_s}",
-    )
-    need(
-        1 <= s.max_input_chars <= 100_000,
-        "VOICEFLEET_MAX_INPUT_CHARS",
-        f"must be 1..100000, got {s.max_input_chars}",
-    )
-    need(
-        s.log_level in LOG_LEVELS,
-        "VOICEFLEET_LOG_LEVEL",
-        f"must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}",
-    )
-    if s.device == "cpu" and s.workers * s.threads_per_worker > s.cores:
-        out.append(
-            f"VOICEFLEET_WORKERS x VOICEFLEET_THREADS_PER_WORKER = {s.workers} x "
-            f"{s.threads_per_worker} exceeds the {s.cores} core(s) available; threads would "
-            "fight for cores and every request would slow down. Lower one of them."
+def env_names(field: str) -> tuple[str, ...]:
+    """The environment variables of a field, most specific first (the first set wins)."""
+    info = Settings.model_fields[field]
+    if isinstance(info.validation_alias, AliasChoices):
+        return tuple(
+            str(c) for c in info.validation_alias.choices if isinstance(c, str) and c != field
         )
-    return out
+    return (names.PREFIX + field.upper(),)
+
+
+def _describe(exc: ValidationError) -> str:
+    """Every problem, named by its environment variable, so one failed start shows them all."""
+    problems = []
+    for error in exc.errors():
+        loc = error["loc"]
+        if not loc:
+            problems.append(error["msg"])
+            continue
+        field = str(loc[0])
+        field = next((n for n in Settings.model_fields if field in (n, *env_names(n))), field)
+        name = env_names(field)[0] if field in Settings.model_fields else field
+        problems.append(f"{name}: {error['msg']}, got {error['input']!r}")
+    return "; ".join(problems)
 
 
 # -- command line and environment -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Option:
-    dest: str
-    flags: tuple[str, ...]
-    envs: tuple[str, ...]
-    """Environment variables, most specific first (the first one set wins)."""
-    parse: Callable[[str], Any]
-    help: str
-    default_text: str
-    metavar: str
+def _cli(info: FieldInfo) -> dict[str, Any]:
+    extra = info.json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -226,143 +355,8 @@ def _number(text: str) -> float:
     return value
 
 
-def _lower(text: str) -> str:
-    return text.strip().lower()
-
-
-def _options(cores: int) -> tuple[_Option, ...]:
-    d = Settings.__dataclass_fields__
-    threads_default = _default_threads(1, cores)
-    return (
-        _Option(
-            "host",
-            ("--host",),
-            ("VOICEFLEET_HOST",),
-            str,
-            "address to listen on",
-            str(d["host"].default),
-            "ADDR",
-        ),
-        _Option(
-            "port",
-            ("--port",),
-            ("VOICEFLEET_PORT", "PORT"),
-            _positive_int,
-            "TCP port (VOICEFLEET_PORT wins over PORT)",
-            str(d["port"].default),
-            "N",
-        ),
-        _Option(
-            "engine",
-            ("--engine",),
-            ("VOICEFLEET_ENGINE",),
-            str,
-            "engine implementation",
-            str(d["engine"].default),
-            "NAME",
-        ),
-        _Option(
-            "model",
-            ("--model",),
-            ("VOICEFLEET_MODEL",),
-            str,
-            "voice model: a bundled voice name or a path to a Piper .onnx (with .onnx.json)",
-            str(d["model"].default),
-            "NAME|PATH",
-        ),
-        _Option(
-            "device",
-            ("--device",),
-            ("VOICEFLEET_DEVICE",),
-            _lower,
-            "cpu, cuda or cuda:N",
-            str(d["device"].default),
-            "DEV",
-        ),
-        _Option(
-            "workers",
-            ("--workers",),
-            ("VOICEFLEET_WORKERS",),
-            _positive_int,
-            "engine worker threads, each owning its own engine instance",
-            str(d["workers"].default),
-            "N",
-        ),
-        _Option(
-            "threads_per_worker",
-            ("--threads-per-worker", "--threads"),
-            ("VOICEFLEET_THREADS_PER_WORKER",),
-            _positive_int,
-            "onnxruntime intra-op threads per worker; on CPU workers x threads may not exceed "
-            "the cores",
-            f"cores // workers = {threads_default} here ({cores} core(s))",
-            "N",
-        ),
-        _Option(
-            "max_queue",
-            ("--max-queue",),
-            ("VOICEFLEET_MAX_QUEUE",),
-            _positive_int,
-            "requests waiting at most; beyond it 429 with Retry-After",
-            str(d["max_queue"].default),
-            "N",
-        ),
-        _Option(
-            "max_batch_size",
-            ("--max-batch-size",),
-            ("VOICEFLEET_MAX_BATCH_SIZE",),
-            _positive_int,
-            "requests run together in one engine call (dynamic batching); batching measured "
-            "no gain on CPU",
-            "1 on cpu, 8 on cuda",
-            "N",
-        ),
-        _Option(
-            "batch_window_ms",
-            ("--batch-window-ms",),
-            ("VOICEFLEET_BATCH_WINDOW_MS",),
-            _number,
-            "how long a worker waits after the first queued request for more to batch",
-            f"{d['batch_window_ms'].default:g}",
-            "MS",
-        ),
-        _Option(
-            "request_timeout_s",
-            ("--request-timeout-s",),
-            ("VOICEFLEET_REQUEST_TIMEOUT_S",),
-            _number,
-            "per-request limit on queue wait plus synthesis (then 504)",
-            f"{d['request_timeout_s'].default:g}",
-            "S",
-        ),
-        _Option(
-            "drain_grace_s",
-            ("--drain-grace-s",),
-            ("VOICEFLEET_DRAIN_GRACE_S",),
-            _number,
-            "on SIGTERM/SIGINT, time accepted requests get to finish before exit",
-            f"{d['drain_grace_s'].default:g}",
-            "S",
-        ),
-        _Option(
-            "max_input_chars",
-            ("--max-input-chars",),
-            ("VOICEFLEET_MAX_INPUT_CHARS",),
-            _positive_int,
-            "longest accepted text, in characters",
-            str(d["max_input_chars"].default),
-            "N",
-        ),
-        _Option(
-            "log_level",
-            ("--log-level",),
-            ("VOICEFLEET_LOG_LEVEL",),
-            _lower,
-            f"one of {', '.join(LOG_LEVELS)} (debug also logs every request)",
-            str(d["log_level"].default),
-            "LEVEL",
-        ),
-    )
+def _parser_of(info: FieldInfo) -> Callable[[str], Any]:
+    return {int: _integer, float: _number}.get(info.annotation, str)  # type: ignore[arg-type]
 
 
 def build_parser(cores: int | None = None) -> argparse.ArgumentParser:
@@ -379,14 +373,22 @@ def build_parser(cores: int | None = None) -> argparse.ArgumentParser:
         epilog="Drain: on SIGTERM or SIGINT /readyz turns 503 at once, new requests get 503, "
         "accepted ones finish within the drain grace, then the process exits 0.",
     )
-    for opt in _options(cores):
-        envs = " or ".join(f"${e}" for e in opt.envs)
+    threads = max(1, cores)
+    for field, info in Settings.model_fields.items():
+        cli = _cli(info)
+        if not cli:
+            continue
+        default = cli["default_text"] or (
+            f"{info.default:g}" if isinstance(info.default, float) else str(info.default)
+        )
+        default = default.format(threads=threads, cores=cores)
+        envs = " or ".join(f"${e}" for e in env_names(field))
         parser.add_argument(
-            *opt.flags,
-            dest=opt.dest,
+            *cli["flags"],
+            dest=field,
             default=None,
-            metavar=opt.metavar,
-            help=f"{opt.help} [env {envs}; default: {opt.default_text}]",
+            metavar=cli["metavar"],
+            help=f"{cli['help']} [env {envs}; default: {default}]",
         )
     return parser
 
@@ -403,29 +405,25 @@ def load_settings(
     """
     cores = available_cores() if cores is None else cores
     env = os.environ if environ is None else environ
-    parser = build_parser(cores)
-    args = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
+    args = vars(build_parser(cores).parse_args(argv))
+    values: dict[str, Any] = {"cores": cores}
     errors: list[str] = []
-    for opt in _options(cores):
-        raw: object = args.get(opt.dest)
-        source = opt.flags[0]
+    for field, info in Settings.model_fields.items():
+        cli = _cli(info)
+        if not cli:
+            continue
+        raw, source = args.get(field), cli["flags"][0]
         if raw is None:
-            for name in opt.envs:
+            for name in env_names(field):
                 if env.get(name, "") != "":
                     raw, source = env[name], name
                     break
         if raw is None:
             continue
         try:
-            values[opt.dest] = opt.parse(str(raw))
+            values[field] = _parser_of(info)(str(raw))
         except ValueError as exc:
             errors.append(f"{source}: {exc}")
     if errors:
         raise SettingsError("; ".join(errors))
-    device = str(values.get("device", "cpu"))
-    values.setdefault("max_batch_size", _default_batch(device))
-    values.setdefault("threads_per_worker", _default_threads(int(values.get("workers", 1)), cores))
-    values["cores"] = cores
-    known = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in known})
+    return Settings.from_values(values)

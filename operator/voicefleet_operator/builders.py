@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
+from voicefleet_api import env as server_env_names
+from voicefleet_api.labels import SERVER_PORT as _CONTRACT_PORT
 from voicefleet_operator.labels import (
     PROMETHEUS_ANNOTATIONS,
     VOICE_GENERATION_ANNOTATION,
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 CONTAINER_NAME: Final = "server"
-SERVER_PORT: Final = 8080
+SERVER_PORT: Final = _CONTRACT_PORT
 """The inference server's port (DESIGN.md contract); named ``http`` in the pod."""
 SERVICE_PORT: Final = 80
 MODEL_MOUNT: Final = "/models"
@@ -76,10 +78,11 @@ never cuts a drain that stayed within its own grace."""
 class BuildOptions:
     """Operator-wide settings that shape every Deployment (from the operator's CLI).
 
-    ``default_image`` applies only to a TTSVoice that carries no ``spec.image``.
+    ``default_image`` applies only to a TTSVoice that carries no ``spec.image`` (the CRD
+    has no default for it); the operator's ``--default-image`` sets it.
     """
 
-    default_image: str | None = None
+    default_image: str = DEFAULT_IMAGE
     command: tuple[str, ...] = ("voicefleet-server",)
     pre_stop_sleep_seconds: int = 5
     """Time for endpoint controllers and the router to drop a terminating pod before
@@ -122,28 +125,28 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
     """
     tuning = spec.server
     env = {
-        "VOICEFLEET_BATCH_WINDOW_MS": str(tuning.batch_window_ms),
-        "VOICEFLEET_DEVICE": "cuda" if spec.resources.gpus > 0 else "cpu",
-        "VOICEFLEET_DRAIN_GRACE_S": str(tuning.drain_grace_seconds),
-        "VOICEFLEET_ENGINE": spec.engine,
-        "VOICEFLEET_HOST": "$(POD_IP)",
-        "VOICEFLEET_MAX_INPUT_CHARS": str(tuning.max_input_chars),
-        "VOICEFLEET_MAX_QUEUE": str(tuning.max_queue),
-        "VOICEFLEET_MODEL": _model_argument(spec),
-        "VOICEFLEET_PORT": str(SERVER_PORT),
-        "VOICEFLEET_REQUEST_TIMEOUT_S": str(tuning.request_timeout_seconds),
-        "VOICEFLEET_WORKERS": str(tuning.workers),
+        server_env_names.BATCH_WINDOW_MS: str(tuning.batch_window_ms),
+        server_env_names.DEVICE: "cuda" if spec.resources.gpus > 0 else "cpu",
+        server_env_names.DRAIN_GRACE_S: str(tuning.drain_grace_seconds),
+        server_env_names.ENGINE: spec.engine,
+        server_env_names.HOST: f"$({server_env_names.POD_IP})",
+        server_env_names.MAX_INPUT_CHARS: str(tuning.max_input_chars),
+        server_env_names.MAX_QUEUE: str(tuning.max_queue),
+        server_env_names.MODEL: _model_argument(spec),
+        server_env_names.PORT: str(SERVER_PORT),
+        server_env_names.REQUEST_TIMEOUT_S: str(tuning.request_timeout_seconds),
+        server_env_names.WORKERS: str(tuning.workers),
     }
     if tuning.max_batch_size is not None:
-        env["VOICEFLEET_MAX_BATCH_SIZE"] = str(tuning.max_batch_size)
+        env[server_env_names.MAX_BATCH_SIZE] = str(tuning.max_batch_size)
     if tuning.threads_per_worker is not None:
-        env["VOICEFLEET_THREADS_PER_WORKER"] = str(tuning.threads_per_worker)
+        env[server_env_names.THREADS_PER_WORKER] = str(tuning.threads_per_worker)
     return dict(sorted(env.items()))
 
 
 def _container_env(spec: VoiceSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+        {"name": server_env_names.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     ]
     env.extend({"name": k, "value": v} for k, v in server_env(spec).items())
     taken = {item["name"] for item in env}
@@ -204,7 +207,7 @@ def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     return {
         "command": list(options.command),
         "env": _container_env(spec),
-        "image": spec.image or options.default_image or DEFAULT_IMAGE,
+        "image": spec.image or options.default_image,
         "imagePullPolicy": spec.image_pull_policy,
         "lifecycle": {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}},
         "livenessProbe": _http_probe("/healthz", options.liveness_period_seconds, 3, 5),

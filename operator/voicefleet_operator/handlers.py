@@ -28,10 +28,11 @@ from typing import Any, cast
 
 import kopf
 
+from voicefleet_api.crd import GROUP, KIND, PLURAL, VERSION
 from voicefleet_operator import labels
 from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
 from voicefleet_operator.conditions import Problem, derive_status, transitions
-from voicefleet_operator.k8s import GROUP, PLURAL, VERSION, Kube, KubeError
+from voicefleet_operator.k8s import Kube, KubeError
 from voicefleet_operator.metrics import OperatorMetrics
 from voicefleet_operator.settings import OperatorConfig
 from voicefleet_operator.spec import SpecError, Voice, parse_voice
@@ -355,9 +356,7 @@ def deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
 
 def owner_voice(deployment: Mapping[str, Any]) -> str | None:
     for ref in (deployment.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == labels.KIND and str(ref.get("apiVersion", "")).startswith(
-            f"{GROUP}/"
-        ):
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
             return str(ref.get("name"))
     return None
 

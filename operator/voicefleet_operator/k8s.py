@@ -27,11 +27,9 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from voicefleet_api.crd import GROUP, PLURAL, VERSION
 from voicefleet_operator.labels import FIELD_MANAGER
 
-GROUP = "voicefleet.io"
-VERSION = "v1alpha1"
-PLURAL = "ttsvoices"
 PEERING_GROUP = "kopf.dev"
 PEERING_VERSION = "v1"
 

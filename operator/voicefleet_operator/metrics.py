@@ -17,10 +17,6 @@ RECONCILE_ERRORS = "voicefleet_operator_reconcile_errors_total"
 RECONCILE_DURATION = "voicefleet_operator_reconcile_duration_seconds"
 STATUS_WRITES = "voicefleet_operator_status_writes_total"
 
-# Bounded label values (never object names: 100 voices must not mean 100 series each).
-TRIGGER_VALUES = ("create", "update", "resume", "deployment", "pvc")
-ERROR_REASONS = ("invalid_spec", "problem", "api")
-
 
 @dataclass(frozen=True)
 class OperatorMetrics:

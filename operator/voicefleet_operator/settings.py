@@ -1,8 +1,10 @@
-"""The operator's configuration: every command-line flag, typed, in one place.
+"""The operator's configuration: one typed pydantic-settings model, flags over env vars.
 
-`parse_args` is the only parser; the CLI calls it, tests call it, nothing
-parses at import. A bad flag raises `UsageError` (the CLI turns it into exit
-code 2 with the message), so tests can assert the message without a process.
+:class:`OperatorConfig` holds every setting with its default and its check; each one can
+come from a command-line flag or from ``VOICEFLEET_OPERATOR_<NAME>`` (a flag wins), so a
+Helm chart may set either. ``parse_args`` is the only parser; a bad value raises
+:class:`UsageError` (the CLI turns it into exit code 2 with the message), so tests can
+assert the message without a process. Nothing parses at import.
 """
 
 from __future__ import annotations
@@ -11,41 +13,124 @@ import argparse
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
-DEFAULT_HEALTH_PORT = 8081
-DEFAULT_METRICS_PORT = 8082
-DEFAULT_PEERING = "voicefleet-operator"
-DEFAULT_WORKERS = 32
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from voicefleet_operator.spec import DEFAULT_IMAGE
+
+__all__ = [
+    "DEFAULT_HEALTH_PORT",
+    "DEFAULT_METRICS_PORT",
+    "DEFAULT_PEERING",
+    "DEFAULT_WORKERS",
+    "ENV_PREFIX",
+    "OperatorConfig",
+    "UsageError",
+    "build_parser",
+    "parse_args",
+]
+
+DEFAULT_HEALTH_PORT: Final = 8081
+DEFAULT_METRICS_PORT: Final = 8082
+DEFAULT_PEERING: Final = "voicefleet-operator"
+DEFAULT_WORKERS: Final = 32
+ENV_PREFIX: Final = "VOICEFLEET_OPERATOR_"
+_DNS_LABEL: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class UsageError(ValueError):
     """The command line asks for something that cannot work; the message says what to fix."""
 
 
-@dataclass(frozen=True)
-class OperatorConfig:
+def _usage(message: str) -> PydanticCustomError:
+    return PydanticCustomError("usage", "{message}", {"message": message})
+
+
+def _port(value: object, flag: str) -> int | None:
+    if value is None:
+        return None
+    port = int(str(value))
+    if port == 0:
+        return None
+    if not 1 <= port <= 65535:
+        raise _usage(f"{flag} must be 0 (off) or a port 1..65535, got {port}")
+    return port
+
+
+class OperatorConfig(BaseSettings):
     """Everything the operator needs to know before it starts.
 
-    `namespaces` empty means cluster-wide (`--all-namespaces`); kopf wants one
-    or the other said explicitly. `health_port`/`metrics_port` None disables.
-    `peering` None with `standalone` False means kopf's auto-detection: peer
-    through `DEFAULT_PEERING` when the peering CRD is installed.
+    ``namespaces`` empty means cluster-wide (``--all-namespaces``); kopf wants one or the
+    other said explicitly. ``health_port``/``metrics_port`` None (flag 0) disables.
+    ``peering`` None with ``standalone`` False means kopf's auto-detection: peer through
+    :data:`DEFAULT_PEERING` when the peering CRD is installed. ``priority`` defaults to a
+    random one, so two replicas never tie (kopf pauses all tied peers).
     """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, env_ignore_empty=True)
 
     namespaces: tuple[str, ...] = ()
     health_port: int | None = DEFAULT_HEALTH_PORT
     metrics_port: int | None = DEFAULT_METRICS_PORT
     peering: str | None = None
     standalone: bool = False
-    priority: int = 0
-    default_image: str | None = None
+    priority: int = Field(default_factory=lambda: random.randint(1, 1_000_000))
+    default_image: str = DEFAULT_IMAGE
     kubeconfig: Path | None = None
     workers: int = DEFAULT_WORKERS
     verbose: bool = False
+
+    @field_validator("namespaces", mode="after")
+    @classmethod
+    def _namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if "*" not in name and not _DNS_LABEL.match(name):
+                raise _usage(f"--namespace {name!r} is not a valid namespace name")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("health_port", mode="before")
+    @classmethod
+    def _health_port(cls, value: object) -> int | None:
+        return _port(value, "--health-port")
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_port(cls, value: object) -> int | None:
+        return _port(value, "--metrics-port")
+
+    @field_validator("peering", mode="after")
+    @classmethod
+    def _peering(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_SUBDOMAIN.match(value):
+            raise _usage(f"--peering {value!r} is not a valid object name")
+        return value
+
+    @field_validator("workers", mode="after")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        if not 1 <= value <= 256:
+            raise _usage(f"--workers must be 1..256, got {value}")
+        return value
+
+    @field_validator("default_image", mode="after")
+    @classmethod
+    def _default_image(cls, value: str) -> str:
+        if not value.strip():
+            raise _usage("--default-image must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> OperatorConfig:
+        if self.health_port is not None and self.health_port == self.metrics_port:
+            raise _usage(f"--health-port and --metrics-port are both {self.health_port}")
+        if self.peering is not None and self.standalone:
+            raise _usage("--peering and --standalone exclude each other")
+        return self
 
     @property
     def clusterwide(self) -> bool:
@@ -64,13 +149,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of :class:`OperatorConfig`; unset flags stay absent (env, then default)."""
     p = _Parser(
         prog="voicefleet-operator",
         description=(
             "Reconcile TTSVoice objects (voicefleet.io/v1alpha1) into Deployments, "
             "Services and PodDisruptionBudgets. Exit codes: 0 stopped by SIGTERM/SIGINT, "
-            "1 could not start or crashed, 2 bad command line."
+            "1 could not start or crashed, 2 bad command line. Every flag but -n/-A can "
+            f"also be set by the environment variable {ENV_PREFIX}<FLAG_NAME>; a flag wins."
         ),
+        argument_default=argparse.SUPPRESS,
     )
     scope = p.add_mutually_exclusive_group(required=True)
     scope.add_argument(
@@ -87,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--health-port",
         type=int,
-        default=DEFAULT_HEALTH_PORT,
         metavar="PORT",
         help="liveness endpoint http://0.0.0.0:PORT/healthz "
         f"(0 disables; default {DEFAULT_HEALTH_PORT})",
@@ -95,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=DEFAULT_METRICS_PORT,
         metavar="PORT",
         help=f"Prometheus /metrics on 0.0.0.0:PORT (0 disables; default {DEFAULT_METRICS_PORT})",
     )
@@ -114,12 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--priority",
         type=int,
-        default=None,
         help="peering priority; the highest live replica acts, the others pause "
         "(default: random, so two replicas never tie: kopf pauses all tied peers)",
     )
     p.add_argument(
-        "--default-image", metavar="IMAGE", help="image for TTSVoices that leave spec.image unset"
+        "--default-image",
+        metavar="IMAGE",
+        help=f"image for TTSVoices that leave spec.image unset (default {DEFAULT_IMAGE}, "
+        "the server of this operator's version)",
     )
     p.add_argument(
         "--kubeconfig",
@@ -130,7 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=DEFAULT_WORKERS,
         metavar="N",
         help=f"threads running reconciles in parallel (default {DEFAULT_WORKERS})",
     )
@@ -138,41 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _port(value: int, flag: str) -> int | None:
-    if value == 0:
-        return None
-    if not 1 <= value <= 65535:
-        raise UsageError(f"{flag} must be 0 (off) or a port 1..65535, got {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str]) -> OperatorConfig:
-    """Turn argv into an `OperatorConfig`; raise `UsageError` with what to fix."""
-    ns = build_parser().parse_args(list(argv))
-    namespaces: tuple[str, ...] = tuple(dict.fromkeys(ns.namespaces or ()))
-    for name in namespaces:
-        if "*" not in name and not _DNS_LABEL.match(name):
-            raise UsageError(f"--namespace {name!r} is not a valid namespace name")
-    health = _port(ns.health_port, "--health-port")
-    metrics = _port(ns.metrics_port, "--metrics-port")
-    if health is not None and health == metrics:
-        raise UsageError(f"--health-port and --metrics-port are both {health}")
-    if ns.peering is not None and not _DNS_SUBDOMAIN.match(ns.peering):
-        raise UsageError(f"--peering {ns.peering!r} is not a valid object name")
-    if ns.workers < 1 or ns.workers > 256:
-        raise UsageError(f"--workers must be 1..256, got {ns.workers}")
-    if ns.default_image is not None and not ns.default_image.strip():
-        raise UsageError("--default-image must not be empty")
-    priority = ns.priority if ns.priority is not None else random.randint(1, 1_000_000)
-    return OperatorConfig(
-        namespaces=namespaces,
-        health_port=health,
-        metrics_port=metrics,
-        peering=ns.peering,
-        standalone=ns.standalone,
-        priority=priority,
-        default_image=ns.default_image,
-        kubeconfig=ns.kubeconfig,
-        workers=ns.workers,
-        verbose=ns.verbose,
-    )
+    """Turn argv (then ``VOICEFLEET_OPERATOR_*``) into an `OperatorConfig`; raise `UsageError`."""
+    flags: dict[str, Any] = vars(build_parser().parse_args(list(argv)))
+    flags.pop("all_namespaces", None)
+    try:
+        return OperatorConfig(**flags)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "usage":
+            raise UsageError(first["msg"]) from None
+        where = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"{where}: {first['msg']}") from None

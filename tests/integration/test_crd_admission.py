@@ -104,7 +104,8 @@ def test_sample_is_accepted(crds: LocalCluster, cluster_namespace: str, sample: 
     # What the sample says is kept as written; what it leaves out is defaulted.
     assert_kept(body["spec"], stored["spec"], "spec")
     assert stored["spec"]["engine"] == "piper-onnx"
-    assert stored["spec"]["image"] == "ghcr.io/voicefleet/voicefleet-server:0.1.0"
+    # No image default: a voice that names none keeps none (the operator fills it in).
+    assert stored["spec"].get("image") == body["spec"].get("image")
     assert stored["spec"]["server"]["requestTimeoutSeconds"] == 120
     assert stored["spec"]["server"]["drainGraceSeconds"] == 30
     assert "coldStartTimeoutSeconds" in stored["spec"]["autoscaling"]
@@ -117,7 +118,6 @@ def test_minimal_voice_gets_every_default(crds: LocalCluster, cluster_namespace:
         "replicas": 1,
         "engine": "piper-onnx",
         "model": {"bundled": "en_US-joe-medium"},
-        "image": "ghcr.io/voicefleet/voicefleet-server:0.1.0",
         "imagePullPolicy": "IfNotPresent",
         "resources": {"cpu": "1", "memory": "1Gi", "gpus": 0},
         "server": {

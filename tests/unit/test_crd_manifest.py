@@ -242,7 +242,6 @@ def test_cross_field_rules_are_present() -> None:
 CONTRACT_DEFAULTS: dict[str, Any] = {
     "spec.replicas": 1,
     "spec.engine": "piper-onnx",
-    "spec.image": "ghcr.io/voicefleet/voicefleet-server:0.1.0",
     "spec.imagePullPolicy": "IfNotPresent",
     "spec.model.volume.persistentVolumeClaim.readOnly": True,
     "spec.resources.cpu": "1",
@@ -317,6 +316,14 @@ def test_contract_bounds(path: str, bounds: tuple[int, int]) -> None:
 @pytest.mark.parametrize("path", CONTRACT_FIELDS)
 def test_contract_fields_exist(path: str) -> None:
     assert node(path)["description"]
+
+
+def test_image_has_no_crd_default() -> None:
+    """Unset, the operator fills it from --default-image (its own version's image)."""
+    image = node("spec.image")
+    assert "default" not in image
+    assert (image["minLength"], image["maxLength"]) == (1, 512)
+    assert "--default-image" in image["description"]
 
 
 def test_target_work_seconds_must_be_positive() -> None:

@@ -17,12 +17,8 @@ import httpx
 import pytest
 from scheduler_fakes import FakeBehaviour, FakeFactory
 
-from voicefleet_inference.server.errors import (
-    Draining,
-    QueueFull,
-    ServiceError,
-    error_body,
-)
+from voicefleet_inference.errors import Draining, QueueFull, ServiceError
+from voicefleet_inference.server.errors import error_body, http_status, response_headers
 from voicefleet_inference.server.runner import Service, build_service
 from voicefleet_inference.settings import Settings
 
@@ -106,9 +102,15 @@ def test_error_body_shape_follows_the_route() -> None:
 
 
 def test_retry_after_header_is_whole_seconds_at_least_one() -> None:
-    assert QueueFull("x", retry_after_s=2.1).headers() == {"Retry-After": "3"}
-    assert Draining("x", retry_after_s=0.2).headers() == {"Retry-After": "1"}
-    assert ServiceError("x").headers() == {}
+    assert response_headers(QueueFull("x", retry_after_s=2.1)) == {"Retry-After": "3"}
+    assert response_headers(Draining("x", retry_after_s=0.2)) == {"Retry-After": "1"}
+    assert response_headers(ServiceError("x")) == {}
+
+
+def test_each_domain_error_has_its_status_and_openai_type() -> None:
+    assert http_status(QueueFull("x")) == (429, "rate_limit_error")
+    assert http_status(Draining("x")) == (503, "server_error")
+    assert http_status(ServiceError("x")) == (500, "server_error")
 
 
 # -- OpenAI route ----------------------------------------------------------------------------

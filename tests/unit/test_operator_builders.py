@@ -4,7 +4,6 @@ with the server's own settings loader and the process kubelet's env resolution a
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+import voicefleet_api
 from voicefleet_inference.settings import build_parser, load_settings
 from voicefleet_localcluster.podspec import resolve_env, resolve_port
 from voicefleet_operator.builders import (
@@ -121,12 +121,18 @@ def test_pod_labels_are_merged_and_cannot_override_the_selector() -> None:
     labels = build_deployment(v, OPTS)["spec"]["template"]["metadata"]["labels"]
     assert labels == {**LABELS, "team": "speech", "tier": "gold"}
     # parse_voice refuses reserved keys; a VoiceSpec built in code still cannot win.
-    sneaky = dataclasses.replace(
-        v,
-        spec=dataclasses.replace(
-            v.spec,
-            pod_labels={"voicefleet.io/voice": "other", "app.kubernetes.io/name": "x", "ok": "1"},
-        ),
+    sneaky = v.model_copy(
+        update={
+            "spec": v.spec.model_copy(
+                update={
+                    "pod_labels": {
+                        "voicefleet.io/voice": "other",
+                        "app.kubernetes.io/name": "x",
+                        "ok": "1",
+                    }
+                }
+            )
+        }
     )
     labels = build_deployment(sneaky, OPTS)["spec"]["template"]["metadata"]["labels"]
     assert labels == {**LABELS, "ok": "1"}
@@ -171,7 +177,21 @@ def test_container_basics() -> None:
 )
 def test_image_precedence(spec_image: str | None, default_image: str | None, expected: str) -> None:
     v = voice(image=spec_image) if spec_image else voice()
-    assert container(v, BuildOptions(default_image=default_image))["image"] == expected
+    options = BuildOptions(default_image=default_image) if default_image else BuildOptions()
+    assert container(v, options)["image"] == expected
+
+
+def test_operator_default_image_flag_sets_the_image_of_a_voice_that_names_none() -> None:
+    """``voicefleet-operator --default-image X``: the flag, parsed, reaches the builder."""
+    from voicefleet_operator.settings import parse_args
+
+    config = parse_args(["-A", "--default-image", "registry.local/vf/server:x"])
+    options = BuildOptions(default_image=config.default_image)
+    assert container(voice(), options)["image"] == "registry.local/vf/server:x"
+    assert container(voice(image="mine/server:1"), options)["image"] == "mine/server:1"
+    # Without the flag: the server image of the operator's own version.
+    assert parse_args(["-A"]).default_image == DEFAULT_IMAGE
+    assert DEFAULT_IMAGE.endswith(":" + voicefleet_api.__version__)
 
 
 def test_pull_policy_and_command_options() -> None:
@@ -311,8 +331,12 @@ def test_user_env_may_refer_to_earlier_variables() -> None:
 
 def test_user_env_cannot_shadow_operator_env_even_when_built_in_code() -> None:
     v = voice()
-    sneaky = dataclasses.replace(
-        v, spec=dataclasses.replace(v.spec, env=(EnvVar("POD_IP", "1.2.3.4"), EnvVar("OK", "1")))
+    sneaky = v.model_copy(
+        update={
+            "spec": v.spec.model_copy(
+                update={"env": (EnvVar("POD_IP", "1.2.3.4"), EnvVar("OK", "1"))}
+            )
+        }
     )
     env = env_list(sneaky)
     assert [e for e in env if e["name"] == "POD_IP"] == [env[0]]
@@ -365,7 +389,7 @@ def test_defaults_of_a_voice_match_the_servers_defaults() -> None:
     """A default TTSVoice runs the server as ``voicefleet-server`` alone would (bar host)."""
     from_pod = load_settings([], kubelet_env(voice()), cores=4)
     bare = load_settings([], {}, cores=4)
-    assert dataclasses.replace(from_pod, host=bare.host) == bare
+    assert from_pod.model_copy(update={"host": bare.host}) == bare
 
 
 def test_gpu_voice_runs_on_cuda_with_the_gpu_batch_default() -> None:

@@ -19,6 +19,7 @@ from voicefleet_operator.settings import (
     UsageError,
     parse_args,
 )
+from voicefleet_operator.spec import DEFAULT_IMAGE
 
 
 def test_defaults_for_a_cluster_wide_operator() -> None:
@@ -33,7 +34,7 @@ def test_defaults_for_a_cluster_wide_operator() -> None:
     assert config.workers == DEFAULT_WORKERS
     assert 1 <= config.priority <= 1_000_000
     assert config.kubeconfig is None
-    assert config.default_image is None
+    assert config.default_image == DEFAULT_IMAGE  # the server image of this version
 
 
 def test_repeated_namespaces_keep_order_without_duplicates() -> None:

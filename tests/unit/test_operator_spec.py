@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from voicefleet_operator.spec import (
-    DEFAULT_IMAGE,
     Autoscaling,
     EnvVar,
     ModelSource,
@@ -111,11 +110,10 @@ def test_parser_defaults_equal_the_crd_defaults() -> None:
     defaults = _crd_defaults()
     assert len(defaults) >= 15, defaults
     spec = parse_voice(body()).spec
+    # No CRD default for the image: the operator fills it from --default-image.
+    assert "image" not in defaults
+    assert spec.image is None
     for dotted, expected in defaults.items():
-        if dotted == "image":
-            # Absent image: the builder chooses (operator flag, then DEFAULT_IMAGE).
-            assert expected == DEFAULT_IMAGE
-            continue
         if dotted.startswith(("model.", "env.")):
             continue  # readOnly (checked below) and env value, not reachable from a bare voice
         value: Any = spec

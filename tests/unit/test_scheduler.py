@@ -14,6 +14,15 @@ import pytest
 from scheduler_fakes import SENTENCE_SAMPLES, FakeBehaviour, FakeFactory
 
 from voicefleet_inference.engines.base import SynthesisRequest
+from voicefleet_inference.errors import (
+    Draining,
+    InvalidRequest,
+    NotReady,
+    QueueFull,
+    RequestTimeout,
+    ShuttingDown,
+    SynthesisFailed,
+)
 from voicefleet_inference.metrics import Metrics, create_metrics
 from voicefleet_inference.scheduler import (
     RequestHandle,
@@ -23,15 +32,7 @@ from voicefleet_inference.scheduler import (
     plan_batch,
     retry_after_seconds,
 )
-from voicefleet_inference.server.errors import (
-    Draining,
-    InvalidRequest,
-    NotReady,
-    QueueFull,
-    RequestTimeout,
-    ShuttingDown,
-    SynthesisFailed,
-)
+from voicefleet_inference.server.errors import http_status
 
 # -- plan_batch (pure) ---------------------------------------------------------------------
 
@@ -207,7 +208,7 @@ async def test_full_queue_is_refused_with_retry_after(rig_factory) -> None:
     queued = [rig.scheduler.submit(req("Queued " + "x" * 400 + ".")) for _ in range(2)]
     with pytest.raises(QueueFull) as info:
         rig.scheduler.submit(req("One too many."))
-    assert info.value.status == 429
+    assert http_status(info.value) == (429, "rate_limit_error")
     assert info.value.retry_after_s is not None
     assert info.value.retry_after_s >= 8
     assert rig.rejected("queue_full") == 1
@@ -324,7 +325,7 @@ async def test_drain_waits_for_accepted_work_and_refuses_new(rig_factory) -> Non
     assert rig.scheduler.is_live()
     with pytest.raises(Draining) as info:
         rig.scheduler.submit(req("Too late."))
-    assert info.value.status == 503
+    assert http_status(info.value)[0] == 503
     assert info.value.retry_after_s
     assert not drain.done()
     behaviour.gate.set()

@@ -42,7 +42,7 @@ def test_defaults_on_a_four_core_cpu() -> None:
         "en_US-joe-medium",
         "cpu",
     )
-    assert (s.workers, s.threads_per_worker, s.intra_op_threads) == (1, 4, 4)
+    assert (s.workers, s.threads_per_worker) == (1, 4)
     assert (s.max_queue, s.max_batch_size, s.batch_window_ms) == (64, 1, 5.0)
     assert (s.request_timeout_s, s.drain_grace_s, s.max_input_chars) == (120.0, 30.0, 4096)
     assert s.log_level == "info"
@@ -163,3 +163,33 @@ def test_available_cores_honours_a_cgroup_quota(tmp_path: Path) -> None:
     assert available_cores(cpu_max) == 1
     cpu_max.write_text("garbage\n")
     assert available_cores(cpu_max) == unlimited
+
+
+def test_settings_and_load_settings_agree_on_every_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    assert Settings(cores=4) == load_settings([], {}, cores=4)
+    on_gpu = Settings(cores=4, device="cuda")
+    assert on_gpu == load_settings(["--device", "cuda"], {}, cores=4)
+    assert (on_gpu.max_batch_size, Settings(cores=4).max_batch_size) == (8, 1)
+
+
+def test_settings_reads_the_environment_like_load_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {"VOICEFLEET_MAX_QUEUE": "7", "PORT": "9000", "VOICEFLEET_DEVICE": "CUDA"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings(cores=2) == load_settings([], env, cores=2)
+    assert (Settings(cores=2).max_queue, Settings(cores=2).port) == (7, 9000)
+
+
+def test_env_names_are_the_shared_contract_names() -> None:
+    from voicefleet_api import env as names
+    from voicefleet_inference.settings import env_names
+
+    contract = {v for k, v in vars(names).items() if k.isupper() and k not in ("PREFIX", "POD_IP")}
+    fields = {n for f in Settings.model_fields if f != "cores" for n in env_names(f)}
+    assert fields - {"PORT"} == contract

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from voicefleet_inference.server.errors import InvalidRequest
+from voicefleet_inference.server.errors import InvalidRequest, http_status
 from voicefleet_inference.server.validation import (
     check_speakable_text,
     decode_json_object,
@@ -35,7 +35,7 @@ def test_bodies_the_core_cannot_take_are_400(body: bytes, fragment: str) -> None
     with pytest.raises(InvalidRequest) as info:
         decode_json_object(body)
     assert fragment in info.value.message
-    assert info.value.status == 400
+    assert http_status(info.value)[0] == 400
 
 
 def test_valid_body_and_surrogate_pairs_pass() -> None:

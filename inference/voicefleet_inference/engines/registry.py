@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from voicefleet_api import engines as engine_names
 from voicefleet_inference.engines.base import Engine
 from voicefleet_inference.engines.piper_onnx import PiperOnnxEngine
 
@@ -27,7 +28,8 @@ __all__ = [
 ]
 
 BUNDLED_VOICE = "en_US-joe-medium"
-ENGINES = ("piper-onnx",)
+ENGINES = (engine_names.PIPER_ONNX,)
+"""The engine names this build can create (a subset of ``voicefleet_api.engines.ENGINES``)."""
 
 
 class EngineConfigError(ValueError):
@@ -70,7 +72,7 @@ def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
 
     Call it in the thread that will own the engine, then call ``load()`` there.
     """
-    if engine != "piper-onnx":
+    if engine not in ENGINES:
         raise UnknownEngineError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     name, onnx_path, json_path = resolve_piper_model(model)
     try:

@@ -33,8 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from voicefleet_inference import audio
 from voicefleet_inference.engines.base import Samples, SynthesisRequest
-from voicefleet_inference.scheduler import EngineInfo, RequestHandle, Scheduler
-from voicefleet_inference.server.errors import (
+from voicefleet_inference.errors import (
     ClientDisconnected,
     InvalidRequest,
     NotReady,
@@ -42,6 +41,7 @@ from voicefleet_inference.server.errors import (
     ServiceError,
     SynthesisFailed,
 )
+from voicefleet_inference.scheduler import EngineInfo, RequestHandle, Scheduler
 from voicefleet_inference.server.validation import decode_json_object
 
 __all__ = [

@@ -1,24 +1,11 @@
-"""Domain errors of the inference server and the one place they become HTTP responses.
+"""The one place domain errors (``voicefleet_inference.errors``) become HTTP responses.
 
-The scheduler and the request decoders raise these; they know nothing of HTTP shapes.
-:func:`install_error_handlers` maps every one of them (and FastAPI's own 404/405/validation
+:func:`install_error_handlers` maps every domain error (and FastAPI's own 404/405/validation
 errors, and anything unexpected) to a response in the shape of the route that failed:
 OpenAI's ``{"error": {"message", "type", "param", "code"}}`` under ``/v1/``, GPT-SoVITS
-api_v2's ``{"message": ...}`` everywhere else.
-
-::
-
-    ServiceError                  status  OpenAI type            code
-    ├── InvalidRequest             400    invalid_request_error  invalid_value (or given)
-    ├── PayloadTooLarge            413    invalid_request_error  payload_too_large
-    ├── QueueFull                  429    rate_limit_error       queue_full      + Retry-After
-    ├── Unavailable                503    server_error           (abstract)      + Retry-After
-    │   ├── NotReady               503                           not_ready
-    │   ├── Draining               503                           draining
-    │   └── ShuttingDown           503                           shutdown
-    ├── RequestTimeout             504    server_error           timeout
-    ├── SynthesisFailed            500    server_error           synthesis_failed
-    └── ClientDisconnected         499    (never seen: the client is gone; counted only)
+api_v2's ``{"message": ...}`` everywhere else. Statuses: 400 invalid request, 413 too
+large, 429 queue full and 503 unavailable (both with Retry-After), 504 timeout, 500
+synthesis failed, 499 client gone (never seen by the client; counted only).
 """
 
 from __future__ import annotations
@@ -26,13 +13,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from voicefleet_inference.errors import (
+    ClientDisconnected,
+    Draining,
+    InvalidRequest,
+    NotReady,
+    PayloadTooLarge,
+    QueueFull,
+    RequestTimeout,
+    ServiceError,
+    ShuttingDown,
+    SynthesisFailed,
+    Unavailable,
+)
 
 __all__ = [
     "ClientDisconnected",
@@ -48,112 +49,40 @@ __all__ = [
     "Unavailable",
     "allowed_methods",
     "error_body",
+    "http_status",
     "install_error_handlers",
+    "response_headers",
 ]
 
 log = logging.getLogger("voicefleet.server")
 
 
-class ServiceError(Exception):
-    """Base of every error the server answers deliberately; subclasses fix the status."""
-
-    status: ClassVar[int] = 500
-    openai_type: ClassVar[str] = "server_error"
-    default_code: ClassVar[str] = "internal_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code or self.default_code
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        """``Retry-After`` (whole seconds, at least 1) where the error carries one."""
-        if self.retry_after_s is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+_HTTP: Final[dict[type[ServiceError], tuple[int, str]]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    PayloadTooLarge: (413, "invalid_request_error"),
+    QueueFull: (429, "rate_limit_error"),
+    Unavailable: (503, "server_error"),
+    RequestTimeout: (504, "server_error"),
+    SynthesisFailed: (500, "server_error"),
+    ClientDisconnected: (499, "invalid_request_error"),
+    ServiceError: (500, "server_error"),
+}
+"""Status and OpenAI error type per domain error; a subclass takes its nearest base's."""
 
 
-class InvalidRequest(ServiceError):
-    """400: a parameter is missing, mistyped, out of range or unsupported; names it."""
-
-    status = 400
-    openai_type = "invalid_request_error"
-    default_code = "invalid_value"
-
-
-class PayloadTooLarge(ServiceError):
-    """413: the request body is larger than any valid request could be."""
-
-    status = 413
-    openai_type = "invalid_request_error"
-    default_code = "payload_too_large"
+def http_status(exc: ServiceError) -> tuple[int, str]:
+    """``(HTTP status, OpenAI error type)`` of a domain error."""
+    for cls in type(exc).__mro__:
+        if cls in _HTTP:
+            return _HTTP[cls]
+    return _HTTP[ServiceError]
 
 
-class QueueFull(ServiceError):
-    """429: the bounded queue is full; Retry-After is the queued work divided by workers."""
-
-    status = 429
-    openai_type = "rate_limit_error"
-    default_code = "queue_full"
-
-
-class Unavailable(ServiceError):
-    """503: this replica cannot take requests now; another replica (or a retry) can."""
-
-    status = 503
-    default_code = "unavailable"
-
-
-class NotReady(Unavailable):
-    """503: the model is still loading, or every engine worker died."""
-
-    default_code = "not_ready"
-
-
-class Draining(Unavailable):
-    """503: the server got SIGTERM and is finishing accepted work before it exits."""
-
-    default_code = "draining"
-
-
-class ShuttingDown(Unavailable):
-    """503: the request was accepted but the drain grace ran out before it ran."""
-
-    default_code = "shutdown"
-
-
-class RequestTimeout(ServiceError):
-    """504: queue wait plus synthesis took longer than the request timeout."""
-
-    status = 504
-    default_code = "timeout"
-
-
-class SynthesisFailed(ServiceError):
-    """500: the engine failed. Never turned into a 200 with silence."""
-
-    status = 500
-    default_code = "synthesis_failed"
-
-
-class ClientDisconnected(ServiceError):
-    """499 (nginx's convention): the client went away before its answer was ready.
-
-    Nobody reads the response; the status exists so ``voicefleet_requests_total`` counts it.
-    """
-
-    status = 499
-    openai_type = "invalid_request_error"
-    default_code = "client_disconnected"
+def response_headers(exc: ServiceError) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, at least 1) where the error carries one."""
+    if exc.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
 
 
 def _is_openai(path: str) -> bool:
@@ -170,14 +99,11 @@ def error_body(
 
 
 def _response(request: Request, exc: ServiceError) -> JSONResponse:
+    status, openai_type = http_status(exc)
     body = error_body(
-        request.url.path,
-        exc.message,
-        openai_type=exc.openai_type,
-        param=exc.param,
-        code=exc.code,
+        request.url.path, exc.message, openai_type=openai_type, param=exc.param, code=exc.code
     )
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers())
+    return JSONResponse(body, status_code=status, headers=response_headers(exc))
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -219,8 +145,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        if exc.status >= 500 and not isinstance(exc, Unavailable):
-            log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc)
+        status, _ = http_status(exc)
+        if status >= 500 and not isinstance(exc, Unavailable):
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
         return _response(request, exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

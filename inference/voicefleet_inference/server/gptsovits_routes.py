@@ -35,6 +35,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from voicefleet_inference.engines.base import SynthesisRequest
+from voicefleet_inference.errors import InvalidRequest
 from voicefleet_inference.scheduler import EngineInfo, Scheduler
 from voicefleet_inference.server.dataplane import (
     SpeechJob,
@@ -45,7 +46,6 @@ from voicefleet_inference.server.dataplane import (
     require_info,
     synthesize,
 )
-from voicefleet_inference.server.errors import InvalidRequest
 from voicefleet_inference.server.validation import (
     check_speakable_text,
     short_list,

@@ -21,7 +21,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from voicefleet_inference.server.errors import ClientDisconnected, ServiceError, error_body
+from voicefleet_inference.errors import ClientDisconnected, ServiceError
+from voicefleet_inference.server.errors import error_body, http_status
 
 __all__ = ["ErrorGuard", "HeadAsGet"]
 
@@ -57,14 +58,11 @@ class ErrorGuard:
             else:
                 log.exception("unexpected error on %s %s", scope.get("method"), path)
                 error = ServiceError(f"internal error: {type(exc).__name__}")
+            status, openai_type = http_status(error)
             body = error_body(
-                path,
-                error.message,
-                openai_type=error.openai_type,
-                param=None,
-                code=error.code,
+                path, error.message, openai_type=openai_type, param=None, code=error.code
             )
-            await JSONResponse(body, status_code=error.status)(scope, receive, send)
+            await JSONResponse(body, status_code=status)(scope, receive, send)
 
 
 class HeadAsGet:

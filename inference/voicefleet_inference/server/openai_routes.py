@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from voicefleet_inference import audio
 from voicefleet_inference.engines.base import SynthesisRequest
+from voicefleet_inference.errors import InvalidRequest
 from voicefleet_inference.scheduler import EngineInfo, Scheduler
 from voicefleet_inference.server.dataplane import (
     SpeechJob,
@@ -32,7 +33,6 @@ from voicefleet_inference.server.dataplane import (
     require_info,
     synthesize,
 )
-from voicefleet_inference.server.errors import InvalidRequest
 from voicefleet_inference.server.validation import check_speakable_text
 from voicefleet_inference.settings import Settings
 

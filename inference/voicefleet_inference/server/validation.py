@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from voicefleet_inference.server.errors import InvalidRequest
+from voicefleet_inference.errors import InvalidRequest
 
 __all__ = [
     "ALLOWED_CONTROLS",
