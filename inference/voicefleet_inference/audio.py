@@ -1,6 +1,6 @@
 """Audio encoders: float samples from an engine to the bytes of a response format.
 
-Formats (the OpenAI ``response_format`` names):
+Formats (every OpenAI ``response_format``):
 
 ======  ======================  =========  ===============================================
 format  content type            streaming  how
@@ -9,17 +9,17 @@ wav     audio/wav               yes        16-bit PCM; streamed with "unknown" s
 pcm     audio/pcm               yes        raw 16-bit little-endian mono, no header
 flac    audio/flac              no         libsndfile (whole file only, see below)
 mp3     audio/mpeg              yes        libsndfile (LAME); CBR when streamed
-opus    audio/ogg; codecs=opus  yes        libsndfile, Ogg Opus at 24 kHz (resampled)
-aac     (none)                  (none)     no encoder here: :class:`UnsupportedFormat`
+opus    audio/ogg; codecs=opus  yes        PyAV (libopus in Ogg), 24 kHz (resampled)
+aac     audio/aac               yes        PyAV (ffmpeg's AAC encoder), ADTS, 64 kbit/s
 ======  ======================  =========  ===============================================
 
-Why ``soundfile``: its manylinux wheel bundles libsndfile 1.2, which writes FLAC, MP3 and
-Ogg Opus with no system codec packages, so no ffmpeg and no extra dependency. It has no
-AAC encoder, hence :class:`UnsupportedFormat` (a 400 at the HTTP layer, listing
-:data:`SUPPORTED_FORMATS`).
+Two libraries, each where it is best: ``soundfile`` bundles libsndfile, whose MP3 and FLAC
+paths are proven here (the MP3 info-tag handling below); PyAV (``av``) bundles ffmpeg's
+encoders and its resampler (libswresample), which gives AAC (libsndfile has none) and
+resamples Opus to a rate the codec takes. Neither needs a system codec package.
 
 Streaming: a streamed response cannot take bytes back, so the streaming encoder sends
-bytes as soon as libsndfile writes them and drops later rewrites of bytes already sent.
+bytes as soon as the library writes them and drops later rewrites of bytes already sent.
 
 * WAV uses our own header whose RIFF and data sizes are ``0xFFFFFFFF`` ("as long as the
   stream lasts"); ffmpeg, browsers, VLC and libsndfile play it (OpenAI streams WAV the
@@ -28,7 +28,8 @@ bytes as soon as libsndfile writes them and drops later rewrites of bytes alread
   the stream drops that frame and uses constant bitrate, so a decoder derives the duration
   from the size. Without the tag, decoders cannot trim LAME's encoder delay (about 50 ms
   of extra silence).
-* Ogg Opus needs no rewrite at all; pages come out roughly once a second of audio.
+* Ogg Opus and ADTS AAC need no rewrite at all: Ogg pages come out roughly once a second
+  of audio, ADTS frames every 1024 samples.
 * FLAC would be sent with "total samples unknown" in STREAMINFO (legal in the format),
   but libsndfile's own reader fails on such a stream, so we do not claim it streams: the
   HTTP layer should refuse ``stream`` for FLAC (or buffer it).
@@ -39,10 +40,9 @@ Compressed encoders buffer internally, so their bytes arrive in bursts, not per 
 from __future__ import annotations
 
 import io
-import math
 import struct
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,6 @@ __all__ = [
     "KNOWN_FORMATS",
     "STREAMABLE_FORMATS",
     "SUPPORTED_FORMATS",
-    "Resampler",
     "StreamEncoder",
     "UnsupportedFormat",
     "content_type",
@@ -60,15 +59,14 @@ __all__ = [
     "float_to_int16",
     "is_streamable",
     "output_sample_rate",
-    "resample",
     "stream_encoder",
 ]
 
 KNOWN_FORMATS: Final = ("wav", "pcm", "flac", "mp3", "opus", "aac")
 """Every ``response_format`` the OpenAI API defines."""
-SUPPORTED_FORMATS: Final = ("wav", "pcm", "flac", "mp3", "opus")
+SUPPORTED_FORMATS: Final = ("wav", "pcm", "flac", "mp3", "opus", "aac")
 """What this build can encode."""
-STREAMABLE_FORMATS: Final = frozenset(("wav", "pcm", "mp3", "opus"))
+STREAMABLE_FORMATS: Final = frozenset(("wav", "pcm", "mp3", "opus", "aac"))
 """Formats whose encoder emits valid bytes incrementally (see the module docstring)."""
 
 CONTENT_TYPES: Final = {
@@ -77,6 +75,7 @@ CONTENT_TYPES: Final = {
     "flac": "audio/flac",
     "mp3": "audio/mpeg",
     "opus": "audio/ogg; codecs=opus",
+    "aac": "audio/aac",
 }
 
 _OPUS_RATES: Final = (8000, 12000, 16000, 24000, 48000)
@@ -85,8 +84,14 @@ _OPUS_RATES: Final = (8000, 12000, 16000, 24000, 48000)
 _SOUNDFILE_FORMATS: Final = {
     "flac": ("FLAC", "PCM_16"),
     "mp3": ("MP3", "MPEG_LAYER_III"),
-    "opus": ("OGG", "OPUS"),
 }
+_AV_FORMATS: Final = {
+    "opus": ("ogg", "libopus", 32_000),
+    "aac": ("adts", "aac", 64_000),
+}
+"""format → (ffmpeg container, encoder, bit rate): mono speech, transparent at these rates."""
+_AV_MUXER_OPTIONS: Final = {"ogg": {"page_duration": "200000"}}
+"""Ogg pages of 0.2 s (ffmpeg's default is 1 s), so a stream's audio arrives in step."""
 
 
 _MP3_STREAM_COMPRESSION: Final = 0.5
@@ -155,88 +160,6 @@ def _wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
         + b"data"
         + struct.pack("<I", data_size)
     )
-
-
-# -- resampling -----------------------------------------------------------------------------
-
-
-class Resampler:
-    """Streaming polyphase windowed-sinc resampler by a rational factor (numpy only).
-
-    Stateful so that a stream resampled chunk by chunk is identical to the whole signal
-    resampled at once: no clicks at sentence boundaries, no drift in the sample count.
-    Kaiser-windowed sinc with ``half_width`` zero crossings per side, low-passed at the
-    lower of the two Nyquist frequencies.
-    """
-
-    def __init__(self, rate_in: int, rate_out: int, half_width: int = 16) -> None:
-        if rate_in <= 0 or rate_out <= 0:
-            raise ValueError("sample rates must be positive")
-        g = math.gcd(rate_in, rate_out)
-        self.up = rate_out // g
-        self.down = rate_in // g
-        self._half = half_width
-        cutoff = min(1.0, self.up / self.down)
-        # Tap k of phase p reads input (base - half + 1 + k) for output at base + p/up.
-        k = np.arange(2 * half_width, dtype=np.float64)
-        p = np.arange(self.up, dtype=np.float64)[:, None] / self.up
-        d = k[None, :] - half_width + 1 - p
-        window = np.kaiser(2 * half_width * 64 + 1, 8.0)
-        pos = np.clip((d / half_width + 1.0) * 0.5 * (len(window) - 1), 0, len(window) - 1)
-        taps = cutoff * np.sinc(cutoff * d) * np.interp(pos, np.arange(len(window)), window)
-        self._taps = taps.astype(np.float32)
-        self._buffer = np.zeros(half_width - 1, dtype=np.float32)
-        """Input not yet fully used, starting at global input index ``_offset``."""
-        self._offset = -(half_width - 1)
-        self._produced = 0
-        self._consumed = 0
-
-    def process(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Resample the next piece of the stream; returns what can be computed so far."""
-        self._consumed += len(samples)
-        self._buffer = np.concatenate([self._buffer, np.asarray(samples, dtype=np.float32)])
-        return self._drain(final=False)
-
-    def finish(self) -> npt.NDArray[np.float32]:
-        """Flush the tail: the total output is ``ceil(inputs * rate_out / rate_in)``."""
-        self._buffer = np.concatenate([self._buffer, np.zeros(self._half, dtype=np.float32)])
-        return self._drain(final=True)
-
-    def _drain(self, *, final: bool) -> npt.NDArray[np.float32]:
-        last_input = self._offset + len(self._buffer) - 1
-        # Output n needs inputs up to floor(n*down/up) + half.
-        available = (last_input - self._half) * self.up // self.down + 1 if last_input >= 0 else 0
-        if final:
-            available = -(-self._consumed * self.up // self.down)
-        count = max(0, available - self._produced)
-        if count == 0:
-            return np.zeros(0, dtype=np.float32)
-        # Outputs n, n+up, n+2*up, ... share one filter phase and read inputs spaced by
-        # `down`: one strided matrix-vector product per phase, no gathered copies.
-        windows = np.lib.stride_tricks.sliding_window_view(self._buffer, 2 * self._half)
-        out = np.empty(count, dtype=np.float32)
-        for r in range(min(self.up, count)):
-            n = self._produced + r
-            first = n * self.down // self.up - self._half + 1 - self._offset
-            rows = len(range(r, count, self.up))
-            block = windows[first : first + (rows - 1) * self.down + 1 : self.down]
-            out[r :: self.up] = block @ self._taps[(n * self.down) % self.up]
-        self._produced += count
-        keep_from = int(self._produced * self.down // self.up) - self._half + 1 - self._offset
-        if keep_from > 0:
-            self._buffer = self._buffer[keep_from:]
-            self._offset += keep_from
-        return out
-
-
-def resample(
-    samples: npt.NDArray[np.float32], rate_in: int, rate_out: int
-) -> npt.NDArray[np.float32]:
-    """Whole-signal resampling (see :class:`Resampler`)."""
-    if rate_in == rate_out:
-        return np.asarray(samples, dtype=np.float32)
-    resampler = Resampler(rate_in, rate_out)
-    return np.concatenate([resampler.process(samples), resampler.finish()])
 
 
 # -- encoders -------------------------------------------------------------------------------
@@ -310,6 +233,51 @@ class _AppendOnlySink:
         return data
 
 
+class _AvWriter:
+    """One PyAV container and audio stream writing into an :class:`_AppendOnlySink`.
+
+    PyAV resamples (libswresample) and re-frames the input to the encoder's rate and frame
+    size inside ``encode``; frames carry int16 so every format clips the same way.
+    """
+
+    def __init__(self, fmt: str, input_rate: int, output_rate: int) -> None:
+        import av  # deferred: loads ffmpeg's libraries
+
+        container, codec, bit_rate = _AV_FORMATS[fmt]
+        self._av = av
+        self._input_rate = input_rate
+        self.sink = _AppendOnlySink()
+        # flush_packets: hand each muxed packet to the sink at once (AVIO buffers 32 KiB).
+        self._container = cast(
+            Any,
+            av.open(
+                self.sink,
+                mode="w",
+                format=container,
+                container_options={"flush_packets": "1", **_AV_MUXER_OPTIONS.get(container, {})},
+            ),
+        )
+        stream = self._container.add_stream(codec, rate=output_rate, layout="mono")
+        stream.bit_rate = bit_rate
+        self._stream: Any = stream
+
+    def write(self, pcm: npt.NDArray[np.float32]) -> bytes:
+        if pcm.size:
+            frame = self._av.AudioFrame.from_ndarray(
+                float_to_int16(pcm).reshape(1, -1), format="s16", layout="mono"
+            )
+            frame.sample_rate = self._input_rate
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        return self.sink.take()
+
+    def close(self) -> bytes:
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        return self.sink.take()
+
+
 class StreamEncoder:
     """Incremental encoder: ``start()``, then ``encode(samples)`` per chunk, then ``finish()``.
 
@@ -322,9 +290,7 @@ class StreamEncoder:
         self.input_rate = sample_rate
         self.sample_rate = output_sample_rate(fmt, sample_rate)
         self.content_type = CONTENT_TYPES[fmt]
-        self._resampler = (
-            Resampler(sample_rate, self.sample_rate) if self.sample_rate != sample_rate else None
-        )
+        self._av: _AvWriter | None = None
         self._sink: _AppendOnlySink | None = None
         self._file: Any = None
         """A ``soundfile.SoundFile`` writing into the sink (compressed formats only)."""
@@ -340,6 +306,9 @@ class StreamEncoder:
             return _wav_header(self.sample_rate, None)
         if self.format == "pcm":
             return b""
+        if self.format in _AV_FORMATS:
+            self._av = _AvWriter(self.format, self.input_rate, self.sample_rate)
+            return self._av.sink.take()
         import soundfile  # deferred: loads libsndfile
 
         container, subtype = _SOUNDFILE_FORMATS[self.format]
@@ -367,8 +336,8 @@ class StreamEncoder:
         if not self._started or self._finished:
             raise RuntimeError("encode() outside start()/finish()")
         pcm = np.asarray(samples, dtype=np.float32)
-        if self._resampler is not None:
-            pcm = self._resampler.process(pcm)
+        if self._av is not None:
+            return self._av.write(pcm)
         return self._write(pcm)
 
     def finish(self) -> bytes:
@@ -376,13 +345,12 @@ class StreamEncoder:
         if not self._started or self._finished:
             raise RuntimeError("finish() outside start()")
         self._finished = True
-        tail = b""
-        if self._resampler is not None:
-            tail = self._write(self._resampler.finish())
+        if self._av is not None:
+            return self._av.close()
         if self._file is None or self._sink is None:
-            return tail
+            return b""
         self._file.close()
-        return tail + self._sink.take()
+        return self._sink.take()
 
     def _write(self, pcm: npt.NDArray[np.float32]) -> bytes:
         if self._file is None or self._sink is None:
@@ -408,28 +376,29 @@ def encode(
     completed by libsndfile, so every player and ``Content-Length`` are happy.
     """
     _check(fmt)
-    if isinstance(samples, np.ndarray):
-        whole = np.asarray(samples, dtype=np.float32)
-    else:
-        parts = [np.asarray(s, dtype=np.float32) for s in samples]
-        whole = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-    if fmt == "pcm":
-        return float_to_int16(whole).tobytes()
-    if fmt == "wav":
-        data = float_to_int16(whole).tobytes()
-        return _wav_header(sample_rate, len(data)) + data
+    parts = [samples] if isinstance(samples, np.ndarray) else list(samples)
+    # Chunk by chunk where the format allows: a long clip's float copies are what would
+    # set the server's peak memory, not the int16 bytes it sends.
+    if fmt in ("pcm", "wav"):
+        data = b"".join(float_to_int16(p).tobytes() for p in parts)
+        return data if fmt == "pcm" else _wav_header(sample_rate, len(data)) + data
+    if fmt in _AV_FORMATS:  # Ogg and ADTS are the same whole or streamed
+        encoder = StreamEncoder(fmt, sample_rate)
+        return encoder.start() + b"".join(encoder.encode(p) for p in parts) + encoder.finish()
+    whole = (
+        np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+        if parts
+        else np.zeros(0, dtype=np.float32)
+    )
     import soundfile
 
-    rate = output_sample_rate(fmt, sample_rate)
-    if rate != sample_rate:
-        whole = resample(whole, sample_rate, rate)
     container, subtype = _SOUNDFILE_FORMATS[fmt]
     buffer = io.BytesIO()
     # int16 in, so every format quantizes and clips the same way as wav/pcm.
     soundfile.write(
         buffer,
         float_to_int16(whole),
-        rate,
+        sample_rate,
         format=container,
         subtype=subtype,
     )

@@ -27,6 +27,8 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 
+from voicefleet_inference.phoneme_budget import MAX_PHONEMES_PER_CALL, split_at_phoneme_budget
+
 __all__ = [
     "MAX_SENTENCE_PHONEMES",
     "Clause",
@@ -50,8 +52,8 @@ _LANGUAGE_SWITCH = re.compile(r"\([a-z]{2,3}(?:-[a-z0-9]+)*\)")
 """espeak marks a switch of language inside a clause as ``(fr)`` … ``(en)``; not phonemes."""
 _WHITESPACE = re.compile(r"\s+")
 
-MAX_SENTENCE_PHONEMES = 400
-"""Longest synthesis unit, in phoneme characters: about 25 s of speech for this voice."""
+MAX_SENTENCE_PHONEMES = MAX_PHONEMES_PER_CALL
+"""Longest synthesis unit, in phoneme characters (see :mod:`..phoneme_budget`)."""
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -212,30 +214,9 @@ class Phonemizer:
             if clause.phonemes or clause.terminator:
                 parts.append(clause.phonemes + clause.terminator)
             if clause.terminator in _SENTENCE_TERMINATORS and parts:
-                sentences.extend(_pack(parts, max_phonemes))
+                sentences.extend(split_at_phoneme_budget(parts, max_phonemes))
                 parts = []
         if parts:
-            sentences.extend(_pack(parts, max_phonemes))
+            sentences.extend(split_at_phoneme_budget(parts, max_phonemes))
         # A "sentence" of bare punctuation ("...") has nothing to say.
         return [s for s in sentences if any(ch.isalpha() for ch in s)]
-
-
-def _pack(pieces: list[str], limit: int) -> list[str]:
-    """Join ``pieces`` with spaces into strings of at most ``limit`` characters, greedily.
-
-    A piece longer than the limit is first broken into its words.
-    """
-    words: list[str] = []
-    for piece in pieces:
-        words.extend(piece.split(" ") if len(piece) > limit else [piece])
-    packed: list[str] = []
-    current = ""
-    for word in words:
-        if current and len(current) + 1 + len(word) > limit:
-            packed.append(current)
-            current = word
-        else:
-            current = f"{current} {word}" if current else word
-    if current:
-        packed.append(current)
-    return packed

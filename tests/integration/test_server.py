@@ -164,12 +164,18 @@ BAD = [
     ("POST", SPEECH, {"json": speech("   ")}, 400, "openai"),
     ("POST", SPEECH, {"json": speech("x" * 4097)}, 400, "openai"),
     ("POST", SPEECH, {"json": speech("Hi.", speed=5)}, 400, "openai"),
-    ("POST", SPEECH, {"json": speech("Hi.", response_format="aac")}, 400, "openai"),
+    ("POST", SPEECH, {"json": speech("Hi.", response_format="ogg")}, 400, "openai"),
     ("POST", SPEECH, {"json": speech("Hi.", input=["a"])}, 400, "openai"),
     ("POST", SPEECH, {"json": speech("...")}, 400, "openai"),
     ("GET", "/tts", {"params": {"text": "Hi.", "nonsense": "1"}}, 400, "message"),
     ("GET", "/tts", {"params": {"text": "Hi.", "ref_audio_path": "/etc/passwd"}}, 400, "message"),
-    ("POST", "/tts", {"json": {"text": "Hi.", "media_type": "aac"}}, 400, "message"),
+    (
+        "POST",
+        "/tts",
+        {"json": {"text": "Hi.", "text_lang": "en", "media_type": "mp4"}},
+        400,
+        "message",
+    ),
     ("POST", "/tts", {"content": b"[oops"}, 400, "message"),
 ]
 
@@ -287,7 +293,7 @@ async def test_sigterm_drains_accepted_requests_refuses_new_and_exits_zero(
             srv.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.2)
             refused = await client.post(SPEECH, json=speech("Too late."))
-            refused_tts = await client.get("/tts", params={"text": "Too late."})
+            refused_tts = await client.get("/tts", params={"text": "Too late.", "text_lang": "en"})
             health = await client.get("/healthz")
             ready = await client.get("/readyz")
             done = await asyncio.gather(*accepted)

@@ -156,16 +156,22 @@ async def test_tts_get_and_post_answer_audio(client: httpx.AsyncClient) -> None:
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "audio/wav"
     assert wav_frames(resp.content) == (SAMPLE_RATE, 2 * SENTENCE_SAMPLES)
-    resp = await client.post("/tts", json={"text": "One.", "media_type": "raw"})
+    resp = await client.post("/tts", json={"text": "One.", "text_lang": "en", "media_type": "raw"})
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "audio/pcm"
     assert len(resp.content) == 2 * SENTENCE_SAMPLES
     resp = await client.get(
-        "/tts", params={"text": "One. Two.", "media_type": "ogg", "streaming_mode": "true"}
+        "/tts",
+        params={
+            "text": "One. Two.",
+            "text_lang": "en",
+            "media_type": "ogg",
+            "streaming_mode": "true",
+        },
     )
     assert resp.status_code == 200
     assert resp.content[:4] == b"OggS"
-    resp = await client.get("/tts", params={"text": "One.", "speed_factor": "2"})
+    resp = await client.get("/tts", params={"text": "One.", "text_lang": "en", "speed_factor": "2"})
     assert resp.status_code == 200
 
 

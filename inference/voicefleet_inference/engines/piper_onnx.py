@@ -127,6 +127,9 @@ class PiperOnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Busy-waiting pool threads burn the cores other workers of this pod need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No arena: a large request's buffers go back to the allocator when it ends, instead
+        # of staying reserved for the process's life (measured in docs/server.md, Memory).
+        options.enable_cpu_mem_arena = False
         providers: list[str | tuple[str, dict[str, Any]]]
         if self._device_kind == "cuda":
             available = ort.get_available_providers()

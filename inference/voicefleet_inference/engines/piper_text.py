@@ -22,6 +22,7 @@ import numpy as np
 
 from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import EngineError, EngineInputError, Samples
+from voicefleet_inference.phoneme_budget import over_request_budget
 from voicefleet_inference.phonemize import Phonemizer, PhonemizerError, normalize_text
 
 __all__ = [
@@ -145,6 +146,9 @@ class PiperTextFrontEnd:
             raise EngineError(str(exc)) from exc
         if not sentences:
             raise EngineInputError("text has nothing to speak (no words)")
+        too_long = over_request_budget(sentences, len(text))
+        if too_long is not None:  # both engines: the cost model must stay truthful
+            raise EngineInputError(too_long)
         return sentences
 
     def phoneme_ids(self, phonemes: str) -> list[int]:

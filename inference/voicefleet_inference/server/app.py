@@ -4,6 +4,10 @@ Routes only decode and delegate (see :mod:`.dataplane`); every handler here is
 ``async def`` and none of them computes audio, so ``/healthz``, ``/readyz`` and
 ``/metrics`` answer in milliseconds however busy the engine threads are. There are no
 control endpoints: no remote exit, restart or model switching.
+
+``/openapi.json`` (rendered at ``/docs``) describes both synthesis routes as they really
+decode (:mod:`.openapi`); ``HEAD`` is served wherever ``GET`` is, and a 405 lists every
+method the path takes (:mod:`.guard`, ``errors.allowed_methods``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from typing import Final
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +24,8 @@ from voicefleet_inference.metrics import CONTENT_TYPE, Metrics, render
 from voicefleet_inference.scheduler import Scheduler
 from voicefleet_inference.server import gptsovits_routes, openai_routes
 from voicefleet_inference.server.errors import install_error_handlers
+from voicefleet_inference.server.guard import ErrorGuard, HeadAsGet
+from voicefleet_inference.server.openapi import build_openapi
 from voicefleet_inference.settings import Settings
 
 __all__ = ["SYNTHESIS_PATHS", "RequestMetricsMiddleware", "create_app"]
@@ -104,5 +111,17 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
     async def metrics_endpoint() -> Response:
         return Response(render(metrics), media_type=CONTENT_TYPE)
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        """The schema of what this pod accepts (model and voices once the model loaded)."""
+        return JSONResponse(build_openapi(settings.max_input_chars, scheduler.info))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title}: API")
+
+    # add_middleware puts each one outside the previous: the guard's 500s are counted.
+    app.add_middleware(ErrorGuard)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(HeadAsGet)
     return app

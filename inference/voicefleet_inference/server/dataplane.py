@@ -29,6 +29,7 @@ import anyio.to_thread
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from voicefleet_inference import audio
 from voicefleet_inference.engines.base import Samples, SynthesisRequest
@@ -41,6 +42,7 @@ from voicefleet_inference.errors import (
     SynthesisFailed,
 )
 from voicefleet_inference.scheduler import EngineInfo, RequestHandle, Scheduler
+from voicefleet_inference.server.validation import decode_json_object
 
 __all__ = [
     "SpeechJob",
@@ -86,25 +88,21 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"request body is {declared} bytes; at most {limit} accepted")
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        parts.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            parts.append(part)
+    except ClientDisconnect:
+        # Fewer bytes than Content-Length, then gone: the client's doing, not a 500.
+        raise ClientDisconnected("client disconnected while sending its body") from None
     return b"".join(parts)
 
 
 def parse_json_object(body: bytes) -> dict[str, object]:
     """A JSON object from ``body``, or InvalidRequest saying what is wrong with it."""
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"could not parse the JSON body: {exc}", code="invalid_json") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            f"the JSON body must be an object, not {type(value).__name__}", code="invalid_json"
-        )
-    return value
+    return decode_json_object(body)
 
 
 async def _wait_disconnect(request: Request) -> None:

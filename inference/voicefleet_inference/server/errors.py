@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from voicefleet_inference.errors import (
     ClientDisconnected,
@@ -45,6 +47,7 @@ __all__ = [
     "ShuttingDown",
     "SynthesisFailed",
     "Unavailable",
+    "allowed_methods",
     "error_body",
     "http_status",
     "install_error_handlers",
@@ -113,6 +116,30 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{param or 'request'}: {first.get('msg', 'invalid')}", param
 
 
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Routes with an endpoint, inside included routers too (none of ours has a prefix)."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", route), "routes", None)
+        if inner is not None:
+            yield from _leaf_routes(inner)
+        else:
+            yield route
+
+
+def allowed_methods(request: Request) -> str:
+    """``Allow`` for a 405: every method of every route on the path (Starlette names only
+    the first route's), plus HEAD wherever GET is (``server/guard.py`` serves it)."""
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods.update(route_methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping: every error leaves the server through one of these handlers."""
 
@@ -137,7 +164,10 @@ def install_error_handlers(app: FastAPI) -> None:
             param=None,
             code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error"),
         )
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)

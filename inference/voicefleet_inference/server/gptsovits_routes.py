@@ -4,9 +4,9 @@ Clients written for api_v2 keep working for what a fixed Piper voice can do; eve
 else is a 400 that says why, never silently ignored. Each api_v2 parameter falls in one of
 four groups (:data:`PARAMETERS`):
 
-* **honoured**: ``text``, ``text_lang``, ``media_type`` (wav, raw, ogg; aac has no encoder
-  here), ``streaming_mode``, ``speed_factor``, ``text_split_method`` (cut4/cut5: this engine
-  splits at sentence punctuation).
+* **honoured**: ``text``, ``text_lang`` (required, as in api_v2), ``media_type`` (wav, raw,
+  ogg, aac), ``streaming_mode``, ``speed_factor``, ``text_split_method`` (cut4/cut5: this
+  engine splits at sentence punctuation).
 * **reference audio** (voice cloning): ``ref_audio_path``, ``aux_ref_audio_paths``,
   ``prompt_text``, ``prompt_lang`` must be absent or empty. A path is never opened: this
   server never reads files named by a client.
@@ -17,6 +17,9 @@ four groups (:data:`PARAMETERS`):
   ``seed``, ...): accepted only at api_v2's default value (what a client that echoes the
   defaults sends), which selects this engine's own behaviour; any other value is a 400.
 
+Booleans are strict (``true``/``false``; ``streaming_mode`` also 0-3), where api_v2's
+FastAPI would also take ``yes``, ``on`` or ``t``: a typo must not switch streaming on.
+
 Errors are ``{"message": ...}`` like api_v2's.
 """
 
@@ -25,11 +28,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from voicefleet_inference.engines.base import SynthesisRequest
 from voicefleet_inference.errors import InvalidRequest
@@ -42,6 +45,11 @@ from voicefleet_inference.server.dataplane import (
     read_body,
     require_info,
     synthesize,
+)
+from voicefleet_inference.server.validation import (
+    check_speakable_text,
+    short_list,
+    unique_query_params,
 )
 from voicefleet_inference.settings import Settings
 
@@ -56,8 +64,9 @@ __all__ = [
     "model_language",
 ]
 
-MEDIA_TYPES: Final = {"wav": "wav", "raw": "pcm", "ogg": "opus"}
+MEDIA_TYPES: Final = {"wav": "wav", "raw": "pcm", "ogg": "opus", "aac": "aac"}
 """api_v2 ``media_type`` → our format; ``ogg`` is Ogg Opus (api_v2 wrote Ogg Vorbis)."""
+STREAMING_MODES: Final = (0, 1, 2, 3)
 SPLIT_METHODS: Final = ("cut4", "cut5")
 SPEED_RANGE: Final = (0.25, 4.0)
 REFERENCE_PARAMS: Final = ("ref_audio_path", "aux_ref_audio_paths", "prompt_text", "prompt_lang")
@@ -87,6 +96,30 @@ PARAMETERS: Final = (*HONOURED, *REFERENCE_PARAMS, *THROUGHPUT_PARAMS, *DEFAULT_
 _PIPER_NAME: Final = re.compile(r"^([a-z]{2,3})_[A-Z]{2}-")
 
 
+def _strict_bool(value: object) -> object:
+    """JSON ``true``/``false``, or the query strings ``true``/``false``; nothing else."""
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError("must be true or false")
+
+
+def _strict_streaming_mode(value: object) -> object:
+    """api_v2's ``streaming_mode``: a boolean, or 0 to 3 (JSON or query string)."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in STREAMING_MODES):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    if isinstance(value, str) and value in ("0", "1", "2", "3"):
+        return int(value)
+    raise ValueError("must be 0, 1, 2, 3 (int) or true/false (bool)")
+
+
+StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
+StreamingMode = Annotated[bool | int, BeforeValidator(_strict_streaming_mode)]
+
+
 class TtsParams(BaseModel):
     """api_v2's parameters with its defaults; lax types, since GET sends strings."""
 
@@ -104,16 +137,16 @@ class TtsParams(BaseModel):
     text_split_method: str = "cut5"
     batch_size: int = 1
     batch_threshold: float = 0.75
-    split_bucket: bool = True
+    split_bucket: StrictBool = True
     speed_factor: float = 1.0
     fragment_interval: float = 0.3
     seed: int = -1
     media_type: str = "wav"
-    streaming_mode: bool | int = False
-    parallel_infer: bool = True
+    streaming_mode: StreamingMode = False
+    parallel_infer: StrictBool = True
     repetition_penalty: float = 1.35
     sample_steps: int = 32
-    super_sampling: bool = False
+    super_sampling: StrictBool = False
     overlap_length: int = 2
     min_chunk_length: int = 16
 
@@ -136,7 +169,8 @@ def _check_text_lang(text_lang: str | None, info: EngineInfo) -> None:
     accepted = ("auto", lang, f"all_{lang}") if lang else None
     if accepted is not None and value not in accepted:
         raise InvalidRequest(
-            f"text_lang {text_lang!r} is not spoken by model {info.model_name}; use {lang} or auto",
+            f"text_lang {text_lang[:40]!r} is not spoken by model {info.model_name}; "
+            f"use {lang} or auto",
             param="text_lang",
         )
 
@@ -152,12 +186,18 @@ def _stream_mode(value: bool | int) -> StreamMode:
     )
 
 
-def decode_tts(raw: Mapping[str, object], info: EngineInfo, max_input_chars: int) -> SpeechJob:
-    """Validate api_v2 parameters against this engine; InvalidRequest names the fault."""
+def decode_tts(
+    raw: Mapping[str, object], info: EngineInfo, max_input_chars: int, *, strict: bool = False
+) -> SpeechJob:
+    """Validate api_v2 parameters against this engine; InvalidRequest names the fault.
+
+    ``strict`` for a JSON body, whose types must be JSON's own (``"15"`` is not a number
+    there); query strings are converted.
+    """
     unknown = sorted(set(raw) - set(PARAMETERS))
     if unknown:
         raise InvalidRequest(
-            f"unknown parameter(s): {', '.join(unknown)}; supported: {', '.join(PARAMETERS)}",
+            f"unknown parameter(s): {short_list(unknown)}; supported: {', '.join(PARAMETERS)}",
             param=unknown[0],
             code="unknown_parameter",
         )
@@ -171,7 +211,7 @@ def decode_tts(raw: Mapping[str, object], info: EngineInfo, max_input_chars: int
             code="unsupported_parameter",
         )
     try:
-        params = TtsParams.model_validate(dict(raw))
+        params = TtsParams.model_validate(dict(raw), strict=strict)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
     for name, default in DEFAULT_ONLY.items():
@@ -195,17 +235,20 @@ def decode_tts(raw: Mapping[str, object], info: EngineInfo, max_input_chars: int
             f"text is {len(text)} characters; at most {max_input_chars} are accepted",
             param="text",
         )
+    check_speakable_text(text, "text")
+    if params.text_lang is None or not params.text_lang.strip():
+        raise InvalidRequest("text_lang is required", param="text_lang")
     _check_text_lang(params.text_lang, info)
     fmt = MEDIA_TYPES.get(params.media_type)
     if fmt is None:
-        why = "has no encoder in this server" if params.media_type == "aac" else "is unknown"
         raise InvalidRequest(
-            f"media_type: {params.media_type} {why}; supported: {', '.join(MEDIA_TYPES)}",
+            f"media_type: {params.media_type[:40]!r} is unknown; supported: "
+            f"{', '.join(MEDIA_TYPES)}",
             param="media_type",
         )
     if params.text_split_method not in SPLIT_METHODS:
         raise InvalidRequest(
-            f"text_split_method: {params.text_split_method} is not supported; this engine "
+            f"text_split_method: {params.text_split_method[:40]!r} is not supported; this engine "
             f"splits text at sentence punctuation: use {' or '.join(SPLIT_METHODS)}",
             param="text_split_method",
         )
@@ -223,11 +266,7 @@ def decode_tts(raw: Mapping[str, object], info: EngineInfo, max_input_chars: int
 
 
 def _query_params(request: Request) -> dict[str, object]:
-    items = request.query_params.multi_items()
-    repeated = sorted({k for k, _ in items if sum(1 for key, _ in items if key == k) > 1})
-    if repeated:
-        raise InvalidRequest(f"parameter(s) given more than once: {', '.join(repeated)}")
-    return dict(items)
+    return unique_query_params(request.query_params.multi_items(), len(PARAMETERS))
 
 
 def create_router(settings: Settings, scheduler: Scheduler) -> APIRouter:
@@ -243,7 +282,7 @@ def create_router(settings: Settings, scheduler: Scheduler) -> APIRouter:
     @router.post("/tts")
     async def tts_post(request: Request) -> Response:
         raw = parse_json_object(await read_body(request, limit))
-        job = decode_tts(raw, require_info(scheduler), settings.max_input_chars)
+        job = decode_tts(raw, require_info(scheduler), settings.max_input_chars, strict=True)
         return await synthesize(request, scheduler, job)
 
     return router

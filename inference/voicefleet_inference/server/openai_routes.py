@@ -33,6 +33,7 @@ from voicefleet_inference.server.dataplane import (
     require_info,
     synthesize,
 )
+from voicefleet_inference.server.validation import check_speakable_text
 from voicefleet_inference.settings import Settings
 
 __all__ = [
@@ -149,6 +150,7 @@ def decode_speech(raw: Mapping[str, object], info: EngineInfo, max_input_chars: 
             param="input",
             code="string_above_max_length",
         )
+    check_speakable_text(body.input, "input")
     if body.instructions:
         raise InvalidRequest(
             f"instructions are not supported: model {info.model_name} is a fixed voice that "

@@ -1,0 +1,88 @@
+"""Peak RSS of a fresh ``voicefleet-server`` after one long unpunctuated request.
+
+    .venv/bin/python hack/bench/peak_rss.py --chars 4096
+
+Starts the server on a free loopback port, sends one ``/v1/audio/speech`` request of
+``--chars`` characters of prose without punctuation (the worst case for per-call memory
+before the phoneme budget), and prints VmHWM (peak) and VmRSS (now) of the server
+process. A benchmark, not a test: figures go to docs/server.md (Memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+WORDS = "the quick brown fox jumps over a lazy dog and keeps running far away "
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmHWM"].split()[0]) / 1000, int(fields["VmRSS"].split()[0]) / 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chars", type=int, default=4096)
+    parser.add_argument("--timeout-s", type=int, default=900, help="server request timeout")
+    args = parser.parse_args()
+    port = _free_port()
+    server = Path(sys.executable).with_name("voicefleet-server")
+    env = {**os.environ, "VOICEFLEET_REQUEST_TIMEOUT_S": str(args.timeout_s)}
+    proc = subprocess.Popen(
+        [str(server), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit("server exited before it was ready")
+            time.sleep(0.2)
+        peak, now = _memory_mb(proc.pid)
+        print(f"loaded: peak {peak:.0f} MB, rss {now:.0f} MB")
+        text = (WORDS * (args.chars // len(WORDS) + 1))[: args.chars].strip()
+        started = time.monotonic()
+        resp = httpx.post(
+            f"{base}/v1/audio/speech",
+            json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"},
+            timeout=args.timeout_s + 30,
+        )
+        audio_s = len(resp.content) / 2 / 22050 if resp.status_code == 200 else 0.0
+        print(
+            f"{args.chars} chars: HTTP {resp.status_code}, {audio_s:.1f} s of audio in "
+            f"{time.monotonic() - started:.1f} s"
+        )
+        time.sleep(1)
+        peak, now = _memory_mb(proc.pid)
+        print(f"after: peak {peak:.0f} MB ({peak * 1000 / 1024 / 1024:.0f} MiB), rss {now:.0f} MB")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
