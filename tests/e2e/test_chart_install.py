@@ -1,0 +1,232 @@
+"""`helm install` of the chart on the real local control plane, then a voice through it.
+
+One install per module (the fixture below): the release namespace enforces the Pod
+Security Standard "restricted" (the API server's own PodSecurity admission refuses
+any pod that falls short), the operator and the router run as pods under the
+chart's ServiceAccounts (the process kubelet hands each pod a token issued for its
+ServiceAccount), and the sample voice is served through the router. The last tests
+take a permission away from the operator, then uninstall and check nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from voicefleet_localcluster import stack
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASE = "vfe2e"
+NAMESPACE = "vfe2e-system"
+OPERATOR = f"{RELEASE}-voicefleet-operator"
+ROUTER = f"{RELEASE}-voicefleet-router"
+VOICE = "en-us-joe"
+
+
+class Installed:
+    def __init__(self, cluster: LocalCluster, voices: str) -> None:
+        self.cluster = cluster
+        self.voices = voices  # the namespace the sample voice lives in
+
+    def router_urls(self) -> list[str]:
+        pods = self.cluster.ready_pods(NAMESPACE, "app.kubernetes.io/name=voicefleet-router")
+        return sorted(f"http://{p['status']['podIP']}:8080" for p in pods)
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        found = self.cluster.get_json(
+            "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+        )
+        return list(found.get("items") or [])
+
+
+@pytest.fixture(scope="module")
+def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
+    cluster = local_cluster
+    cluster.kubectl_run("create", "namespace", NAMESPACE)
+    cluster.kubectl_run(
+        "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    voices = cluster.create_namespace("vfe2e-voices")
+    try:
+        stack.helm_install(
+            cluster,
+            release=RELEASE,
+            namespace=NAMESPACE,
+            values=(stack.LOCAL_VALUES,),
+            # the chart's defaults for what this test checks: two routers (and their PDB),
+            # CRDs removed with the release (so "nothing left" can be checked)
+            set_values=("router.replicas=2", "crds.keep=false"),
+        )
+        stack.wait_deployments(cluster, NAMESPACE, [OPERATOR, ROUTER], timeout=180, say=print)
+        cluster.kubectl_run("apply", "-n", voices, "-f", str(stack.SAMPLE_VOICE))
+        wait_for(
+            lambda: stack.voice_ready(cluster, voices, VOICE),
+            timeout=180,
+            interval=0.5,
+            what="sample voice Ready",
+        )
+        yield Installed(cluster, voices)
+    finally:
+        cluster.helm_run("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+        cluster.delete_namespace(voices)
+        cluster.kubectl_run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def test_components_run_as_pods_under_the_charts_service_accounts(installed: Installed) -> None:
+    cluster = installed.cluster
+    for name, account in ((OPERATOR, OPERATOR), (ROUTER, ROUTER)):
+        pods = cluster.ready_pods(
+            NAMESPACE, f"app.kubernetes.io/name=voicefleet-{name.split('-')[-1]}"
+        )
+        assert pods, f"no ready {name} pod"
+        for pod in pods:
+            assert pod["spec"]["serviceAccountName"] == account
+            # the process kubelet's stand-in for the token mount: a kubeconfig whose token
+            # the API server issued for this pod's ServiceAccount
+            log_dir = Path(pod["metadata"]["annotations"]["voicefleet.io/log-dir"])
+            config = json.loads((log_dir / "serviceaccount" / "kubeconfig").read_text())
+            user = config["users"][0]["name"]
+            assert user == f"system:serviceaccount:{NAMESPACE}:{account}"
+    routers = cluster.ready_pods(NAMESPACE, "app.kubernetes.io/name=voicefleet-router")
+    assert len(routers) == 2
+    pdb = cluster.get_json("pdb", ROUTER, "-n", NAMESPACE)
+    assert pdb["status"]["currentHealthy"] == 2
+
+
+def can_i(cluster: LocalCluster, account: str, *args: str) -> bool:
+    proc = cluster.kubectl_run(
+        "auth", "can-i", *args, f"--as=system:serviceaccount:{NAMESPACE}:{account}", check=False
+    )
+    return proc.stdout.strip() == "yes"
+
+
+def test_rbac_grants_what_each_component_needs_and_no_more(installed: Installed) -> None:
+    cluster, ns = installed.cluster, installed.voices
+    assert can_i(cluster, OPERATOR, "patch", "deployments", "-n", ns)
+    assert can_i(cluster, OPERATOR, "patch", "ttsvoices/scale", "-n", ns)
+    assert can_i(cluster, OPERATOR, "patch", "pods", "-n", ns)
+    assert not can_i(cluster, OPERATOR, "get", "secrets", "-n", ns)
+    assert not can_i(cluster, OPERATOR, "delete", "ttsvoices", "-n", ns)
+    assert not can_i(cluster, OPERATOR, "create", "clusterroles")
+    assert can_i(cluster, ROUTER, "watch", "ttsvoices", "-n", ns)
+    assert can_i(cluster, ROUTER, "list", "pods", "-n", ns)
+    assert not can_i(cluster, ROUTER, "patch", "pods", "-n", ns)
+    assert not can_i(cluster, ROUTER, "create", "deployments", "-n", ns)
+    assert not can_i(cluster, ROUTER, "get", "secrets", "-n", ns)
+
+
+def test_the_operator_made_the_voice_under_the_charts_rbac(installed: Installed) -> None:
+    """The voice's Deployment was written by the operator pod's ServiceAccount."""
+    dep = installed.cluster.get_json("deployment", VOICE, "-n", installed.voices)
+    managers = {m["manager"] for m in dep["metadata"]["managedFields"]}
+    assert "voicefleet-operator" in managers
+    voice = installed.cluster.get_json("ttsvoice", VOICE, "-n", installed.voices)
+    assert voice["status"]["readyReplicas"] == 1
+
+
+def test_speech_through_the_router(installed: Installed) -> None:
+    urls = installed.router_urls()
+    assert len(urls) == 2
+    for url in urls:  # each router replica serves the voice by `namespace/name`
+        audio = stack.speak(url, f"{installed.voices}/{VOICE}", "Hello through the router.")
+        assert audio[:4] == b"RIFF"
+        assert len(audio) > 20_000
+    models = httpx.get(f"{urls[0]}/v1/models", timeout=10).json()
+    assert models["object"] == "list"
+    assert f"{installed.voices}/{VOICE}" in {m["id"] for m in models["data"]}
+
+
+def test_an_unknown_voice_is_a_404_that_lists_the_voices(installed: Installed) -> None:
+    url = installed.router_urls()[0]
+    response = httpx.post(
+        f"{url}/v1/audio/speech",
+        json=stack.speech_request("no-such-voice", "Hello."),
+        timeout=30,
+    )
+    assert response.status_code == 404
+    assert VOICE in response.json()["error"]["message"]
+
+
+def test_a_removed_permission_is_reported_on_the_voice(installed: Installed) -> None:
+    """Take `patch deployments` from the operator: a new voice says what is missing."""
+    cluster = installed.cluster
+    role = cluster.get_json("clusterrole", OPERATOR)
+    original = json.dumps({"rules": role["rules"]})
+    for rule in role["rules"]:
+        if rule["resources"] == ["deployments"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    cluster.kubectl_run(
+        "patch", "clusterrole", OPERATOR, "--type=merge", "-p", json.dumps({"rules": role["rules"]})
+    )
+    name = "forbidden-voice"
+    try:
+        manifest = (stack.SAMPLE_VOICE.read_text()).replace(f"name: {VOICE}", f"name: {name}")
+        cluster.apply(manifest, namespace=installed.voices)
+
+        def forbidden() -> str | None:
+            for event in installed.events(installed.voices, name):
+                if event.get("reason") == "Forbidden":
+                    return str(event["message"])
+            return None
+
+        message = wait_for(forbidden, timeout=60, what="a Forbidden event on the voice")
+        assert 'cannot patch resource "deployments"' in message
+        assert f"system:serviceaccount:{NAMESPACE}:{OPERATOR}" in message
+        assert "ClusterRole" in message
+    finally:
+        cluster.kubectl_run("patch", "clusterrole", OPERATOR, "--type=merge", "-p", original)
+    # given the permission back, the operator recovers on its own (kopf retries)
+    wait_for(
+        lambda: cluster.get_json("deployment", name, "-n", installed.voices),
+        timeout=60,
+        what="the voice's Deployment after the permission came back",
+    )
+    cluster.kubectl_run("delete", "ttsvoice", name, "-n", installed.voices, "--wait=false")
+
+
+def test_uninstall_leaves_nothing(installed: Installed) -> None:
+    cluster = installed.cluster
+    pids = [
+        int(str(status["containerID"]).removeprefix("process://"))
+        for pod in cluster.pods(NAMESPACE)
+        for status in pod["status"].get("containerStatuses") or []
+        if str(status.get("containerID", "")).startswith("process://")
+    ]
+    assert pids, "no operator/router processes recorded"
+    cluster.kubectl_run("delete", "ttsvoice", "--all", "-n", installed.voices, "--wait=true")
+    cluster.helm_run("uninstall", RELEASE, "-n", NAMESPACE, "--wait", timeout=180)
+
+    def leftovers() -> list[str]:
+        names: list[str] = []
+        namespaced = (
+            "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,"
+            "poddisruptionbudgets,configmaps,secrets"
+        )
+        found = cluster.get_json(
+            namespaced, "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}"
+        )
+        names += [f"{i['kind']}/{i['metadata']['name']}" for i in found["items"]]
+        found = cluster.get_json("pods", "-n", NAMESPACE)
+        names += [f"Pod/{i['metadata']['name']}" for i in found["items"]]
+        found = cluster.get_json(
+            "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}"
+        )
+        names += [f"{i['kind']}/{i['metadata']['name']}" for i in found["items"]]
+        crds = cluster.kubectl_run("get", "crd", "ttsvoices.voicefleet.io", check=False)
+        if crds.returncode == 0:
+            names.append("CustomResourceDefinition/ttsvoices.voicefleet.io")
+        return names
+
+    wait_for(lambda: not leftovers(), timeout=90, what="nothing left of the release")
+    # and no process of it either: the kubelet stopped every pod it ran for the release
+    wait_for(
+        lambda: not [pid for pid in pids if Path(f"/proc/{pid}").exists()],
+        timeout=30,
+        what="the operator and router processes to exit",
+    )
