@@ -11,6 +11,8 @@ take a permission away from the operator, then uninstall and check nothing is le
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,3 +232,58 @@ def test_uninstall_leaves_nothing(installed: Installed) -> None:
         timeout=30,
         what="the operator and router processes to exit",
     )
+
+
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+def test_playground_speaks_in_a_real_browser(installed: Installed, tmp_path: Path) -> None:
+    """Debian's chromium, driven by Playwright: pick the voice, type, Speak, get audio."""
+    from playwright.sync_api import sync_playwright
+
+    url = installed.router_urls()[0]
+    model = f"{installed.voices}/{VOICE}"
+    shot = Path(os.environ.get("VOICEFLEET_PLAYGROUND_SCREENSHOT") or tmp_path / "playground.png")
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path="/usr/bin/chromium", args=BROWSER_FLAGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 640})
+            page.goto(f"{url}/")
+            page.wait_for_function(
+                "v => [...document.querySelectorAll('#voice option')].some(o => o.value === v)",
+                arg=model,
+                timeout=30_000,
+            )
+            page.select_option("#voice", model)
+            page.fill("#text", "Hello from the VoiceFleet playground.")
+            page.click("#speak")
+            page.wait_for_function(
+                "document.querySelector('#download').getAttribute('aria-disabled') === 'false'",
+                timeout=60_000,
+            )
+            ttfa = page.inner_text("#ttfa")
+            assert re.fullmatch(r"\d+ ms", ttfa), ttfa
+            assert "error" not in (page.get_attribute("#status", "class") or "")
+            size, magic = page.evaluate(
+                """async () => {
+                    const r = await fetch(document.querySelector('#download').href);
+                    const b = new Uint8Array(await r.arrayBuffer());
+                    return [b.length, String.fromCharCode(...b.slice(0, 4))];
+                }"""
+            )
+            assert magic == "RIFF"
+            assert size > 20_000
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
