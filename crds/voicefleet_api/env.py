@@ -28,3 +28,7 @@ LOG_LEVEL: Final = "VOICEFLEET_LOG_LEVEL"
 
 POD_IP: Final = "POD_IP"
 """Set by the operator from the downward API; the server binds ``$(POD_IP)``."""
+
+SIMULATED_ENGINE_PREFIX: Final = "SIMULATED_ENGINE_"
+"""Prefix of the ``simulated`` engine's knobs (``SIMULATED_ENGINE_SPEED_FACTOR``, ...).
+Deliberately outside ``VOICEFLEET_``: a load test sets them in a TTSVoice's ``spec.env``."""

@@ -61,3 +61,9 @@ class CostModel:
             total_y = sum(y for _, y in samples)
             return cls(overhead_seconds=0.0, seconds_per_char=total_y / max(total_x, 1))
         return cls(overhead_seconds=intercept, seconds_per_char=slope)
+
+
+REFERENCE_COST: CostModel = CostModel(overhead_seconds=0.02, seconds_per_char=0.0045)
+"""The bundled voice (``en_US-joe-medium``) on one CPU thread, as its load-time calibration
+measures it (``docs/engines.md``). Used where no calibration can run: the ``simulated``
+engine's default service time and the router's estimate of what a request will cost."""

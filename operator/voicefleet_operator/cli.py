@@ -35,7 +35,7 @@ def run(config: OperatorConfig) -> None:
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
     deps = handlers.Deps.create(config=config, kube=Kube(api), metrics=metrics)
-    registry = handlers.build_registry()
+    registry = handlers.build_registry(config)
     settings = handlers.build_settings(config)
     liveness = (
         f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port is not None else None

@@ -28,7 +28,15 @@ from typing import Any, cast
 
 import kopf
 
-from voicefleet_operator import labels
+from voicefleet_api.labels import VOICE_LABEL
+from voicefleet_operator import labels, pods
+from voicefleet_operator.autoscaler import (
+    ROUTER_INDEX_NAME,
+    Autoscaler,
+    AutoscalerConfig,
+    router_selector,
+    run_daemon,
+)
 from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
 from voicefleet_operator.conditions import Problem, derive_status, transitions
 from voicefleet_operator.k8s import GROUP, PLURAL, VERSION, Kube, KubeError
@@ -53,6 +61,7 @@ class Deps:
     kube: Kube
     metrics: OperatorMetrics
     options: BuildOptions
+    autoscaler: Autoscaler | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,6 +72,20 @@ class Deps:
             kube=kube,
             metrics=metrics,
             options=BuildOptions(default_image=config.default_image),
+            autoscaler=(
+                Autoscaler(
+                    AutoscalerConfig(
+                        interval=config.autoscale_interval,
+                        scrape_timeout=min(0.8 * config.autoscale_interval, 5.0),
+                        stale_after=max(5.0, 3 * config.autoscale_interval),
+                        router_urls=config.router_metrics_urls,
+                        router_port=config.router_metrics_port,
+                    ),
+                    kube,
+                )
+                if config.autoscale_interval > 0
+                else None
+            ),
         )
 
     def voice_lock(self, namespace: str, name: str) -> threading.Lock:
@@ -124,8 +147,12 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     return settings
 
 
-def build_registry() -> kopf.OperatorRegistry:
-    """A fresh registry with every handler of the operator; nothing global is touched."""
+def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler of the operator; nothing global is touched.
+
+    ``config`` adds what depends on flags: the autoscaler daemon (unless
+    ``--autoscale-interval 0``) and the index of router pods (``--router-pod-selector``).
+    """
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(ensure_peering)
@@ -141,7 +168,50 @@ def build_registry() -> kopf.OperatorRegistry:
         registry=registry,
     )(deployment_event)
     kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)(pvc_event)
+    kopf.index(
+        "",
+        "v1",
+        "pods",
+        labels={VOICE_LABEL: kopf.PRESENT},
+        id=pods.INDEX_NAME,
+        registry=registry,
+    )(pods.index_pod)
+    if config is None or config.autoscale_interval > 0:
+        kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)(autoscale)
+        kopf.on.cleanup(registry=registry)(close_autoscaler)
+    if config is not None and config.router_pod_selector:
+        kopf.index(
+            "",
+            "v1",
+            "pods",
+            labels=router_selector(config.router_pod_selector),
+            id=ROUTER_INDEX_NAME,
+            registry=registry,
+        )(pods.index_pod_any)
     return registry
+
+
+async def autoscale(
+    body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """The voice's autoscaler loop (``autoscaler.run_daemon``); logic lives there."""
+    deps = _deps(memo)
+    if deps.autoscaler is None:
+        return
+    await run_daemon(
+        deps.autoscaler,
+        body,
+        stopped,
+        kwargs[pods.INDEX_NAME],
+        kwargs.get(ROUTER_INDEX_NAME),
+        logger,
+    )
+
+
+async def close_autoscaler(memo: Any, **_: Any) -> None:
+    deps = _deps(memo)
+    if deps.autoscaler is not None:
+        await deps.autoscaler.close()
 
 
 # --- activities -------------------------------------------------------------------------

@@ -243,6 +243,19 @@ class Kube:
             missing_ok=True,
         )
 
+    def patch_pod_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> None:
+        """Merge annotations into a pod (the autoscaler's pod-deletion-cost); a gone pod is fine."""
+        _call(
+            self._core.patch_namespaced_pod,
+            name,
+            namespace,
+            {"metadata": {"annotations": dict(annotations)}},
+            _content_type=MERGE_CONTENT_TYPE,
+            missing_ok=True,
+        )
+
     # --- kopf peering -------------------------------------------------------
 
     def ensure_peering(self, name: str, namespace: str | None) -> bool:

@@ -18,6 +18,8 @@ DEFAULT_HEALTH_PORT = 8081
 DEFAULT_METRICS_PORT = 8082
 DEFAULT_PEERING = "voicefleet-operator"
 DEFAULT_WORKERS = 32
+DEFAULT_AUTOSCALE_INTERVAL = 1.0
+DEFAULT_ROUTER_METRICS_PORT = 8080
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -46,6 +48,11 @@ class OperatorConfig:
     kubeconfig: Path | None = None
     workers: int = DEFAULT_WORKERS
     verbose: bool = False
+    autoscale_interval: float = DEFAULT_AUTOSCALE_INTERVAL
+    """Seconds between the autoscaler's scrapes of each voice; 0 turns it off."""
+    router_metrics_urls: tuple[str, ...] = ()
+    router_pod_selector: str | None = None
+    router_metrics_port: int = DEFAULT_ROUTER_METRICS_PORT
 
     @property
     def clusterwide(self) -> bool:
@@ -135,6 +142,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"threads running reconciles in parallel (default {DEFAULT_WORKERS})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=DEFAULT_AUTOSCALE_INTERVAL,
+        metavar="SECONDS",
+        help="how often the autoscaler scrapes each voice's pods and decides "
+        f"(default {DEFAULT_AUTOSCALE_INTERVAL:g}; 0 turns the autoscaler off)",
+    )
+    p.add_argument(
+        "--router-metrics-url",
+        action="append",
+        dest="router_metrics_urls",
+        metavar="URL",
+        help="a router's /metrics (repeat for several): held requests per voice "
+        "(voicefleet_router_pending_requests) scale a voice from zero",
+    )
+    p.add_argument(
+        "--router-pod-selector",
+        metavar="K=V[,K=V]",
+        help="find router pods by these labels instead (or as well) and scrape each one's "
+        "/metrics on --router-metrics-port",
+    )
+    p.add_argument(
+        "--router-metrics-port",
+        type=int,
+        default=DEFAULT_ROUTER_METRICS_PORT,
+        metavar="PORT",
+        help=f"port of the router pods' /metrics (default {DEFAULT_ROUTER_METRICS_PORT})",
+    )
     return p
 
 
@@ -163,6 +199,21 @@ def parse_args(argv: Sequence[str]) -> OperatorConfig:
         raise UsageError(f"--workers must be 1..256, got {ns.workers}")
     if ns.default_image is not None and not ns.default_image.strip():
         raise UsageError("--default-image must not be empty")
+    if not (ns.autoscale_interval == 0 or 0.1 <= ns.autoscale_interval <= 60):
+        raise UsageError(
+            f"--autoscale-interval must be 0 (off) or 0.1..60 seconds, got {ns.autoscale_interval}"
+        )
+    urls = tuple(dict.fromkeys(ns.router_metrics_urls or ()))
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--router-metrics-url {url!r} must be an http(s) URL")
+    selector = ns.router_pod_selector
+    if selector is not None and not all(
+        "=" in part and part.split("=", 1)[0].strip() for part in selector.split(",")
+    ):
+        raise UsageError(f"--router-pod-selector {selector!r}: expected key=value[,key=value]")
+    if not 1 <= ns.router_metrics_port <= 65535:
+        raise UsageError(f"--router-metrics-port must be 1..65535, got {ns.router_metrics_port}")
     priority = ns.priority if ns.priority is not None else random.randint(1, 1_000_000)
     return OperatorConfig(
         namespaces=namespaces,
@@ -175,4 +226,8 @@ def parse_args(argv: Sequence[str]) -> OperatorConfig:
         kubeconfig=ns.kubeconfig,
         workers=ns.workers,
         verbose=ns.verbose,
+        autoscale_interval=ns.autoscale_interval,
+        router_metrics_urls=urls,
+        router_pod_selector=selector,
+        router_metrics_port=ns.router_metrics_port,
     )

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_IMAGE: Final = "ghcr.io/voicefleet/voicefleet-server:0.1.0"
-ENGINES: Final = ("piper-onnx",)
+ENGINES: Final = ("piper-onnx", "simulated")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 RESERVED_ENV_PREFIX: Final = "VOICEFLEET_"
 """User env may not set server knobs directly: ``spec.server`` is the one place for them."""
@@ -145,6 +145,8 @@ class Autoscaling:
     scale_down_delay_seconds: int = 300
     scale_to_zero_idle_seconds: int = 600
     cold_start_timeout_seconds: int = 120
+    enabled: bool = True
+    """False: the autoscaler leaves spec.replicas alone (kubectl scale, an HPA)."""
 
 
 @dataclass(frozen=True)
@@ -450,6 +452,7 @@ def _parse_autoscaling(raw: object) -> Autoscaling:
         scale_down_delay_seconds=f.int_("scaleDownDelaySeconds", 300, 0, 86_400),
         scale_to_zero_idle_seconds=f.int_("scaleToZeroIdleSeconds", 600, 1, 86_400),
         cold_start_timeout_seconds=f.int_("coldStartTimeoutSeconds", 120, 1, 3600),
+        enabled=f.bool_("enabled", True),
     )
 
 

@@ -113,7 +113,7 @@ def test_printer_columns() -> None:
         "Model": ".spec.model.bundled",
         "Desired": ".spec.replicas",
         "Ready": ".status.readyReplicas",
-        "Queue": ".status.queueDepth",
+        "Queue": ".status.queueWorkSeconds",  # work-seconds: what the autoscaler scales on
         "Status": '.status.conditions[?(@.type=="Ready")].status',
         "Age": ".metadata.creationTimestamp",
     }
@@ -260,6 +260,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "spec.autoscaling.scaleDownDelaySeconds": 300,
     "spec.autoscaling.scaleToZeroIdleSeconds": 600,
     "spec.autoscaling.coldStartTimeoutSeconds": 120,
+    "spec.autoscaling.enabled": True,
 }
 
 CONTRACT_BOUNDS: dict[str, tuple[int, int]] = {
@@ -297,6 +298,9 @@ CONTRACT_FIELDS = [
     "status.queueWorkSeconds",
     "status.endpoint",
     "status.lastScaleTime",
+    "status.autoscaling.desiredReplicas",
+    "status.autoscaling.idleSince",
+    "status.autoscaling.lastScaleReason",
     "status.observedGeneration",
     "status.conditions",
 ]

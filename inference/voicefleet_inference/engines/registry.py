@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from voicefleet_api.engines import SIMULATED
+from voicefleet_api.env import SIMULATED_ENGINE_PREFIX
 from voicefleet_inference.engines.base import Engine
 from voicefleet_inference.engines.piper_onnx import PiperOnnxEngine
 
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 BUNDLED_VOICE = "en_US-joe-medium"
-ENGINES = ("piper-onnx",)
+ENGINES = ("piper-onnx", SIMULATED)
 
 
 class EngineConfigError(ValueError):
@@ -70,6 +72,8 @@ def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
 
     Call it in the thread that will own the engine, then call ``load()`` there.
     """
+    if engine == SIMULATED:
+        return create_simulated_engine(model, device)
     if engine != "piper-onnx":
         raise UnknownEngineError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     name, onnx_path, json_path = resolve_piper_model(model)
@@ -77,5 +81,30 @@ def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
         return PiperOnnxEngine(
             onnx_path, json_path, model_name=name, device=device, threads=threads
         )
+    except ValueError as exc:
+        raise EngineConfigError(str(exc)) from exc
+
+
+def create_simulated_engine(model: str, device: str) -> Engine:
+    """The load-testing engine posing as ``model`` (its config only; see ``simulated.py``).
+
+    Its knobs come from ``SIMULATED_ENGINE_*``; a bad value is an
+    :class:`EngineConfigError` naming the variable.
+    """
+    from pydantic import ValidationError
+
+    from voicefleet_inference.engines.simulated import SimulatedEngine, SimulatedSettings
+
+    name, _onnx_path, json_path = resolve_piper_model(model)
+    try:
+        settings = SimulatedSettings()
+        return SimulatedEngine.from_piper_config(
+            json_path, model_name=name, device=device, settings=settings
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{SIMULATED_ENGINE_PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise EngineConfigError(f"simulated engine settings: {problems}") from exc
     except ValueError as exc:
         raise EngineConfigError(str(exc)) from exc

@@ -1,0 +1,167 @@
+"""The pure decision over synthetic traces: when it reacts, and that it never flaps.
+
+``run`` is a tiny fleet model (our own seam, a fake by design): pods asked for become
+ready ``cold_start`` ticks later, and the trace's total work is spread evenly over the
+ready pods. Everything else is the real ``decide``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from voicefleet_operator.scaling import (
+    Decision,
+    Observation,
+    PodSample,
+    Policy,
+    ScalingState,
+    decide,
+    estimate_work,
+)
+
+FAST = Policy(min_replicas=1, max_replicas=10, target_work_seconds=10, scale_down_delay=30)
+
+
+@dataclass
+class Run:
+    replicas: list[int]
+    decisions: list[Decision]
+
+    @property
+    def changes(self) -> int:
+        return sum(1 for a, b in zip(self.replicas, self.replicas[1:], strict=False) if a != b)
+
+    def first_change(self) -> int | None:
+        return next((t for t, d in enumerate(self.decisions) if d.scales), None)
+
+
+def run(
+    work: Callable[[int], float],
+    ticks: int,
+    policy: Policy = FAST,
+    *,
+    replicas: int = 1,
+    cold_start: int = 0,
+    pending: Callable[[int], int] = lambda t: 0,
+) -> Run:
+    state = ScalingState()
+    asked: list[tuple[int, int]] = [(-(10**6), replicas)]  # (tick asked, replicas)
+    seen, decisions = [], []
+    for t in range(ticks):
+        ready = min(r for when, r in asked if t - when >= cold_start or when < 0)
+        ready = min(ready, replicas) if asked[-1][1] < ready else ready
+        starting = max(0, replicas - ready)
+        per_pod = work(t) / ready if ready else 0.0
+        obs = Observation(
+            now=1000.0 + t,
+            replicas=replicas,
+            ready=tuple(PodSample(per_pod, queue_depth=int(per_pod)) for _ in range(ready)),
+            starting=starting,
+            pending_requests=pending(t),
+        )
+        d = decide(obs, state, policy)
+        state = d.state
+        if d.desired != replicas:
+            replicas = d.desired
+            asked.append((t, replicas))
+        seen.append(replicas)
+        decisions.append(d)
+    return Run(seen, decisions)
+
+
+def test_a_step_is_acted_on_at_the_second_tick_with_the_replicas_it_needs() -> None:
+    r = run(lambda t: 0.0 if t < 10 else 35.0, 40)
+    assert r.first_change() == 11  # two ticks agree (t=10, t=11)
+    assert r.decisions[11].reason == "ScaleUp"
+    assert r.replicas[11] == 4
+    assert r.changes == 1
+
+
+def test_a_one_sample_spike_does_not_add_a_pod() -> None:
+    r = run(lambda t: 80.0 if t == 5 else 2.0, 60)
+    assert r.changes == 0
+    assert set(r.replicas) == {1}
+
+
+def test_pods_on_the_way_count_as_capacity_no_overshoot_while_backlog_grows() -> None:
+    # Work keeps growing while new pods take 8 ticks to start: without counting them,
+    # each tick would ask for more.
+    r = run(lambda t: 0.0 if t < 5 else 30.0 + (t - 5) * 2.0, 16, cold_start=8)
+    assert r.replicas[6] == 3
+    assert "on the way" in r.decisions[8].message
+    assert max(r.replicas[:13]) == 3  # held until the excess beyond the 2 starting pods
+
+
+def test_slow_decline_shrinks_only_after_the_delay_and_never_grows_back() -> None:
+    r = run(lambda t: max(0.0, 60.0 - t * 0.5), 240, replicas=6)
+    first = r.first_change()
+    assert first is not None
+    assert first >= 30
+    assert all(b <= a for a, b in zip(r.replicas, r.replicas[1:], strict=False))
+    assert r.replicas[-1] == 1
+
+
+def test_noisy_flat_load_settles_and_does_not_oscillate() -> None:
+    rng = random.Random(7)
+    noise = [max(0.0, 25.0 + rng.gauss(0, 6)) for _ in range(900)]
+    r = run(lambda t: noise[t], 900)
+    assert r.changes <= 2  # up once (maybe twice), never back and forth
+    assert all(b >= a for a, b in zip(r.replicas, r.replicas[1:], strict=False))
+    assert 3 <= r.replicas[-1] <= 5
+
+
+def test_zero_traffic_with_min_zero_goes_to_zero_after_idle_and_min_one_stays() -> None:
+    to_zero = Policy(min_replicas=0, max_replicas=3, scale_down_delay=5, scale_to_zero_idle=20)
+    r = run(lambda t: 0.0, 40, to_zero, replicas=1)
+    assert r.first_change() == 20  # idle since t=0, scaleToZeroIdleSeconds 20
+    assert r.decisions[20].reason == "ScaleToZero"
+    assert r.replicas[-1] == 0
+    stays = run(lambda t: 0.0, 40, FAST, replicas=1)
+    assert stays.changes == 0
+
+
+def test_a_request_held_at_zero_scales_up_at_once() -> None:
+    policy = Policy(min_replicas=0, max_replicas=3, scale_down_delay=5, scale_to_zero_idle=20)
+    r = run(lambda t: 0.0, 10, policy, replicas=0, pending=lambda t: 1 if t >= 4 else 0)
+    assert r.replicas[3] == 0
+    assert r.decisions[4].reason == "ScaleFromZero"
+    assert r.replicas[4] == 1
+
+
+def test_bounds_hold_at_max_and_min() -> None:
+    r = run(lambda t: 1000.0, 10)
+    assert max(r.replicas) == FAST.max_replicas
+
+
+def test_a_pod_that_does_not_answer_counts_at_the_mean_and_none_answering_holds() -> None:
+    work, depth, known = estimate_work(
+        (PodSample(4.0, 2, 1), PodSample(None), PodSample(8.0, 4, 1)), 0, 1.0
+    )
+    assert (work, depth, known) == (18.0, 9, True)
+    work, _, known = estimate_work((PodSample(None), PodSample(None)), 0, 1.0)
+    assert not known
+    obs = Observation(now=5.0, replicas=3, ready=(PodSample(None),) * 3)
+    d = decide(obs, ScalingState(idle_since=0.0), Policy(min_replicas=0))
+    assert (d.desired, d.reason) == (3, "NoMetrics")
+    assert d.state.idle_since is None  # silence is not idleness
+
+
+def test_held_requests_count_at_the_mean_work_per_request_at_the_pods() -> None:
+    work, depth, _ = estimate_work((PodSample(6.0, 2, 1),), 3, 1.0)
+    assert (work, depth) == (12.0, 5)
+
+
+def test_a_restart_resumes_from_status_and_does_not_shrink_at_once() -> None:
+    # The operator restarts with 5 replicas and little work: it must watch a whole
+    # scaleDownDelay again before removing any (no dip to the minimum and back).
+    state = ScalingState(last_scale_time=900.0, idle_since=None)
+    replicas = 5
+    for t in range(29):
+        obs = Observation(1000.0 + t, replicas, tuple(PodSample(1.0, 1, 0) for _ in range(5)))
+        d = decide(obs, state, FAST)
+        state = d.state
+        assert d.desired == 5, t
+    obs = Observation(1030.0, replicas, tuple(PodSample(1.0, 1, 0) for _ in range(5)))
+    assert decide(obs, state, FAST).desired == 1
