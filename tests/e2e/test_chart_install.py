@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
     cluster.kubectl_run(
         "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
     )
-    voices = cluster.create_namespace("vfe2e-voices")
+    # the voices' namespace enforces "restricted" too: the operator's pods must pass it
+    voices = cluster.create_namespace(
+        "vfe2e-voices", labels={"pod-security.kubernetes.io/enforce": "restricted"}
+    )
     try:
         stack.helm_install(
             cluster,
@@ -155,6 +159,135 @@ def test_an_unknown_voice_is_a_404_that_lists_the_voices(installed: Installed) -
     assert VOICE in response.json()["error"]["message"]
 
 
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+def test_playground_speaks_in_a_real_browser(installed: Installed, tmp_path: Path) -> None:
+    """Debian's chromium, driven by Playwright: pick the voice, type, Speak, get audio."""
+    from playwright.sync_api import sync_playwright
+
+    url = installed.router_urls()[0]
+    model = f"{installed.voices}/{VOICE}"
+    shot = Path(os.environ.get("VOICEFLEET_PLAYGROUND_SCREENSHOT") or tmp_path / "playground.png")
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path="/usr/bin/chromium", args=BROWSER_FLAGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 640})
+            page.goto(f"{url}/")
+            page.wait_for_function(
+                "v => [...document.querySelectorAll('#voice option')].some(o => o.value === v)",
+                arg=model,
+                timeout=30_000,
+            )
+            page.select_option("#voice", model)
+            page.fill("#text", "Hello from the VoiceFleet playground.")
+            page.click("#speak")
+            page.wait_for_function(
+                "document.querySelector('#download').getAttribute('aria-disabled') === 'false'",
+                timeout=60_000,
+            )
+            ttfa = page.inner_text("#ttfa")
+            assert re.fullmatch(r"\d+ ms", ttfa), ttfa
+            assert "error" not in (page.get_attribute("#status", "class") or "")
+            size, magic = page.evaluate(
+                """async () => {
+                    const r = await fetch(document.querySelector('#download').href);
+                    const b = new Uint8Array(await r.arrayBuffer());
+                    return [b.length, String.fromCharCode(...b.slice(0, 4))];
+                }"""
+            )
+            assert magic == "RIFF"
+            assert size > 20_000
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+SIMULATED_VOICE = """
+apiVersion: voicefleet.io/v1alpha1
+kind: TTSVoice
+metadata:
+  name: load
+spec:
+  engine: simulated
+  model:
+    bundled: en_US-joe-medium
+  resources:
+    cpu: 100m
+    memory: 256Mi
+  server:
+    maxQueue: 256
+  autoscaling:
+    minReplicas: 1
+    maxReplicas: 3
+    targetWorkSecondsPerReplica: 2
+    scaleDownDelaySeconds: 5
+"""
+
+PARAGRAPH = (
+    "VoiceFleet scales each voice on the seconds of synthesis waiting in its queues, "
+    "not on the number of requests, because one paragraph costs as much as twenty short "
+    "phrases. This request is long on purpose, so that a handful of them keep a replica busy."
+)
+
+
+def test_load_through_the_router_scales_the_voice_up_and_back_down(installed: Installed) -> None:
+    """A simulated voice (service time from the real cost model, no model loaded, so
+    replicas add capacity even on two cores) under load through the router."""
+    cluster, ns = installed.cluster, installed.voices
+    cluster.apply(SIMULATED_VOICE, namespace=ns)
+    wait_for(lambda: stack.voice_ready(cluster, ns, "load"), timeout=120, what="load voice Ready")
+    url = installed.router_urls()[0]
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                response = http.post(
+                    f"{url}/v1/audio/speech",
+                    json=stack.speech_request(f"{ns}/load", PARAGRAPH),
+                )
+                codes.append(response.status_code)
+
+    def replicas() -> int:
+        return int(cluster.get_json("ttsvoice", "load", "-n", ns)["spec"].get("replicas", 0))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: replicas() >= 2, timeout=60, interval=0.5, what="a scale-up under load")
+        wait_for(
+            lambda: len(cluster.ready_pods(ns, "voicefleet.io/voice=load")) >= 2,
+            timeout=60,
+            what="the new replica ready",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    wait_for(
+        lambda: replicas() == 1, timeout=90, interval=0.5, what="the scale-down after the load"
+    )
+    assert codes
+    assert set(codes) == {200}, f"failed requests through the scale-up/down: {sorted(set(codes))}"
+    events = installed.events(ns, "load")
+    assert any("replicas" in str(e.get("message", "")) for e in events)
+    cluster.kubectl_run("delete", "ttsvoice", "load", "-n", ns, "--wait=false")
+
+
 def test_a_removed_permission_is_reported_on_the_voice(installed: Installed) -> None:
     """Take `patch deployments` from the operator: a new voice says what is missing."""
     cluster = installed.cluster
@@ -232,58 +365,3 @@ def test_uninstall_leaves_nothing(installed: Installed) -> None:
         timeout=30,
         what="the operator and router processes to exit",
     )
-
-
-BROWSER_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
-
-def test_playground_speaks_in_a_real_browser(installed: Installed, tmp_path: Path) -> None:
-    """Debian's chromium, driven by Playwright: pick the voice, type, Speak, get audio."""
-    from playwright.sync_api import sync_playwright
-
-    url = installed.router_urls()[0]
-    model = f"{installed.voices}/{VOICE}"
-    shot = Path(os.environ.get("VOICEFLEET_PLAYGROUND_SCREENSHOT") or tmp_path / "playground.png")
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path="/usr/bin/chromium", args=BROWSER_FLAGS, headless=True
-        )
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 640})
-            page.goto(f"{url}/")
-            page.wait_for_function(
-                "v => [...document.querySelectorAll('#voice option')].some(o => o.value === v)",
-                arg=model,
-                timeout=30_000,
-            )
-            page.select_option("#voice", model)
-            page.fill("#text", "Hello from the VoiceFleet playground.")
-            page.click("#speak")
-            page.wait_for_function(
-                "document.querySelector('#download').getAttribute('aria-disabled') === 'false'",
-                timeout=60_000,
-            )
-            ttfa = page.inner_text("#ttfa")
-            assert re.fullmatch(r"\d+ ms", ttfa), ttfa
-            assert "error" not in (page.get_attribute("#status", "class") or "")
-            size, magic = page.evaluate(
-                """async () => {
-                    const r = await fetch(document.querySelector('#download').href);
-                    const b = new Uint8Array(await r.arrayBuffer());
-                    return [b.length, String.fromCharCode(...b.slice(0, 4))];
-                }"""
-            )
-            assert magic == "RIFF"
-            assert size > 20_000
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    assert shot.stat().st_size > 10_000
