@@ -32,3 +32,16 @@ VOICE_LABEL_NAME: Final = "voice"
 def counter_sample(name: str) -> str:
     """The exposed sample name of a counter registered as ``name`` (``…_total``)."""
     return f"{name}_total"
+
+
+# The router's own series (besides the contract gauge above); labels: ``voice`` as above,
+# ``code`` an HTTP status, ``pod`` a pod name (series removed when the pod goes), ``outcome``
+# and ``reason`` small fixed sets documented in docs/router.md.
+ROUTER_REQUEST_DURATION_SECONDS: Final = "voicefleet_router_request_duration_seconds"
+ROUTER_TIME_TO_FIRST_BYTE_SECONDS: Final = "voicefleet_router_time_to_first_byte_seconds"
+ROUTER_UPSTREAM_REQUESTS: Final = "voicefleet_router_upstream_requests"
+ROUTER_RETRIES: Final = "voicefleet_router_retries"
+ROUTER_HELD_REQUESTS: Final = "voicefleet_router_held_requests"
+ROUTER_HOLD_SECONDS: Final = "voicefleet_router_hold_seconds"
+ROUTER_SCRAPE_ERRORS: Final = "voicefleet_router_scrape_errors"
+ROUTER_READY_PODS: Final = "voicefleet_router_ready_pods"

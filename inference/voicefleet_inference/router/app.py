@@ -1,0 +1,218 @@
+"""``create_app(...)``: the router's HTTP surface. Routes decode and delegate to the Proxy.
+
+* ``POST /v1/audio/speech``: ``model`` names the TTSVoice (``name`` in the router's
+  namespace or ``namespace/name``); the body goes to one of its pods with ``model``
+  rewritten to the voice's model name; ``voice`` and everything else pass on unchanged.
+* ``GET /v1/models``: every voice, in OpenAI's list shape (id ``namespace/name``).
+* ``GET|POST /voices/{namespace}/{name}/tts``: the pod's GPT-SoVITS-style ``/tts``.
+* ``/healthz``, ``/readyz`` (discovery has listed everything once), ``/metrics``.
+* ``/``: the playground page (``static/playground.html``).
+
+A configured bearer token guards ``/v1/`` and ``/voices/`` only: probes, metrics and the
+static page stay open (the page asks for the token if the API needs one).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from voicefleet_inference.cost import REFERENCE_COST
+from voicefleet_inference.router.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    VoiceNotFound,
+    install_error_handlers,
+)
+from voicefleet_inference.router.fleet import Fleet, UnknownVoice, VoiceInfo, VoiceKey
+from voicefleet_inference.router.metrics import RouterMetrics
+from voicefleet_inference.router.proxy import Proxy, Upstream
+
+__all__ = ["MAX_BODY_BYTES", "create_app", "estimate_cost", "playground_html"]
+
+MAX_BODY_BYTES: Final = 1 << 20
+"""Far above any valid request (the pods cap input at a few thousand characters)."""
+_FORWARDED: Final = ("content-type", "accept", "x-request-id")
+
+
+def playground_html() -> str:
+    """The playground page, read from the package (no external CDN, no build step)."""
+    return (
+        resources.files("voicefleet_inference.router")
+        .joinpath("static/playground.html")
+        .read_text(encoding="utf-8")
+    )
+
+
+def estimate_cost(text: object, speed: object) -> float:
+    """Engine-seconds a request will cost, by the server's cost model (reference voice)."""
+    chars = text if isinstance(text, str) else ""
+    rate = float(speed) if isinstance(speed, int | float) and not isinstance(speed, bool) else 1.0
+    if not math.isfinite(rate) or rate <= 0:
+        rate = 1.0
+    return REFERENCE_COST.estimate(chars, rate)
+
+
+def _voice_not_found(model: str, known: list[str]) -> VoiceNotFound:
+    listed = ", ".join(known) if known else "none (no TTSVoice is being watched)"
+    return VoiceNotFound(f"no voice named {model!r}; voices: {listed}", param="model")
+
+
+def create_app(
+    fleet: Fleet,
+    proxy: Proxy,
+    metrics: RouterMetrics,
+    *,
+    token: str | None = None,
+    discovery_error: Callable[[], str | None] = lambda: None,
+) -> FastAPI:
+    """The app; it starts nothing (the caller runs discovery and the scraper)."""
+    app = FastAPI(title="VoiceFleet router", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    page = playground_html()
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    async def body_of(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+        return body
+
+    def headers_of(request: Request) -> dict[str, str]:
+        return {k: request.headers[k] for k in _FORWARDED if k in request.headers}
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request) -> Response:
+        authorize(request)
+        raw = await body_of(request)
+        try:
+            payload: Any = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the body must be a JSON object: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise BadRequest("the body must be a JSON object")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise BadRequest(
+                "model is required: the TTSVoice's name (or namespace/name)", param="model"
+            )
+        try:
+            voice = fleet.resolve(model.strip())
+        except UnknownVoice as exc:
+            raise _voice_not_found(model, exc.known) from exc
+        payload["model"] = voice.model_name
+        body = json.dumps(payload).encode()
+        headers = headers_of(request)
+        headers["content-type"] = "application/json"
+        upstream = Upstream(
+            "/v1/audio/speech",
+            "POST",
+            "",
+            body,
+            headers,
+            estimate_cost(payload.get("input"), payload.get("speed", 1.0)),
+        )
+        return await proxy.forward(voice, upstream, request.receive)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        authorize(request)
+        data = [
+            _model_entry(voice, len(fleet.ready_pods(key)))
+            for key, voice in sorted(fleet.voices.items())
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.api_route("/voices/{namespace}/{name}/tts", methods=["GET", "POST"])
+    async def tts(namespace: str, name: str, request: Request) -> Response:
+        authorize(request)
+        voice = fleet.voices.get(VoiceKey(namespace, name))
+        if voice is None:
+            raise _voice_not_found(f"{namespace}/{name}", sorted(str(k) for k in fleet.voices))
+        raw = await body_of(request) if request.method == "POST" else b""
+        params: dict[str, Any] = dict(request.query_params)
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                parsed = None  # the pod answers the 400
+            if isinstance(parsed, dict):
+                params.update(parsed)
+        speed: object = params.get("speed_factor", 1.0)
+        if isinstance(speed, str):
+            try:
+                speed = float(speed)
+            except ValueError:
+                speed = 1.0
+        upstream = Upstream(
+            "/tts",
+            request.method,
+            request.url.query,
+            raw,
+            headers_of(request),
+            estimate_cost(params.get("text"), speed),
+        )
+        return await proxy.forward(voice, upstream, request.receive)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if fleet.synced:
+            return JSONResponse({"status": "ready", "voices": len(fleet.voices)})
+        body: dict[str, Any] = {"status": "syncing"}
+        error = discovery_error()
+        if error:
+            body["message"] = error
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        for key in fleet.voices:
+            metrics.ready_pods.labels(str(key)).set(len(fleet.ready_pods(key)))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
+
+
+def _model_entry(voice: VoiceInfo, ready: int) -> dict[str, Any]:
+    return {
+        "id": str(voice.key),
+        "object": "model",
+        "created": voice.created,
+        "owned_by": "voicefleet",
+        "voicefleet": {
+            "namespace": voice.key.namespace,
+            "name": voice.key.name,
+            "model": voice.model_name,
+            "ready_replicas": ready,
+            "cold_start_timeout_seconds": voice.cold_start_timeout_s,
+        },
+    }

@@ -1,0 +1,46 @@
+"""``voicefleet-router``: one endpoint for every TTSVoice (see ``docs/router.md``).
+
+Nothing happens at import time. Exit status: 0 after SIGTERM/SIGINT, 1 if it could not
+start (port taken, no Kubernetes configuration), 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from voicefleet_inference.router.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(argv)
+        token = settings.token()
+    except SettingsError as exc:
+        print(f"voicefleet-router: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if settings.log_level != "debug":  # one INFO line per proxied request otherwise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    from voicefleet_inference.router.service import serve
+
+    try:
+        return asyncio.run(serve(settings, token))
+    except ValueError as exc:  # a bad static upstream entry
+        print(f"voicefleet-router: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. no kubeconfig and not in a cluster
+        logging.getLogger("voicefleet.router").error("cannot start: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

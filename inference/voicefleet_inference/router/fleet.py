@@ -1,0 +1,311 @@
+"""The router's view of voices, their pods and the load on each pod.
+
+Everything here runs on the event-loop thread: discovery threads post their changes with
+``loop.call_soon_threadsafe``, so no lock is needed and a decision never sees half an
+update.
+
+Load view of a pod (what :func:`PodState.work_s` returns), in engine-seconds:
+
+    scraped work (the pod's own ``voicefleet_queue_work_seconds`` at the last scrape)
+  - cost of this router's requests sent before that scrape that have finished since
+  + cost of this router's requests sent after that scrape that are still open
+
+The scrape accounts for other routers and direct callers; the two corrections account
+for what this router did since, so the view is fresh between scrapes. A scrape older than
+``stale_after_s`` is ignored and the view falls back to this router's own open requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from voicefleet_inference.router.choice import Candidate
+
+__all__ = [
+    "Fleet",
+    "Flight",
+    "PodInfo",
+    "PodState",
+    "UnknownVoice",
+    "VoiceInfo",
+    "VoiceKey",
+    "model_name_of",
+]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class VoiceKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceInfo:
+    """What the router needs of a TTSVoice."""
+
+    key: VoiceKey
+    model_name: str
+    """What the voice's pods expect as ``model`` (the router rewrites requests to it)."""
+    cold_start_timeout_s: float
+    created: int = 0
+    """Unix time of creation (``created`` in ``/v1/models``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """What the router needs of a pod (from the watch, or a static upstream)."""
+
+    namespace: str
+    name: str
+    voice: VoiceKey
+    base_url: str | None
+    """``http://ip:port``; None while the pod has no IP."""
+    ready: bool
+    deleting: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def model_name_of(spec: dict[str, Any]) -> str:
+    """The model name a voice's pods serve: ``bundled``, or the volume file's stem."""
+    model = spec.get("model") or {}
+    if model.get("bundled"):
+        return str(model["bundled"])
+    path = str((model.get("volume") or {}).get("path", ""))
+    return PurePosixPath(path).name.removesuffix(".onnx") if path else ""
+
+
+class UnknownVoice(LookupError):
+    """No TTSVoice by that name; carries the names that do exist."""
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(model)
+        self.model = model
+        self.known = known
+
+
+@dataclass(eq=False)
+class Flight:
+    """One request this router has open at a pod."""
+
+    pod_key: str
+    cost_s: float
+    sent_at: float
+
+
+@dataclass(eq=False)
+class PodState:
+    info: PodInfo
+    open: set[Flight] = field(default_factory=set)
+    scraped_work_s: float | None = None
+    scraped_in_flight: int = 0
+    scraped_depth: int = 0
+    scraped_at: float = -1e9
+    done_since_scrape_s: float = 0.0
+    full_until: float = -1e9
+    draining_until: float = -1e9
+    unreachable_until: float = -1e9
+
+    def work_s(self, now: float, stale_after_s: float) -> float:
+        """Estimated engine-seconds queued and running at the pod (module docstring)."""
+        if self.scraped_work_s is None or now - self.scraped_at > stale_after_s:
+            return sum(f.cost_s for f in self.open)
+        since = sum(f.cost_s for f in self.open if f.sent_at >= self.scraped_at)
+        return max(0.0, self.scraped_work_s - self.done_since_scrape_s) + since
+
+    def requests(self, now: float, stale_after_s: float) -> int:
+        """Requests at the pod: scraped queue + running, plus this router's since then."""
+        if self.scraped_work_s is None or now - self.scraped_at > stale_after_s:
+            return len(self.open)
+        since = sum(1 for f in self.open if f.sent_at >= self.scraped_at)
+        return self.scraped_depth + self.scraped_in_flight + since
+
+    def candidate(self, now: float, stale_after_s: float) -> Candidate:
+        return Candidate(
+            key=self.info.key,
+            work_s=self.work_s(now, stale_after_s),
+            in_flight=self.requests(now, stale_after_s),
+            ready=self.info.ready and self.info.base_url is not None,
+            draining=self.info.deleting or now < self.draining_until,
+            full=now < self.full_until,
+            unreachable=now < self.unreachable_until,
+        )
+
+
+class Fleet:
+    """Voices and pods by key; the load on each pod; wake-ups for held requests."""
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        stale_after_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.namespace = namespace
+        self.stale_after_s = stale_after_s
+        self.clock = clock
+        self.voices: dict[VoiceKey, VoiceInfo] = {}
+        self.pods: dict[str, PodState] = {}
+        self._changed: dict[VoiceKey, asyncio.Event] = {}
+        self._listeners: list[Callable[[str, PodInfo | None], None]] = []
+        self.synced = False
+        """True once discovery has listed everything at least once (``/readyz``)."""
+
+    # -- discovery side ------------------------------------------------------------------
+
+    def on_pod_change(self, listener: Callable[[str, PodInfo | None], None]) -> None:
+        """Call ``listener(pod_key, info or None when gone)`` on every pod change."""
+        self._listeners.append(listener)
+
+    def upsert_voice(self, voice: VoiceInfo) -> None:
+        self.voices[voice.key] = voice
+        self._wake(voice.key)
+
+    def remove_voice(self, key: VoiceKey) -> None:
+        self.voices.pop(key, None)
+        self._wake(key)
+
+    def upsert_pod(self, info: PodInfo) -> None:
+        state = self.pods.get(info.key)
+        if state is None:
+            self.pods[info.key] = PodState(info)
+        else:
+            if state.info.base_url != info.base_url:  # a new IP is a new server
+                state.scraped_work_s = None
+            state.info = info
+        for listener in self._listeners:
+            listener(info.key, info)
+        self._wake(info.voice)
+
+    def remove_pod(self, key: str) -> None:
+        state = self.pods.pop(key, None)
+        if state is not None:
+            for listener in self._listeners:
+                listener(key, None)
+            self._wake(state.info.voice)
+
+    def replace(
+        self,
+        voices: Iterable[VoiceInfo] | None,
+        pods: Iterable[PodInfo] | None,
+        namespace: str | None,
+    ) -> None:
+        """A full list from discovery (``namespace`` None: all): drop what it lacks."""
+
+        def inside(ns: str) -> bool:
+            return namespace is None or ns == namespace
+
+        if voices is not None:
+            fresh = {v.key: v for v in voices}
+            for key in [k for k in self.voices if inside(k.namespace) and k not in fresh]:
+                self.remove_voice(key)
+            for voice in fresh.values():
+                self.upsert_voice(voice)
+        if pods is not None:
+            fresh_pods = {p.key: p for p in pods}
+            for pod_key in [k for k, s in self.pods.items() if inside(s.info.namespace)]:
+                if pod_key not in fresh_pods:
+                    self.remove_pod(pod_key)
+            for pod in fresh_pods.values():
+                self.upsert_pod(pod)
+
+    # -- load view -----------------------------------------------------------------------
+
+    def begin(self, pod_key: str, cost_s: float) -> Flight:
+        flight = Flight(pod_key, cost_s, self.clock())
+        state = self.pods.get(pod_key)
+        if state is not None:
+            state.open.add(flight)
+        return flight
+
+    def end(self, flight: Flight) -> None:
+        state = self.pods.get(flight.pod_key)
+        if state is None or flight not in state.open:
+            return
+        state.open.discard(flight)
+        if state.scraped_work_s is not None and flight.sent_at < state.scraped_at:
+            state.done_since_scrape_s += flight.cost_s
+        self._wake(state.info.voice)
+
+    def record_scrape(
+        self, pod_key: str, sent_at: float, work_s: float, depth: int, in_flight: int
+    ) -> None:
+        """A scrape that was sent at ``sent_at`` answered these gauges."""
+        state = self.pods.get(pod_key)
+        if state is None or sent_at < state.scraped_at:
+            return
+        state.scraped_work_s = work_s
+        state.scraped_depth = depth
+        state.scraped_in_flight = in_flight
+        state.scraped_at = sent_at
+        state.done_since_scrape_s = 0.0
+        if state.unreachable_until > sent_at:
+            state.unreachable_until = sent_at  # it answered: reachable again
+            self._wake(state.info.voice)
+
+    def mark(
+        self, pod_key: str, *, full_s: float = 0, draining_s: float = 0, down_s: float = 0
+    ) -> None:
+        """Remember for a while that a pod answered 429, 503, or could not be reached."""
+        state = self.pods.get(pod_key)
+        if state is None:
+            return
+        now = self.clock()
+        if full_s:
+            state.full_until = max(state.full_until, now + full_s)
+        if draining_s:
+            state.draining_until = max(state.draining_until, now + draining_s)
+        if down_s:
+            state.unreachable_until = max(state.unreachable_until, now + down_s)
+
+    # -- request side --------------------------------------------------------------------
+
+    def resolve(self, model: str) -> VoiceInfo:
+        """``name`` (in the router's namespace) or ``namespace/name`` → the voice."""
+        namespace, _, name = model.rpartition("/")
+        key = VoiceKey(namespace or self.namespace, name)
+        voice = self.voices.get(key)
+        if voice is None:
+            raise UnknownVoice(model, sorted(str(k) for k in self.voices))
+        return voice
+
+    def candidates(self, voice: VoiceKey) -> list[Candidate]:
+        now = self.clock()
+        return [
+            s.candidate(now, self.stale_after_s)
+            for s in self.pods.values()
+            if s.info.voice == voice
+        ]
+
+    def ready_pods(self, voice: VoiceKey) -> list[PodState]:
+        return [
+            s
+            for s in self.pods.values()
+            if s.info.voice == voice and s.info.ready and not s.info.deleting and s.info.base_url
+        ]
+
+    def pod(self, key: str) -> PodState | None:
+        return self.pods.get(key)
+
+    def changed(self, voice: VoiceKey) -> asyncio.Event:
+        """An event set at the next change to ``voice`` or its pods (held requests wait)."""
+        event = self._changed.get(voice)
+        if event is None:
+            event = self._changed[voice] = asyncio.Event()
+        return event
+
+    def _wake(self, voice: VoiceKey) -> None:
+        event = self._changed.pop(voice, None)
+        if event is not None:
+            event.set()

@@ -1,0 +1,441 @@
+"""Send one request to the best pod, stream its answer back, retry while that is safe.
+
+One request's life::
+
+    arrival ─▶ decide() ─ Route ─▶ send to pod ─ 429/503/connect/send error ─▶ mark, decide()
+                  │                    │ status + headers arrived (any other status)
+                  │                    ▼
+                  │               relay bytes as they come (never buffered whole) ─▶ done
+                  ├─ Hold ─▶ wait for a pod change (≤ the voice's cold-start timeout) ─▶ decide()
+                  └─ Reject ─▶ 429 (every ready pod full) / 503 (hold queue full)
+
+Retrying is safe until the first byte reaches the client: synthesis has no side effects,
+and the client has seen nothing. After that, a failure ends the stream early (the client
+sees a truncated body, which is an error for every format) and is never retried.
+
+A client that leaves cancels the upstream request at every stage: while held, while the
+pod computes (before its headers), and while streaming. Closing the upstream connection
+is what tells the pod to drop the request (its queue removes it, or stops computing it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from voicefleet_inference.router.choice import Hold, Reject, Route, decide
+from voicefleet_inference.router.errors import (
+    AllPodsFull,
+    NoPodAvailable,
+    RouterError,
+    UpstreamFailed,
+    VoiceNotFound,
+)
+from voicefleet_inference.router.fleet import Fleet, Flight, VoiceInfo
+from voicefleet_inference.router.metrics import RouterMetrics
+from voicefleet_inference.router.settings import Policy
+
+__all__ = ["POD_HEADER", "ClientGone", "Proxy", "RelayResponse", "Upstream"]
+
+log = logging.getLogger("voicefleet.router")
+
+POD_HEADER: Final = "x-voicefleet-pod"
+"""Response header naming the pod that answered (``namespace/pod``), for debugging."""
+
+_HOP_BY_HOP: Final = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "date",
+        "server",
+    )
+)
+_FORWARDED_REQUEST_HEADERS: Final = ("content-type", "accept", "x-request-id")
+_HOLD_POLL_S: Final = 0.25
+"""Held requests look again at least this often (marks on pods expire without events)."""
+_FULL_MARK_MAX_S: Final = 1.0
+_DRAINING_MARK_S: Final = 2.0
+_DOWN_MARK_S: Final = 1.0
+_HOLD_RETRY_AFTER_S: Final = 5.0
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer started; nobody reads a response."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """What to send to whichever pod is chosen."""
+
+    path: str
+    method: str
+    query: str
+    body: bytes
+    headers: Mapping[str, str]
+    cost_s: float
+
+
+@dataclass(slots=True)
+class _Failed:
+    outcome: str
+    retry_after_s: float | None = None
+
+
+class _Disconnect:
+    """Watches the ASGI ``receive`` channel: after the body, the next message is a disconnect."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.event = asyncio.Event()
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.event.set()
+                return
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+class RelayResponse(Response):
+    """Streams a pod's open response to the client chunk by chunk, then closes it.
+
+    Whatever ends the relay (last byte, client gone, pod gone), the upstream response is
+    closed and ``on_done(completed)`` runs exactly once.
+    """
+
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        headers: list[tuple[bytes, bytes]],
+        disconnect: _Disconnect,
+        on_first_byte: Callable[[], None],
+        on_done: Callable[[bool], None],
+    ) -> None:
+        self.status_code = upstream.status_code
+        self.background = None
+        self.raw_headers = headers
+        self._upstream = upstream
+        self._disconnect = disconnect
+        self._on_first_byte = on_first_byte
+        self._on_done = on_done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        completed = False
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def stop_on_disconnect() -> None:
+                    await self._disconnect.event.wait()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stop_on_disconnect)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": self.raw_headers,
+                    }
+                )
+                first = True
+                async for chunk in self._upstream.aiter_raw():
+                    if first:
+                        self._on_first_byte()
+                        first = False
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                completed = True
+                group.cancel_scope.cancel()
+        except (httpx.HTTPError, OSError) as exc:
+            # The pod went away mid-stream: the client's body is cut short (an error for
+            # every format), which is all we can do once bytes were sent.
+            log.warning("stream from %s broke: %s", self._upstream.url, exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._upstream.aclose()
+            self._disconnect.close()
+            self._on_done(completed)
+
+
+class Proxy:
+    """The request side of the router: decide, send, retry, hold, relay."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        client: httpx.AsyncClient,
+        metrics: RouterMetrics,
+        *,
+        policy: Policy = Policy.JSQ_WORK,
+        max_attempts: int = 3,
+        max_held_per_voice: int = 100,
+        sample_above: int = 8,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.client = client
+        self.metrics = metrics
+        self.policy = policy
+        self.max_attempts = max_attempts
+        self.max_held_per_voice = max_held_per_voice
+        self.sample_above = sample_above
+        self.rng = rng or random.Random()
+        self._turn = 0
+        self._held: dict[str, int] = {}
+
+    def held(self, voice: str) -> int:
+        return self._held.get(voice, 0)
+
+    async def forward(self, voice: VoiceInfo, upstream: Upstream, receive: Receive) -> Response:
+        """The response for ``upstream`` sent to one of ``voice``'s pods (or a RouterError)."""
+        arrived = time.monotonic()
+        label = str(voice.key)
+        disconnect = _Disconnect(receive)
+        try:
+            response = await self._route(voice, upstream, disconnect, arrived)
+        except ClientGone:
+            disconnect.close()
+            self.metrics.request_duration_seconds.labels(label, "499").observe(
+                time.monotonic() - arrived
+            )
+            return Response(status_code=499)
+        except RouterError as exc:
+            disconnect.close()
+            self.metrics.request_duration_seconds.labels(label, str(exc.status)).observe(
+                time.monotonic() - arrived
+            )
+            raise
+        except BaseException:
+            disconnect.close()
+            raise
+        return response
+
+    async def _route(
+        self, voice: VoiceInfo, upstream: Upstream, disconnect: _Disconnect, arrived: float
+    ) -> Response:
+        label = str(voice.key)
+        deadline = arrived + voice.cold_start_timeout_s
+        tried: set[str] = set()
+        attempts = 0
+        holding: float | None = None
+        last: _Failed | None = None
+        hold_outcome = "routed"
+        try:
+            while True:
+                if disconnect.event.is_set():
+                    hold_outcome = "cancelled"
+                    raise ClientGone
+                if voice.key not in self.fleet.voices:
+                    raise VoiceNotFound(f"voice {label} was deleted", param="model")
+                held_others = self.held(label) - (1 if holding is not None else 0)
+                self._turn += 1
+                verdict = decide(
+                    self.policy,
+                    self.fleet.candidates(voice.key),
+                    tried=tried,
+                    held=held_others,
+                    max_held=self.max_held_per_voice,
+                    rng=self.rng,
+                    turn=self._turn,
+                    sample_above=self.sample_above,
+                )
+                if isinstance(verdict, Route):
+                    if attempts >= self.max_attempts:
+                        raise _exhausted(label, attempts, last)
+                    attempts += 1
+                    result = await self._attempt(
+                        voice, verdict.pod.key, upstream, disconnect, arrived
+                    )
+                    if isinstance(result, Response):
+                        return result
+                    last = result
+                    tried.add(verdict.pod.key)
+                    self.metrics.retries_total.labels(label, result.outcome).inc()
+                    continue
+                if isinstance(verdict, Reject) and verdict.status == 429:
+                    raise AllPodsFull(
+                        f"every ready pod of voice {label} is full; retry later",
+                        retry_after_s=(last.retry_after_s if last else None) or 1.0,
+                    )
+                if isinstance(verdict, Reject):
+                    hold_outcome = "rejected"
+                    raise NoPodAvailable(
+                        f"voice {label} has no ready pod and {self.max_held_per_voice} "
+                        "requests are already waiting for one",
+                        code="hold_queue_full",
+                        retry_after_s=_HOLD_RETRY_AFTER_S,
+                    )
+                assert isinstance(verdict, Hold)
+                if holding is None:
+                    holding = time.monotonic()
+                    self._set_held(label, +1)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    hold_outcome = "timed_out"
+                    raise NoPodAvailable(
+                        f"voice {label} has no ready pod after {voice.cold_start_timeout_s:g} s "
+                        "(its cold-start timeout); it may still be starting",
+                        code="hold_timeout",
+                        retry_after_s=_HOLD_RETRY_AFTER_S,
+                    )
+                await self._wait(voice, disconnect, min(remaining, _HOLD_POLL_S))
+                tried.clear()
+                attempts = 0
+        finally:
+            if holding is not None:
+                self._set_held(label, -1)
+                self.metrics.hold_seconds.labels(label).observe(time.monotonic() - holding)
+                self.metrics.held_requests_total.labels(label, hold_outcome).inc()
+
+    async def _wait(self, voice: VoiceInfo, disconnect: _Disconnect, within_s: float) -> None:
+        changed = asyncio.ensure_future(self.fleet.changed(voice.key).wait())
+        gone = asyncio.ensure_future(disconnect.event.wait())
+        try:
+            await asyncio.wait({changed, gone}, timeout=within_s, return_when="FIRST_COMPLETED")
+        finally:
+            changed.cancel()
+            gone.cancel()
+
+    def _set_held(self, label: str, delta: int) -> None:
+        count = self._held.get(label, 0) + delta
+        if count:
+            self._held[label] = count
+        else:
+            self._held.pop(label, None)
+        self.metrics.pending_requests.labels(label).set(count)
+
+    async def _attempt(
+        self,
+        voice: VoiceInfo,
+        pod_key: str,
+        upstream: Upstream,
+        disconnect: _Disconnect,
+        arrived: float,
+    ) -> Response | _Failed:
+        state = self.fleet.pod(pod_key)
+        label = str(voice.key)
+        if state is None or state.info.base_url is None:
+            return _Failed("error")
+        pod_name = state.info.name
+        url = state.info.base_url + upstream.path + (f"?{upstream.query}" if upstream.query else "")
+        request = self.client.build_request(
+            upstream.method, url, content=upstream.body, headers=dict(upstream.headers)
+        )
+        flight = self.fleet.begin(pod_key, upstream.cost_s)
+        sending = asyncio.ensure_future(self.client.send(request, stream=True))
+        gone = asyncio.ensure_future(disconnect.event.wait())
+        try:
+            await asyncio.wait({sending, gone}, return_when="FIRST_COMPLETED")
+        finally:
+            gone.cancel()
+        if not sending.done():
+            sending.cancel()
+            with contextlib.suppress(BaseException):
+                await sending
+            self.fleet.end(flight)
+            raise ClientGone
+        try:
+            response = sending.result()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self.fleet.end(flight)
+            self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)
+            log.info("pod %s unreachable (%s); trying another", pod_key, exc)
+            return self._count(label, pod_name, _Failed("connect_error"))
+        except httpx.TimeoutException as exc:
+            self.fleet.end(flight)
+            raise UpstreamFailed(f"pod {pod_key} did not answer in time: {exc}") from exc
+        except httpx.HTTPError as exc:
+            self.fleet.end(flight)
+            self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)
+            log.info("pod %s failed before answering (%r); trying another", pod_key, exc)
+            return self._count(label, pod_name, _Failed("error"))
+        if response.status_code in (429, 503):
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            with contextlib.suppress(httpx.HTTPError):
+                await response.aread()
+            await response.aclose()
+            self.fleet.end(flight)
+            if response.status_code == 429:
+                self.fleet.mark(pod_key, full_s=min(retry_after or 1.0, _FULL_MARK_MAX_S))
+                return self._count(label, pod_name, _Failed("full", retry_after))
+            self.fleet.mark(pod_key, draining_s=_DRAINING_MARK_S)
+            return self._count(label, pod_name, _Failed("draining", retry_after))
+        self.metrics.upstream_requests_total.labels(label, pod_name, "ok").inc()
+        return self._relay(label, pod_key, response, flight, disconnect, arrived)
+
+    def _count(self, label: str, pod: str, failed: _Failed) -> _Failed:
+        self.metrics.upstream_requests_total.labels(label, pod, failed.outcome).inc()
+        return failed
+
+    def _relay(
+        self,
+        label: str,
+        pod_key: str,
+        response: httpx.Response,
+        flight: Flight,
+        disconnect: _Disconnect,
+        arrived: float,
+    ) -> RelayResponse:
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers.multi_items()
+            if k.lower() not in _HOP_BY_HOP
+        ]
+        headers.append((POD_HEADER.encode(), pod_key.encode()))
+
+        def first_byte() -> None:
+            self.metrics.time_to_first_byte_seconds.labels(label).observe(
+                time.monotonic() - arrived
+            )
+
+        def done(completed: bool) -> None:
+            self.fleet.end(flight)
+            code = str(response.status_code) if completed else "499"
+            self.metrics.request_duration_seconds.labels(label, code).observe(
+                time.monotonic() - arrived
+            )
+
+        return RelayResponse(response, headers, disconnect, first_byte, done)
+
+
+def _exhausted(label: str, attempts: int, last: _Failed | None) -> RouterError:
+    """The error once ``max_attempts`` pods failed before answering."""
+    if last is not None and last.outcome == "full":
+        return AllPodsFull(
+            f"every pod of voice {label} that was tried is full; retry later",
+            retry_after_s=last.retry_after_s or 1.0,
+        )
+    return UpstreamFailed(
+        f"{attempts} pod(s) of voice {label} failed before answering "
+        f"(last: {last.outcome if last else 'unknown'})"
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

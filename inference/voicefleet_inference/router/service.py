@@ -1,0 +1,154 @@
+"""Wire the router from its settings, and run it under uvicorn.
+
+Usable from Python (tests, benchmarks) as well as from ``voicefleet-router``::
+
+    service = build_router(settings)        # nothing started, no thread, no socket
+    await service.start(api_client)         # discovery (watch or static) and the scraper
+    ...                                     # serve service.app with any ASGI server
+    await service.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from voicefleet_inference.router.app import create_app
+from voicefleet_inference.router.discovery import KubeDiscovery, parse_static
+from voicefleet_inference.router.fleet import Fleet
+from voicefleet_inference.router.metrics import RouterMetrics, create_metrics
+from voicefleet_inference.router.proxy import Proxy
+from voicefleet_inference.router.scrape import Scraper
+from voicefleet_inference.router.settings import RouterSettings
+
+__all__ = ["RouterService", "build_router", "kube_api_client", "serve"]
+
+log = logging.getLogger("voicefleet.router")
+
+
+@dataclass
+class RouterService:
+    settings: RouterSettings
+    fleet: Fleet
+    metrics: RouterMetrics
+    client: httpx.AsyncClient
+    proxy: Proxy
+    scraper: Scraper
+    app: FastAPI
+    discovery: KubeDiscovery | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, api_client: Any | None = None) -> None:
+        """Static upstreams, or a watch through ``api_client``; then the scraper."""
+        if self.settings.static_upstreams:
+            for entry in parse_static(
+                self.settings.static_upstreams,
+                namespace=self.settings.namespace,
+                cold_start_timeout_s=self.settings.cold_start_timeout_s,
+            ):
+                self.fleet.upsert_voice(entry.voice)
+                self.fleet.upsert_pod(entry.pod)
+            self.fleet.synced = True
+        else:
+            if api_client is None:
+                raise ValueError("a Kubernetes API client is needed without static upstreams")
+            self.discovery = KubeDiscovery(
+                api_client, self.fleet, asyncio.get_running_loop(), self.settings.namespaces
+            )
+            self.discovery.start()
+        self._tasks.append(asyncio.create_task(self.scraper.run(), name="scraper"))
+
+    async def stop(self) -> None:
+        if self.discovery is not None:
+            self.discovery.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.client.aclose()
+
+
+def build_router(
+    settings: RouterSettings, *, token: str | None = None, rng: random.Random | None = None
+) -> RouterService:
+    """Everything the router is made of, wired but not started."""
+    fleet = Fleet(settings.namespace, stale_after_s=settings.stale_after_s)
+    metrics = create_metrics()
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024),
+        trust_env=False,
+    )
+    proxy = Proxy(
+        fleet,
+        client,
+        metrics,
+        policy=settings.policy,
+        max_attempts=settings.max_attempts,
+        max_held_per_voice=settings.max_held_per_voice,
+        sample_above=settings.sample_above,
+        rng=rng,
+    )
+    scraper = Scraper(fleet, client, metrics, settings.scrape_interval_s)
+    service = RouterService(settings, fleet, metrics, client, proxy, scraper, FastAPI())
+
+    def discovery_error() -> str | None:
+        return service.discovery.last_error if service.discovery else None
+
+    service.app = create_app(fleet, proxy, metrics, token=token, discovery_error=discovery_error)
+    return service
+
+
+def kube_api_client(settings: RouterSettings) -> Any:
+    """An API client: the kubeconfig named, else in-cluster, else ``~/.kube/config``."""
+    from kubernetes import client, config
+
+    if settings.kubeconfig is not None:
+        return config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(settings.kubeconfig)
+        )
+    try:
+        configuration = client.Configuration()
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+        return client.ApiClient(configuration)
+    except config.ConfigException:
+        return config.new_client_from_config()  # type: ignore[no-untyped-call]
+
+
+async def serve(settings: RouterSettings, token: str | None) -> int:
+    """Run until SIGTERM/SIGINT (exit 0)."""
+    service = build_router(settings, token=token)
+    api_client = None if settings.static_upstreams else kube_api_client(settings)
+    await service.start(api_client)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            service.app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+            lifespan="off",
+            timeout_graceful_shutdown=30,
+        )
+    )
+    log.info(
+        "voicefleet-router on http://%s:%d: %s", settings.host, settings.port, settings.summary()
+    )
+    try:
+        await server.serve()
+    finally:
+        await service.stop()
+    return 0 if server.started else 1

@@ -1,0 +1,206 @@
+"""Every setting of ``voicefleet-router``: one typed field, one flag, one env variable.
+
+:class:`RouterSettings` is a pydantic-settings model: each field reads
+``VOICEFLEET_ROUTER_<FIELD>`` from the environment, and :func:`load_settings` adds a
+``--field-name`` flag for each, generated from the same model, so the two can never drift.
+Precedence: flag, then environment, then the default. List fields take a comma-separated
+string from the environment and repeatable or comma-separated flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Final
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = [
+    "ENV_PREFIX",
+    "LOG_LEVELS",
+    "Policy",
+    "RouterSettings",
+    "SettingsError",
+    "build_parser",
+    "load_settings",
+]
+
+ENV_PREFIX: Final = "VOICEFLEET_ROUTER_"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+class Policy(StrEnum):
+    """How a pod is chosen (see :mod:`.choice`); only ``jsq-work`` is meant for production,
+    the others exist so the benchmark can compare them through the same router."""
+
+    JSQ_WORK = "jsq-work"
+    LEAST_REQUEST = "least-request"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the router cannot run with; the message names the variable."""
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        out: list[str] = []
+        for item in value:
+            out.extend(p.strip() for p in str(item).split(",") if p.strip())
+        return out
+    return value
+
+
+class RouterSettings(BaseSettings):
+    """The resolved configuration of one router process (validated on construction)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """TCP port (contract: 8080)."""
+    namespace: str = Field(default="default", min_length=1)
+    """The router's namespace: a bare ``model`` name resolves to a voice here."""
+    watch_namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Namespaces whose voices the router serves; empty: only ``namespace``; ``*``: all."""
+    kubeconfig: Path | None = None
+    """Kubeconfig file; unset: the in-cluster ServiceAccount, else ``~/.kube/config``."""
+    static_upstreams: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Without Kubernetes (development, benchmarks): ``[namespace/]name=http://host:port``
+    entries, one per pod, ``#model`` appended when the pods' model is not ``name``; no
+    watch is started."""
+    policy: Policy = Policy.JSQ_WORK
+    """Pod choice: ``jsq-work`` (join the shortest queue of estimated work-seconds)."""
+    scrape_interval_s: float = Field(default=0.15, ge=0.05, le=5.0)
+    """How often each ready pod's ``/metrics`` is read (100-250 ms keeps the view fresh)."""
+    stale_after_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    """A scrape older than this is ignored: the view falls back to this router's own count."""
+    sample_above: int = Field(default=8, ge=2, le=10_000)
+    """With more eligible pods than this, compare two at random (power of two choices)."""
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Pods tried for one request before giving up (only while nothing reached the client)."""
+    max_held_per_voice: int = Field(default=100, ge=0, le=100_000)
+    """Requests held per voice while it has no ready pod; beyond it, 503 at once."""
+    cold_start_timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0)
+    """How long a request is held for a voice that does not say (static upstreams)."""
+    connect_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    upstream_timeout_s: float = Field(default=300.0, gt=0.0, le=3600.0)
+    """Longest wait for a pod's next bytes (its own request timeout is shorter)."""
+    auth_token: SecretStr | None = None
+    """Bearer token required on /v1/ and /voices/ (e.g. from a Secret through the env)."""
+    auth_token_file: Path | None = None
+    """File holding the bearer token (a mounted Secret); read once at start."""
+    log_level: str = "info"
+
+    @field_validator("watch_namespaces", "static_upstreams", mode="before")
+    @classmethod
+    def _comma_lists(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> RouterSettings:
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise ValueError("set auth_token or auth_token_file, not both")
+        return self
+
+    @property
+    def namespaces(self) -> tuple[str, ...] | None:
+        """Namespaces to watch; ``None`` means all of them."""
+        if "*" in self.watch_namespaces:
+            return None
+        return tuple(dict.fromkeys(self.watch_namespaces or [self.namespace]))
+
+    def token(self) -> str | None:
+        """The bearer token clients must send, or ``None`` (no auth). Reads the file."""
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value() or None
+        if self.auth_token_file is not None:
+            try:
+                text = self.auth_token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(
+                    f"{ENV_PREFIX}AUTH_TOKEN_FILE: cannot read {self.auth_token_file}: {exc}"
+                ) from exc
+            if not text:
+                raise SettingsError(f"{ENV_PREFIX}AUTH_TOKEN_FILE: {self.auth_token_file} is empty")
+            return text
+        return None
+
+    def summary(self) -> str:
+        where = (
+            "static upstreams"
+            if self.static_upstreams
+            else ("all namespaces" if self.namespaces is None else ",".join(self.namespaces or ()))
+        )
+        return (
+            f"namespace={self.namespace} watching={where} policy={self.policy.value} "
+            f"scrape={self.scrape_interval_s * 1000:g}ms stale={self.stale_after_s:g}s "
+            f"attempts={self.max_attempts} held/voice={self.max_held_per_voice} "
+            f"auth={'on' if self.auth_token or self.auth_token_file else 'off'}"
+        )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``voicefleet-router``'s flags, one per :class:`RouterSettings` field."""
+    parser = argparse.ArgumentParser(
+        prog="voicefleet-router",
+        description=(
+            "VoiceFleet router: one OpenAI-compatible endpoint for every TTSVoice, choosing "
+            "the pod with the least queued work. Every flag can also be set by the "
+            f"environment variable {ENV_PREFIX}<NAME>; a flag wins over its variable."
+        ),
+    )
+    for name, info in RouterSettings.model_fields.items():
+        env = f"{ENV_PREFIX}{name.upper()}"
+        default = "unset" if info.default is None else info.default
+        if info.default_factory is not None:
+            default = "empty"
+        help_text = (info.description or "").strip()
+        is_list = name in ("watch_namespaces", "static_upstreams")
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            default=None,
+            action="append" if is_list else "store",
+            metavar=name.upper().split("_")[-1],
+            help=f"{help_text} [env ${env}; default: {getattr(default, 'value', default)}]",
+        )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> RouterSettings:
+    """Flags over ``VOICEFLEET_ROUTER_*`` over defaults; raises :class:`SettingsError`."""
+    args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    try:
+        return RouterSettings(**args)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        name = loc[0] if loc else ""
+        where = f"{_flag(name)} / {ENV_PREFIX}{name.upper()}" if name else "settings"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)

@@ -1,0 +1,186 @@
+"""Router edges that need no server: settings, API-object conversion, scrape parsing, cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voicefleet_inference.cost import REFERENCE_COST
+from voicefleet_inference.router.app import estimate_cost, playground_html
+from voicefleet_inference.router.discovery import parse_static, pod_from_object, voice_from_object
+from voicefleet_inference.router.fleet import VoiceKey
+from voicefleet_inference.router.scrape import Gauges, parse_gauges
+from voicefleet_inference.router.settings import (
+    Policy,
+    RouterSettings,
+    SettingsError,
+    load_settings,
+)
+
+# -- settings -----------------------------------------------------------------------------
+
+
+def test_defaults_are_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(__import__("os").environ):
+        if name.startswith("VOICEFLEET_ROUTER_"):
+            monkeypatch.delenv(name)
+    s = load_settings([])
+    assert (s.port, s.policy, s.namespaces) == (8080, Policy.JSQ_WORK, ("default",))
+    assert 0.1 <= s.scrape_interval_s <= 0.25
+    assert s.token() is None
+
+
+def test_flags_win_over_env_and_lists_split_on_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEFLEET_ROUTER_PORT", "9000")
+    monkeypatch.setenv("VOICEFLEET_ROUTER_WATCH_NAMESPACES", "a, b")
+    monkeypatch.setenv("VOICEFLEET_ROUTER_POLICY", "round-robin")
+    s = load_settings(["--port", "9100"])
+    assert (s.port, s.namespaces, s.policy) == (9100, ("a", "b"), Policy.ROUND_ROBIN)
+    s = load_settings(["--watch-namespaces", "x", "--watch-namespaces", "y,z"])
+    assert s.namespaces == ("x", "y", "z")
+    assert load_settings(["--watch-namespaces", "*"]).namespaces is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (
+            ["--scrape-interval-s", "0.01"],
+            "--scrape-interval-s / VOICEFLEET_ROUTER_SCRAPE_INTERVAL_S",
+        ),
+        (["--policy", "fastest"], "--policy / VOICEFLEET_ROUTER_POLICY"),
+        (["--port", "0"], "--port / VOICEFLEET_ROUTER_PORT"),
+        (["--log-level", "loud"], "--log-level / VOICEFLEET_ROUTER_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_the_flag_and_the_variable(argv: list[str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named.replace("/", ".")):
+        load_settings(argv)
+
+
+def test_the_token_comes_from_a_mounted_file_or_the_env(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    assert RouterSettings(auth_token_file=secret).token() == "s3cret"
+    assert RouterSettings(auth_token="abc").token() == "abc"  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="AUTH_TOKEN_FILE"):
+        RouterSettings(auth_token_file=tmp_path / "missing").token()
+    with pytest.raises(ValueError, match="not both"):
+        RouterSettings(auth_token="a", auth_token_file=secret)  # type: ignore[arg-type]
+
+
+# -- Kubernetes objects -------------------------------------------------------------------
+
+
+def voice_obj(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "joe", "namespace": "ns", "creationTimestamp": "2026-11-27T10:00:00Z"},
+        "spec": spec,
+    }
+
+
+def test_a_voice_gives_its_model_name_and_cold_start_timeout() -> None:
+    v = voice_from_object(
+        voice_obj(
+            model={"bundled": "en_US-joe-medium"}, autoscaling={"coldStartTimeoutSeconds": 45}
+        )
+    )
+    assert (v.key, v.model_name, v.cold_start_timeout_s) == (
+        VoiceKey("ns", "joe"),
+        "en_US-joe-medium",
+        45.0,
+    )
+    assert v.created == 1795773600
+    from_volume = voice_from_object(
+        voice_obj(model={"volume": {"path": "voices/de_DE-thorsten-medium.onnx"}})
+    )
+    assert from_volume.model_name == "de_DE-thorsten-medium"
+    assert from_volume.cold_start_timeout_s == 120.0  # the CRD default
+
+
+def pod_obj(**overrides: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "metadata": {"name": "joe-1", "namespace": "ns", "labels": {"voicefleet.io/voice": "joe"}},
+        "status": {
+            "phase": "Running",
+            "podIP": "127.0.3.4",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        obj[section][field] = value
+    return obj
+
+
+def test_a_pod_gives_ip_readiness_and_deletion() -> None:
+    pod = pod_from_object(pod_obj())
+    assert pod is not None
+    assert (pod.key, pod.voice, pod.base_url, pod.ready, pod.deleting) == (
+        "ns/joe-1",
+        VoiceKey("ns", "joe"),
+        "http://127.0.3.4:8080",
+        True,
+        False,
+    )
+    assert pod_from_object(pod_obj(metadata__deletionTimestamp="2026-11-27T10:00:00Z")).deleting  # type: ignore[union-attr]
+    not_ready = pod_from_object(pod_obj(status__conditions=[{"type": "Ready", "status": "False"}]))
+    assert not_ready is not None
+    assert not not_ready.ready
+    no_ip = pod_from_object(pod_obj(status__podIP=None))
+    assert no_ip is not None
+    assert no_ip.base_url is None
+    assert pod_from_object(pod_obj(metadata__labels={})) is None
+    v6 = pod_from_object(pod_obj(status__podIP="fd00::5"))
+    assert v6 is not None
+    assert v6.base_url == "http://[fd00::5]:8080"
+
+
+def test_static_upstreams_parse_and_refuse_nonsense() -> None:
+    entries = parse_static(
+        ["joe=http://127.0.0.1:9001#en_US-joe-medium", "team/joe=http://127.0.0.1:9002"],
+        namespace="default",
+        cold_start_timeout_s=5.0,
+    )
+    assert [(e.voice.key, e.voice.model_name, e.pod.base_url) for e in entries] == [
+        (VoiceKey("default", "joe"), "en_US-joe-medium", "http://127.0.0.1:9001"),
+        (VoiceKey("team", "joe"), "joe", "http://127.0.0.1:9002"),
+    ]
+    with pytest.raises(ValueError, match="expected"):
+        parse_static(["joe:127.0.0.1:9001"], namespace="d", cold_start_timeout_s=1.0)
+
+
+# -- scrape and cost ----------------------------------------------------------------------
+
+POD_METRICS = """# HELP voicefleet_queue_depth Requests accepted and waiting to run.
+# TYPE voicefleet_queue_depth gauge
+voicefleet_queue_depth 3.0
+voicefleet_requests_in_flight 1.0
+voicefleet_request_duration_seconds_bucket{le="0.05"} 0.0
+voicefleet_queue_work_seconds 2.75
+"""
+
+
+def test_parse_gauges_reads_the_three_queue_gauges() -> None:
+    assert parse_gauges(POD_METRICS) == Gauges(2.75, 3, 1)
+    assert parse_gauges("voicefleet_queue_depth 1.0\n") is None
+    assert parse_gauges(POD_METRICS.replace("2.75", "x")) is None
+
+
+def test_cost_estimate_is_the_servers_model_and_tolerates_bad_fields() -> None:
+    text = "Hello there."
+    assert estimate_cost(text, 1.0) == REFERENCE_COST.estimate(text)
+    assert estimate_cost(text, 2) == REFERENCE_COST.estimate(text, 2.0)
+    assert estimate_cost(None, "fast") == REFERENCE_COST.estimate("")
+    assert estimate_cost(text, -1) == REFERENCE_COST.estimate(text)
+    assert estimate_cost("x" * 400, 1.0) > 10 * estimate_cost("Hi.", 1.0)
+
+
+def test_the_playground_page_has_its_stable_ids_and_no_external_resource() -> None:
+    page = playground_html()
+    for element in ("voice", "text", "speak", "download", "ttfa", "status", "token", "player"):
+        assert f'id="{element}"' in page
+    assert "http://" not in page
+    assert "https://" not in page
