@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from voicefleet_localcluster import stack
+from voicefleet_localcluster.controlplane import free_ports
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +60,7 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
     voices = cluster.create_namespace(
         "vfe2e-voices", labels={"pod-security.kubernetes.io/enforce": "restricted"}
     )
+    health, metrics = free_ports(2)
     try:
         stack.helm_install(
             cluster,
@@ -67,7 +69,13 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
             values=(stack.LOCAL_VALUES,),
             # the chart's defaults for what this test checks: two routers (and their PDB),
             # CRDs removed with the release (so "nothing left" can be checked)
-            set_values=("router.replicas=2", "crds.keep=false"),
+            set_values=(
+                "router.replicas=2",
+                "crds.keep=false",
+                # the operator pod shares the host's network here: ports nobody holds
+                f"operator.healthPort={health}",
+                f"operator.metricsPort={metrics}",
+            ),
         )
         stack.wait_deployments(cluster, NAMESPACE, [OPERATOR, ROUTER], timeout=180, say=print)
         cluster.kubectl_run("apply", "-n", voices, "-f", str(stack.SAMPLE_VOICE))
