@@ -140,8 +140,9 @@ def helm_install(
     values: Sequence[Path] = (LOCAL_VALUES,),
     set_values: Sequence[str] = (),
     timeout: float = 300.0,
-) -> None:
-    """`helm upgrade --install` the chart from this checkout (idempotent)."""
+) -> str:
+    """`helm upgrade --install` the chart from this checkout (idempotent); Helm's output
+    (with the chart's NOTES) is returned."""
     adopt_crds(cluster, release, namespace)
     args = ["upgrade", "--install", release, str(CHART_DIR), "--namespace", namespace]
     args += ["--create-namespace"]
@@ -149,7 +150,7 @@ def helm_install(
         args += ["--values", str(path)]
     for item in set_values:
         args += ["--set", item]
-    cluster.helm_run(*args, timeout=timeout)
+    return cluster.helm_run(*args, timeout=timeout).stdout
 
 
 def _deployment_ready(cluster: LocalCluster, namespace: str, name: str) -> bool:

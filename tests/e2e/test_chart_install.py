@@ -34,8 +34,9 @@ VOICE = "en-us-joe"
 
 
 class Installed:
-    def __init__(self, cluster: LocalCluster, voices: str) -> None:
+    def __init__(self, cluster: LocalCluster, voices: str, notes: str) -> None:
         self.cluster = cluster
+        self.notes = notes  # what `helm install` printed
         self.voices = voices  # the namespace the sample voice lives in
 
     def router_urls(self) -> list[str]:
@@ -62,7 +63,7 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
     )
     health, metrics = free_ports(2)
     try:
-        stack.helm_install(
+        output = stack.helm_install(
             cluster,
             release=RELEASE,
             namespace=NAMESPACE,
@@ -85,7 +86,7 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
             interval=0.5,
             what="sample voice Ready",
         )
-        yield Installed(cluster, voices)
+        yield Installed(cluster, voices, output)
     finally:
         cluster.helm_run("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
         cluster.delete_namespace(voices)
@@ -111,6 +112,14 @@ def test_components_run_as_pods_under_the_charts_service_accounts(installed: Ins
     assert len(routers) == 2
     pdb = cluster.get_json("pdb", ROUTER, "-n", NAMESPACE)
     assert pdb["status"]["currentHealthy"] == 2
+
+
+def test_install_notes_tell_how_to_call_a_voice(installed: Installed) -> None:
+    notes = installed.notes.split("NOTES:", 1)[1]
+    assert "kubectl apply -f crds/samples/en-us-joe.yaml" in notes
+    assert '"model": "en-us-joe"' in notes
+    assert f"svc/{ROUTER}" in notes
+    assert f"http://{ROUTER}.{NAMESPACE}.svc:80/v1/audio/speech" in notes
 
 
 def can_i(cluster: LocalCluster, account: str, *args: str) -> bool:
