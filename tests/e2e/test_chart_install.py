@@ -88,7 +88,14 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
         )
         yield Installed(cluster, voices, output)
     finally:
-        cluster.helm_run("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+        # voices first, while the operator still runs: kopf's finalizer on each voice (it
+        # stops the voice's autoscaler daemon) is only removed by a running operator
+        cluster.kubectl_run(
+            "delete", "ttsvoice", "--all", "-n", voices, "--timeout=60s", check=False
+        )
+        cluster.helm_run(
+            "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=90s", check=False
+        )
         cluster.delete_namespace(voices)
         cluster.kubectl_run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
@@ -146,7 +153,9 @@ def test_rbac_grants_what_each_component_needs_and_no_more(installed: Installed)
 
 def test_the_operator_made_the_voice_under_the_charts_rbac(installed: Installed) -> None:
     """The voice's Deployment was written by the operator pod's ServiceAccount."""
-    dep = installed.cluster.get_json("deployment", VOICE, "-n", installed.voices)
+    dep = installed.cluster.get_json(
+        "deployment", VOICE, "-n", installed.voices, "--show-managed-fields"
+    )
     managers = {m["manager"] for m in dep["metadata"]["managedFields"]}
     assert "voicefleet-operator" in managers
     voice = installed.cluster.get_json("ttsvoice", VOICE, "-n", installed.voices)
