@@ -6,7 +6,6 @@ test_chart_install.py). The binary is the pinned Helm built by the local cluster
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,7 @@ KUBE = ("--kube-version", "v1.34.4")
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    override = os.environ.get("VOICEFLEET_TEST_HELM")
-    return Path(override) if override else binaries.ensure_binaries() / "helm"
+    return binaries.ensure_binaries() / "helm"
 
 
 def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
