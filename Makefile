@@ -45,6 +45,8 @@ serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
 bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmarks.md), then 100 voices through the operator (figures printed; table in docs/operator.md)
 	$(BIN)/python hack/bench/run.py --output docs/benchmarks.md
 	$(BIN)/python hack/bench/operator_scale.py
+	$(BIN)/python hack/bench/router_policies.py
+	$(BIN)/python hack/bench/router_overhead.py
 
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build

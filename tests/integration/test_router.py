@@ -345,8 +345,11 @@ async def test_a_full_hold_queue_answers_503_at_once(pods: Pods) -> None:
         second = await client.post(url + SPEECH, json=body(SHORT))
         assert not first.done()
         first.cancel()
+        text = await router_metrics(url)
     assert second.status_code == 503
     assert second.json()["error"]["code"] == "hold_queue_full"
+    rejected = 'voicefleet_router_held_requests_total{outcome="rejected",voice="default/joe"}'
+    assert metric_value(text, rejected) == 1
 
 
 # -- auth ----------------------------------------------------------------------------------

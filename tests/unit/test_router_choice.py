@@ -164,10 +164,12 @@ def test_load_view_counts_what_was_sent_corrects_with_scrapes_and_ages_out() -> 
     assert work(fleet)["ns/a"] == 3.5
     second = fleet.begin("ns/a", 0.5)  # sent after the scrape: added
     assert work(fleet)["ns/a"] == 4.0
-    fleet.end(first)  # finished after the scrape: its cost comes off the scraped figure
-    assert work(fleet)["ns/a"] == 2.5
+    clock.now += 0.2  # the pod works off its queue at one engine-second per second
+    assert work(fleet)["ns/a"] == 3.8
+    fleet.end(first)  # already inside the scraped figure: nothing more to take off
+    assert work(fleet)["ns/a"] == 3.8
     fleet.end(second)
-    assert work(fleet)["ns/a"] == 2.0
+    assert work(fleet)["ns/a"] == 3.3
 
     clock.now += 1.5  # no scrape for longer than stale_after_s: only our own requests
     assert work(fleet)["ns/a"] == 0.0
@@ -181,7 +183,7 @@ def test_an_older_scrape_answering_late_never_overwrites_a_newer_one() -> None:
     fleet.record_scrape("ns/a", 100.2, work_s=1.0, depth=0, in_flight=1)
     fleet.record_scrape("ns/a", 100.1, work_s=9.0, depth=5, in_flight=1)
     clock.now = 100.3
-    assert work(fleet)["ns/a"] == 1.0
+    assert work(fleet)["ns/a"] == 0.9  # the newer scrape, worked off for 0.1 s
 
 
 def test_marks_expire_and_a_scrape_clears_unreachable() -> None:

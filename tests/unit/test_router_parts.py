@@ -184,3 +184,21 @@ def test_the_playground_page_has_its_stable_ids_and_no_external_resource() -> No
         assert f'id="{element}"' in page
     assert "http://" not in page
     assert "https://" not in page
+
+
+def test_a_gone_pod_leaves_no_metric_series_behind() -> None:
+    from prometheus_client import generate_latest
+
+    from voicefleet_inference.router.fleet import Fleet, PodInfo, VoiceInfo
+    from voicefleet_inference.router.metrics import create_metrics
+
+    metrics = create_metrics()
+    fleet = Fleet("ns")
+    fleet.on_pod_gone(lambda pod: metrics.forget_pod(str(pod.voice), pod.name))
+    voice = VoiceKey("ns", "joe")
+    fleet.upsert_voice(VoiceInfo(voice, "m", 1.0))
+    fleet.upsert_pod(PodInfo("ns", "joe-1", voice, "http://127.0.0.9:8080", ready=True))
+    metrics.upstream_requests_total.labels("ns/joe", "joe-1", "ok").inc()
+    assert b'pod="joe-1"' in generate_latest(metrics.registry)
+    fleet.remove_pod("ns/joe-1")
+    assert b'pod="joe-1"' not in generate_latest(metrics.registry)

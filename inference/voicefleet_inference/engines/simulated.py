@@ -55,6 +55,7 @@ __all__ = [
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
 _SPEAKABLE: Final = re.compile(r"\w")
 _TONE_HZ: Final = 440.0
+"""Nominal: the period is rounded to whole samples (441 Hz at 22.05 kHz)."""
 _TONE_AMPLITUDE: Final = 0.05
 """About -26 dBFS: clearly audible as "not speech", never loud."""
 
@@ -120,6 +121,12 @@ class SimulatedEngine:
         )
         self._rng = random.Random(s.seed)
         self._loaded = False
+        # One period of the tone, tiled into each chunk: a copy, not a sin() per sample, so
+        # a long paragraph costs the pod's CPU almost nothing (it is meant to look like a
+        # GPU pod from outside, whose host CPU is idle while the device works).
+        period = max(2, round(sample_rate / _TONE_HZ))
+        angles = 2.0 * math.pi * np.arange(period, dtype=np.float64) / period
+        self._cycle: Samples = (_TONE_AMPLITUDE * np.sin(angles)).astype(np.float32)
 
     @classmethod
     def from_piper_config(
@@ -204,7 +211,7 @@ class SimulatedEngine:
             raise EngineError("engine not loaded")
         plans = [self._plan(r) for r in requests]
         steps = max(len(p) for p in plans) if plans else 0
-        phase = [0.0] * len(requests)
+        phase = [0] * len(requests)
         for step in range(steps):
             active = [i for i, p in enumerate(plans) if step < len(p)]
             time.sleep(max(plans[i][step][0] for i in active))
@@ -237,9 +244,8 @@ class SimulatedEngine:
             )
         return out
 
-    def _tone(self, samples: int, phase: float) -> tuple[Samples, float]:
-        """``samples`` of a quiet sine continuing from ``phase`` (no clicks between chunks)."""
-        step = 2.0 * math.pi * _TONE_HZ / self._sample_rate
-        angles = phase + step * np.arange(samples, dtype=np.float64)
-        tone = (_TONE_AMPLITUDE * np.sin(angles)).astype(np.float32)
-        return tone, float((phase + step * samples) % (2.0 * math.pi))
+    def _tone(self, samples: int, phase: int) -> tuple[Samples, int]:
+        """``samples`` of the quiet tone continuing from ``phase`` (no clicks between chunks)."""
+        period = len(self._cycle)
+        tone = np.resize(np.roll(self._cycle, -phase), samples).astype(np.float32, copy=False)
+        return tone, (phase + samples) % period

@@ -191,6 +191,7 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
+        metrics.ready_pods.clear()  # voices that went away leave no series behind
         for key in fleet.voices:
             metrics.ready_pods.labels(str(key)).set(len(fleet.ready_pods(key)))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,13 +6,14 @@ update.
 
 Load view of a pod (what :func:`PodState.work_s` returns), in engine-seconds:
 
-    scraped work (the pod's own ``voicefleet_queue_work_seconds`` at the last scrape)
-  - cost of this router's requests sent before that scrape that have finished since
+    max(0, scraped work - time since that scrape)
   + cost of this router's requests sent after that scrape that are still open
 
-The scrape accounts for other routers and direct callers; the two corrections account
-for what this router did since, so the view is fresh between scrapes. A scrape older than
-``stale_after_s`` is ignored and the view falls back to this router's own open requests.
+The scrape (the pod's own ``voicefleet_queue_work_seconds``, in its own calibrated
+seconds) accounts for other routers and direct callers. Since then the pod has worked
+through its queue at one engine-second per second, and this router has sent more, so the
+view stays fresh between scrapes. A scrape older than ``stale_after_s`` is ignored and the
+view falls back to this router's own open requests.
 """
 
 from __future__ import annotations
@@ -111,7 +112,6 @@ class PodState:
     scraped_in_flight: int = 0
     scraped_depth: int = 0
     scraped_at: float = -1e9
-    done_since_scrape_s: float = 0.0
     full_until: float = -1e9
     draining_until: float = -1e9
     unreachable_until: float = -1e9
@@ -121,7 +121,7 @@ class PodState:
         if self.scraped_work_s is None or now - self.scraped_at > stale_after_s:
             return sum(f.cost_s for f in self.open)
         since = sum(f.cost_s for f in self.open if f.sent_at >= self.scraped_at)
-        return max(0.0, self.scraped_work_s - self.done_since_scrape_s) + since
+        return max(0.0, self.scraped_work_s - (now - self.scraped_at)) + since
 
     def requests(self, now: float, stale_after_s: float) -> int:
         """Requests at the pod: scraped queue + running, plus this router's since then."""
@@ -158,15 +158,15 @@ class Fleet:
         self.voices: dict[VoiceKey, VoiceInfo] = {}
         self.pods: dict[str, PodState] = {}
         self._changed: dict[VoiceKey, asyncio.Event] = {}
-        self._listeners: list[Callable[[str, PodInfo | None], None]] = []
+        self._gone_listeners: list[Callable[[PodInfo], None]] = []
         self.synced = False
         """True once discovery has listed everything at least once (``/readyz``)."""
 
     # -- discovery side ------------------------------------------------------------------
 
-    def on_pod_change(self, listener: Callable[[str, PodInfo | None], None]) -> None:
-        """Call ``listener(pod_key, info or None when gone)`` on every pod change."""
-        self._listeners.append(listener)
+    def on_pod_gone(self, listener: Callable[[PodInfo], None]) -> None:
+        """Call ``listener(info)`` when a pod leaves the fleet (e.g. to drop its metrics)."""
+        self._gone_listeners.append(listener)
 
     def upsert_voice(self, voice: VoiceInfo) -> None:
         self.voices[voice.key] = voice
@@ -184,15 +184,13 @@ class Fleet:
             if state.info.base_url != info.base_url:  # a new IP is a new server
                 state.scraped_work_s = None
             state.info = info
-        for listener in self._listeners:
-            listener(info.key, info)
         self._wake(info.voice)
 
     def remove_pod(self, key: str) -> None:
         state = self.pods.pop(key, None)
         if state is not None:
-            for listener in self._listeners:
-                listener(key, None)
+            for listener in self._gone_listeners:
+                listener(state.info)
             self._wake(state.info.voice)
 
     def replace(
@@ -234,8 +232,6 @@ class Fleet:
         if state is None or flight not in state.open:
             return
         state.open.discard(flight)
-        if state.scraped_work_s is not None and flight.sent_at < state.scraped_at:
-            state.done_since_scrape_s += flight.cost_s
         self._wake(state.info.voice)
 
     def record_scrape(
@@ -249,7 +245,6 @@ class Fleet:
         state.scraped_depth = depth
         state.scraped_in_flight = in_flight
         state.scraped_at = sent_at
-        state.done_since_scrape_s = 0.0
         if state.unreachable_until > sent_at:
             state.unreachable_until = sent_at  # it answered: reachable again
             self._wake(state.info.voice)

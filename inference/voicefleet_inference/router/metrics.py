@@ -13,6 +13,7 @@ Label values: ``voice`` ``namespace/name``; ``code`` an HTTP status; ``pod`` a p
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -20,7 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from voicefleet_api import metric_names as names
 
-__all__ = ["RouterMetrics", "create_metrics"]
+__all__ = ["UPSTREAM_OUTCOMES", "RouterMetrics", "create_metrics"]
+
+UPSTREAM_OUTCOMES: Final = ("ok", "full", "draining", "connect_error", "error")
 
 _DURATION_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300,
@@ -40,6 +43,12 @@ class RouterMetrics:
     hold_seconds: Histogram
     scrape_errors_total: Counter
     ready_pods: Gauge
+
+    def forget_pod(self, voice: str, pod: str) -> None:
+        """Drop a gone pod's series, so pod churn does not grow the exposition forever."""
+        for outcome in UPSTREAM_OUTCOMES:
+            with contextlib.suppress(KeyError):
+                self.upstream_requests_total.remove(voice, pod, outcome)
 
 
 def create_metrics() -> RouterMetrics:

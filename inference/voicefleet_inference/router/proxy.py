@@ -100,20 +100,39 @@ class _Failed:
 
 
 class _Disconnect:
-    """Watches the ASGI ``receive`` channel: after the body, the next message is a disconnect."""
+    """Cancels the request's own task when its client disconnects.
+
+    After the body has been read, the next ASGI message is ``http.disconnect``; one small
+    watcher task waits for it. Cancelling the request's task (rather than racing every
+    await against an event) interrupts whatever it is doing, holding, waiting for a pod's
+    headers or relaying bytes, with no extra task per step.
+    """
 
     def __init__(self, receive: Receive) -> None:
-        self.event = asyncio.Event()
+        self.gone = False
+        self.armed = True
+        self._owner = asyncio.current_task()
         self._task = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self.event.set()
+                if self.armed and self._owner is not None:
+                    self.gone = True
+                    self._owner.cancel()
                 return
 
+    def absorb(self) -> bool:
+        """In ``except CancelledError``: True (and the cancellation undone) if it was ours."""
+        if self.gone and self._owner is not None:
+            self._owner.uncancel()
+            return True
+        return False
+
     def close(self) -> None:
+        """Stop watching (synchronously: nothing can cancel the task after this)."""
+        self.armed = False
         self._task.cancel()
 
 
@@ -143,37 +162,33 @@ class RelayResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         completed = False
         try:
-            async with anyio.create_task_group() as group:
-
-                async def stop_on_disconnect() -> None:
-                    await self._disconnect.event.wait()
-                    group.cancel_scope.cancel()
-
-                group.start_soon(stop_on_disconnect)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": self.status_code,
-                        "headers": self.raw_headers,
-                    }
-                )
-                first = True
-                async for chunk in self._upstream.aiter_raw():
-                    if first:
-                        self._on_first_byte()
-                        first = False
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                completed = True
-                group.cancel_scope.cancel()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            first = True
+            async for chunk in self._upstream.aiter_raw():
+                if first:
+                    self._on_first_byte()
+                    first = False
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self._disconnect.close()  # before any other await: the answer is complete
+            completed = True
+        except asyncio.CancelledError:
+            if not self._disconnect.absorb():
+                raise
         except (httpx.HTTPError, OSError) as exc:
             # The pod went away mid-stream: the client's body is cut short (an error for
             # every format), which is all we can do once bytes were sent.
             log.warning("stream from %s broke: %s", self._upstream.url, exc)
         finally:
+            self._disconnect.close()
             with anyio.CancelScope(shield=True):
                 await self._upstream.aclose()
-            self._disconnect.close()
             self._on_done(completed)
 
 
@@ -212,7 +227,12 @@ class Proxy:
         label = str(voice.key)
         disconnect = _Disconnect(receive)
         try:
-            response = await self._route(voice, upstream, disconnect, arrived)
+            try:
+                response = await self._route(voice, upstream, disconnect, arrived)
+            except asyncio.CancelledError:
+                if not disconnect.absorb():
+                    raise
+                raise ClientGone from None
         except ClientGone:
             disconnect.close()
             self.metrics.request_duration_seconds.labels(label, "499").observe(
@@ -242,9 +262,6 @@ class Proxy:
         hold_outcome = "routed"
         try:
             while True:
-                if disconnect.event.is_set():
-                    hold_outcome = "cancelled"
-                    raise ClientGone
                 if voice.key not in self.fleet.voices:
                     raise VoiceNotFound(f"voice {label} was deleted", param="model")
                 held_others = self.held(label) - (1 if holding is not None else 0)
@@ -279,6 +296,8 @@ class Proxy:
                     )
                 if isinstance(verdict, Reject):
                     hold_outcome = "rejected"
+                    if holding is None:
+                        self.metrics.held_requests_total.labels(label, "rejected").inc()
                     raise NoPodAvailable(
                         f"voice {label} has no ready pod and {self.max_held_per_voice} "
                         "requests are already waiting for one",
@@ -298,7 +317,9 @@ class Proxy:
                         code="hold_timeout",
                         retry_after_s=_HOLD_RETRY_AFTER_S,
                     )
-                await self._wait(voice, disconnect, min(remaining, _HOLD_POLL_S))
+                hold_outcome = "cancelled"  # if the client leaves while we wait
+                await self._wait(voice, min(remaining, _HOLD_POLL_S))
+                hold_outcome = "routed"
                 tried.clear()
                 attempts = 0
         finally:
@@ -307,14 +328,10 @@ class Proxy:
                 self.metrics.hold_seconds.labels(label).observe(time.monotonic() - holding)
                 self.metrics.held_requests_total.labels(label, hold_outcome).inc()
 
-    async def _wait(self, voice: VoiceInfo, disconnect: _Disconnect, within_s: float) -> None:
-        changed = asyncio.ensure_future(self.fleet.changed(voice.key).wait())
-        gone = asyncio.ensure_future(disconnect.event.wait())
-        try:
-            await asyncio.wait({changed, gone}, timeout=within_s, return_when="FIRST_COMPLETED")
-        finally:
-            changed.cancel()
-            gone.cancel()
+    async def _wait(self, voice: VoiceInfo, within_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await self.fleet.changed(voice.key).wait()
 
     def _set_held(self, label: str, delta: int) -> None:
         count = self._held.get(label, 0) + delta
@@ -342,20 +359,11 @@ class Proxy:
             upstream.method, url, content=upstream.body, headers=dict(upstream.headers)
         )
         flight = self.fleet.begin(pod_key, upstream.cost_s)
-        sending = asyncio.ensure_future(self.client.send(request, stream=True))
-        gone = asyncio.ensure_future(disconnect.event.wait())
         try:
-            await asyncio.wait({sending, gone}, return_when="FIRST_COMPLETED")
-        finally:
-            gone.cancel()
-        if not sending.done():
-            sending.cancel()
-            with contextlib.suppress(BaseException):
-                await sending
+            response = await self.client.send(request, stream=True)
+        except asyncio.CancelledError:
             self.fleet.end(flight)
-            raise ClientGone
-        try:
-            response = sending.result()
+            raise
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self.fleet.end(flight)
             self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)

@@ -100,6 +100,7 @@ def build_router(
         rng=rng,
     )
     scraper = Scraper(fleet, client, metrics, settings.scrape_interval_s)
+    fleet.on_pod_gone(lambda pod: metrics.forget_pod(str(pod.voice), pod.name))
     service = RouterService(settings, fleet, metrics, client, proxy, scraper, FastAPI())
 
     def discovery_error() -> str | None:
