@@ -47,6 +47,8 @@ bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmar
 	$(BIN)/python hack/bench/operator_scale.py
 	$(BIN)/python hack/bench/router_policies.py
 	$(BIN)/python hack/bench/router_overhead.py
+	$(BIN)/python hack/bench/autoscaler_policies.py --output docs/autoscaler.md
+	$(BIN)/python hack/bench/autoscaler_loop.py --voices 100 --pods 3 --seconds 30
 
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build

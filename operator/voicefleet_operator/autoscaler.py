@@ -330,6 +330,13 @@ class Autoscaler:
         if state is None:
             state = state_from_status(body.get("status") or {})
         decision = decide(obs, state, policy)
+        logger.debug(
+            "autoscaler: %s -> %d (%s) %s",
+            replicas,
+            decision.desired,
+            decision.reason,
+            decision.message,
+        )
         scaled = False
         if decision.desired != replicas:
             scaled = await self._scale(body, namespace, name, replicas, decision, serving, samples)
@@ -356,6 +363,14 @@ class Autoscaler:
                 scale_voice, self.kube.api, namespace, name, decision.desired
             )
         except ScaleError as exc:
+            log.warning(
+                "%s/%s: could not scale %d -> %d: %s",
+                namespace,
+                name,
+                replicas,
+                decision.desired,
+                exc,
+            )
             kopf.event(
                 _kbody(body),
                 type="Warning",
@@ -459,6 +474,7 @@ async def run_daemon(
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
     interval = autoscaler.config.interval
+    logger.info("autoscaler loop started (every %gs)", interval)
     try:
         while not stopped:
             started = time.monotonic()

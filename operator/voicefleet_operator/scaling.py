@@ -92,6 +92,8 @@ class Policy:
     scale_to_zero_idle: float = 600.0
     up_samples: int = DEFAULT_UP_SAMPLES
     pending_request_work_seconds: float = DEFAULT_PENDING_REQUEST_WORK_SECONDS
+    starting_weight: float = 1.0
+    """How much of the pods on the way a further scale-up must exceed (see module doc)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +207,12 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
     recent = [n for _, n in list(history)[-policy.up_samples :]]
     if len(recent) >= policy.up_samples and min(recent) > current:
         target = _clamp(min(recent), policy)
-        if obs.starting and target <= current + obs.starting:
-            return result(
-                current, "Hold", f"{numbers}; {obs.starting} pods on the way cover the excess"
-            )
         if target > current:
+            on_the_way = math.floor(obs.starting * policy.starting_weight)
+            if obs.starting and target <= current + on_the_way:
+                return result(
+                    current, "Hold", f"{numbers}; {obs.starting} pods on the way cover the excess"
+                )
             return result(target, "ScaleUp", numbers)
 
     # Down: only after a whole scaleDownDelay observed since the last change.

@@ -1,0 +1,273 @@
+"""The autoscaler on the real control plane, with `simulated` pods through the process kubelet.
+
+The operator runs as its least-privilege ServiceAccount (fixtures from test_operator),
+ticking every 0.5 s. Voices use the `simulated` engine: real voicefleet-server
+processes whose service time follows the bundled voice's cost model, so added replicas
+add capacity even on two cores. Load is real HTTP to the pods' loopback addresses.
+Delays in the test voices are seconds, not minutes, to keep the module fast.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_operator import (  # the same operator process helpers and SA identity
+    Operator,
+    free_port,
+    operator_argv,
+    sa_kubeconfig,  # noqa: F401  (fixture, by name)
+)
+
+from voicefleet_localcluster.testing import LocalCluster, WaitTimeout, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+TEXT = "The quick brown fox jumps over the lazy dog. " * 12  # ~540 chars: ~2.5 s of work
+
+
+@pytest.fixture(scope="module")
+def autoscaling_operator(
+    sa_kubeconfig: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Operator]:
+    health, metrics = free_port(), free_port()
+    op = Operator(
+        argv=operator_argv(
+            sa_kubeconfig,
+            health,
+            metrics,
+            priority=100,
+            extra=["--autoscale-interval=0.5", "--standalone", "--verbose"],
+        ),
+        log_path=tmp_path_factory.mktemp("autoscaler-log") / "operator.log",
+        health_port=health,
+        metrics_port=metrics,
+    )
+    op.argv = [a for a in op.argv if not a.startswith("--peering")]
+    failed_before = request.session.testsfailed
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        if request.session.testsfailed > failed_before:
+            print("\n--- operator log tail:\n" + "\n".join(op.log().splitlines()[-80:]))
+
+
+def start_slowly(op: Operator, timeout: float = 120) -> None:
+    """`Operator.start` with a longer wait: on the shared 2-core machine a cold Python
+    start of the operator (kopf + kubernetes imports) has taken more than 30 s."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env["PYTHONUNBUFFERED"] = "1"
+    with op.log_path.open("ab") as log:
+        log.write(f"--- test: start {op.starts}\n".encode())
+        log.flush()
+        op.proc = subprocess.Popen(
+            op.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    op.starts += 1
+    wait_for(op.healthy, timeout=timeout, what=f"operator /healthz (log {op.log_path})")
+
+
+def simulated_voice(name: str, *, replicas: int, autoscaling: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "voicefleet.io/v1alpha1",
+        "kind": "TTSVoice",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "engine": "simulated",
+            "model": {"bundled": "en_US-joe-medium"},
+            "resources": {"cpu": "100m", "memory": "256Mi"},
+            "server": {"workers": 1, "maxQueue": 64, "drainGraceSeconds": 30},
+            "autoscaling": autoscaling,
+        },
+    }
+
+
+def spec_replicas(cluster: LocalCluster, ns: str, name: str) -> int:
+    return int(cluster.get_json("ttsvoice", name, "-n", ns)["spec"].get("replicas", 0))
+
+
+def scale_events(cluster: LocalCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.get_json(
+        "events", "-n", ns, "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return [e for e in items if e.get("reason") in ("ScaleUp", "ScaleDown", "ScaleToZero")]
+
+
+class Load:
+    """`concurrency` client threads, each sending TEXT to a ready pod, round robin."""
+
+    def __init__(self, cluster: LocalCluster, ns: str, name: str, concurrency: int) -> None:
+        self.cluster, self.ns, self.name = cluster, ns, name
+        self.concurrency = concurrency
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed: list[str] = []
+        self.ips: list[str] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def refresh(self) -> None:
+        pods = self.cluster.ready_pods(self.ns, f"voicefleet.io/voice={self.name}")
+        with self._lock:
+            self.ips = [p["status"]["podIP"] for p in pods if p["status"].get("podIP")]
+
+    def _worker(self, k: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            n = k
+            while not self.stop.is_set():
+                with self._lock:
+                    ips = list(self.ips)
+                if not ips:
+                    time.sleep(0.2)
+                    continue
+                ip = ips[n % len(ips)]
+                n += 1
+                try:
+                    rsp = client.post(
+                        f"http://{ip}:8080/v1/audio/speech",
+                        json={"model": "en_US-joe-medium", "input": TEXT, "voice": "default"},
+                    )
+                except httpx.HTTPError as exc:
+                    self.failed.append(f"{ip}: {exc!r}")
+                    continue
+                if rsp.status_code == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(f"{ip}: {rsp.status_code} {rsp.text[:200]}")
+
+    def __enter__(self) -> Load:
+        self.refresh()
+        for k in range(self.concurrency):
+            t = threading.Thread(target=self._worker, args=(k,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+
+def test_load_scales_up_survives_an_operator_restart_and_comes_back_down(
+    local_cluster: LocalCluster, cluster_namespace: str, autoscaling_operator: Operator
+) -> None:
+    ns, name = cluster_namespace, "loaded"
+    local_cluster.apply(
+        simulated_voice(
+            name,
+            replicas=1,
+            autoscaling={
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetWorkSecondsPerReplica": 4,
+                "scaleDownDelaySeconds": 8,
+            },
+        ),
+        namespace=ns,
+    )
+    selector = f"voicefleet.io/voice={name}"
+    wait_for(lambda: len(local_cluster.ready_pods(ns, selector)) == 1, timeout=60, what="1 pod")
+    with Load(local_cluster, ns, name, concurrency=8) as load:
+        started = time.monotonic()
+        try:
+            wait_for(lambda: spec_replicas(local_cluster, ns, name) == 3, timeout=30, what="3")
+        except WaitTimeout as exc:
+            status = local_cluster.get_json("ttsvoice", name, "-n", ns).get("status")
+            raise AssertionError(f"{exc}; status {status}; {load.ok} ok {load.failed[:3]}") from exc
+        reacted = time.monotonic() - started
+        up = scale_events(local_cluster, ns, name)
+        assert up
+        assert up[0]["reason"] == "ScaleUp"
+        assert "work" in up[0]["message"]
+        status = local_cluster.get_json("ttsvoice", name, "-n", ns)["status"]
+        assert status["autoscaling"]["lastScaleReason"] == "ScaleUp"
+        assert status["lastScaleTime"]
+        wait_for(lambda: len(local_cluster.ready_pods(ns, selector)) == 3, timeout=60, what="3")
+        load.refresh()
+
+        # Restart mid-load: the count never dips while the new operator catches up.
+        autoscaling_operator.stop()
+        start_slowly(autoscaling_operator)
+        seen = {spec_replicas(local_cluster, ns, name)}
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            seen.add(spec_replicas(local_cluster, ns, name))
+            time.sleep(0.3)
+        assert seen == {3}, seen
+    assert load.ok > 0
+    assert load.failed == []
+    assert reacted < 15, reacted
+
+    # Load gone: back to the minimum after scaleDownDelaySeconds (8 s), not before.
+    idle_at = time.monotonic()
+    wait_for(lambda: spec_replicas(local_cluster, ns, name) == 1, timeout=40, what="back to 1")
+    assert time.monotonic() - idle_at >= 5
+    down = [e for e in scale_events(local_cluster, ns, name) if e["reason"] == "ScaleDown"]
+    assert down
+    assert "-> 1 replicas" in down[-1]["message"]  # in one step or two as the work drains
+
+
+def test_min_zero_scales_to_zero_after_idling(
+    local_cluster: LocalCluster, cluster_namespace: str, autoscaling_operator: Operator
+) -> None:
+    ns, name = cluster_namespace, "idle"
+    local_cluster.apply(
+        simulated_voice(
+            name,
+            replicas=1,
+            autoscaling={
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "scaleDownDelaySeconds": 2,
+                "scaleToZeroIdleSeconds": 4,
+            },
+        ),
+        namespace=ns,
+    )
+    wait_for(lambda: spec_replicas(local_cluster, ns, name) == 0, timeout=60, what="zero")
+    voice = local_cluster.get_json("ttsvoice", name, "-n", ns)
+    assert voice["status"]["autoscaling"]["lastScaleReason"] == "ScaleToZero"
+    assert voice["status"]["autoscaling"]["idleSince"]
+    assert any(e["reason"] == "ScaleToZero" for e in scale_events(local_cluster, ns, name))
+    wait_for(lambda: not local_cluster.pods(ns, f"voicefleet.io/voice={name}"), timeout=60)
+
+
+def test_opted_out_voice_is_left_alone(
+    local_cluster: LocalCluster, cluster_namespace: str, autoscaling_operator: Operator
+) -> None:
+    ns, name = cluster_namespace, "manual"
+    local_cluster.apply(
+        simulated_voice(
+            name,
+            replicas=2,
+            autoscaling={
+                "enabled": False,
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "scaleDownDelaySeconds": 0,
+                "scaleToZeroIdleSeconds": 1,
+            },
+        ),
+        namespace=ns,
+    )
+    wait_for(
+        lambda: len(local_cluster.ready_pods(ns, f"voicefleet.io/voice={name}")) == 2,
+        timeout=60,
+        what="2 pods",
+    )
+    time.sleep(3)  # well past both delays
+    assert spec_replicas(local_cluster, ns, name) == 2
+    assert "autoscaling" not in local_cluster.get_json("ttsvoice", name, "-n", ns)["status"]
