@@ -384,6 +384,10 @@ def ensure_promtool(log: Callable[[str], None] = _default_log) -> Path:
                 go,
                 "build",
                 "-buildvcs=false",
+                # Prometheus's own build tag: leave out the cloud service-discovery
+                # plugins (AWS, Azure, GCE …), most of the build, which rule tests never use.
+                "-tags",
+                "remove_all_sd",
                 "-ldflags",
                 flags,
                 "-o",
