@@ -38,6 +38,9 @@ def bash_blocks(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     binaries.ensure_binaries()  # cached by the session; `make up` would build it otherwise
+    # Bring the checkout's venv up to date here first: in the copy, an out-of-date stamp
+    # would make `make install` re-point the editable install at the scratch copy.
+    subprocess.run(["make", "install"], cwd=REPO, check=True, capture_output=True, timeout=900)
     root = tmp_path_factory.mktemp("readme")
     for name in MAKE_FILES:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
