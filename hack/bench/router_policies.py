@@ -94,7 +94,7 @@ def perfect_information(
 
 async def replay(url: str, arrivals: list[Arrival]) -> tuple[list[float], int]:
     """Send each arrival at its time (open loop); latency to the last byte, and failures."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=512, keepalive_expiry=2)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         # warm the connection pool and the router (not measured)
         await asyncio.gather(
@@ -125,7 +125,7 @@ def _body(text: str) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=4)
-    parser.add_argument("--speed-factor", type=float, default=1.0)
+    parser.add_argument("--speed-factor", type=float, default=0.5)
     parser.add_argument("--jitter", type=float, default=0.2)
     parser.add_argument(
         "--audio-seconds-per-char",
@@ -135,8 +135,8 @@ def main() -> int:
         "pods' encoding CPU from blurring a queueing benchmark on a small machine",
     )
     parser.add_argument("--load", type=float, default=0.8)
-    parser.add_argument("--duration-s", type=float, default=45.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration-s", type=float, default=40.0)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()

@@ -86,7 +86,11 @@ def build_router(
     metrics = create_metrics()
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024),
+        # Idle pod connections are dropped before the pods' own keep-alive timeout (uvicorn:
+        # 5 s), so a request is never written onto a connection the pod is closing.
+        limits=httpx.Limits(
+            max_connections=None, max_keepalive_connections=1024, keepalive_expiry=4.0
+        ),
         trust_env=False,
     )
     proxy = Proxy(
@@ -143,6 +147,9 @@ async def serve(settings: RouterSettings, token: str | None) -> int:
             access_log=settings.log_level == "debug",
             lifespan="off",
             timeout_graceful_shutdown=30,
+            # Longer than clients' and load balancers' idle timeouts, so that the client
+            # side closes idle connections first (no request lost to a closing socket).
+            timeout_keep_alive=75,
         )
     )
     log.info(
