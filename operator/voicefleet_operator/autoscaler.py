@@ -195,6 +195,19 @@ def status_patch(decision: Decision, obs: Observation, scaled: bool) -> dict[str
     return patch
 
 
+def status_differs(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether ``patch`` (from :func:`status_patch`) says anything ``status`` does not,
+    ignoring when it was observed."""
+    for key, value in patch.items():
+        if key == "autoscaling":
+            current = status.get("autoscaling") or {}
+            if any(current.get(k) != v for k, v in value.items() if k != "observedTime"):
+                return True
+        elif status.get(key) != value:
+            return True
+    return False
+
+
 def policy_of(body: Mapping[str, Any]) -> tuple[Policy, bool, float] | None:
     """``(policy, enabled, cold start timeout)`` from a TTSVoice body; None when invalid."""
     try:
@@ -421,19 +434,18 @@ class Autoscaler:
         logger: logging.Logger | logging.LoggerAdapter[Any],
     ) -> None:
         status = body.get("status") or {}
+        patch = status_patch(decision, obs, scaled)
+        # "moved": turned idle or busy. The status we would write is compared with the one
+        # the voice has, without the observation time, so a restarted operator facing an
+        # unchanged voice writes nothing; changes are written at most every status_interval.
         moved = (before.idle_since is None) != (decision.state.idle_since is None)
-        last = self._last_status.get(key, 0.0)
-        changed = (
-            status.get("queueWorkSeconds") != round(decision.work_seconds, 3)
-            or status.get("queueDepth") != decision.queue_depth
-        )
-        due = changed and obs.now - last >= self.config.status_interval
-        if not (scaled or moved or due or key not in self._last_status):
+        changed = status_differs(status, patch)
+        last = self._last_status.get(key)
+        due = changed and (last is None or obs.now - last >= self.config.status_interval)
+        if not (scaled or (moved and changed) or due):
             return
         try:
-            await asyncio.to_thread(
-                self.kube.patch_voice_status, key[0], key[1], status_patch(decision, obs, scaled)
-            )
+            await asyncio.to_thread(self.kube.patch_voice_status, key[0], key[1], patch)
             self._last_status[key] = obs.now
         except KubeError as exc:
             logger.warning("could not write autoscaler status: %s", exc)

@@ -11,6 +11,7 @@ from voicefleet_operator.autoscaler import (
     parse_gauges,
     parse_time,
     state_from_status,
+    status_differs,
     status_patch,
 )
 from voicefleet_operator.scaling import Observation, PodSample, Policy, ScalingState, decide
@@ -84,3 +85,16 @@ def test_autoscaler_flags() -> None:
         parse_args(["-A", "--router-metrics-url", "router:8080"])
     with pytest.raises(UsageError, match="router-pod-selector"):
         parse_args(["-A", "--router-pod-selector", "justakey"])
+
+
+def test_an_unchanged_voice_gets_no_status_write_only_the_observation_time_differs() -> None:
+    policy = Policy(min_replicas=1)
+    obs = Observation(now=1_764_000_000.0, replicas=1, ready=(PodSample(0.0, 0, 0),))
+    decision = decide(obs, ScalingState(), policy)
+    written = status_patch(decision, obs, scaled=False)
+    later = Observation(now=obs.now + 30, replicas=1, ready=obs.ready)
+    again = decide(later, decision.state, policy)
+    assert not status_differs(written, status_patch(again, later, scaled=False))
+    busy = Observation(now=obs.now + 31, replicas=1, ready=(PodSample(2.5, 1, 1),))
+    assert status_differs(written, status_patch(decide(busy, again.state, policy), busy, False))
+    assert status_differs({}, written)
