@@ -12,6 +12,7 @@ fresh each time; whether the Go binaries were cached decides "fresh" vs "cached"
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,7 @@ def main() -> int:
         print(f"RSS at rest after {args.rest:.0f} s: {total / 1024:.0f} MiB")
     finally:
         subprocess.run([cli, "stack-down", "--state-dir", str(state_dir)], check=False)
+        shutil.rmtree(state_dir, ignore_errors=True)
     return 0
 
 
