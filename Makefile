@@ -12,7 +12,7 @@ HOST ?= 127.0.0.1
 
 PRODUCT_SRC := crds/voicefleet_api inference/voicefleet_inference operator/voicefleet_operator hack/voicefleet_localcluster
 
-.PHONY: help install lint typecheck unit test serve bench cluster-build cluster-up cluster-down clean
+.PHONY: help install lint typecheck unit test serve bench cluster-build cluster-up cluster-down clean up down chart-crds
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,15 @@ cluster-up: cluster-build ## bare local control plane + process kubelet; kubecon
 
 cluster-down: ## stop the local control plane, leaving no process or temp data
 	@if [ -x $(BIN)/voicefleet-cluster ]; then $(BIN)/voicefleet-cluster down; fi
+
+up: install ## the whole stack on the local cluster: chart (operator, router) + sample voice, Ready; prints a curl
+	$(BIN)/voicefleet-cluster stack-up
+
+down: ## stop everything `make up` started (cluster, pods), leaving no process
+	@if [ -x $(BIN)/voicefleet-cluster ]; then $(BIN)/voicefleet-cluster stack-down; fi
+
+chart-crds: ## copy crds/*.yaml into the Helm chart (a test fails when the copy drifts)
+	$(PYTHON) hack/sync_chart_crds.py
 
 clean: cluster-down ## remove the venv and local state
 	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages VoiceFleet needs, only when they are missing.
 #   espeak-ng: phonemizer for Piper voices (GPL, used only as a separate program/library).
+#   chromium: the headless browser the playground test drives through Playwright
+#             (tests/e2e; Playwright's own browser download is never used).
 set -euo pipefail
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

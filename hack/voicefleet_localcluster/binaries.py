@@ -35,9 +35,12 @@ import httpx
 HACK_DIR = Path(__file__).resolve().parent.parent
 K8S_MODULE_DIR = HACK_DIR / "k8s"
 HELM_MODULE_DIR = K8S_MODULE_DIR / "helm"
+PROMTOOL_MODULE_DIR = K8S_MODULE_DIR / "promtool"
 
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 HELM_MODULE = "helm.sh/helm/v3"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+PROMTOOL_PACKAGE = "github.com/prometheus/prometheus/cmd/promtool"
 
 
 @dataclass(frozen=True)
@@ -330,3 +333,79 @@ def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     log(f"all binaries built in {time.monotonic() - started:.0f}s -> {target_dir}")
+
+
+# -- promtool -------------------------------------------------------------------------------
+# Only the chart's alert-rule tests need it, so it is built on first use, from its own
+# module dir and into its own cache dir: a Prometheus pin never invalidates the
+# Kubernetes binaries (whose build is the slow one) and vice versa.
+
+
+def promtool_versions(module_dir: Path = PROMTOOL_MODULE_DIR) -> tuple[str, str]:
+    """(Prometheus release, digest of the pin files) for the promtool cache key.
+
+    Prometheus v3.X.Y is published as Go module version v0.3XX.Y; the release name
+    is what `promtool --version` should print.
+    """
+    mod = (module_dir / "go.mod").read_text()
+    module = module_version(mod, PROMETHEUS_MODULE)
+    match = re.fullmatch(r"v0\.(\d)(\d\d)\.(\d+)", module)
+    release = f"v{match.group(1)}.{int(match.group(2))}.{match.group(3)}" if match else module
+    digest = hashlib.sha256()
+    for path in (module_dir / "go.mod", module_dir / "go.sum"):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return release, digest.hexdigest()[:10]
+
+
+def promtool_path(module_dir: Path = PROMTOOL_MODULE_DIR) -> Path:
+    """Where promtool for this pin lives (whether or not it is built yet)."""
+    release, digest = promtool_versions(module_dir)
+    return cache_root() / f"promtool-{release}-{digest}" / "bin" / "promtool"
+
+
+def ensure_promtool(log: Callable[[str], None] = _default_log) -> Path:
+    """Return the promtool binary, building it first when missing (atomic, locked)."""
+    target = promtool_path()
+    if os.access(target, os.X_OK):
+        return target
+    release, _ = promtool_versions()
+    with _locked(target.parent.parent / "build.lock"):
+        if os.access(target, os.X_OK):
+            return target
+        go = find_go(log)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log(f"building promtool {release} from its Go module (first run: minutes on 2 cores)")
+        started = time.monotonic()
+        partial = target.with_name(f".promtool.partial-{os.getpid()}")
+        flags = f"-s -w -X github.com/prometheus/common/version.Version={release.lstrip('v')}"
+        proc = subprocess.run(
+            [
+                go,
+                "build",
+                "-buildvcs=false",
+                # Prometheus's own build tag: leave out the cloud service-discovery
+                # plugins (AWS, Azure, GCE …), most of the build, which rule tests never use.
+                "-tags",
+                "remove_all_sd",
+                "-ldflags",
+                flags,
+                "-o",
+                str(partial),
+                PROMTOOL_PACKAGE,
+            ],
+            cwd=PROMTOOL_MODULE_DIR,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "GOTOOLCHAIN": "local"},
+        )
+        if proc.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"go build {PROMTOOL_PACKAGE} failed (exit {proc.returncode}):\n"
+                f"{proc.stderr[-4000:]}"
+            )
+        partial.rename(target)
+        log(f"promtool built in {time.monotonic() - started:.0f}s -> {target}")
+    return target

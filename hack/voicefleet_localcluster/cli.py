@@ -101,6 +101,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_stack_up(args: argparse.Namespace) -> int:
+    from voicefleet_localcluster import stack
+
+    return stack.up(args.state_dir, timeout=args.timeout)
+
+
+def cmd_stack_down(args: argparse.Namespace) -> int:
+    from voicefleet_localcluster import stack
+
+    return stack.down(args.state_dir, say=lambda line: _say(line))
+
+
+def cmd_promtool(_: argparse.Namespace) -> int:
+    print(binaries.ensure_promtool(log=_say))
+    return 0
+
+
 def cmd_kubelet(args: argparse.Namespace) -> int:
     from voicefleet_localcluster.kubelet import KubeletConfig, run_kubelet
 
@@ -148,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the recorded cluster's processes")
     status.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
     status.set_defaults(func=cmd_status)
+
+    stack_up = sub.add_parser(
+        "stack-up",
+        help="`make up`: cluster + helm install of the chart + the sample voice, Ready",
+    )
+    stack_up.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    stack_up.add_argument("--timeout", type=float, default=600.0, help="seconds per long step")
+    stack_up.set_defaults(func=cmd_stack_up)
+
+    stack_down = sub.add_parser("stack-down", help="`make down`: stop everything `stack-up` made")
+    stack_down.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    stack_down.set_defaults(func=cmd_stack_down)
+
+    promtool = sub.add_parser("promtool", help="build promtool (cached); print its path")
+    promtool.set_defaults(func=cmd_promtool)
 
     kubelet = sub.add_parser("kubelet", help="run the process kubelet (started by `up`)")
     kubelet.add_argument("--kubeconfig", type=Path, required=True)

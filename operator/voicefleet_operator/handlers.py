@@ -340,6 +340,7 @@ def _write_status(
     status = derive_status(
         voice, deployment, found, previous, datetime.now(UTC), starting=report.starting
     )
+    deps.metrics.observe_voice(f"{voice.namespace}/{voice.name}", status)
     if all(current.get(key) == value for key, value in status.items()):
         return
     deps.kube.patch_voice_status(voice.namespace, voice.name, status)
@@ -438,6 +439,7 @@ def _invalid(
             namespace, name, {"conditions": conditions, "observedGeneration": generation}
         )
         deps.metrics.status_writes.inc()
+        deps.metrics.observe_voice(f"{namespace}/{name}", {"conditions": conditions})
         kopf.event(_body(body), type="Warning", reason="InvalidSpec", message=message)
     logger.warning("%s", message)
     deps.metrics.reconcile_errors.labels(reason="invalid_spec").inc()
@@ -489,6 +491,14 @@ def _reconcile(
             _write_status(deps, body, voice, deployment, problems, report)
         except KubeError as exc:
             deps.metrics.reconcile_errors.labels(reason="api").inc()
+            if exc.status == 403:  # RBAC: say on the voice itself which permission is missing
+                kopf.event(
+                    _body(body),
+                    type="Warning",
+                    reason="Forbidden",
+                    message=f"{exc.message} (the operator's ServiceAccount lacks this "
+                    "permission: check its ClusterRole, e.g. the Helm chart's)",
+                )
             raise kopf.TemporaryError(f"API call failed: {exc}", delay=5) from exc
     if problems:
         deps.metrics.reconcile_errors.labels(reason="problem").inc()
@@ -504,6 +514,7 @@ def deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Nothing to do: ownerReferences let the garbage collector remove what we made."""
     meta = body.get("metadata") or {}
     _deps(memo).forget(str(meta.get("namespace")), str(meta.get("name")))
+    _deps(memo).metrics.forget_voice(f"{meta.get('namespace')}/{meta.get('name')}")
     logger.info("deleted; the garbage collector removes its Deployment, Service and PDB")
 
 

@@ -1,0 +1,393 @@
+"""`helm install` of the chart on the real local control plane, then a voice through it.
+
+One install per module (the fixture below): the release namespace enforces the Pod
+Security Standard "restricted" (the API server's own PodSecurity admission refuses
+any pod that falls short), the operator and the router run as pods under the
+chart's ServiceAccounts (the process kubelet hands each pod a token issued for its
+ServiceAccount), and the sample voice is served through the router. The last tests
+take a permission away from the operator, then uninstall and check nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from voicefleet_localcluster import stack
+from voicefleet_localcluster.controlplane import free_ports
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASE = "vfe2e"
+NAMESPACE = "vfe2e-system"
+OPERATOR = f"{RELEASE}-voicefleet-operator"
+ROUTER = f"{RELEASE}-voicefleet-router"
+VOICE = "en-us-joe"
+
+
+class Installed:
+    def __init__(self, cluster: LocalCluster, voices: str, notes: str) -> None:
+        self.cluster = cluster
+        self.notes = notes  # what `helm install` printed
+        self.voices = voices  # the namespace the sample voice lives in
+
+    def router_urls(self) -> list[str]:
+        pods = self.cluster.ready_pods(NAMESPACE, "app.kubernetes.io/name=voicefleet-router")
+        return sorted(f"http://{p['status']['podIP']}:8080" for p in pods)
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        found = self.cluster.get_json(
+            "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+        )
+        return list(found.get("items") or [])
+
+
+@pytest.fixture(scope="module")
+def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
+    cluster = local_cluster
+    cluster.kubectl_run("create", "namespace", NAMESPACE)
+    cluster.kubectl_run(
+        "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    # the voices' namespace enforces "restricted" too: the operator's pods must pass it
+    voices = cluster.create_namespace(
+        "vfe2e-voices", labels={"pod-security.kubernetes.io/enforce": "restricted"}
+    )
+    health, metrics = free_ports(2)
+    try:
+        output = stack.helm_install(
+            cluster,
+            release=RELEASE,
+            namespace=NAMESPACE,
+            values=(stack.LOCAL_VALUES,),
+            # the chart's defaults for what this test checks: two routers (and their PDB),
+            # CRDs removed with the release (so "nothing left" can be checked)
+            set_values=(
+                "router.replicas=2",
+                "crds.keep=false",
+                # the operator pod shares the host's network here: ports nobody holds
+                f"operator.healthPort={health}",
+                f"operator.metricsPort={metrics}",
+            ),
+        )
+        stack.wait_deployments(cluster, NAMESPACE, [OPERATOR, ROUTER], timeout=180, say=print)
+        cluster.kubectl_run("apply", "-n", voices, "-f", str(stack.SAMPLE_VOICE))
+        wait_for(
+            lambda: stack.voice_ready(cluster, voices, VOICE),
+            timeout=180,
+            interval=0.5,
+            what="sample voice Ready",
+        )
+        yield Installed(cluster, voices, output)
+    finally:
+        # voices first, while the operator still runs: kopf's finalizer on each voice (it
+        # stops the voice's autoscaler daemon) is only removed by a running operator
+        cluster.kubectl_run(
+            "delete", "ttsvoice", "--all", "-n", voices, "--timeout=60s", check=False
+        )
+        cluster.helm_run(
+            "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=90s", check=False
+        )
+        cluster.delete_namespace(voices)
+        cluster.kubectl_run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def test_components_run_as_pods_under_the_charts_service_accounts(installed: Installed) -> None:
+    cluster = installed.cluster
+    for name, account in ((OPERATOR, OPERATOR), (ROUTER, ROUTER)):
+        pods = cluster.ready_pods(
+            NAMESPACE, f"app.kubernetes.io/name=voicefleet-{name.split('-')[-1]}"
+        )
+        assert pods, f"no ready {name} pod"
+        for pod in pods:
+            assert pod["spec"]["serviceAccountName"] == account
+            # the process kubelet's stand-in for the token mount: a kubeconfig whose token
+            # the API server issued for this pod's ServiceAccount
+            log_dir = Path(pod["metadata"]["annotations"]["voicefleet.io/log-dir"])
+            config = json.loads((log_dir / "serviceaccount" / "kubeconfig").read_text())
+            user = config["users"][0]["name"]
+            assert user == f"system:serviceaccount:{NAMESPACE}:{account}"
+    routers = cluster.ready_pods(NAMESPACE, "app.kubernetes.io/name=voicefleet-router")
+    assert len(routers) == 2
+    pdb = cluster.get_json("pdb", ROUTER, "-n", NAMESPACE)
+    assert pdb["status"]["currentHealthy"] == 2
+
+
+def test_install_notes_tell_how_to_call_a_voice(installed: Installed) -> None:
+    notes = installed.notes.split("NOTES:", 1)[1]
+    assert "kubectl apply -f crds/samples/en-us-joe.yaml" in notes
+    assert '"model": "en-us-joe"' in notes
+    assert f"svc/{ROUTER}" in notes
+    assert f"http://{ROUTER}.{NAMESPACE}.svc:80/v1/audio/speech" in notes
+
+
+def can_i(cluster: LocalCluster, account: str, *args: str) -> bool:
+    proc = cluster.kubectl_run(
+        "auth", "can-i", *args, f"--as=system:serviceaccount:{NAMESPACE}:{account}", check=False
+    )
+    return proc.stdout.strip() == "yes"
+
+
+def test_rbac_grants_what_each_component_needs_and_no_more(installed: Installed) -> None:
+    cluster, ns = installed.cluster, installed.voices
+    assert can_i(cluster, OPERATOR, "patch", "deployments", "-n", ns)
+    assert can_i(cluster, OPERATOR, "patch", "ttsvoices/scale", "-n", ns)
+    assert can_i(cluster, OPERATOR, "patch", "pods", "-n", ns)
+    assert not can_i(cluster, OPERATOR, "get", "secrets", "-n", ns)
+    assert not can_i(cluster, OPERATOR, "delete", "ttsvoices", "-n", ns)
+    assert not can_i(cluster, OPERATOR, "create", "clusterroles")
+    assert can_i(cluster, ROUTER, "watch", "ttsvoices", "-n", ns)
+    assert can_i(cluster, ROUTER, "list", "pods", "-n", ns)
+    assert not can_i(cluster, ROUTER, "patch", "pods", "-n", ns)
+    assert not can_i(cluster, ROUTER, "create", "deployments", "-n", ns)
+    assert not can_i(cluster, ROUTER, "get", "secrets", "-n", ns)
+
+
+def test_the_operator_made_the_voice_under_the_charts_rbac(installed: Installed) -> None:
+    """The voice's Deployment was written by the operator pod's ServiceAccount."""
+    dep = installed.cluster.get_json(
+        "deployment", VOICE, "-n", installed.voices, "--show-managed-fields"
+    )
+    managers = {m["manager"] for m in dep["metadata"]["managedFields"]}
+    assert "voicefleet-operator" in managers
+    voice = installed.cluster.get_json("ttsvoice", VOICE, "-n", installed.voices)
+    assert voice["status"]["readyReplicas"] == 1
+
+
+def test_speech_through_the_router(installed: Installed) -> None:
+    urls = installed.router_urls()
+    assert len(urls) == 2
+    for url in urls:  # each router replica serves the voice by `namespace/name`
+        audio = stack.speak(url, f"{installed.voices}/{VOICE}", "Hello through the router.")
+        assert audio[:4] == b"RIFF"
+        assert len(audio) > 20_000
+    models = httpx.get(f"{urls[0]}/v1/models", timeout=10).json()
+    assert models["object"] == "list"
+    assert f"{installed.voices}/{VOICE}" in {m["id"] for m in models["data"]}
+
+
+def test_an_unknown_voice_is_a_404_that_lists_the_voices(installed: Installed) -> None:
+    url = installed.router_urls()[0]
+    response = httpx.post(
+        f"{url}/v1/audio/speech",
+        json=stack.speech_request("no-such-voice", "Hello."),
+        timeout=30,
+    )
+    assert response.status_code == 404
+    assert VOICE in response.json()["error"]["message"]
+
+
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+def test_playground_speaks_in_a_real_browser(installed: Installed, tmp_path: Path) -> None:
+    """Debian's chromium, driven by Playwright: pick the voice, type, Speak, get audio."""
+    from playwright.sync_api import sync_playwright
+
+    url = installed.router_urls()[0]
+    model = f"{installed.voices}/{VOICE}"
+    shot = Path(os.environ.get("VOICEFLEET_PLAYGROUND_SCREENSHOT") or tmp_path / "playground.png")
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path="/usr/bin/chromium", args=BROWSER_FLAGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 640})
+            page.goto(f"{url}/")
+            page.wait_for_function(
+                "v => [...document.querySelectorAll('#voice option')].some(o => o.value === v)",
+                arg=model,
+                timeout=30_000,
+            )
+            page.select_option("#voice", model)
+            page.fill("#text", "Hello from the VoiceFleet playground.")
+            page.click("#speak")
+            page.wait_for_function(
+                "document.querySelector('#download').getAttribute('aria-disabled') === 'false'",
+                timeout=60_000,
+            )
+            ttfa = page.inner_text("#ttfa")
+            assert re.fullmatch(r"\d+ ms", ttfa), ttfa
+            assert "error" not in (page.get_attribute("#status", "class") or "")
+            size, magic = page.evaluate(
+                """async () => {
+                    const r = await fetch(document.querySelector('#download').href);
+                    const b = new Uint8Array(await r.arrayBuffer());
+                    return [b.length, String.fromCharCode(...b.slice(0, 4))];
+                }"""
+            )
+            assert magic == "RIFF"
+            assert size > 20_000
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+SIMULATED_VOICE = """
+apiVersion: voicefleet.io/v1alpha1
+kind: TTSVoice
+metadata:
+  name: load
+spec:
+  engine: simulated
+  model:
+    bundled: en_US-joe-medium
+  resources:
+    cpu: 100m
+    memory: 256Mi
+  server:
+    maxQueue: 256
+  autoscaling:
+    minReplicas: 1
+    maxReplicas: 3
+    targetWorkSecondsPerReplica: 2
+    scaleDownDelaySeconds: 5
+"""
+
+PARAGRAPH = (
+    "VoiceFleet scales each voice on the seconds of synthesis waiting in its queues, "
+    "not on the number of requests, because one paragraph costs as much as twenty short "
+    "phrases. This request is long on purpose, so that a handful of them keep a replica busy."
+)
+
+
+def test_load_through_the_router_scales_the_voice_up_and_back_down(installed: Installed) -> None:
+    """A simulated voice (service time from the real cost model, no model loaded, so
+    replicas add capacity even on two cores) under load through the router."""
+    cluster, ns = installed.cluster, installed.voices
+    cluster.apply(SIMULATED_VOICE, namespace=ns)
+    wait_for(lambda: stack.voice_ready(cluster, ns, "load"), timeout=120, what="load voice Ready")
+    url = installed.router_urls()[0]
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                response = http.post(
+                    f"{url}/v1/audio/speech",
+                    json=stack.speech_request(f"{ns}/load", PARAGRAPH),
+                )
+                codes.append(response.status_code)
+
+    def replicas() -> int:
+        return int(cluster.get_json("ttsvoice", "load", "-n", ns)["spec"].get("replicas", 0))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: replicas() >= 2, timeout=60, interval=0.5, what="a scale-up under load")
+        wait_for(
+            lambda: len(cluster.ready_pods(ns, "voicefleet.io/voice=load")) >= 2,
+            timeout=60,
+            what="the new replica ready",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    wait_for(
+        lambda: replicas() == 1, timeout=90, interval=0.5, what="the scale-down after the load"
+    )
+    assert codes
+    assert set(codes) == {200}, f"failed requests through the scale-up/down: {sorted(set(codes))}"
+    events = installed.events(ns, "load")
+    assert any("replicas" in str(e.get("message", "")) for e in events)
+    cluster.kubectl_run("delete", "ttsvoice", "load", "-n", ns, "--wait=false")
+
+
+def test_a_removed_permission_is_reported_on_the_voice(installed: Installed) -> None:
+    """Take `patch deployments` from the operator: a new voice says what is missing."""
+    cluster = installed.cluster
+    role = cluster.get_json("clusterrole", OPERATOR)
+    original = json.dumps({"rules": role["rules"]})
+    for rule in role["rules"]:
+        if rule["resources"] == ["deployments"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    cluster.kubectl_run(
+        "patch", "clusterrole", OPERATOR, "--type=merge", "-p", json.dumps({"rules": role["rules"]})
+    )
+    name = "forbidden-voice"
+    try:
+        manifest = (stack.SAMPLE_VOICE.read_text()).replace(f"name: {VOICE}", f"name: {name}")
+        cluster.apply(manifest, namespace=installed.voices)
+
+        def forbidden() -> str | None:
+            for event in installed.events(installed.voices, name):
+                if event.get("reason") == "Forbidden":
+                    return str(event["message"])
+            return None
+
+        message = wait_for(forbidden, timeout=60, what="a Forbidden event on the voice")
+        assert 'cannot patch resource "deployments"' in message
+        assert f"system:serviceaccount:{NAMESPACE}:{OPERATOR}" in message
+        assert "ClusterRole" in message
+    finally:
+        cluster.kubectl_run("patch", "clusterrole", OPERATOR, "--type=merge", "-p", original)
+    # given the permission back, the operator recovers on its own (kopf retries)
+    wait_for(
+        lambda: cluster.get_json("deployment", name, "-n", installed.voices),
+        timeout=60,
+        what="the voice's Deployment after the permission came back",
+    )
+    cluster.kubectl_run("delete", "ttsvoice", name, "-n", installed.voices, "--wait=false")
+
+
+def test_uninstall_leaves_nothing(installed: Installed) -> None:
+    cluster = installed.cluster
+    pids = [
+        int(str(status["containerID"]).removeprefix("process://"))
+        for pod in cluster.pods(NAMESPACE)
+        for status in pod["status"].get("containerStatuses") or []
+        if str(status.get("containerID", "")).startswith("process://")
+    ]
+    assert pids, "no operator/router processes recorded"
+    cluster.kubectl_run("delete", "ttsvoice", "--all", "-n", installed.voices, "--wait=true")
+    cluster.helm_run("uninstall", RELEASE, "-n", NAMESPACE, "--wait", timeout=180)
+
+    def leftovers() -> list[str]:
+        names: list[str] = []
+        namespaced = (
+            "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,"
+            "poddisruptionbudgets,configmaps,secrets"
+        )
+        found = cluster.get_json(
+            namespaced, "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}"
+        )
+        names += [f"{i['kind']}/{i['metadata']['name']}" for i in found["items"]]
+        found = cluster.get_json("pods", "-n", NAMESPACE)
+        names += [f"Pod/{i['metadata']['name']}" for i in found["items"]]
+        found = cluster.get_json(
+            "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}"
+        )
+        names += [f"{i['kind']}/{i['metadata']['name']}" for i in found["items"]]
+        crds = cluster.kubectl_run("get", "crd", "ttsvoices.voicefleet.io", check=False)
+        if crds.returncode == 0:
+            names.append("CustomResourceDefinition/ttsvoices.voicefleet.io")
+        return names
+
+    wait_for(lambda: not leftovers(), timeout=90, what="nothing left of the release")
+    # and no process of it either: the kubelet stopped every pod it ran for the release
+    wait_for(
+        lambda: not [pid for pid in pids if Path(f"/proc/{pid}").exists()],
+        timeout=30,
+        what="the operator and router processes to exit",
+    )

@@ -1,0 +1,250 @@
+"""The Helm chart rendered by the real Helm binary: lint, schema refusals, what it makes.
+
+No cluster: `helm lint` and `helm template` only (the install itself is in
+test_chart_install.py). The binary is the pinned Helm built by the local cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from voicefleet_localcluster import binaries
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "voicefleet"
+# Helm built from its module reports Kubernetes v1.20 to `helm template` (the release
+# Makefile stamps the version; the chart needs >= 1.30): say which cluster we render for.
+KUBE = ("--kube-version", "v1.34.4")
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return binaries.ensure_binaries() / "helm"
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def render(helm: Path, *sets: str, show_only: str | None = None) -> list[dict[str, Any]]:
+    args = ["template", "vf", str(CHART), "--namespace", "voicefleet-system", *KUBE]
+    for item in sets:
+        args += ["--set", item]
+    if show_only:
+        args += ["--show-only", show_only]
+    proc = run_helm(helm, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def by_kind(docs: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_lint_is_clean(helm: Path) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_lint_with_everything_enabled(helm: Path) -> None:
+    proc = run_helm(
+        helm,
+        "lint",
+        "--strict",
+        str(CHART),
+        "--set",
+        "monitoring.podMonitor.enabled=true,monitoring.prometheusRule.enabled=true,"
+        "monitoring.dashboard.enabled=true,operator.replicas=2",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("operator.replicas=0", "/operator/replicas"),
+        ("router.replicas=-1", "/router/replicas"),
+        ("router.port=70000", "/router/port"),
+        ("router.service.type=Ingress", "/router/service/type"),
+        ("operator.image.pullPolicy=Sometimes", "/operator/image/pullPolicy"),
+        ("monitoring.prometheusRule.degradedFor=five minutes", "/prometheusRule/degradedFor"),
+        ("monitoring.prometheusRule.saturatedRatio=2", "/prometheusRule/saturatedRatio"),
+        ("operator.replicaz=2", "'replicaz' not allowed"),
+        ("crds.install=maybe", "/crds/install"),
+        ("operator.autoscaler.routerSelector=app in (a)", "/operator/autoscaler/routerSelector"),
+    ],
+)
+def test_schema_refuses_bad_values_with_a_clear_message(
+    helm: Path, setting: str, complaint: str
+) -> None:
+    """A typo or an out-of-range value stops `helm install` and names the value."""
+    proc = run_helm(helm, "template", "vf", str(CHART), *KUBE, "--set", setting)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert complaint in proc.stderr, proc.stderr
+
+
+def test_defaults_render_every_component(helm: Path) -> None:
+    docs = render(helm)
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
+    crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
+    assert set(crds) == {
+        "ttsvoices.voicefleet.io",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    }
+    assert crds["ttsvoices.voicefleet.io"]["metadata"]["annotations"] == {
+        "helm.sh/resource-policy": "keep"
+    }
+    # the CRD is the file in crds/, not a re-typed copy
+    source = yaml.safe_load((REPO / "crds" / "ttsvoices.yaml").read_text())
+    assert crds["ttsvoices.voicefleet.io"]["spec"] == source["spec"]
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    assert deployments["vf-voicefleet-router"]["spec"]["replicas"] == 2
+    pdb = by_kind(docs, "PodDisruptionBudget")[0]
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+def test_crds_toggle_off(helm: Path) -> None:
+    docs = render(helm, "crds.install=false")
+    assert not by_kind(docs, "CustomResourceDefinition")
+
+
+def pod_specs(docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment")]
+
+
+def test_pods_meet_the_restricted_pod_security_standard(helm: Path) -> None:
+    """The fields PSS "restricted" checks (the install test enforces it for real)."""
+    for spec in pod_specs(render(helm)):
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert "resources" in container
+            assert container["resources"]["requests"]
+
+
+def operator_args(docs: Sequence[dict[str, Any]]) -> list[str]:
+    dep = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("operator"))
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["voicefleet-operator"]
+    return [str(a) for a in container["args"]]
+
+
+def test_operator_flags_follow_values(helm: Path) -> None:
+    single = operator_args(render(helm))
+    assert "--standalone" in single
+    assert not any(a.startswith("--default-image") for a in single)
+    peered = operator_args(
+        render(helm, "operator.replicas=3", "operator.defaultVoiceImage=registry.example/tts:1")
+    )
+    assert "--peering=voicefleet" in peered
+    assert "--standalone" not in peered
+    assert "--default-image=registry.example/tts:1" in peered
+
+
+def test_operator_and_router_scheduling_values(helm: Path) -> None:
+    docs = render(
+        helm,
+        "operator.nodeSelector.pool=system",
+        "router.tolerations[0].key=dedicated",
+        "router.tolerations[0].operator=Exists",
+        "router.image.tag=9.9.9",
+    )
+    specs = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment")
+    }
+    assert specs["vf-voicefleet-operator"]["nodeSelector"] == {"pool": "system"}
+    router = specs["vf-voicefleet-router"]
+    assert router["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert router["containers"][0]["image"].endswith(":9.9.9")
+
+
+def rules(docs: Sequence[dict[str, Any]], suffix: str) -> dict[tuple[str, str], set[str]]:
+    role = next(
+        d
+        for d in docs
+        if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"].endswith(suffix)
+    )
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+def test_rbac_is_least_privilege(helm: Path) -> None:
+    docs = render(helm)
+    router = rules(docs, "router")
+    assert router == {
+        ("voicefleet.io", "ttsvoices"): {"get", "list", "watch"},
+        ("", "pods"): {"get", "list", "watch"},
+    }
+    operator = rules(docs, "operator")
+    assert operator[("", "pods")] == {"get", "list", "watch", "patch"}
+    assert operator[("voicefleet.io", "ttsvoices")] == {"get", "list", "watch", "patch"}
+    everything = set().union(*operator.values())
+    assert "*" not in everything
+    assert "escalate" not in everything
+    assert "bind" not in everything
+    assert ("", "secrets") not in operator
+    # and never a wildcard resource or group
+    assert all("*" not in key for pair in operator for key in pair)
+
+
+def test_router_role_narrows_to_one_namespace(helm: Path) -> None:
+    docs = render(helm, "router.allNamespaces=false", "router.defaultNamespace=voices")
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == "voices"
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert binding["subjects"][0]["namespace"] == "voicefleet-system"
+
+
+def test_monitoring_objects(helm: Path) -> None:
+    docs = render(
+        helm,
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.dashboard.enabled=true",
+    )
+    assert len(by_kind(docs, "PodMonitor")) == 2
+    rule = by_kind(docs, "PrometheusRule")[0]
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {
+        "VoiceFleetVoiceDegraded",
+        "VoiceFleetNoReadyPod",
+        "VoiceFleetQueueSaturated",
+        "VoiceFleetHeldRequestsTimingOut",
+    }
+    dashboard = next(
+        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("dashboard")
+    )
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    import json
+
+    panels = json.loads(dashboard["data"]["voicefleet.json"])["panels"]
+    assert len(panels) == 6
