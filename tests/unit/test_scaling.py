@@ -235,15 +235,16 @@ def test_a_cold_start_does_not_overshoot_the_rate_it_must_serve() -> None:
     assert any(d.reason == "Hold" for d in r.decisions)  # the excess was left to them
 
 
-def test_noisy_flat_load_over_a_queue_does_not_oscillate() -> None:
+def test_bursty_flat_load_over_a_queue_stays_in_a_band_and_changes_rarely() -> None:
     # ~3.5 engine-seconds per second with bursts (a paragraph is 6 s); 6 pods to start.
     rng = random.Random(11)
     arrivals = [sum(6.0 if rng.random() < 0.15 else 0.3 for _ in range(3)) for _ in range(900)]
     r = run_queue(lambda t: arrivals[t], 900, replicas=6)
     changes = [(t, d.desired) for t, d in enumerate(r.decisions) if d.scales]
-    # Never up and back down (or down and back up) within the scale-down delay. Bursty
-    # work still moves the count about once per delay (docs/autoscaler.md: not solved;
-    # the backlog-only rule this replaced made 15 changes on this trace).
+    # A reversal (up then down, down then up) spans at least the scale-down delay. Bursty
+    # work still moves the count about once per delay, and an up may follow a down within
+    # seconds (docs/autoscaler.md: not solved; the backlog-only rule this replaced made
+    # 15 changes on this trace).
     for (t0, n0), (_, n1), (t2, n2) in zip(changes, changes[1:], changes[2:], strict=False):
         assert not ((n1 > n0) != (n2 > n1) and t2 - t0 < QUEUE.scale_down_delay), changes
     assert len(changes) <= 900 / QUEUE.scale_down_delay + 2, changes
