@@ -27,7 +27,8 @@ metric, and its own tick):
 
 Per policy and trace (medians over ``--seeds`` seeds): seconds from the step to the
 first scale-up, p99 queueing delay (arrival to start of service), replica-seconds (pods
-existing, starting ones included), and the number of replica changes.
+existing, starting ones included), the number of replica changes, and the most replicas
+asked for (overshoot).
 
     .venv/bin/python hack/bench/autoscaler_policies.py --output docs/autoscaler.md
 """
@@ -367,6 +368,7 @@ def run(seeds: int, cold_start: float) -> dict[str, dict[str, dict[str, float]]]
                 "p99_wait_s": median([r.p99_wait_s for r in results]),
                 "replica_seconds": median([r.replica_seconds for r in results]),
                 "changes": median([float(r.changes) for r in results]),
+                "peak": median([float(max(n for _, n, _ in r.timeline)) for r in results]),
             }
     return table
 
@@ -403,14 +405,14 @@ def render(table: dict[str, dict[str, dict[str, float]]], seeds: int, cold: floa
         "target in requests, divided by the mean request cost).",
         "",
         "| trace | policy | step → first scale-up (s) | p99 queueing delay (s) "
-        "| replica-seconds | scale changes |",
-        "|---|---|---|---|---|---|",
+        "| replica-seconds | scale changes | peak replicas |",
+        "|---|---|---|---|---|---|---|",
     ]
     for trace, row in table.items():
         for policy, m in row.items():
             lines.append(
                 f"| {trace} | {policy} | {f(m['first_up_s'])} | {f(m['p99_wait_s'], 2)} "
-                f"| {m['replica_seconds']:.0f} | {m['changes']:.0f} |"
+                f"| {m['replica_seconds']:.0f} | {m['changes']:.0f} | {m['peak']:.0f} |"
             )
     return "\n".join(lines)
 

@@ -13,13 +13,25 @@ How it decides (docs/autoscaler.md has the long form):
 - **Pods that cannot be scraped** are neither idle nor infinitely busy: a ready pod
   without a fresh sample is assumed to carry the mean of the pods that answered; when
   none answered there is nothing to decide on and the count is held.
+- **Arrival rate of work.** From successive ticks: ``arrived = work_now - work_before
+  + served``, where the ready pods serve at most one engine-second per second each (and
+  no more than they held). ``rate`` is that over the last ``rate_window`` seconds.
 - **Up at once, but not for one sample.** A scale-up needs ``need`` above the current
-  replicas in ``up_samples`` consecutive ticks (2 by default: one noisy scrape never
-  adds a pod, a real step is acted on within two ticks), and goes to the smallest of
-  those needs.
-- **Capacity on the way counts.** While ``starting`` pods are still coming up, backlog
-  piles up at the ready pods that the new pods will take over once ready; a further
-  scale-up then needs ``need > replicas + starting`` (no overshoot from that backlog).
+  replicas, and evidence that it is not one noisy scrape: either ``need`` was above the
+  replicas in ``up_samples`` consecutive ticks, or the work arrived faster than the
+  ready pods serve it in each of the last ``up_samples`` intervals (a step: the backlog
+  grows tick after tick). A one-tick jump that falls back never adds a pod.
+- **Sized on what the fleet will drain, pods on the way counted fully.** The backlog is
+  a transient: ``replicas`` pods (the starting ones included) will serve ``replicas``
+  engine-seconds per second while ``rate`` keeps arriving. A scale-up goes to the
+  smallest ``n`` whose backlog share after ``horizon`` seconds (about a pod's cold
+  start: sooner, added pods could not help) is within the target:
+  ``work + (rate - n) * horizon <= n * target``, i.e. ``n = ceil((work + rate *
+  horizon) / (horizon + target))``, never above ``need``; when the replicas already
+  reach that ``n`` the excess is left to them (``Hold``), so backlog that piles up
+  during a cold start does not snowball into an overshoot. Right after a step the
+  window still holds the rate from before it, so a scale-up on growth with no pod
+  starting takes the larger of that and the rate over the growing intervals.
 - **Down slowly.** A scale-down goes to the largest ``need`` seen over the last
   ``scale_down_delay`` seconds, and only once that whole window was observed since the
   last scale (or since the operator started: a restart never shrinks at once).
@@ -30,13 +42,16 @@ How it decides (docs/autoscaler.md has the long form):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 __all__ = [
+    "DEFAULT_HORIZON_SECONDS",
     "DEFAULT_PENDING_REQUEST_WORK_SECONDS",
+    "DEFAULT_RATE_WINDOW_SECONDS",
     "DEFAULT_UP_SAMPLES",
     "Decision",
     "Observation",
@@ -51,6 +66,10 @@ DEFAULT_UP_SAMPLES: Final = 2
 """Consecutive ticks that must agree before a scale-up (one noisy scrape never scales)."""
 DEFAULT_PENDING_REQUEST_WORK_SECONDS: Final = 1.0
 """Work assumed for one held request when no pod reports any (a sentence or two)."""
+DEFAULT_HORIZON_SECONDS: Final = 10.0
+"""How far ahead a scale-up is sized: about the time a new pod takes to serve."""
+DEFAULT_RATE_WINDOW_SECONDS: Final = 10.0
+"""Seconds of ticks the arrival rate of work is measured over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +111,11 @@ class Policy:
     scale_to_zero_idle: float = 600.0
     up_samples: int = DEFAULT_UP_SAMPLES
     pending_request_work_seconds: float = DEFAULT_PENDING_REQUEST_WORK_SECONDS
-    starting_weight: float = 1.0
-    """How much of the pods on the way a further scale-up must exceed (see module doc)."""
+    horizon: float = DEFAULT_HORIZON_SECONDS
+    """Seconds ahead a scale-up is sized for (see module doc); 0 sizes on the backlog alone."""
+    rate_window: float = DEFAULT_RATE_WINDOW_SECONDS
+    pod_work_rate: float = 1.0
+    """Engine-seconds one pod serves per second (its workers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +123,17 @@ class ScalingState:
     """What the decision remembers between ticks.
 
     ``last_scale_time`` and ``idle_since`` are kept in the voice's status, so a restarted
-    operator resumes with them; ``history`` (recent needs) and ``observing_since`` live
-    in memory and start empty, which only makes a restarted operator slower to shrink.
+    operator resumes with them; ``history`` (recent needs), ``recent`` (recent
+    ``(time, work, work per ready pod)``) and ``observing_since`` live in memory and start empty,
+    which only makes a restarted operator slower to shrink and, for a few ticks, to
+    measure the arrival rate.
     """
 
     observing_since: float | None = None
     last_scale_time: float | None = None
     idle_since: float | None = None
     history: tuple[tuple[float, int], ...] = ()
+    recent: tuple[tuple[float, float, tuple[float, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +147,8 @@ class Decision:
     queue_depth: int
     need: int
     state: ScalingState = field(repr=False)
+    arrival_rate: float = 0.0
+    """Engine-seconds of work arriving per second, as measured over ``rate_window``."""
 
     @property
     def scales(self) -> bool:
@@ -152,6 +179,43 @@ def estimate_work(
     return work, depth + pending_requests, True
 
 
+def arrivals(
+    recent: tuple[tuple[float, float, tuple[float, ...]], ...], pod_work_rate: float
+) -> list[tuple[float, float, float]]:
+    """``(seconds, work arrived, work the ready pods could serve)`` per interval.
+
+    ``recent`` holds ``(time, work, work per ready pod)`` per tick. Between two ticks each
+    pod served at most ``pod_work_rate`` engine-seconds per second, and no more than it
+    held; what the backlog grew by on top of that arrived. Work that arrived and
+    finished within one interval is not seen (an underestimate that only matters on
+    light load, where it cannot cause a scale-up).
+    """
+    out = []
+    for (t0, w0, pods), (t1, w1, _) in itertools.pairwise(recent):
+        dt = t1 - t0
+        if dt <= 0:
+            continue
+        step = pod_work_rate * dt
+        served = sum(min(w, step) for w in pods)
+        out.append((dt, max(0.0, w1 - w0 + served), len(pods) * step))
+    return out
+
+
+def _per_pod(samples: tuple[PodSample, ...]) -> tuple[float, ...]:
+    """Work of each ready pod, one that did not answer at the mean of those that did."""
+    answered = [s.work_seconds for s in samples if s.work_seconds is not None]
+    mean = sum(answered) / len(answered) if answered else 0.0
+    return tuple(mean if s.work_seconds is None else s.work_seconds for s in samples)
+
+
+def drain_size(work: float, rate: float, policy: Policy) -> int:
+    """Smallest ``n`` with ``work + (rate - n) * horizon <= n * target`` (module doc)."""
+    h = max(policy.horizon, 0.0)
+    return math.ceil(
+        (work + rate * h) / (h * policy.pod_work_rate + policy.target_work_seconds) - 1e-9
+    )
+
+
 def _clamp(value: int, policy: Policy) -> int:
     return max(policy.min_replicas, min(value, policy.max_replicas))
 
@@ -173,25 +237,31 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
 
     window = max(policy.scale_down_delay, 0.0)
     history = deque(h for h in state.history if h[0] > now - window - 1e-9)
+    recent = [r for r in state.recent if now - policy.rate_window - 1e-9 <= r[0] < now]
     if known:
         history.append((now, need))
+        recent.append((now, work, _per_pod(obs.ready)))
+    intervals = arrivals(tuple(recent), policy.pod_work_rate)
+    seconds = sum(dt for dt, _, _ in intervals)
+    rate = sum(a for _, a, _ in intervals) / seconds if seconds > 0 else 0.0
     keep = ScalingState(
         observing_since=observing_since,
         last_scale_time=state.last_scale_time,
         idle_since=idle_since,
         history=tuple(history),
+        recent=tuple(recent),
     )
 
     def result(desired: int, reason: str, message: str) -> Decision:
         new = keep
         if desired != obs.replicas:
             new = replace(keep, last_scale_time=now, history=((now, need),) if known else ())
-        return Decision(desired, reason, message, work, depth, need, new)
+        return Decision(desired, reason, message, work, depth, need, new, rate)
 
     numbers = (
         f"work {work:.1f}s over {len(obs.ready)} ready + {obs.starting} starting pods, "
         f"{obs.pending_requests} held at the router, target {policy.target_work_seconds:g}s"
-        f"/replica -> need {need}"
+        f"/replica -> need {need}; arriving {rate:.1f}s/s"
     )
     current = obs.replicas
 
@@ -203,17 +273,29 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
     if not known:
         return result(current, "NoMetrics", f"none of {len(obs.ready)} ready pods answered")
 
-    # Up: sustained (the last up_samples needs all above current), minus capacity on the way.
-    recent = [n for _, n in list(history)[-policy.up_samples :]]
-    if len(recent) >= policy.up_samples and min(recent) > current:
-        target = _clamp(min(recent), policy)
+    # Up: an excess now, sustained over ticks or growing over intervals, sized on what the
+    # replicas (those on the way included) drain within the horizon.
+    needs = [n for _, n in list(history)[-policy.up_samples :]]
+    sustained = len(needs) >= policy.up_samples and min(needs) > current
+    last = intervals[-policy.up_samples :]
+    growing = len(last) >= policy.up_samples and all(a > c for _, a, c in last)
+    if need > current and (sustained or growing):
+        ceiling = min(needs) if sustained else need
+        if growing and not obs.starting:  # a step: the window still holds the rate before it
+            rate = max(rate, sum(a for _, a, _ in last) / sum(dt for dt, _, _ in last))
+        size = drain_size(work, rate, policy)
+        target = _clamp(min(ceiling, size), policy)
         if target > current:
-            on_the_way = math.floor(obs.starting * policy.starting_weight)
-            if obs.starting and target <= current + on_the_way:
-                return result(
-                    current, "Hold", f"{numbers}; {obs.starting} pods on the way cover the excess"
-                )
-            return result(target, "ScaleUp", numbers)
+            return result(
+                target, "ScaleUp", f"{numbers}, drained by {size} within {policy.horizon:g}s"
+            )
+        if size <= current and current < policy.max_replicas:
+            return result(
+                current,
+                "Hold",
+                f"{numbers}; {current} replicas ({obs.starting} on the way) drain it within "
+                f"{policy.horizon:g}s",
+            )
 
     # Down: only after a whole scaleDownDelay observed since the last change.
     since = max(observing_since, state.last_scale_time or observing_since)

@@ -85,15 +85,6 @@ def test_a_one_sample_spike_does_not_add_a_pod() -> None:
     assert set(r.replicas) == {1}
 
 
-def test_pods_on_the_way_count_as_capacity_no_overshoot_while_backlog_grows() -> None:
-    # Work keeps growing while new pods take 8 ticks to start: without counting them,
-    # each tick would ask for more.
-    r = run(lambda t: 0.0 if t < 5 else 30.0 + (t - 5) * 2.0, 16, cold_start=8)
-    assert r.replicas[6] == 3
-    assert "on the way" in r.decisions[8].message
-    assert max(r.replicas[:13]) == 3  # held until the excess beyond the 2 starting pods
-
-
 def test_slow_decline_shrinks_only_after_the_delay_and_never_grows_back() -> None:
     r = run(lambda t: max(0.0, 60.0 - t * 0.5), 240, replicas=6)
     first = r.first_change()
@@ -107,7 +98,9 @@ def test_noisy_flat_load_settles_and_does_not_oscillate() -> None:
     rng = random.Random(7)
     noise = [max(0.0, 25.0 + rng.gauss(0, 6)) for _ in range(900)]
     r = run(lambda t: noise[t], 900)
-    assert r.changes <= 2  # up once (maybe twice), never back and forth
+    # Up in at most three steps (sizing on the drain may take the climb in two), never
+    # back and forth.
+    assert r.changes <= 3
     assert all(b >= a for a, b in zip(r.replicas, r.replicas[1:], strict=False))
     assert 3 <= r.replicas[-1] <= 5
 
@@ -165,3 +158,94 @@ def test_a_restart_resumes_from_status_and_does_not_shrink_at_once() -> None:
         assert d.desired == 5, t
     obs = Observation(1030.0, replicas, tuple(PodSample(1.0, 1, 0) for _ in range(5)))
     assert decide(obs, state, FAST).desired == 1
+
+
+# --- over a queue: work arrives, ready pods serve it -------------------------------------
+
+QUEUE = Policy(min_replicas=1, max_replicas=40, target_work_seconds=3, scale_down_delay=60)
+
+
+def run_queue(
+    arrive: Callable[[int], float],
+    ticks: int,
+    policy: Policy = QUEUE,
+    *,
+    replicas: int = 1,
+    cold_start: int = 0,
+) -> Run:
+    """A fluid queue (our own seam, a fake by design): each tick ``arrive(t)`` engine-seconds
+    join the backlog and every ready pod serves one engine-second, the backlog shared
+    evenly; pods asked for serve ``cold_start`` ticks later. The decision is the real one."""
+    state = ScalingState()
+    backlog = 0.0
+    ready_at: list[int] = [-1] * replicas
+    seen, decisions = [], []
+    for t in range(ticks):
+        ready = sum(1 for at in ready_at if at <= t)
+        backlog = max(0.0, backlog - ready) + arrive(t)
+        per_pod = backlog / ready if ready else 0.0
+        obs = Observation(
+            now=2000.0 + t,
+            replicas=replicas,
+            ready=tuple(PodSample(per_pod) for _ in range(ready)),
+            starting=len(ready_at) - ready,
+        )
+        d = decide(obs, state, policy)
+        state = d.state
+        if d.desired > replicas:
+            ready_at += [t + cold_start] * (d.desired - replicas)
+        elif d.desired < replicas:
+            ready_at = sorted(ready_at)[: d.desired]  # not-ready pods go first
+        replicas = d.desired
+        seen.append(replicas)
+        decisions.append(d)
+    return Run(seen, decisions)
+
+
+def test_a_rate_step_is_acted_on_within_two_ticks_while_the_backlog_is_still_small() -> None:
+    # 0.5 -> 6 engine-seconds per second at t=10 on one pod (target 3 s/replica): the
+    # backlog grows in each interval; the decision does not wait for two samples whose
+    # backlog alone exceeds a replica's target.
+    r = run_queue(lambda t: 0.5 if t < 10 else 6.0, 40)
+    first = r.first_change()
+    assert first is not None
+    assert first <= 11  # the second sample after the step (t=10 sees its first second)
+    assert r.decisions[first].reason == "ScaleUp"
+    assert r.decisions[first].arrival_rate > 3.0
+
+
+def test_growth_over_one_interval_alone_never_adds_a_pod() -> None:
+    # Every 20 ticks one tick brings 11 s of work to 3 pods (need 4 for one sample):
+    # it grew over one interval only, and the next sample is below the replicas again.
+    r = run_queue(lambda t: 11.0 if t % 20 == 10 else 0.5, 200, replicas=3)
+    assert max(d.need for d in r.decisions) > 3  # each burst exceeds the replicas once
+    assert all(d.reason != "ScaleUp" for d in r.decisions)
+
+
+def test_a_cold_start_does_not_overshoot_the_rate_it_must_serve() -> None:
+    # 6 engine-seconds per second from t=5; new pods serve 15 ticks after being asked
+    # for, so the backlog piles up meanwhile (need > 20 at 3 s/replica). Sized on the
+    # arrival rate with the pods on the way counted, the fleet stays within twice the
+    # 6 pods that keep up (the backlog-only rule this replaced went to 30 here).
+    r = run_queue(lambda t: 0.0 if t < 5 else 6.0, 120, cold_start=15)
+    peak = max(r.replicas)
+    assert max(d.need for d in r.decisions) > 20  # the backlog really piled up
+    assert 7 <= peak <= 12
+    assert r.decisions[r.first_change() or 0].reason == "ScaleUp"
+    assert any(d.reason == "Hold" for d in r.decisions)  # the excess was left to them
+
+
+def test_bursty_flat_load_over_a_queue_stays_in_a_band_and_changes_rarely() -> None:
+    # ~3.5 engine-seconds per second with bursts (a paragraph is 6 s); 6 pods to start.
+    rng = random.Random(11)
+    arrivals = [sum(6.0 if rng.random() < 0.15 else 0.3 for _ in range(3)) for _ in range(900)]
+    r = run_queue(lambda t: arrivals[t], 900, replicas=6)
+    changes = [(t, d.desired) for t, d in enumerate(r.decisions) if d.scales]
+    # A reversal (up then down, down then up) spans at least the scale-down delay. Bursty
+    # work still moves the count about once per delay, and an up may follow a down within
+    # seconds (docs/autoscaler.md: not solved; the backlog-only rule this replaced made
+    # 15 changes on this trace).
+    for (t0, n0), (_, n1), (t2, n2) in zip(changes, changes[1:], changes[2:], strict=False):
+        assert not ((n1 > n0) != (n2 > n1) and t2 - t0 < QUEUE.scale_down_delay), changes
+    assert len(changes) <= 900 / QUEUE.scale_down_delay + 2, changes
+    assert all(4 <= n <= 10 for _, n in changes), changes
