@@ -135,6 +135,7 @@ def test_minimal_voice_gets_every_default(crds: LocalCluster, cluster_namespace:
             "scaleDownDelaySeconds": 300,
             "scaleToZeroIdleSeconds": 600,
             "coldStartTimeoutSeconds": 120,
+            "enabled": True,
         },
     }
 
@@ -505,7 +506,8 @@ def test_status_is_a_subresource_and_feeds_columns_and_scale(
     assert get_voice(crds, cluster_namespace, "st")["status"]["queueDepth"] == 7
 
     rows = crds.kubectl_run("get", "ttsv", "st", "-n", cluster_namespace).stdout.splitlines()
-    assert rows[1].split()[:7] == ["st", "piper-onnx", "en_US-joe-medium", "2", "1", "7", "False"]
+    # QUEUE is the estimated engine work-seconds (the contract), not the request count.
+    assert rows[1].split()[:7] == ["st", "piper-onnx", "en_US-joe-medium", "2", "1", "3.5", "False"]
     wide = crds.kubectl_run("get", "ttsv", "st", "-n", cluster_namespace, "-o", "wide").stdout
     assert f"http://st.{cluster_namespace}.svc:80" in wide
 
