@@ -28,7 +28,13 @@ from voicefleet_localcluster.procs import marked_processes
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-MAKE_FILES = ("Makefile", "pyproject.toml", "hack/install-system-deps.sh", "README.md")
+MAKE_FILES = (
+    "Makefile",
+    "pyproject.toml",
+    "hack/pyproject.toml",
+    "hack/install-system-deps.sh",
+    "README.md",
+)
 
 
 def bash_blocks(text: str) -> list[str]:
