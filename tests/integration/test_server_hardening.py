@@ -316,6 +316,7 @@ async def test_unpunctuated_text_keeps_peak_memory_bounded(tmp_path: Path) -> No
     """
     srv = start_server(tmp_path / "memory.log")
     try:
+        _, before = _rss_mib(srv.proc.pid)
         async with httpx.AsyncClient(base_url=srv.base_url, timeout=300) as client:
             resp = await client.post(SPEECH, json=speech(UNPUNCTUATED.strip()))
         peak, now = _rss_mib(srv.proc.pid)
@@ -325,7 +326,13 @@ async def test_unpunctuated_text_keeps_peak_memory_bounded(tmp_path: Path) -> No
     rate, samples = decode_wav(resp.content)
     assert len(samples) / rate > 18.0  # all of it spoken
     assert peak < PEAK_RSS_BOUND_MIB, f"peak RSS {peak:.0f} MiB"
-    assert now < peak - 50, f"RSS {now:.0f} MiB after a {peak:.0f} MiB peak: memory not returned"
+    print(f"RSS before {before:.0f} MiB, peak {peak:.0f} MiB, after {now:.0f} MiB")
+    # What the request took comes back: with onnxruntime's arena on, the whole growth stays
+    # reserved (issue 10: 292 -> 762 MB and stayed); without it most is returned (measured
+    # 7-54% kept). Measured from the ready server: the peak may include loading.
+    assert now - before < 0.8 * (peak - before), (
+        f"RSS {before:.0f} -> peak {peak:.0f} -> {now:.0f} MiB: memory not returned"
+    )
 
 
 async def test_text_that_expands_far_beyond_its_length_is_refused(server: Server) -> None:
