@@ -328,8 +328,8 @@ async def test_unpunctuated_text_keeps_peak_memory_bounded(tmp_path: Path) -> No
     assert peak < PEAK_RSS_BOUND_MIB, f"peak RSS {peak:.0f} MiB"
     print(f"RSS before {before:.0f} MiB, peak {peak:.0f} MiB, after {now:.0f} MiB")
     # What the request took comes back: with onnxruntime's arena on, the whole growth stays
-    # reserved (issue 10: 292 -> 762 MB and stayed); without it most is returned (measured
-    # 7-54% kept). Measured from the ready server: the peak may include loading.
+    # reserved (issue 10: 292 -> 762 MB and stayed); without it most is returned (7-22%
+    # kept in three runs here). Measured from the ready server: the peak may include loading.
     assert now - before < 0.8 * (peak - before), (
         f"RSS {before:.0f} -> peak {peak:.0f} -> {now:.0f} MiB: memory not returned"
     )
