@@ -137,7 +137,8 @@ async def _preload_and_route(pods: Pods, policy: Policy) -> Counter[str]:
 async def test_jsq_sends_nothing_to_the_pod_busy_with_other_callers_work(pods: Pods) -> None:
     chosen = await _preload_and_route(pods, Policy.JSQ_WORK)
     assert chosen["0"] == 0, chosen  # ~1.8 s of paragraphs queued there by a direct caller
-    assert chosen["2"] >= 4, chosen  # the idle pod takes most
+    # The idle pod takes at least its share (pod 1's smaller load may drain meanwhile).
+    assert chosen["2"] >= 3, chosen
     # The same traffic through round-robin does hit the busy pod: the test can fail.
     blind = await _preload_and_route(pods, Policy.ROUND_ROBIN)
     assert blind["0"] == 2, blind
