@@ -29,7 +29,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +66,10 @@ log = logging.getLogger(__name__)
 ROUTER_INDEX_NAME = "router_pods"
 """kwarg name of the optional index of router pods (``--router-pod-selector``)."""
 MAX_DELETION_COST = 1_000_000
+STOP_CHECK_SECONDS = 1.0
+"""Longest a sleeping daemon goes without looking at its kopf stop flag."""
+GRACEFUL_EXIT_SECONDS = STOP_CHECK_SECONDS + 0.5
+"""kopf's cancellation backoff: a stopped daemon finishes its tick and leaves on its own."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,7 @@ class Autoscaler:
     _last_status: dict[PodKey, float] = field(default_factory=dict)
     _router: tuple[float, dict[str, int]] = (0.0, {})
     _router_lock: asyncio.Lock | None = None
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -252,9 +257,35 @@ class Autoscaler:
             )
         return self._session
 
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
     async def close(self) -> None:
+        """End every daemon's loop (even one kopf spawned after its stop) and the session."""
+        self._closing.set()
         if self._session is not None:
             await self._session.close()
+
+    async def pause(self, seconds: float, is_stopped: Callable[[], bool]) -> None:
+        """Sleep ``seconds`` or until stopped or closing, in this task alone.
+
+        Not ``stopped.wait(n)``: kopf runs that wait in a task of its own, and if that
+        task's timeout ends during kopf's shutdown grace, kopf re-raises its
+        TimeoutError and the operator exits 1 after a clean SIGTERM. Here the stop flag
+        is read every ``STOP_CHECK_SECONDS`` and kopf's ``GRACEFUL_EXIT_SECONDS``
+        backoff covers the gap.
+        """
+        deadline = time.monotonic() + seconds
+        while not is_stopped() and not self._closing.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                async with asyncio.timeout(min(left, STOP_CHECK_SECONDS)):
+                    await self._closing.wait()
+            except TimeoutError:
+                pass
 
     def forget(self, key: PodKey) -> None:
         self._states.pop(key, None)
@@ -488,13 +519,15 @@ async def run_daemon(
     interval = autoscaler.config.interval
     logger.info("autoscaler loop started (every %gs)", interval)
     try:
-        while not stopped:
+        while not stopped and not autoscaler.closing:
             started = time.monotonic()
             routers = [p for store in (router_index or {}).values() for p in store]
             try:
                 await autoscaler.tick(body, pods_of(index, namespace, name), routers, logger)
             except Exception:  # a bad tick must not end the voice's loop
                 logger.exception("autoscaler tick failed")
-            await stopped.wait(max(0.05, interval - (time.monotonic() - started)))
+            await autoscaler.pause(
+                max(0.05, interval - (time.monotonic() - started)), lambda: bool(stopped)
+            )
     finally:
         autoscaler.forget((namespace, name))

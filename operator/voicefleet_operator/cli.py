@@ -72,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"voicefleet-operator: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except OSError as exc:  # e.g. a port already in use
-        print(f"voicefleet-operator: {exc}", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno is None:  # not a system call's refusal (TimeoutError, ...): show where
+            log.exception("operator crashed")
+        else:  # e.g. a port already in use
+            print(f"voicefleet-operator: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK

@@ -32,6 +32,7 @@ from voicefleet_api.crd import GROUP, KIND, PLURAL, VERSION
 from voicefleet_api.labels import VOICE_LABEL
 from voicefleet_operator import labels, pods
 from voicefleet_operator.autoscaler import (
+    GRACEFUL_EXIT_SECONDS,
     ROUTER_INDEX_NAME,
     Autoscaler,
     AutoscalerConfig,
@@ -212,7 +213,14 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         pod_event
     )
     if config is None or config.autoscale_interval > 0:
-        kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=5.0)(autoscale)
+        kopf.daemon(
+            GROUP,
+            VERSION,
+            PLURAL,
+            registry=registry,
+            cancellation_backoff=GRACEFUL_EXIT_SECONDS,
+            cancellation_timeout=5.0,
+        )(autoscale)
         kopf.on.cleanup(registry=registry)(close_autoscaler)
     if config is not None and config.router_pod_selector:
         kopf.index(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from voicefleet_api import metric_names
 from voicefleet_operator.autoscaler import (
+    STOP_CHECK_SECONDS,
+    Autoscaler,
+    AutoscalerConfig,
     _pod_sample,
     _router_pending,
     parse_gauges,
@@ -98,3 +104,32 @@ def test_an_unchanged_voice_gets_no_status_write_only_the_observation_time_diffe
     busy = Observation(now=obs.now + 31, replicas=1, ready=(PodSample(2.5, 1, 1),))
     assert status_differs(written, status_patch(decide(busy, again.state, policy), busy, False))
     assert status_differs({}, written)
+
+
+def test_a_pausing_daemon_wakes_on_close_and_on_its_stop_flag() -> None:
+    """The loop's sleep ends on ``close()`` at once, and on kopf's flag within a check."""
+
+    async def scenario() -> tuple[float, float, float]:
+        autoscaler = Autoscaler(AutoscalerConfig(), kube=None)  # type: ignore[arg-type]
+        started = time.monotonic()
+        await autoscaler.pause(0.2, lambda: False)
+        slept = time.monotonic() - started
+
+        stop_at = time.monotonic() + 0.1
+        started = time.monotonic()
+        await autoscaler.pause(30.0, lambda: time.monotonic() >= stop_at)
+        flagged = time.monotonic() - started
+
+        started = time.monotonic()
+        waiter = asyncio.create_task(autoscaler.pause(30.0, lambda: False))
+        await asyncio.sleep(0.05)
+        await autoscaler.close()
+        await asyncio.wait_for(waiter, timeout=5)
+        closed = time.monotonic() - started
+        assert autoscaler.closing
+        return slept, flagged, closed
+
+    slept, flagged, closed = asyncio.run(scenario())
+    assert 0.2 <= slept < 2.0
+    assert flagged <= STOP_CHECK_SECONDS + 1.0
+    assert closed < 2.0
