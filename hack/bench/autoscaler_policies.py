@@ -27,8 +27,8 @@ metric, and its own tick):
 
 Per policy and trace (medians over ``--seeds`` seeds): seconds from the step to the
 first scale-up, p99 queueing delay (arrival to start of service), replica-seconds (pods
-existing, starting ones included), the number of replica changes, and the most replicas
-asked for (overshoot).
+existing, starting ones included), the number of replica changes, reversals (a scale-up
+less than 60 s after a scale-down: flapping), and the most replicas asked for (overshoot).
 
     .venv/bin/python hack/bench/autoscaler_policies.py --output docs/autoscaler.md
 """
@@ -52,6 +52,7 @@ SHORT_S, LONG_S, LONG_SHARE = 0.3, 6.0, 0.15
 MIN_R, MAX_R = 1, 40
 TARGET_WORK_S = 3.0
 DT = 0.1
+REVERSAL_WINDOW_S = 60.0
 
 
 # --- traces -------------------------------------------------------------------------------
@@ -312,6 +313,17 @@ class Result:
     changes: int
     timeline: list[tuple[float, int, int]]  # t, replicas asked, ready
 
+    def reversals(self, within: float = REVERSAL_WINDOW_S) -> int:
+        """Scale-ups that came less than ``within`` seconds after a scale-down (flapping)."""
+        downs: list[float] = []
+        count = 0
+        for (_, before, _), (t, after, _) in zip(self.timeline, self.timeline[1:], strict=False):
+            if after < before:
+                downs.append(t)
+            elif after > before and downs and t - downs[-1] < within:
+                count += 1
+        return count
+
 
 def simulate(trace: Trace, policy_cls: type, seed: int, cold_start: float) -> Result:
     reqs = requests(trace, seed)
@@ -368,6 +380,7 @@ def run(seeds: int, cold_start: float) -> dict[str, dict[str, dict[str, float]]]
                 "p99_wait_s": median([r.p99_wait_s for r in results]),
                 "replica_seconds": median([r.replica_seconds for r in results]),
                 "changes": median([float(r.changes) for r in results]),
+                "reversals": float(sum(r.reversals() for r in results)),
                 "peak": median([float(max(n for _, n, _ in r.timeline)) for r in results]),
             }
     return table
@@ -402,17 +415,19 @@ def render(table: dict[str, dict[str, dict[str, float]]], seeds: int, cold: floa
     lines = [
         f"Medians over {seeds} seeds per cell; cold start {cold:g} s; bounds {MIN_R}..{MAX_R};",
         f"target {TARGET_WORK_S:g} work-seconds per replica (count-based policies: the same",
-        "target in requests, divided by the mean request cost).",
+        "target in requests, divided by the mean request cost). Reversals: scale-ups less",
+        f"than {REVERSAL_WINDOW_S:g} s after a scale-down, summed over the seeds (flapping).",
         "",
         "| trace | policy | step → first scale-up (s) | p99 queueing delay (s) "
-        "| replica-seconds | scale changes | peak replicas |",
-        "|---|---|---|---|---|---|---|",
+        "| replica-seconds | scale changes | reversals (all seeds) | peak replicas |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for trace, row in table.items():
         for policy, m in row.items():
             lines.append(
                 f"| {trace} | {policy} | {f(m['first_up_s'])} | {f(m['p99_wait_s'], 2)} "
-                f"| {m['replica_seconds']:.0f} | {m['changes']:.0f} | {m['peak']:.0f} |"
+                f"| {m['replica_seconds']:.0f} | {m['changes']:.0f} | {m['reversals']:.0f} "
+                f"| {m['peak']:.0f} |"
             )
     return "\n".join(lines)
 
