@@ -17,7 +17,13 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 after a drain, 1 if the engine failed to load, 2 for bad settings."""
+    """Exit status: 0 after a drain, 1 if the engine failed to load (or the ``server``
+    extra is missing), 2 for bad settings."""
+    from voicefleet_api.extras import SERVER_MODULES, missing_extra
+
+    if message := missing_extra("voicefleet-server", "server", SERVER_MODULES):
+        print(message, file=sys.stderr)
+        return 1
     from voicefleet_inference.settings import SettingsError, load_settings
 
     try:

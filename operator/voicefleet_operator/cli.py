@@ -11,11 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import kopf
-
-from voicefleet_operator import handlers
-from voicefleet_operator.k8s import ConfigError, Kube, make_api_client
-from voicefleet_operator.metrics import OperatorMetrics
+from voicefleet_api.extras import OPERATOR_MODULES, missing_extra
 from voicefleet_operator.settings import OperatorConfig, UsageError, build_parser, parse_args
 
 EXIT_OK = 0
@@ -27,6 +23,12 @@ log = logging.getLogger("voicefleet_operator")
 
 def run(config: OperatorConfig) -> None:
     """Run the operator until a signal stops it (raises on startup failures)."""
+    import kopf  # here, not at import: without the extra, main() names it instead
+
+    from voicefleet_operator import handlers
+    from voicefleet_operator.k8s import Kube, make_api_client
+    from voicefleet_operator.metrics import OperatorMetrics
+
     api = make_api_client(config.kubeconfig, pool_size=config.workers + 4)
     kopf.configure(verbose=config.verbose, log_prefix=True)
     if not config.verbose:  # one line per liveness probe drowns the useful lines
@@ -67,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_usage(sys.stderr)
         print(f"voicefleet-operator: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if message := missing_extra("voicefleet-operator", "operator", OPERATOR_MODULES):
+        print(message, file=sys.stderr)
+        return EXIT_FAILED
+    from voicefleet_operator.k8s import ConfigError
+
     try:
         run(config)
     except ConfigError as exc:

@@ -314,6 +314,61 @@ def test_load_through_the_router_scales_the_voice_up_and_back_down(installed: In
     cluster.kubectl_run("delete", "ttsvoice", "load", "-n", ns, "--wait=false")
 
 
+ZERO_VOICE = """
+apiVersion: voicefleet.io/v1alpha1
+kind: TTSVoice
+metadata:
+  name: zero
+spec:
+  engine: simulated
+  model:
+    bundled: en_US-joe-medium
+  resources:
+    cpu: 100m
+    memory: 256Mi
+  autoscaling:
+    minReplicas: 0
+    maxReplicas: 2
+    scaleDownDelaySeconds: 2
+    scaleToZeroIdleSeconds: 3
+    coldStartTimeoutSeconds: 120
+"""
+
+
+def test_a_request_at_zero_replicas_is_held_by_the_router_and_answered(
+    installed: Installed,
+) -> None:
+    """Scale from zero end to end: router holds -> operator reads the held count ->
+    scale subresource -> Deployment -> pod ready -> the held request is answered."""
+    cluster, ns = installed.cluster, installed.voices
+    cluster.apply(ZERO_VOICE, namespace=ns)
+
+    def replicas() -> int:
+        return int(cluster.get_json("ttsvoice", "zero", "-n", ns)["spec"].get("replicas", 0))
+
+    def pods() -> int:
+        found = cluster.get_json("pods", "-n", ns, "-l", "voicefleet.io/voice=zero")
+        return len(found.get("items") or [])
+
+    wait_for(
+        lambda: replicas() == 0 and pods() == 0,
+        timeout=120,
+        interval=0.5,
+        what="the idle voice scaled to zero with no pod left",
+    )
+    url = installed.router_urls()[0]
+    with httpx.Client(timeout=150) as http:
+        response = http.post(
+            f"{url}/v1/audio/speech", json=stack.speech_request(f"{ns}/zero", "Hello from zero.")
+        )
+    assert response.status_code == 200, response.text
+    assert response.content[:4] == b"RIFF"
+    assert response.headers.get("x-voicefleet-pod", "").startswith("zero-")
+    reasons = {e.get("reason") for e in installed.events(ns, "zero")}
+    assert "ScaleFromZero" in reasons, reasons
+    cluster.kubectl_run("delete", "ttsvoice", "zero", "-n", ns, "--wait=false")
+
+
 def test_a_removed_permission_is_reported_on_the_voice(installed: Installed) -> None:
     """Take `patch deployments` from the operator: a new voice says what is missing."""
     cluster = installed.cluster

@@ -15,6 +15,11 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from voicefleet_api.extras import ROUTER_MODULES, missing_extra
+
+    if message := missing_extra("voicefleet-router", "router", ROUTER_MODULES):
+        print(message, file=sys.stderr)
+        return 1
     from voicefleet_inference.router.settings import SettingsError, load_settings
 
     try:
