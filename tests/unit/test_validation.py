@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from voicefleet_inference.server.errors import InvalidRequest, http_status
+from voicefleet_inference.errors import InvalidRequest
+from voicefleet_inference.server.errors import http_status
 from voicefleet_inference.server.validation import (
     check_speakable_text,
     decode_json_object,

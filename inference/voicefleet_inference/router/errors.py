@@ -29,6 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from voicefleet_inference.errors import ServiceError
+
 __all__ = [
     "AllPodsFull",
     "BadRequest",
@@ -45,24 +47,12 @@ __all__ = [
 log = logging.getLogger("voicefleet.router")
 
 
-class RouterError(Exception):
+class RouterError(ServiceError):
+    """A refusal only the router can see; the message/param/code fields are the core's."""
+
     status: ClassVar[int] = 500
     openai_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str] = "internal_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code or self.default_code
-        self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
         out = {}

@@ -23,30 +23,16 @@ from starlette.routing import Match
 
 from voicefleet_inference.errors import (
     ClientDisconnected,
-    Draining,
     InvalidRequest,
-    NotReady,
     PayloadTooLarge,
     QueueFull,
     RequestTimeout,
     ServiceError,
-    ShuttingDown,
     SynthesisFailed,
     Unavailable,
 )
 
 __all__ = [
-    "ClientDisconnected",
-    "Draining",
-    "InvalidRequest",
-    "NotReady",
-    "PayloadTooLarge",
-    "QueueFull",
-    "RequestTimeout",
-    "ServiceError",
-    "ShuttingDown",
-    "SynthesisFailed",
-    "Unavailable",
     "allowed_methods",
     "error_body",
     "http_status",
