@@ -36,8 +36,8 @@ from voicefleet_inference.engines.base import (
     SynthesisRequest,
 )
 from voicefleet_inference.engines.piper_text import (
-    PiperTextFrontEnd,
     PiperVoiceConfig,
+    PiperVoiceEngineBase,
     calibrate_cost,
     parse_device,
 )
@@ -51,7 +51,7 @@ _REPEAT_RUN = 4
 _REPEAT_TOLERANCE = 1e-6
 
 
-class PiperOnnxEngine:
+class PiperOnnxEngine(PiperVoiceEngineBase):
     """A Piper voice on one device; satisfies :class:`~voicefleet_inference.engines.base.Engine`.
 
     Construction only reads the small JSON config (so configuration errors surface in the
@@ -68,45 +68,17 @@ class PiperOnnxEngine:
         threads: int = 1,
         sentence_silence: float = 0.05,
     ) -> None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        self._device_kind, self._device_id = parse_device(device)
-        self._device = device.strip().lower()
-        self._model_path = model_path
-        self._config = PiperVoiceConfig.from_json(config_path)
-        self._model_name = model_name
-        self._threads = threads
-        self._front = PiperTextFrontEnd(
-            self._config, model_name=model_name, sentence_silence=sentence_silence
+        super().__init__(
+            model_path,
+            config_path,
+            model_name=model_name,
+            device=device,
+            threads=threads,
+            sentence_silence=sentence_silence,
         )
         self._session: ort.InferenceSession | None = None
         self._cost: CostModel | None = None
         self._has_sid = False
-        self.load_seconds: float | None = None
-        """Wall time of :meth:`load` (session, warm-up and calibration), for logs."""
-
-    # -- Engine protocol: identity -------------------------------------------------------
-
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
-    @property
-    def sample_rate(self) -> int:
-        return self._config.sample_rate
-
-    @property
-    def speakers(self) -> Sequence[str]:
-        return self._front.speakers
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @property
-    def threads(self) -> int:
-        """onnxruntime intra-op threads of this instance."""
-        return self._threads
 
     # -- lifecycle -----------------------------------------------------------------------
 

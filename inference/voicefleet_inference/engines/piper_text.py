@@ -29,6 +29,7 @@ __all__ = [
     "CALIBRATION_TEXTS",
     "PiperTextFrontEnd",
     "PiperVoiceConfig",
+    "PiperVoiceEngineBase",
     "calibrate_cost",
     "parse_device",
 ]
@@ -206,6 +207,60 @@ class PiperTextFrontEnd:
             gap = np.zeros(round(self._sentence_silence * self.config.sample_rate), np.float32)
             samples = np.concatenate([samples, gap])
         return samples
+
+
+class PiperVoiceEngineBase:
+    """What every engine of a Piper voice shares: config, front end, device and identity.
+
+    Both Piper engines (onnxruntime and our torch port) read the same ``.onnx.json``,
+    speak through the same front end and answer the ``Engine`` protocol's identity
+    properties the same way; only loading and running the network differ.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        config_path: Path,
+        *,
+        model_name: str,
+        device: str,
+        threads: int,
+        sentence_silence: float,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self._device_kind, self._device_id = parse_device(device)
+        self._device = device.strip().lower()
+        self._model_path = model_path
+        self._config = PiperVoiceConfig.from_json(config_path)
+        self._model_name = model_name
+        self._threads = threads
+        self._front = PiperTextFrontEnd(
+            self._config, model_name=model_name, sentence_silence=sentence_silence
+        )
+        self.load_seconds: float | None = None
+        """Wall time of ``load`` (model, warm-up and calibration), for logs."""
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def sample_rate(self) -> int:
+        return self._config.sample_rate
+
+    @property
+    def speakers(self) -> Sequence[str]:
+        return self._front.speakers
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads of this instance."""
+        return self._threads
 
 
 def calibrate_cost(run_text: Callable[[str], object]) -> CostModel:

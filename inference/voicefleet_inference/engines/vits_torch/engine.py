@@ -34,10 +34,8 @@ import numpy as np
 from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import AudioChunk, EngineError, Samples, SynthesisRequest
 from voicefleet_inference.engines.piper_text import (
-    PiperTextFrontEnd,
-    PiperVoiceConfig,
+    PiperVoiceEngineBase,
     calibrate_cost,
-    parse_device,
 )
 
 __all__ = ["PRECISIONS", "VitsTorchEngine", "plan_buckets", "plan_windows"]
@@ -86,7 +84,7 @@ class _Item:
     is_last: bool
 
 
-class VitsTorchEngine:
+class VitsTorchEngine(PiperVoiceEngineBase):
     """A Piper voice on one torch device; satisfies the ``Engine`` protocol.
 
     Construction validates the configuration and reads only the JSON config; :meth:`load`
@@ -107,25 +105,22 @@ class VitsTorchEngine:
         max_batch: int = 64,
         precision: str = "float32",
     ) -> None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        super().__init__(
+            model_path,
+            config_path,
+            model_name=model_name,
+            device=device,
+            threads=threads,
+            sentence_silence=sentence_silence,
+        )
         if first_window < 1 or max_batch < 1:
             raise ValueError("first_window and max_batch must be >= 1")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        self._device_kind, self._device_id = parse_device(device)
         if self._device_kind == "cpu" and precision != "float32":
             raise ValueError("precision on cpu is float32 only")
-        self._device = device.strip().lower()
-        self._model_path = model_path
-        self._config = PiperVoiceConfig.from_json(config_path)
         if self._config.num_speakers > 1:
             raise ValueError("vits-torch does not support multi-speaker voices yet")
-        self._front = PiperTextFrontEnd(
-            self._config, model_name=model_name, sentence_silence=sentence_silence
-        )
-        self._model_name = model_name
-        self._threads = threads
         self.stream_windows = stream_windows
         """Decode in windows (first audio early) or a whole sentence per pass; settable."""
         self.first_window = first_window
@@ -139,29 +134,6 @@ class VitsTorchEngine:
         """Prior noise (the voice's ``noise_scale``); tests set 0 for deterministic output."""
         self.noise_w = self._config.noise_w
         """Duration noise (the voice's ``noise_w``)."""
-        self.load_seconds: float | None = None
-
-    # -- identity ------------------------------------------------------------------------
-
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
-    @property
-    def sample_rate(self) -> int:
-        return self._config.sample_rate
-
-    @property
-    def speakers(self) -> Sequence[str]:
-        return self._front.speakers
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @property
-    def threads(self) -> int:
-        return self._threads
 
     @property
     def overlap_frames(self) -> int:
