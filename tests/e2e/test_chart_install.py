@@ -240,26 +240,29 @@ def test_playground_speaks_in_a_real_browser(installed: Installed, tmp_path: Pat
     assert shot.stat().st_size > 10_000
 
 
-SIMULATED_VOICE = """
-apiVersion: voicefleet.io/v1alpha1
-kind: TTSVoice
-metadata:
-  name: load
-spec:
-  engine: simulated
-  model:
-    bundled: en_US-joe-medium
-  resources:
-    cpu: 100m
-    memory: 256Mi
-  server:
-    maxQueue: 256
-  autoscaling:
-    minReplicas: 1
-    maxReplicas: 3
-    targetWorkSecondsPerReplica: 2
-    scaleDownDelaySeconds: 5
-"""
+def simulated_voice(name: str, **autoscaling: int) -> dict[str, Any]:
+    """A TTSVoice on the simulated engine: the real voice's cost model, no model loaded."""
+    return {
+        "apiVersion": "voicefleet.io/v1alpha1",
+        "kind": "TTSVoice",
+        "metadata": {"name": name},
+        "spec": {
+            "engine": "simulated",
+            "model": {"bundled": "en_US-joe-medium"},
+            "resources": {"cpu": "100m", "memory": "256Mi"},
+            "server": {"maxQueue": 256},
+            "autoscaling": autoscaling,
+        },
+    }
+
+
+SIMULATED_VOICE = simulated_voice(
+    "load",
+    minReplicas=1,
+    maxReplicas=3,
+    targetWorkSecondsPerReplica=2,
+    scaleDownDelaySeconds=5,
+)
 
 PARAGRAPH = (
     "VoiceFleet scales each voice on the seconds of synthesis waiting in its queues, "
@@ -314,25 +317,14 @@ def test_load_through_the_router_scales_the_voice_up_and_back_down(installed: In
     cluster.kubectl_run("delete", "ttsvoice", "load", "-n", ns, "--wait=false")
 
 
-ZERO_VOICE = """
-apiVersion: voicefleet.io/v1alpha1
-kind: TTSVoice
-metadata:
-  name: zero
-spec:
-  engine: simulated
-  model:
-    bundled: en_US-joe-medium
-  resources:
-    cpu: 100m
-    memory: 256Mi
-  autoscaling:
-    minReplicas: 0
-    maxReplicas: 2
-    scaleDownDelaySeconds: 2
-    scaleToZeroIdleSeconds: 3
-    coldStartTimeoutSeconds: 120
-"""
+ZERO_VOICE = simulated_voice(
+    "zero",
+    minReplicas=0,
+    maxReplicas=2,
+    scaleDownDelaySeconds=2,
+    scaleToZeroIdleSeconds=3,
+    coldStartTimeoutSeconds=120,
+)
 
 
 def test_a_request_at_zero_replicas_is_held_by_the_router_and_answered(
