@@ -14,3 +14,17 @@ cost model, no model loaded."""
 
 ENGINES: Final = (PIPER_ONNX, VITS_TORCH, SIMULATED)
 DEFAULT_ENGINE: Final = PIPER_ONNX
+"""The standalone server's ``--engine`` default, and a TTSVoice's on CPU pods."""
+GPU_DEFAULT_ENGINE: Final = VITS_TORCH
+"""A TTSVoice's engine on GPU pods when ``spec.engine`` is unset (batched passes)."""
+
+
+def voice_engine(engine: str | None, gpus: int) -> str:
+    """The engine a TTSVoice runs: ``spec.engine``, else by whether its pods have GPUs.
+
+    The CRD gives ``spec.engine`` no schema default, so that an unset engine can follow
+    ``resources.gpus``; this is the one place that rule lives.
+    """
+    if engine:
+        return engine
+    return GPU_DEFAULT_ENGINE if gpus > 0 else DEFAULT_ENGINE

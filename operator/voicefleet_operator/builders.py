@@ -31,7 +31,7 @@ from voicefleet_operator.labels import (
     object_labels,
     selector_labels,
 )
-from voicefleet_operator.spec import DEFAULT_IMAGE, Voice, VoiceSpec
+from voicefleet_operator.spec import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, Voice, VoiceSpec
 
 __all__ = [
     "CONTAINER_NAME",
@@ -80,10 +80,13 @@ class BuildOptions:
     """Operator-wide settings that shape every Deployment (from the operator's CLI).
 
     ``default_image`` applies only to a TTSVoice that carries no ``spec.image`` (the CRD
-    has no default for it); the operator's ``--default-image`` sets it.
+    has no default for it); the operator's ``--default-image`` sets it, and
+    ``--default-gpu-image`` sets ``default_gpu_image``, used instead for a voice whose
+    pods ask for GPUs (the CPU image carries neither torch nor CUDA).
     """
 
     default_image: str = DEFAULT_IMAGE
+    default_gpu_image: str = DEFAULT_GPU_IMAGE
     command: tuple[str, ...] = ("voicefleet-server",)
     pre_stop_sleep_seconds: int = 5
     """Time for endpoint controllers and the router to drop a terminating pod before
@@ -129,7 +132,7 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
         server_env_names.BATCH_WINDOW_MS: str(tuning.batch_window_ms),
         server_env_names.DEVICE: "cuda" if spec.resources.gpus > 0 else "cpu",
         server_env_names.DRAIN_GRACE_S: str(tuning.drain_grace_seconds),
-        server_env_names.ENGINE: spec.engine,
+        server_env_names.ENGINE: spec.runs_engine,
         server_env_names.HOST: f"$({server_env_names.POD_IP})",
         server_env_names.MAX_INPUT_CHARS: str(tuning.max_input_chars),
         server_env_names.MAX_QUEUE: str(tuning.max_queue),
@@ -209,7 +212,8 @@ def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     return {
         "command": list(options.command),
         "env": _container_env(spec),
-        "image": spec.image or options.default_image,
+        "image": spec.image
+        or (options.default_gpu_image if spec.resources.gpus > 0 else options.default_image),
         "imagePullPolicy": spec.image_pull_policy,
         "lifecycle": {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}},
         "livenessProbe": _http_probe("/healthz", options.liveness_period_seconds, 3, 5),

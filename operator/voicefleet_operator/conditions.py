@@ -308,6 +308,7 @@ def derive_status(
         ],
         "desiredReplicas": voice.spec.replicas,
         "endpoint": service_endpoint(voice),
+        "engine": voice.spec.runs_engine,
         "observedGeneration": voice.generation,
         "readyReplicas": _int(status.get("readyReplicas")),
         "replicas": _int(status.get("replicas")),

@@ -78,7 +78,9 @@ class Deps:
             config=config,
             kube=kube,
             metrics=metrics,
-            options=BuildOptions(default_image=config.default_image),
+            options=BuildOptions(
+                default_image=config.default_image, default_gpu_image=config.default_gpu_image
+            ),
             autoscaler=(
                 Autoscaler(
                     AutoscalerConfig(

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from voicefleet_operator.spec import DEFAULT_IMAGE
+from voicefleet_operator.spec import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE
 
 __all__ = [
     "DEFAULT_AUTOSCALE_INTERVAL",
@@ -85,6 +85,7 @@ class OperatorConfig(BaseSettings):
     standalone: bool = False
     priority: int = Field(default_factory=lambda: random.randint(1, 1_000_000))
     default_image: str = DEFAULT_IMAGE
+    default_gpu_image: str = DEFAULT_GPU_IMAGE
     kubeconfig: Path | None = None
     workers: int = DEFAULT_WORKERS
     verbose: bool = False
@@ -126,11 +127,11 @@ class OperatorConfig(BaseSettings):
             raise _usage(f"--workers must be 1..256, got {value}")
         return value
 
-    @field_validator("default_image", mode="after")
+    @field_validator("default_image", "default_gpu_image", mode="after")
     @classmethod
-    def _default_image(cls, value: str) -> str:
+    def _default_image(cls, value: str, info: ValidationInfo) -> str:
         if not value.strip():
-            raise _usage("--default-image must not be empty")
+            raise _usage(f"--{str(info.field_name).replace('_', '-')} must not be empty")
         return value
 
     @field_validator("autoscale_interval", mode="after")
@@ -248,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGE",
         help=f"image for TTSVoices that leave spec.image unset (default {DEFAULT_IMAGE}, "
         "the server of this operator's version)",
+    )
+    p.add_argument(
+        "--default-gpu-image",
+        metavar="IMAGE",
+        help="image instead for such TTSVoices whose pods ask for GPUs (resources.gpus > 0; "
+        f"default {DEFAULT_GPU_IMAGE}, the CUDA build with torch for vits-torch)",
     )
     p.add_argument(
         "--kubeconfig",

@@ -36,6 +36,7 @@ from voicefleet_api import env as server_env
 from voicefleet_api.labels import is_reserved_label
 
 __all__ = [
+    "DEFAULT_GPU_IMAGE",
     "DEFAULT_IMAGE",
     "ENGINES",
     "PULL_POLICIES",
@@ -58,6 +59,8 @@ __all__ = [
 IMAGE_REPOSITORY: Final = "ghcr.io/voicefleet/voicefleet-server"
 DEFAULT_IMAGE: Final = f"{IMAGE_REPOSITORY}:{voicefleet_api.__version__}"
 """The server image of this operator's own version: ``--default-image`` unless overridden."""
+DEFAULT_GPU_IMAGE: Final = f"{DEFAULT_IMAGE}-cuda"
+"""Its CUDA build (torch, CUDA onnxruntime) for voices with GPUs: ``--default-gpu-image``."""
 ENGINES: Final = engines.ENGINES
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 RESERVED_ENV_PREFIX: Final = server_env.PREFIX
@@ -382,7 +385,8 @@ class VoiceSpec(_Model):
 
     model: ModelSource
     replicas: Annotated[int, _int(0, 1000)] = 1
-    engine: Annotated[Str, AfterValidator(_one_of(ENGINES))] = engines.DEFAULT_ENGINE
+    engine: Annotated[Str, AfterValidator(_one_of(ENGINES))] | None = None
+    """As written; ``None`` follows ``resources.gpus`` (see :attr:`runs_engine`)."""
     image: Str | None = None
     image_pull_policy: Annotated[Str, AfterValidator(_one_of(PULL_POLICIES))] = "IfNotPresent"
     env: Annotated[tuple[EnvVar, ...], BeforeValidator(_list)] = ()
@@ -403,6 +407,11 @@ class VoiceSpec(_Model):
         if isinstance(data, Mapping) and data.get("model") is None:
             return {**data, "model": {}}
         return data
+
+    @property
+    def runs_engine(self) -> str:
+        """The engine the pods run: ``engine``, else vits-torch with GPUs, piper-onnx without."""
+        return engines.voice_engine(self.engine, self.resources.gpus)
 
     @field_validator("env")
     @classmethod

@@ -158,9 +158,16 @@ def test_operator_flags_follow_values(helm: Path) -> None:
     single = operator_args(render(helm))
     assert "--standalone" in single
     assert not any(a.startswith("--default-image") for a in single)
+    assert not any(a.startswith("--default-gpu-image") for a in single)
     peered = operator_args(
-        render(helm, "operator.replicas=3", "operator.defaultVoiceImage=registry.example/tts:1")
+        render(
+            helm,
+            "operator.replicas=3",
+            "operator.defaultVoiceImage=registry.example/tts:1",
+            "operator.defaultGpuVoiceImage=registry.example/tts:1-cuda",
+        )
     )
+    assert "--default-gpu-image=registry.example/tts:1-cuda" in peered
     assert "--peering=voicefleet" in peered
     assert "--standalone" not in peered
     assert "--default-image=registry.example/tts:1" in peered

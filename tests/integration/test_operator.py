@@ -266,6 +266,7 @@ def test_sample_becomes_ready_voice_that_speaks_then_rolls_on_update_and_survive
     obj = wait_for(ready_status, timeout=30, what="TTSVoice Ready=True, readyReplicas 1")
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert obj["status"]["endpoint"] == f"http://en-us-joe.{ns}.svc:80"
+    assert obj["status"]["engine"] == "piper-onnx"  # no spec.engine, no GPU
     assert obj["status"]["selector"] == "voicefleet.io/voice=en-us-joe"
 
     # An update rolls the Deployment: new template generation, a second ReplicaSet.

@@ -25,7 +25,7 @@ from voicefleet_operator.builders import (
     service_endpoint,
 )
 from voicefleet_operator.labels import selector_labels
-from voicefleet_operator.spec import DEFAULT_IMAGE, EnvVar, Voice, parse_voice
+from voicefleet_operator.spec import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, EnvVar, Voice, parse_voice
 
 OPTS = BuildOptions()
 LABELS = {
@@ -192,6 +192,31 @@ def test_operator_default_image_flag_sets_the_image_of_a_voice_that_names_none()
     # Without the flag: the server image of the operator's own version.
     assert parse_args(["-A"]).default_image == DEFAULT_IMAGE
     assert DEFAULT_IMAGE.endswith(":" + voicefleet_api.__version__)
+
+
+def test_a_gpu_voice_without_engine_or_image_runs_vits_torch_on_the_gpu_image() -> None:
+    """The GPU default: vits-torch (batched torch passes) in the CUDA build of the image."""
+    from voicefleet_operator.settings import parse_args
+
+    config = parse_args(["-A", "--default-gpu-image", "registry.local/vf/server:x-cuda"])
+    options = BuildOptions(
+        default_image=config.default_image, default_gpu_image=config.default_gpu_image
+    )
+    gpu = voice(resources={"gpus": 1})
+    c = container(gpu, options)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["VOICEFLEET_ENGINE"] == "vits-torch"
+    assert c["image"] == "registry.local/vf/server:x-cuda"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # A CPU voice keeps piper-onnx and the CPU image; a written engine or image wins.
+    cpu = container(voice(), options)
+    assert {e["name"]: e.get("value") for e in cpu["env"]}["VOICEFLEET_ENGINE"] == "piper-onnx"
+    assert cpu["image"] == config.default_image
+    chosen = container(voice(resources={"gpus": 1}, engine="piper-onnx", image="mine:1"), options)
+    assert {e["name"]: e.get("value") for e in chosen["env"]}["VOICEFLEET_ENGINE"] == "piper-onnx"
+    assert chosen["image"] == "mine:1"
+    assert parse_args(["-A"]).default_gpu_image == DEFAULT_GPU_IMAGE
+    assert DEFAULT_GPU_IMAGE == DEFAULT_IMAGE + "-cuda"
 
 
 def test_pull_policy_and_command_options() -> None:

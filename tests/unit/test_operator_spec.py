@@ -55,10 +55,11 @@ def test_minimal_voice_gets_every_crd_default() -> None:
     assert s.model == ModelSource(bundled="en_US-joe-medium")
     assert (s.replicas, s.engine, s.image, s.image_pull_policy) == (
         1,
-        "piper-onnx",
+        None,  # no schema default: it follows resources.gpus
         None,
         "IfNotPresent",
     )
+    assert s.runs_engine == "piper-onnx"
     assert s.env == ()
     assert s.resources == Resources(cpu="1", memory="1Gi", gpus=0)
     assert s.server == ServerTuning(
@@ -534,3 +535,19 @@ def test_the_pure_modules_import_neither_kopf_nor_kubernetes() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("engine", "gpus", "runs"),
+    [
+        (None, 0, "piper-onnx"),
+        (None, 1, "vits-torch"),  # the GPU default: batched torch passes
+        ("piper-onnx", 2, "piper-onnx"),  # a written engine always wins
+        ("simulated", 0, "simulated"),
+    ],
+)
+def test_an_unset_engine_follows_the_gpus(engine: str | None, gpus: int, runs: str) -> None:
+    spec: dict[str, Any] = {"model": {"bundled": "en_US-joe-medium"}, "resources": {"gpus": gpus}}
+    if engine is not None:
+        spec["engine"] = engine
+    assert parse_spec(spec).runs_engine == runs
