@@ -79,7 +79,7 @@ class Deps:
             kube=kube,
             metrics=metrics,
             options=BuildOptions(
-                default_image=config.default_image, default_gpu_image=config.default_gpu_image
+                default_image=config.default_image, default_gpu_image=config.gpu_image
             ),
             autoscaler=(
                 Autoscaler(

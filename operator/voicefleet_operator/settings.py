@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from voicefleet_operator.spec import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE
+from voicefleet_operator.spec import DEFAULT_IMAGE, GPU_IMAGE_SUFFIX
 
 __all__ = [
     "DEFAULT_AUTOSCALE_INTERVAL",
@@ -85,7 +85,8 @@ class OperatorConfig(BaseSettings):
     standalone: bool = False
     priority: int = Field(default_factory=lambda: random.randint(1, 1_000_000))
     default_image: str = DEFAULT_IMAGE
-    default_gpu_image: str = DEFAULT_GPU_IMAGE
+    default_gpu_image: str | None = None
+    """``--default-gpu-image``; unset follows ``default_image`` (see :attr:`gpu_image`)."""
     kubeconfig: Path | None = None
     workers: int = DEFAULT_WORKERS
     verbose: bool = False
@@ -127,10 +128,15 @@ class OperatorConfig(BaseSettings):
             raise _usage(f"--workers must be 1..256, got {value}")
         return value
 
+    @property
+    def gpu_image(self) -> str:
+        """Image for GPU voices without ``spec.image``: the flag, else the CPU one + ``-cuda``."""
+        return self.default_gpu_image or f"{self.default_image}{GPU_IMAGE_SUFFIX}"
+
     @field_validator("default_image", "default_gpu_image", mode="after")
     @classmethod
-    def _default_image(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
+    def _default_image(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.strip():
             raise _usage(f"--{str(info.field_name).replace('_', '-')} must not be empty")
         return value
 
@@ -254,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--default-gpu-image",
         metavar="IMAGE",
         help="image instead for such TTSVoices whose pods ask for GPUs (resources.gpus > 0; "
-        f"default {DEFAULT_GPU_IMAGE}, the CUDA build with torch for vits-torch)",
+        f"default: the --default-image with {GPU_IMAGE_SUFFIX} appended, the CUDA build "
+        "with torch for vits-torch)",
     )
     p.add_argument(
         "--kubeconfig",

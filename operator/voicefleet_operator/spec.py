@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_GPU_IMAGE",
     "DEFAULT_IMAGE",
     "ENGINES",
+    "GPU_IMAGE_SUFFIX",
     "PULL_POLICIES",
     "RESERVED_ENV_NAMES",
     "RESERVED_ENV_PREFIX",
@@ -59,7 +60,9 @@ __all__ = [
 IMAGE_REPOSITORY: Final = "ghcr.io/voicefleet/voicefleet-server"
 DEFAULT_IMAGE: Final = f"{IMAGE_REPOSITORY}:{voicefleet_api.__version__}"
 """The server image of this operator's own version: ``--default-image`` unless overridden."""
-DEFAULT_GPU_IMAGE: Final = f"{DEFAULT_IMAGE}-cuda"
+GPU_IMAGE_SUFFIX: Final = "-cuda"
+"""Tag suffix of the CUDA build of an inference image (docker/inference.Dockerfile)."""
+DEFAULT_GPU_IMAGE: Final = f"{DEFAULT_IMAGE}{GPU_IMAGE_SUFFIX}"
 """Its CUDA build (torch, CUDA onnxruntime) for voices with GPUs: ``--default-gpu-image``."""
 ENGINES: Final = engines.ENGINES
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")

@@ -199,9 +199,7 @@ def test_a_gpu_voice_without_engine_or_image_runs_vits_torch_on_the_gpu_image() 
     from voicefleet_operator.settings import parse_args
 
     config = parse_args(["-A", "--default-gpu-image", "registry.local/vf/server:x-cuda"])
-    options = BuildOptions(
-        default_image=config.default_image, default_gpu_image=config.default_gpu_image
-    )
+    options = BuildOptions(default_image=config.default_image, default_gpu_image=config.gpu_image)
     gpu = voice(resources={"gpus": 1})
     c = container(gpu, options)
     env = {e["name"]: e.get("value") for e in c["env"]}
@@ -215,8 +213,9 @@ def test_a_gpu_voice_without_engine_or_image_runs_vits_torch_on_the_gpu_image() 
     chosen = container(voice(resources={"gpus": 1}, engine="piper-onnx", image="mine:1"), options)
     assert {e["name"]: e.get("value") for e in chosen["env"]}["VOICEFLEET_ENGINE"] == "piper-onnx"
     assert chosen["image"] == "mine:1"
-    assert parse_args(["-A"]).default_gpu_image == DEFAULT_GPU_IMAGE
-    assert DEFAULT_GPU_IMAGE == DEFAULT_IMAGE + "-cuda"
+    assert parse_args(["-A"]).gpu_image == DEFAULT_GPU_IMAGE == DEFAULT_IMAGE + "-cuda"
+    # Without the GPU flag, it follows --default-image (a private registry stays private).
+    assert parse_args(["-A", "--default-image", "reg.local/s:2"]).gpu_image == "reg.local/s:2-cuda"
 
 
 def test_pull_policy_and_command_options() -> None:
