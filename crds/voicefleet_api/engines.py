@@ -19,6 +19,19 @@ GPU_DEFAULT_ENGINE: Final = VITS_TORCH
 """A TTSVoice's engine on GPU pods when ``spec.engine`` is unset (batched passes)."""
 
 
+def pod_device(gpus: int) -> str:
+    """``VOICEFLEET_DEVICE`` for a pod with ``gpus`` GPUs: ``cpu``, ``cuda``, or a list.
+
+    Several GPUs are listed (``cuda:0,cuda:1``) and the server spreads its engine workers
+    over them, one engine per worker; the device plugin numbers a pod's GPUs from 0.
+    """
+    if gpus <= 0:
+        return "cpu"
+    if gpus == 1:
+        return "cuda"
+    return ",".join(f"cuda:{i}" for i in range(gpus))
+
+
 def voice_engine(engine: str | None, gpus: int) -> str:
     """The engine a TTSVoice runs: ``spec.engine``, else by whether its pods have GPUs.
 

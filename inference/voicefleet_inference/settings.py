@@ -127,8 +127,12 @@ class Settings(BaseSettings):
     )
     device: Annotated[str, Lower] = Field(
         "cpu",
-        pattern=r"^(cpu|cuda(:\d+)?)$",
-        json_schema_extra=_flag("--device", metavar="DEV", help="cpu, cuda or cuda:N"),
+        pattern=r"^(cpu|cuda(:\d+)?(,cuda(:\d+)?)*)$",
+        json_schema_extra=_flag(
+            "--device",
+            metavar="DEV",
+            help="cpu, cuda, cuda:N, or a list cuda:0,cuda:1 (workers take them in turn)",
+        ),
     )
     workers: int = Field(
         1,
@@ -292,6 +296,11 @@ class Settings(BaseSettings):
                 },
             )
         return self
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices engine workers take in turn (worker ``i`` gets ``devices[i % n]``)."""
+        return tuple(self.device.split(","))
 
     @property
     def batch_window_s(self) -> float:

@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
+from voicefleet_api import engines, termination
 from voicefleet_api import env as server_env_names
-from voicefleet_api import termination
 from voicefleet_api.labels import SERVER_PORT as _CONTRACT_PORT
 from voicefleet_operator.labels import (
     PROMETHEUS_ANNOTATIONS,
@@ -130,7 +130,7 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
     tuning = spec.server
     env = {
         server_env_names.BATCH_WINDOW_MS: str(tuning.batch_window_ms),
-        server_env_names.DEVICE: "cuda" if spec.resources.gpus > 0 else "cpu",
+        server_env_names.DEVICE: engines.pod_device(spec.resources.gpus),
         server_env_names.DRAIN_GRACE_S: str(tuning.drain_grace_seconds),
         server_env_names.ENGINE: spec.runs_engine,
         server_env_names.HOST: f"$({server_env_names.POD_IP})",
@@ -140,7 +140,8 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
         server_env_names.PORT: str(SERVER_PORT),
         server_env_names.REQUEST_TIMEOUT_S: str(tuning.request_timeout_seconds),
         server_env_names.TERMINATION_MESSAGE_PATH: termination.PATH,
-        server_env_names.WORKERS: str(tuning.workers),
+        # at least one engine worker per GPU, or a GPU of the pod would sit idle
+        server_env_names.WORKERS: str(max(tuning.workers, spec.resources.gpus)),
     }
     if tuning.max_batch_size is not None:
         env[server_env_names.MAX_BATCH_SIZE] = str(tuning.max_batch_size)

@@ -423,9 +423,19 @@ def test_defaults_of_a_voice_match_the_servers_defaults() -> None:
 
 
 def test_gpu_voice_runs_on_cuda_with_the_gpu_batch_default() -> None:
-    v = voice(resources={"gpus": 2})
+    v = voice(resources={"gpus": 1})
     s = load_settings([], kubelet_env(v), cores=4)
-    assert (s.device, s.max_batch_size) == ("cuda", 8)
+    assert (s.device, s.max_batch_size, s.workers) == ("cuda", 8, 1)
+
+
+def test_a_multi_gpu_voice_gets_one_engine_worker_per_gpu() -> None:
+    # The server reads the operator's env as it would in the pod: every GPU gets a worker.
+    s = load_settings([], kubelet_env(voice(resources={"gpus": 3})), cores=4)
+    assert s.devices == ("cuda:0", "cuda:1", "cuda:2")
+    assert s.workers == 3
+    # More workers than GPUs are kept (they take the GPUs in turn).
+    more = load_settings([], kubelet_env(voice(resources={"gpus": 2}, server={"workers": 4})))
+    assert (more.devices, more.workers) == (("cuda:0", "cuda:1"), 4)
 
 
 def test_env_values_are_all_strings() -> None:
@@ -455,7 +465,8 @@ def test_gpu_resources_and_toleration() -> None:
     assert pod_spec(v)["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    assert server_env(v.spec)["VOICEFLEET_DEVICE"] == "cuda"
+    assert server_env(v.spec)["VOICEFLEET_DEVICE"] == "cuda:0,cuda:1"
+    assert server_env(voice(resources={"gpus": 1}).spec)["VOICEFLEET_DEVICE"] == "cuda"
 
 
 def test_gpu_toleration_merges_with_user_tolerations_without_duplicates() -> None:

@@ -114,6 +114,7 @@ def test_bad_values_are_reported_by_their_env_var_all_at_once() -> None:
     ("args", "env_name"),
     [
         (["--device", "tpu"], "VOICEFLEET_DEVICE"),
+        (["--device", "cpu,cuda:1"], "VOICEFLEET_DEVICE"),
         (["--max-queue", "0"], "VOICEFLEET_MAX_QUEUE"),
         (["--port", "70000"], "VOICEFLEET_PORT"),
         (["--request-timeout-s", "0"], "VOICEFLEET_REQUEST_TIMEOUT_S"),
@@ -197,3 +198,20 @@ def test_env_names_are_the_shared_contract_names() -> None:
     }
     fields = {n for f in Settings.model_fields if f != "cores" for n in env_names(f)}
     assert fields - {"PORT"} == contract
+
+
+def test_engine_workers_take_the_listed_devices_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``engine_factory`` with a fake ``create_engine`` (our seam): worker i -> device i mod n."""
+    from voicefleet_inference.engines import registry
+    from voicefleet_inference.server.runner import engine_factory
+
+    created: list[str] = []
+    monkeypatch.setattr(
+        registry, "create_engine", lambda engine, model, device, threads: created.append(device)
+    )
+    settings = load_settings(["--device", "cuda:0,cuda:1", "--workers", "3"], {}, cores=2)
+    factory = engine_factory(settings)
+    for _ in range(3):
+        factory()
+    assert created == ["cuda:0", "cuda:1", "cuda:0"]
+    assert load_settings([], {}, cores=2).devices == ("cpu",)

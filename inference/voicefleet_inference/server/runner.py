@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +45,21 @@ class Service:
 
 
 def engine_factory(settings: Settings) -> EngineFactory:
-    """A factory the scheduler calls in each worker thread: one engine per thread."""
+    """A factory the scheduler calls in each worker thread: one engine per thread.
+
+    Successive calls take ``settings.devices`` in turn, so the workers of a pod with
+    several GPUs spread one engine per device (round robin when workers outnumber them).
+    """
+    turns = itertools.count()
+    lock = threading.Lock()
 
     def create() -> Engine:
         from voicefleet_inference.engines.registry import create_engine  # deferred: onnxruntime
 
-        return create_engine(
-            settings.engine, settings.model, settings.device, settings.threads_per_worker
-        )
+        with lock:
+            turn = next(turns)
+        device = settings.devices[turn % len(settings.devices)]
+        return create_engine(settings.engine, settings.model, device, settings.threads_per_worker)
 
     return create
 
