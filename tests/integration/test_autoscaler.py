@@ -1,6 +1,6 @@
 """The autoscaler on the real control plane, with `simulated` pods through the process kubelet.
 
-The operator runs as its least-privilege ServiceAccount (fixtures from test_operator),
+The operator runs as its least-privilege ServiceAccount (fixtures from conftest.py),
 ticking every 0.5 s. Voices use the `simulated` engine: real voicefleet-server
 processes whose service time follows the bundled voice's cost model, so added replicas
 add capacity even on two cores. Load is real HTTP to the pods' loopback addresses.
@@ -19,12 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_operator import (  # the same operator process helpers and SA identity
-    Operator,
-    free_port,
-    operator_argv,
-    sa_kubeconfig,  # noqa: F401  (fixture, by name)
-)
+from operatorprocs import Operator, free_port, operator_argv
 
 from voicefleet_localcluster.testing import LocalCluster, WaitTimeout, wait_for
 
@@ -35,7 +30,7 @@ TEXT = "The quick brown fox jumps over the lazy dog. " * 12  # ~540 chars: ~2.5 
 
 @pytest.fixture(scope="module")
 def autoscaling_operator(
-    sa_kubeconfig: Path,  # noqa: F811
+    sa_kubeconfig: Path,
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[Operator]:

@@ -12,7 +12,6 @@ Event) after the fix. The seconds from apply to Degraded and what
 ``kubectl get``/``describe`` print are echoed (``pytest -s``) for docs/operator.md.
 """
 
-# ruff: noqa: F811  (test_operator's fixtures are imported by name and requested as arguments)
 from __future__ import annotations
 
 import json
@@ -26,15 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-# The module's operator and helpers are test_operator's (same RBAC, same process).
-from test_operator import (  # type: ignore[import-not-found]
-    Operator,
-    condition,
-    events_for,
-    operator,  # noqa: F401  (fixture, by name)
-    sa_kubeconfig,  # noqa: F401  (fixture, by name)
-    voice,
-)
+# The module's operator comes from conftest.py, its helpers from operatorprocs (same RBAC).
+from operatorprocs import Operator, condition, events_for, voice
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 

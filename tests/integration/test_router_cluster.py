@@ -1,6 +1,6 @@
 """The router on the real local control plane: voices the operator created, by name.
 
-The operator runs as in ``test_operator.py`` (same fixtures: its own ServiceAccount, real
+The operator runs as in ``test_operator.py`` (same conftest fixtures: its own ServiceAccount, real
 kube-apiserver, process kubelet). The router runs in the test's event loop, built as
 ``voicefleet-router`` builds it, and discovers everything by watching TTSVoices and pods
 with the admin kubeconfig. The voice uses the ``simulated`` engine: this test is about
@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from operatorprocs import Operator
 from routerprocs import running_router
-from test_operator import Operator, operator, sa_kubeconfig  # noqa: F401  (fixtures by name)
 
 from voicefleet_inference.router.fleet import VoiceKey
 from voicefleet_inference.router.service import RouterService
@@ -61,7 +61,7 @@ def ready_pods(service: RouterService, key: VoiceKey) -> set[str]:
 async def test_router_serves_an_operator_voice_by_name_through_scale_up_and_down(
     local_cluster: LocalCluster,
     cluster_namespace: str,
-    operator: Operator,  # noqa: F811
+    operator: Operator,
 ) -> None:
     from kubernetes import config
 

@@ -1,0 +1,144 @@
+"""The operator as a test process: start/stop/log, its argv, and cluster read helpers.
+
+Shared by the integration modules that run ``voicefleet-operator`` against the local
+control plane; the fixtures that start one (``sa_kubeconfig``, ``operator``) are in this
+folder's ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from voicefleet_localcluster.procs import stop_process
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
+SAMPLE = REPO / "crds" / "samples" / "en-us-joe.yaml"
+PVC_SAMPLE = REPO / "crds" / "samples" / "pvc-voice.yaml"
+SA_NAMESPACE = "voicefleet-system"
+SA_NAME = "voicefleet-operator"
+PEERING = "voicefleet-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Operator:
+    """A running voicefleet-operator process and where its output goes."""
+
+    argv: list[str]
+    log_path: Path
+    health_port: int
+    metrics_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = field(default=0)
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env["PYTHONUNBUFFERED"] = "1"  # the log is read while the operator runs
+        with self.log_path.open("ab") as log:
+            log.write(f"--- test: start {self.starts}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.starts += 1
+        wait_for(self.healthy, timeout=30, what=f"operator /healthz (log {self.log_path})")
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"operator exited: {self.proc and self.proc.returncode}")
+        rsp = httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2)
+        return rsp.status_code == 200
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, grace=20)
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def operator_argv(
+    kubeconfig: Path, health: int, metrics: int, *, priority: int, extra: list[str] | None = None
+) -> list[str]:
+    return [
+        str(OPERATOR),
+        "--all-namespaces",
+        f"--kubeconfig={kubeconfig}",
+        f"--health-port={health}",
+        f"--metrics-port={metrics}",
+        f"--peering={PEERING}",
+        f"--priority={priority}",
+        *(extra or []),
+    ]
+
+
+def voice(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get_json("ttsvoice", name, "-n", ns)
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in obj.get("status", {}).get("conditions", []):
+        if cond["type"] == kind:
+            return dict(cond)
+    return None
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+    refs: list[dict[str, Any]] = obj["metadata"].get("ownerReferences", [])
+    return refs == [
+        {
+            "apiVersion": "voicefleet.io/v1alpha1",
+            "kind": "TTSVoice",
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def exists(cluster: LocalCluster, ns: str, *what: str) -> bool:
+    return cluster.kubectl_run("get", *what, "-n", ns, check=False).returncode == 0
+
+
+def scalable_voice(name: str, *, replicas: int = 0, max_replicas: int = 3) -> dict[str, Any]:
+    return {
+        "apiVersion": "voicefleet.io/v1alpha1",
+        "kind": "TTSVoice",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "model": {"bundled": "en_US-joe-medium"},
+            "resources": {"cpu": "250m", "memory": "512Mi"},
+            "autoscaling": {"minReplicas": 0, "maxReplicas": max_replicas},
+        },
+    }
+
+
+def events_for(cluster: LocalCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.get_json(
+        "events", "-n", ns, "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return items
+
+
+# --- tests ------------------------------------------------------------------------------
