@@ -75,8 +75,8 @@ DEFAULT_DOWN_HEADROOM: Final = 0.5
 """Share of the window's peak work a scale-down keeps room for.
 
 On steady but noisy load the next window's peak beats the last one about half the time,
-so shrinking to the peak itself scaled back up within seconds (13 reversals in 5 x 900 s
-of the ``noisy flat`` simulation with a 60 s delay; none with 50 %; docs/autoscaler.md).
+so shrinking to the bare peak was undone by a scale-up within seconds (flapping). The
+figures behind the value are in docs/autoscaler.md (policies benchmark, "reversals").
 """
 
 
