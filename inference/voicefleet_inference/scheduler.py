@@ -19,8 +19,9 @@ Flow of one request::
   from the queued work-seconds. The engine's cost model estimates each request's
   engine-seconds there; the sum over waiting and running requests is
   ``voicefleet_queue_work_seconds``.
-* Batching is decided by the pure :func:`plan_batch`: take up to ``max_batch_size``
-  requests, waiting at most ``batch_window_s`` after the oldest one arrived.
+* Batching is decided by the pure ``batching.plan_batch``: take up to
+  ``max_batch_size`` requests, waiting at most ``batch_window_s`` after the oldest one
+  arrived.
 * Chunks travel to the loop through ``loop.call_soon_threadsafe`` into a per-request
   queue. It is unbounded but naturally bounded: one entry per sentence of one request whose
   text is at most ``max_input_chars`` long. A worker never blocks on a slow client, which
@@ -37,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from voicefleet_inference.batching import Waiting, plan_batch, retry_after_seconds
 from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import (
     Engine,
@@ -74,16 +75,12 @@ from voicefleet_inference.metrics import (
 )
 
 __all__ = [
-    "BatchPlan",
     "DrainReport",
     "EngineFactory",
     "EngineInfo",
     "RequestHandle",
     "Scheduler",
     "SchedulerConfig",
-    "Waiting",
-    "plan_batch",
-    "retry_after_seconds",
 ]
 
 log = logging.getLogger("voicefleet.scheduler")
@@ -91,75 +88,9 @@ log = logging.getLogger("voicefleet.scheduler")
 EngineFactory = Callable[[], Engine]
 """Creates a new, unloaded engine; called once inside each worker thread."""
 
-_MAX_RETRY_AFTER_S: Final = 120
 _RUNNING_WORK_FLOOR: Final = 0.05
 """A running request never counts for less than this fraction of its estimate: it is not
 done, however optimistic the cost model was."""
-
-
-# -- pure decisions --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    """What :func:`plan_batch` needs to know of one queued request."""
-
-    enqueued_at: float
-    deadline: float
-    cancelled: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BatchPlan:
-    """Indices into the queue: run ``take`` now, fail ``expired``, forget ``dropped``.
-
-    When nothing is taken, ``wait_until`` says when to look again (``None``: when
-    something new arrives).
-    """
-
-    take: tuple[int, ...] = ()
-    expired: tuple[int, ...] = ()
-    dropped: tuple[int, ...] = ()
-    wait_until: float | None = None
-
-
-def plan_batch(queue: Sequence[Waiting], now: float, max_batch: int, window_s: float) -> BatchPlan:
-    """Decide what a free worker runs next (FIFO, dynamic batching).
-
-    A batch starts as soon as ``max_batch`` live requests wait, or once the oldest live
-    request has waited ``window_s`` (so a worker that was busy takes its backlog at once
-    and a lone request waits at most the window). With ``max_batch == 1`` nothing waits.
-    Cancelled requests are dropped, requests past their deadline expire, neither is run.
-    """
-    expired: list[int] = []
-    dropped: list[int] = []
-    live: list[int] = []
-    for i, item in enumerate(queue):
-        if item.cancelled:
-            dropped.append(i)
-        elif item.deadline <= now:
-            expired.append(i)
-        else:
-            live.append(i)
-    if not live:
-        return BatchPlan(expired=tuple(expired), dropped=tuple(dropped))
-    oldest = queue[live[0]].enqueued_at
-    if max_batch <= 1 or len(live) >= max_batch or now >= oldest + window_s:
-        return BatchPlan(
-            take=tuple(live[:max_batch]), expired=tuple(expired), dropped=tuple(dropped)
-        )
-    return BatchPlan(expired=tuple(expired), dropped=tuple(dropped), wait_until=oldest + window_s)
-
-
-def retry_after_seconds(queued_work_s: float, workers: int) -> int:
-    """Seconds a client refused for a full queue should wait: the backlog per worker.
-
-    At least 1 (HTTP's Retry-After is whole seconds), at most 120 (beyond that the
-    estimate means little and a client is better off trying another replica).
-    """
-    if not math.isfinite(queued_work_s) or queued_work_s <= 0:
-        return 1
-    return max(1, min(_MAX_RETRY_AFTER_S, math.ceil(queued_work_s / max(1, workers))))
 
 
 # -- configuration and reports -----------------------------------------------------------------

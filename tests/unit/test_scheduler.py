@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scheduler_fakes import SENTENCE_SAMPLES, FakeBehaviour, FakeFactory
 
+from voicefleet_inference.batching import Waiting, plan_batch, retry_after_seconds
 from voicefleet_inference.engines.base import SynthesisRequest
 from voicefleet_inference.errors import (
     Draining,
@@ -24,14 +25,7 @@ from voicefleet_inference.errors import (
     SynthesisFailed,
 )
 from voicefleet_inference.metrics import Metrics, create_metrics
-from voicefleet_inference.scheduler import (
-    RequestHandle,
-    Scheduler,
-    SchedulerConfig,
-    Waiting,
-    plan_batch,
-    retry_after_seconds,
-)
+from voicefleet_inference.scheduler import RequestHandle, Scheduler, SchedulerConfig
 from voicefleet_inference.server.errors import http_status
 
 # -- plan_batch (pure) ---------------------------------------------------------------------
