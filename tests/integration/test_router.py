@@ -237,16 +237,29 @@ async def test_a_pod_killed_mid_load_costs_the_clients_nothing(pods: Pods, tmp_p
 
 
 async def test_all_pods_full_is_429_with_retry_after(pods: Pods) -> None:
+    async def until(name: str, value: float) -> None:
+        """Wait until the tiny pod's gauge shows ``value`` (the pod's own view, not timing)."""
+        deadline = time.monotonic() + 10
+        while metric((await client.get(pods.tiny.base_url + "/metrics")).text, name) != value:
+            assert time.monotonic() < deadline, f"{name} never reached {value}"
+            await asyncio.sleep(0.02)
+
     async with (
         running_router(static(pods.tiny)) as (_, url),
         httpx.AsyncClient(timeout=60) as client,
     ):
-        responses = await asyncio.gather(
-            *(client.post(url + SPEECH, json=body(PARAGRAPH)) for _ in range(4))
+        # Fill the pod step by step: one request running, then one queued (its max).
+        running = asyncio.create_task(client.post(url + SPEECH, json=body(PARAGRAPH)))
+        await until("voicefleet_requests_in_flight", 1)
+        queued = asyncio.create_task(client.post(url + SPEECH, json=body(PARAGRAPH)))
+        await until("voicefleet_queue_depth", 1)
+        refused = await asyncio.gather(
+            *(client.post(url + SPEECH, json=body(PARAGRAPH)) for _ in range(2))
         )
-    codes = Counter(r.status_code for r in responses)
-    assert codes == {200: 2, 429: 2}, codes  # one running + one queued fit
-    full = next(r for r in responses if r.status_code == 429)
+        responses = [await running, await queued, *refused]
+    codes = [r.status_code for r in responses]
+    assert codes == [200, 200, 429, 429], codes
+    full = refused[0]
     assert int(full.headers["retry-after"]) >= 1
     assert full.json()["error"]["code"] == "all_pods_full"
 
