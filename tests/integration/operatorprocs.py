@@ -47,7 +47,9 @@ class Operator:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
+        """Start it and wait for ``/healthz`` (a cold start on a busy 2-core machine can
+        take longer than the default: callers that restart under load pass more)."""
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env["PYTHONUNBUFFERED"] = "1"  # the log is read while the operator runs
         with self.log_path.open("ab") as log:
@@ -57,7 +59,7 @@ class Operator:
                 self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         self.starts += 1
-        wait_for(self.healthy, timeout=30, what=f"operator /healthz (log {self.log_path})")
+        wait_for(self.healthy, timeout=timeout, what=f"operator /healthz (log {self.log_path})")
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:

@@ -9,8 +9,6 @@ Delays in the test voices are seconds, not minutes, to keep the module fast.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -56,21 +54,6 @@ def autoscaling_operator(
         op.stop()
         if request.session.testsfailed > failed_before:
             print("\n--- operator log tail:\n" + "\n".join(op.log().splitlines()[-80:]))
-
-
-def start_slowly(op: Operator, timeout: float = 120) -> None:
-    """`Operator.start` with a longer wait: on the shared 2-core machine a cold Python
-    start of the operator (kopf + kubernetes imports) has taken more than 30 s."""
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["PYTHONUNBUFFERED"] = "1"
-    with op.log_path.open("ab") as log:
-        log.write(f"--- test: start {op.starts}\n".encode())
-        log.flush()
-        op.proc = subprocess.Popen(
-            op.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    op.starts += 1
-    wait_for(op.healthy, timeout=timeout, what=f"operator /healthz (log {op.log_path})")
 
 
 def simulated_voice(name: str, *, replicas: int, autoscaling: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +178,7 @@ def test_load_scales_up_survives_an_operator_restart_and_comes_back_down(
 
         # Restart mid-load: the count never dips while the new operator catches up.
         autoscaling_operator.stop()
-        start_slowly(autoscaling_operator)
+        autoscaling_operator.start(timeout=120)
         seen = {spec_replicas(local_cluster, ns, name)}
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
