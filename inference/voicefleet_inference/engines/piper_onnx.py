@@ -28,7 +28,6 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import (
     AudioChunk,
     EngineError,
@@ -77,7 +76,6 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
             sentence_silence=sentence_silence,
         )
         self._session: ort.InferenceSession | None = None
-        self._cost: CostModel | None = None
         self._has_sid = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -123,21 +121,6 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
 
     def is_ready(self) -> bool:
         return self._session is not None and self._cost is not None
-
-    def cost_model(self) -> CostModel:
-        if self._cost is None:
-            raise EngineError("cost model not calibrated: load() has not completed")
-        return self._cost
-
-    # -- text to ids ---------------------------------------------------------------------
-
-    def sentences(self, text: str) -> list[str]:
-        """The phoneme strings of ``text``, one per sentence (public for tests and tools)."""
-        return self._front.sentences(text)
-
-    def phoneme_ids(self, phonemes: str) -> list[int]:
-        """Piper's id sequence (see :meth:`PiperTextFrontEnd.phoneme_ids`)."""
-        return self._front.phoneme_ids(phonemes)
 
     # -- synthesis -----------------------------------------------------------------------
 

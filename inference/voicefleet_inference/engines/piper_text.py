@@ -238,6 +238,7 @@ class PiperVoiceEngineBase:
         self._front = PiperTextFrontEnd(
             self._config, model_name=model_name, sentence_silence=sentence_silence
         )
+        self._cost: CostModel | None = None
         self.load_seconds: float | None = None
         """Wall time of ``load`` (model, warm-up and calibration), for logs."""
 
@@ -261,6 +262,20 @@ class PiperVoiceEngineBase:
     def threads(self) -> int:
         """Intra-op threads of this instance."""
         return self._threads
+
+    def cost_model(self) -> CostModel:
+        """The cost model ``load`` calibrated on real syntheses of this voice."""
+        if self._cost is None:
+            raise EngineError("cost model not calibrated: load() has not completed")
+        return self._cost
+
+    def sentences(self, text: str) -> list[str]:
+        """The phoneme strings of ``text``, one per sentence (public for tests and tools)."""
+        return self._front.sentences(text)
+
+    def phoneme_ids(self, phonemes: str) -> list[int]:
+        """Piper's id sequence (see :meth:`PiperTextFrontEnd.phoneme_ids`)."""
+        return self._front.phoneme_ids(phonemes)
 
 
 def calibrate_cost(run_text: Callable[[str], object]) -> CostModel:

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import AudioChunk, EngineError, Samples, SynthesisRequest
 from voicefleet_inference.engines.piper_text import (
     PiperVoiceEngineBase,
@@ -129,7 +128,6 @@ class VitsTorchEngine(PiperVoiceEngineBase):
         self._precision = precision
         self._model: object | None = None
         self._overlap = 0
-        self._cost: CostModel | None = None
         self.noise_scale = self._config.noise_scale
         """Prior noise (the voice's ``noise_scale``); tests set 0 for deterministic output."""
         self.noise_w = self._config.noise_w
@@ -172,19 +170,6 @@ class VitsTorchEngine(PiperVoiceEngineBase):
 
     def is_ready(self) -> bool:
         return self._model is not None and self._cost is not None
-
-    def cost_model(self) -> CostModel:
-        if self._cost is None:
-            raise EngineError("cost model not calibrated: load() has not completed")
-        return self._cost
-
-    # -- text ----------------------------------------------------------------------------
-
-    def sentences(self, text: str) -> list[str]:
-        return self._front.sentences(text)
-
-    def phoneme_ids(self, phonemes: str) -> list[int]:
-        return self._front.phoneme_ids(phonemes)
 
     # -- synthesis -----------------------------------------------------------------------
 
