@@ -11,7 +11,6 @@ from voicefleet_inference.cost import REFERENCE_COST
 from voicefleet_inference.router.app import estimate_cost, playground_html
 from voicefleet_inference.router.discovery import parse_static, pod_from_object, voice_from_object
 from voicefleet_inference.router.fleet import VoiceKey
-from voicefleet_inference.router.scrape import Gauges, parse_gauges
 from voicefleet_inference.router.settings import (
     Policy,
     RouterSettings,
@@ -154,19 +153,35 @@ def test_static_upstreams_parse_and_refuse_nonsense() -> None:
 
 # -- scrape and cost ----------------------------------------------------------------------
 
-POD_METRICS = """# HELP voicefleet_queue_depth Requests accepted and waiting to run.
-# TYPE voicefleet_queue_depth gauge
-voicefleet_queue_depth 3.0
-voicefleet_requests_in_flight 1.0
+LABELLED_POD_METRICS = """# TYPE voicefleet_queue_depth gauge
+voicefleet_queue_depth{voice="en_US-joe-medium"} 3.0
+voicefleet_requests_in_flight{voice="en_US-joe-medium"} 1.0
 voicefleet_request_duration_seconds_bucket{le="0.05"} 0.0
-voicefleet_queue_work_seconds 2.75
+voicefleet_queue_work_seconds{voice="en_US-joe-medium"} 2.75
 """
 
 
-def test_parse_gauges_reads_the_three_queue_gauges() -> None:
-    assert parse_gauges(POD_METRICS) == Gauges(2.75, 3, 1)
-    assert parse_gauges("voicefleet_queue_depth 1.0\n") is None
-    assert parse_gauges(POD_METRICS.replace("2.75", "x")) is None
+async def test_the_scraper_reads_a_pod_whose_gauges_carry_labels() -> None:
+    """A labelled page is a busy pod, not a failed scrape (the operator reads it so too)."""
+    import httpx
+
+    from voicefleet_inference.router.fleet import Fleet, PodInfo, VoiceInfo
+    from voicefleet_inference.router.metrics import create_metrics
+    from voicefleet_inference.router.scrape import Scraper
+
+    def fake_pod(request: httpx.Request) -> httpx.Response:  # fake at our own seam
+        return httpx.Response(200, text=LABELLED_POD_METRICS)
+
+    fleet = Fleet("ns", clock=lambda: 10.0)
+    voice = VoiceKey("ns", "joe")
+    fleet.upsert_voice(VoiceInfo(voice, "m", 1.0))
+    fleet.upsert_pod(PodInfo("ns", "joe-1", voice, "http://127.0.0.9:8080", ready=True))
+    metrics = create_metrics()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake_pod)) as client:
+        await Scraper(fleet, client, metrics, 0.15).scrape_once()
+    state = fleet.pods["ns/joe-1"]
+    assert (state.scraped_work_s, state.scraped_depth, state.scraped_in_flight) == (2.75, 3, 1)
+    assert metrics.scrape_errors_total._value.get() == 0
 
 
 def test_cost_estimate_is_the_servers_model_and_tolerates_bad_fields() -> None:

@@ -12,54 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Final, NamedTuple
 
 import httpx
 
-from voicefleet_api import metric_names as names
+from voicefleet_api import load
 from voicefleet_inference.router.fleet import Fleet
 from voicefleet_inference.router.metrics import RouterMetrics
 
-__all__ = ["Gauges", "Scraper", "parse_gauges"]
+__all__ = ["Scraper"]
 
 log = logging.getLogger("voicefleet.router.scrape")
-
-_WANTED: Final = {
-    names.QUEUE_WORK_SECONDS: "work_s",
-    names.QUEUE_DEPTH: "depth",
-    names.REQUESTS_IN_FLIGHT: "in_flight",
-}
-
-
-class Gauges(NamedTuple):
-    work_s: float
-    depth: int
-    in_flight: int
-
-
-def parse_gauges(text: str) -> Gauges | None:
-    """The three queue gauges from a pod's Prometheus text; None if any is missing.
-
-    A line scan instead of a full exposition parser: the pod's page is mostly histogram
-    buckets the router does not need, and this runs several times a second per pod.
-    """
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("voicefleet_"):
-            continue
-        name, _, value = line.partition(" ")
-        field = _WANTED.get(name)
-        if field is None:
-            continue
-        try:
-            found[field] = float(value.split(" ", 1)[0])
-        except ValueError:
-            return None
-        if len(found) == len(_WANTED):
-            break
-    if len(found) != len(_WANTED):
-        return None
-    return Gauges(max(0.0, found["work_s"]), int(found["depth"]), int(found["in_flight"]))
 
 
 class Scraper:
@@ -101,7 +63,7 @@ class Scraper:
             self._metrics.scrape_errors_total.inc()
             log.debug("scrape of %s failed: %r", key, exc)
             return
-        gauges = parse_gauges(response.text) if response.status_code == 200 else None
+        gauges = load.parse_metrics(response.text) if response.status_code == 200 else None
         if gauges is None:
             self._metrics.scrape_errors_total.inc()
             return
