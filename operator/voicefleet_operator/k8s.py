@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +255,60 @@ class Kube:
             missing_ok=True,
         )
 
+    def post_event(
+        self, involved: Mapping[str, str], *, type: str, reason: str, message: str
+    ) -> None:
+        """Post a core/v1 Event about ``involved`` (an object reference).
+
+        For code outside kopf's handlers (the autoscaler loop), where ``kopf.event`` has
+        no queue to post through.
+        """
+        now = datetime.now(UTC).isoformat()
+        body = {
+            "metadata": {
+                "generateName": f"{involved['name']}.",
+                "namespace": involved["namespace"],
+            },
+            "involvedObject": dict(involved),
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        _call(self._core.create_namespaced_event, involved["namespace"], body)
+
     # --- kopf peering -------------------------------------------------------
+
+    def get_peering_status(self, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """The kopf peering object's ``status`` (its peers); None when it or its CRD is absent."""
+        if namespace:
+            found = _call(
+                self._custom.get_namespaced_custom_object,
+                PEERING_GROUP,
+                PEERING_VERSION,
+                namespace,
+                "kopfpeerings",
+                name,
+                missing_ok=True,
+            )
+        else:
+            found = _call(
+                self._custom.get_cluster_custom_object,
+                PEERING_GROUP,
+                PEERING_VERSION,
+                "clusterkopfpeerings",
+                name,
+                missing_ok=True,
+            )
+        if found is None:
+            return None
+        status: dict[str, Any] = found.get("status") or {}
+        return status
 
     def ensure_peering(self, name: str, namespace: str | None) -> bool:
         """Create the kopf peering object if absent; True when we created it.
