@@ -44,13 +44,13 @@ serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
 	$(BIN)/voicefleet-server --host $(HOST) --port $(PORT)
 
 bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmarks.md), then 100 voices through the operator (figures printed; table in docs/operator.md)
-	$(BIN)/python hack/bench/run.py --output docs/benchmarks.md
-	$(BIN)/python hack/bench/operator_scale.py
-	$(BIN)/python hack/bench/autoscaler_policies.py --output docs/autoscaler.md
-	$(BIN)/python hack/bench/autoscaler_loop.py --voices 100 --pods 3 --seconds 30
-	$(BIN)/python hack/bench/router_policies.py
-	$(BIN)/python hack/bench/router_overhead.py
-	$(BIN)/python hack/bench/vits_torch.py --output docs/vits-torch-bench.md
+	$(BIN)/python -m voicefleet_bench.serving --output docs/benchmarks.md
+	$(BIN)/python -m voicefleet_bench.operator_scale
+	$(BIN)/python -m voicefleet_bench.autoscaler_policies --output docs/autoscaler.md
+	$(BIN)/python -m voicefleet_bench.autoscaler_loop --voices 100 --pods 3 --seconds 30
+	$(BIN)/python -m voicefleet_bench.router_policies
+	$(BIN)/python -m voicefleet_bench.router_overhead
+	$(BIN)/python -m voicefleet_bench.vits_torch --output docs/vits-torch-bench.md
 
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build

@@ -11,7 +11,7 @@ Reported: decision latency (load step -> first ScaleUp), pod-ready latency (each
 -> the asked-for replicas ready), failed requests (any non-200 or connection error, the
 scale-down included), and a PNG of desired vs ready replicas over time.
 
-    .venv/bin/python hack/bench/autoscaler_cluster.py --plot docs/autoscaler-cluster-step.png
+    .venv/bin/python -m voicefleet_bench.autoscaler_cluster --plot docs/autoscaler-cluster-step.png
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,21 +28,15 @@ from typing import Any
 
 import httpx
 
+from voicefleet_bench import REPO
+from voicefleet_bench.procs import free_port
 from voicefleet_localcluster.procs import stop_process
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 TEXT = "The quick brown fox jumps over the lazy dog. " * 12
 NS = "bench"
 NAME = "stepper"
 SELECTOR = f"voicefleet.io/voice={NAME}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def voice() -> dict[str, Any]:

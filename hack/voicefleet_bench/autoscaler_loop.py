@@ -12,7 +12,7 @@ tick latency per voice (scrape of its pods + decision), median and p99; and, run
 before in the same process against the same servers, a bare baseline that only GETs each
 pod's /metrics on the same schedule (``cpu_vs_bare_scrape``: our loop's CPU over it).
 
-    .venv/bin/python hack/bench/autoscaler_loop.py --voices 100 --pods 3 --seconds 30
+    .venv/bin/python -m voicefleet_bench.autoscaler_loop --voices 100 --pods 3 --seconds 30
 """
 
 from __future__ import annotations
@@ -179,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(args.serve))
         return 0
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(args.voices * args.pods)],
+        [
+            sys.executable,
+            "-m",
+            "voicefleet_bench.autoscaler_loop",
+            "--serve",
+            str(args.voices * args.pods),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

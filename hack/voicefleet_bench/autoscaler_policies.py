@@ -30,7 +30,7 @@ first scale-up, p99 queueing delay (arrival to start of service), replica-second
 existing, starting ones included), the number of replica changes, reversals (a scale-up
 less than 60 s after a scale-down: flapping), and the most replicas asked for (overshoot).
 
-    .venv/bin/python hack/bench/autoscaler_policies.py --output docs/autoscaler.md
+    .venv/bin/python -m voicefleet_bench.autoscaler_policies --output docs/autoscaler.md
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""Load generation and measurement for the VoiceFleet benchmark (``hack/bench/run.py``).
+"""Load generation and measurement for the serving benchmark (:mod:`voicefleet_bench.serving`).
 
 Everything here talks to a server on 127.0.0.1 over HTTP and is bounded: a fixed
 number of requests, per-request timeouts, and a ``/healthz`` prober that stops when
 the load stops. Nothing here knows which server it is measuring; both the seed-pattern
 baseline and ``voicefleet-server`` get exactly the same requests.
-
-This file is not part of an importable package: ``run.py`` puts its own directory on
-``sys.path`` and imports it as ``loadgen``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ The operator's resident memory (VmRSS, and the peak VmHWM) is read from
 
 Usage::
 
-    .venv/bin/python hack/bench/operator_scale.py            # 100 voices
-    .venv/bin/python hack/bench/operator_scale.py --voices 20 --json /tmp/scale.json
+    .venv/bin/python -m voicefleet_bench.operator_scale            # 100 voices
+    .venv/bin/python -m voicefleet_bench.operator_scale --voices 20 --json /tmp/scale.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,30 +34,14 @@ from typing import Any
 import httpx
 import yaml
 
+from voicefleet_bench import REPO
+from voicefleet_bench.procs import free_port, memory_mb
 from voicefleet_localcluster.procs import stop_process
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
 from voicefleet_operator.settings import DEFAULT_WORKERS
 
-REPO = Path(__file__).resolve().parents[2]
 OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
 NAMESPACE = "scale"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def proc_memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MB (10**6 bytes)."""
-    out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024 / 1e6
-    return out
 
 
 def voices(count: int) -> str:
@@ -135,7 +118,7 @@ def run(count: int, workers: int | None) -> dict[str, Any]:
             what="operator /healthz",
         )
         time.sleep(2)  # let the initial listings settle, so the idle figure is idle
-        idle = proc_memory_mb(proc.pid)
+        idle = memory_mb(proc.pid)
 
         manifest = voices(count)
         started = time.monotonic()
@@ -153,7 +136,7 @@ def run(count: int, workers: int | None) -> dict[str, Any]:
                 raise SystemExit(f"not done after 300 s: {n_dep} deployments, {n_obs} statuses")
             time.sleep(0.5)
         total = time.monotonic() - started
-        memory = proc_memory_mb(proc.pid)
+        memory = memory_mb(proc.pid)
         return {
             "voices": count,
             "apply_seconds": round(applied, 2),

@@ -1,6 +1,6 @@
 """Peak RSS of a fresh ``voicefleet-server`` after one long unpunctuated request.
 
-    .venv/bin/python hack/bench/peak_rss.py --chars 4096
+    .venv/bin/python -m voicefleet_bench.peak_rss --chars 4096
 
 Starts the server on a free loopback port, sends one ``/v1/audio/speech`` request of
 ``--chars`` characters of prose without punctuation (the worst case for per-call memory
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,20 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from voicefleet_bench.procs import free_port, memory_mb
+
 WORDS = "the quick brown fox jumps over a lazy dog and keeps running far away "
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _memory_mb(pid: int) -> tuple[float, float]:
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmHWM"].split()[0]) / 1000, int(fields["VmRSS"].split()[0]) / 1000
 
 
 def main() -> int:
@@ -41,7 +29,7 @@ def main() -> int:
     parser.add_argument("--chars", type=int, default=4096)
     parser.add_argument("--timeout-s", type=int, default=900, help="server request timeout")
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     server = Path(sys.executable).with_name("voicefleet-server")
     env = {**os.environ, "VOICEFLEET_REQUEST_TIMEOUT_S": str(args.timeout_s)}
     proc = subprocess.Popen(
@@ -61,7 +49,8 @@ def main() -> int:
             if proc.poll() is not None:
                 raise SystemExit("server exited before it was ready")
             time.sleep(0.2)
-        peak, now = _memory_mb(proc.pid)
+        mem = memory_mb(proc.pid)
+        peak, now = mem["VmHWM"], mem["VmRSS"]
         print(f"loaded: peak {peak:.0f} MB, rss {now:.0f} MB")
         text = (WORDS * (args.chars // len(WORDS) + 1))[: args.chars].strip()
         started = time.monotonic()
@@ -76,8 +65,9 @@ def main() -> int:
             f"{time.monotonic() - started:.1f} s"
         )
         time.sleep(1)
-        peak, now = _memory_mb(proc.pid)
-        print(f"after: peak {peak:.0f} MB ({peak * 1000 / 1024 / 1024:.0f} MiB), rss {now:.0f} MB")
+        mem = memory_mb(proc.pid)
+        peak, now = mem["VmHWM"], mem["VmRSS"]
+        print(f"after: peak {peak:.0f} MB ({peak * 1e6 / 2**20:.0f} MiB), rss {now:.0f} MB")
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -9,7 +9,7 @@ measured is HTTP and the router, not the engine), and one router in front of it.
    ``--seconds``; requests completed divided by the router process's CPU seconds gives
    requests per second per core (the load generator and the pod use other CPU).
 
-    .venv/bin/python hack/bench/router_overhead.py           # writes docs/router.md
+    .venv/bin/python -m voicefleet_bench.router_overhead           # writes docs/router.md
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import asyncio
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import router_common as common
+from voicefleet_bench import router_common
+from voicefleet_bench.machine import machine_note
+from voicefleet_bench.procs import cpu_seconds, exit_cleanly_on_sigterm, free_port, processes
+from voicefleet_bench.report import write_section
 
 TEXT = "Hello there."
 
@@ -77,22 +78,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
-    common.exit_cleanly_on_sigterm()
+    exit_cleanly_on_sigterm()
 
-    pod_port, router_port = common.free_port(), common.free_port()
-    pod = common.simulated_pod(pod_port, speed_factor=10_000, jitter=0.0, seed=1)
+    pod_port, router_port = free_port(), free_port()
+    pod = router_common.simulated_pod(pod_port, speed_factor=10_000, jitter=0.0, seed=1)
     added, direct_p50, routed_p50, cpu_per_request, per_core, raw_rate = [], [], [], [], [], []
-    with common.processes([pod]) as ((_, pod_url),):
-        router = common.router(router_port, [pod_url])
-        with common.processes([router]) as ((router_proc, router_url),):
+    with processes([pod]) as ((_, pod_url),):
+        router = router_common.router(router_port, [pod_url])
+        with processes([router]) as ((router_proc, router_url),):
             for round_no in range(args.rounds):
-                cpu0 = common.cpu_seconds(router_proc.pid)
+                cpu0 = cpu_seconds(router_proc.pid)
                 d, r = asyncio.run(low_rate(pod_url, router_url, args.requests))
-                cpu1 = common.cpu_seconds(router_proc.pid)
+                cpu1 = cpu_seconds(router_proc.pid)
                 started = time.perf_counter()
                 done = asyncio.run(capacity(router_url, args.concurrency, args.seconds))
                 elapsed = time.perf_counter() - started
-                cpu2 = common.cpu_seconds(router_proc.pid)
+                cpu2 = cpu_seconds(router_proc.pid)
                 direct_p50.append(statistics.median(d))
                 routed_p50.append(statistics.median(r))
                 added.append(routed_p50[-1] - direct_p50[-1])
@@ -109,11 +110,11 @@ def main() -> int:
                 )
     med = statistics.median
     lines = [
-        "Command: `.venv/bin/python hack/bench/router_overhead.py` (what `make bench` runs): "
+        "Command: `.venv/bin/python -m voicefleet_bench.router_overhead` (what `make bench` runs): "
         f"one simulated pod with speed factor 10000 (synthesis ≈ 0 s, `pcm` answers), "
         f"{args.requests} requests one at a time direct and through the router, interleaved; "
         f"then {args.concurrency} closed-loop clients through the router for {args.seconds:g} s; "
-        f"{args.rounds} round(s), medians over rounds. {common.machine_note()}.",
+        f"{args.rounds} round(s), medians over rounds. {machine_note()}.",
         "",
         "| figure | median |",
         "|---|---|",
@@ -130,7 +131,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
-        common.write_section("overhead", text)
+        write_section(router_common.DOC, "overhead", text)
     return 0
 
 

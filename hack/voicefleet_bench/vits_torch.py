@@ -11,8 +11,8 @@
 
 Usage::
 
-    .venv/bin/python hack/bench/vits_torch.py --output docs/vits-torch-bench.md
-    .venv/bin/python hack/bench/vits_torch.py --smoke   # seconds, prints only
+    .venv/bin/python -m voicefleet_bench.vits_torch --output docs/vits-torch-bench.md
+    .venv/bin/python -m voicefleet_bench.vits_torch --smoke   # seconds, prints only
 """
 
 from __future__ import annotations
@@ -23,19 +23,14 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-import loadgen  # noqa: E402  (sibling module; hack/bench is not a package)
+from voicefleet_bench import loadgen
+from voicefleet_bench.procs import free_port
 
 RTF_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -92,17 +87,11 @@ def serve_worker(mode: str, port: int, threads: int) -> None:
     sys.exit(asyncio.run(serve(settings, build_service(settings, factory))))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_rtf_round(engine: str, threads: int, reps: int) -> tuple[float, float]:
     """(wall-clock RTF, CPU-time RTF) of one fresh process."""
     out = subprocess.run(
         [
-            *(sys.executable, __file__, "--rtf-worker", engine),
+            *(sys.executable, "-m", "voicefleet_bench.vits_torch", "--rtf-worker", engine),
             *("--threads", str(threads), "--reps", str(reps)),
         ],
         check=True,
@@ -118,7 +107,7 @@ def run_ttfa_round(mode: str, threads: int, reps: int) -> tuple[float, float]:
     port = free_port()
     proc = subprocess.Popen(
         [
-            *(sys.executable, __file__, "--serve-worker", mode),
+            *(sys.executable, "-m", "voicefleet_bench.vits_torch", "--serve-worker", mode),
             *("--port", str(port), "--threads", str(threads)),
         ],
     )
@@ -193,7 +182,7 @@ def main() -> int:
     lines = [
         "# vits-torch CPU benchmark",
         "",
-        f"Produced by `.venv/bin/python hack/bench/vits_torch.py --output <this file>` "
+        f"Produced by `.venv/bin/python -m voicefleet_bench.vits_torch --output <this file>` "
         f"(`make bench`) on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{args.threads} thread(s) per engine, {rounds} rounds x {reps} reps, medians. "

@@ -12,7 +12,7 @@ against onnxruntime).
 
 Usage (the exact command; writes JSON and Markdown)::
 
-    timeout 540 .venv/bin/python hack/bench/vits_torch_gpu.py --device cuda \\
+    timeout 540 .venv/bin/python -m voicefleet_bench.vits_torch_gpu --device cuda \\
         --budget-s 420 --output docs/vits-torch-gpu.md
 
 Target (issue 13): >= 1000x real time on one H100 at batch >= 32.
@@ -130,7 +130,7 @@ def main() -> int:
     lines = [
         "# vits-torch on GPU",
         "",
-        f"`hack/bench/vits_torch_gpu.py` on **{gpu}**, torch {torch.__version__}, "
+        f"`hack/voicefleet_bench/vits_torch_gpu.py` on **{gpu}**, torch {torch.__version__}, "
         f"{args.reps} reps per point (median), sentence-level decoding, default noise. "
         "Throughput is audio seconds per wall second (x real time).",
         "",

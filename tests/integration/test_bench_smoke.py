@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark driver behind ``make bench`` (``hack/bench/run.py``).
+"""Smoke test of the benchmark driver behind ``make bench`` (``voicefleet_bench.serving``).
 
 Runs the real driver in ``--smoke`` mode (one round, eight requests per configuration)
 against the real seed-pattern baseline, the real ``voicefleet-server`` and the real
@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DRIVER = REPO / "hack" / "bench" / "run.py"
 
 SECTIONS = (
     "# Benchmarks",
@@ -32,14 +31,23 @@ NUMBER = r"\d+\.\d+"
 
 @pytest.mark.slow
 def test_bench_driver_smoke_run_writes_complete_report(tmp_path: Path) -> None:
-    """``run.py --smoke`` exits 0, prints the summary and writes a complete report."""
+    """``-m voicefleet_bench.serving --smoke`` exits 0, prints a summary, writes a full report."""
     pytest.importorskip(
         "voicefleet_inference.cli", reason="voicefleet-server (voicefleet_inference.cli) not built"
     )
     output = tmp_path / "benchmarks.md"
     raw = tmp_path / "raw.json"
     proc = subprocess.run(
-        [sys.executable, str(DRIVER), "--smoke", "--output", str(output), "--raw", str(raw)],
+        [
+            sys.executable,
+            "-m",
+            "voicefleet_bench.serving",
+            "--smoke",
+            "--output",
+            str(output),
+            "--raw",
+            str(raw),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -54,7 +62,7 @@ def test_bench_driver_smoke_run_writes_complete_report(tmp_path: Path) -> None:
     for section in SECTIONS:
         assert section in report, f"missing section {section!r}"
     assert "Smoke run" in report
-    assert "hack/bench/run.py --smoke" in report
+    assert "-m voicefleet_bench.serving --smoke" in report
 
     # One row per configuration, each with a measured req/s (not a dash).
     for label in ("(a) seed pattern", "(b) voicefleet-server", "(c) bare engine"):

@@ -1,0 +1,31 @@
+"""How a benchmark puts its table into ``docs/``: between markers, so the prose around stays.
+
+A page holds ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->``; a run replaces what lies
+between them (or appends the block if the page has none yet). Nothing inside is typed by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+
+def write_section(doc: Path, name: str, text: str) -> None:
+    """Replace the ``bench:NAME`` block of ``doc`` with ``text`` (append it if absent)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    current = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in current and end in current:
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+        updated = pattern.sub(lambda _: block, current)
+    else:
+        updated = current.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(updated, encoding="utf-8")
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table cell; an em dash when it was not measured (None or NaN)."""
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:.{digits}f}"
