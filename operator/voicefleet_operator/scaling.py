@@ -36,9 +36,10 @@ How it decides (docs/autoscaler.md has the long form):
   ``scale_down_delay`` seconds with ``down_headroom`` more work (so the next burst does
   not undo it), and only once that whole window was observed since the last scale (or
   since the operator started: a restart never shrinks at once).
-- **Zero.** With ``min_replicas`` 0 the last replica goes after ``scale_to_zero_idle``
-  seconds without any work or held request; a request held at zero scales to 1 (or
-  more) at once.
+- **Zero.** With ``min_replicas`` 0 the replicas go once the voice has had no work and
+  no held request for ``scale_to_zero_idle`` seconds: idle time alone decides, not
+  ``scale_down_delay`` (a voice idle 5 s with a 300 s delay used to wait the 300 s),
+  unless a pod is still starting. A request held at zero scales to 1 (or more) at once.
 """
 
 from __future__ import annotations
@@ -311,19 +312,29 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
                 f"{policy.horizon:g}s",
             )
 
+    # Zero: idle time alone decides, whatever scaleDownDelay says (the idle clock lives in
+    # status, so it also survives a restart); only a pod on its way holds it back.
+    if (
+        policy.min_replicas == 0
+        and current > 0
+        and idle_since is not None
+        and now - idle_since >= policy.scale_to_zero_idle
+        and not obs.starting
+    ):
+        return result(
+            0,
+            "ScaleToZero",
+            f"idle for {now - idle_since:.0f}s "
+            f"(scaleToZeroIdleSeconds {policy.scale_to_zero_idle:g})",
+        )
+
     # Down: only after a whole scaleDownDelay observed since the last change.
     since = max(observing_since, state.last_scale_time or observing_since)
-    floor = policy.min_replicas
-    if policy.min_replicas == 0 and (
-        idle_since is None or now - idle_since < policy.scale_to_zero_idle
-    ):
-        floor = 1
+    floor = max(policy.min_replicas, 1)
     if current > floor and now - since >= window and not obs.starting:
         peak = max((n for _, _, n in history), default=roomy)
         target = max(floor, min(peak, policy.max_replicas))
         if target < current:
-            if target == 0:
-                return result(0, "ScaleToZero", f"idle for {now - (idle_since or now):.0f}s")
             return result(
                 target,
                 "ScaleDown",

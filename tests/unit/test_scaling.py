@@ -252,3 +252,29 @@ def test_bursty_flat_load_over_a_queue_stays_in_a_band_and_changes_rarely() -> N
     assert not [(d, u) for d in downs for u in ups if 0 < u - d < QUEUE.scale_down_delay], changes
     assert len(changes) <= 900 / QUEUE.scale_down_delay + 2, changes
     assert all(4 <= n <= 10 for _, n in changes), changes
+
+
+def test_idle_time_alone_decides_zero_not_the_scale_down_delay() -> None:
+    # Issue 19, defect 3: idle 5 s with the default 300 s scale-down delay took 300 s.
+    policy = Policy(min_replicas=0, max_replicas=3, scale_down_delay=300, scale_to_zero_idle=5)
+    r = run(lambda t: 0.0, 12, policy, replicas=1)
+    assert r.first_change() == 5
+    assert r.decisions[5].reason == "ScaleToZero"
+    assert "scaleToZeroIdleSeconds 5" in r.decisions[5].message
+    # Right after a scale-up too: the last change does not restart the idle clock.
+    state = ScalingState(last_scale_time=999.0, idle_since=990.0)
+    obs = Observation(now=1000.0, replicas=2, ready=(PodSample(0.0, 0, 0),) * 2)
+    assert decide(obs, state, policy).desired == 0
+    # Restored from status after a restart (observing since now): idle clock kept.
+    restored = decide(obs, ScalingState(idle_since=900.0), policy)
+    assert (restored.desired, restored.reason) == (0, "ScaleToZero")
+
+
+def test_a_starting_pod_or_recent_work_holds_zero_back() -> None:
+    policy = Policy(min_replicas=0, max_replicas=3, scale_down_delay=300, scale_to_zero_idle=5)
+    starting = Observation(now=1000.0, replicas=1, ready=(), starting=1)
+    assert decide(starting, ScalingState(idle_since=900.0), policy).desired == 1
+    busy = Observation(now=1000.0, replicas=1, ready=(PodSample(0.5, 0, 1),))
+    d = decide(busy, ScalingState(idle_since=900.0), policy)
+    assert d.desired == 1
+    assert d.state.idle_since is None
