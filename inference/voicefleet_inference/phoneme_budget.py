@@ -20,8 +20,10 @@ from typing import Final
 __all__ = [
     "MAX_PHONEMES_PER_CALL",
     "MAX_PHONEMES_PER_CHAR",
+    "NO_WORD",
     "over_request_budget",
     "split_at_phoneme_budget",
+    "split_tagged_at_phoneme_budget",
 ]
 
 MAX_PHONEMES_PER_CALL: Final = 100
@@ -33,6 +35,8 @@ character, text dense with numbers and symbols up to about 3.4 (measured: dates,
 phone numbers); ``WWW`` is 7.7 and a long digit string 5.3. Refusing more keeps the
 per-character cost estimate within a small factor of the truth and makes
 ``maxInputChars`` mean what it says: how much speech one request can ask for."""
+NO_WORD: Final = -1
+"""Tag of a phoneme character that speaks no input word (a space, punctuation, a pause)."""
 _FLOOR: Final = 200
 """Phonemes always allowed, so a short number ("1999.") is never refused."""
 
@@ -45,27 +49,51 @@ def split_at_phoneme_budget(
     and a single word longer than ``budget`` is cut between characters (it cannot be
     spoken whole within the bound, and an unbounded pass is what this prevents).
     """
+    tagged = [(clause, (NO_WORD,) * len(clause)) for clause in clauses]
+    return [unit for unit, _ in split_tagged_at_phoneme_budget(tagged, budget)]
+
+
+def split_tagged_at_phoneme_budget(
+    clauses: Sequence[tuple[str, Sequence[int]]], budget: int = MAX_PHONEMES_PER_CALL
+) -> list[tuple[str, tuple[int, ...]]]:
+    """:func:`split_at_phoneme_budget` carrying a tag per phoneme character along.
+
+    The tag is the index of the input word that character speaks (:data:`NO_WORD` for
+    spaces and punctuation), so word timestamps stay right whatever the cuts; the
+    spaces this function inserts are tagged :data:`NO_WORD`.
+    """
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
-    words: list[str] = []
-    for clause in clauses:
+    words: list[tuple[str, tuple[int, ...]]] = []
+    for clause, tags in clauses:
+        if len(tags) != len(clause):
+            raise ValueError("one tag per phoneme character is required")
         if len(clause) <= budget:
-            words.append(clause)
+            words.append((clause, tuple(tags)))
             continue
+        start = 0
         for word in clause.split(" "):
-            words.extend(word[i : i + budget] for i in range(0, len(word), budget))
-    units: list[str] = []
+            word_tags = tuple(tags[start : start + len(word)])
+            start += len(word) + 1
+            words.extend(
+                (word[i : i + budget], word_tags[i : i + budget])
+                for i in range(0, len(word), budget)
+            )
+    units: list[tuple[str, tuple[int, ...]]] = []
     current = ""
-    for word in words:
+    current_tags: tuple[int, ...] = ()
+    for word, word_tags in words:
         if not word:
             continue
         if current and len(current) + 1 + len(word) > budget:
-            units.append(current)
-            current = word
+            units.append((current, current_tags))
+            current, current_tags = word, word_tags
+        elif current:
+            current, current_tags = f"{current} {word}", (*current_tags, NO_WORD, *word_tags)
         else:
-            current = f"{current} {word}" if current else word
+            current, current_tags = word, word_tags
     if current:
-        units.append(current)
+        units.append((current, current_tags))
     return units
 
 

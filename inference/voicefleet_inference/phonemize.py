@@ -22,18 +22,27 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import difflib
 import re
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from voicefleet_inference.phoneme_budget import MAX_PHONEMES_PER_CALL, split_at_phoneme_budget
+from voicefleet_inference.phoneme_budget import (
+    MAX_PHONEMES_PER_CALL,
+    NO_WORD,
+    split_tagged_at_phoneme_budget,
+)
 
 __all__ = [
     "MAX_SENTENCE_PHONEMES",
+    "AlignedText",
     "Clause",
     "Phonemizer",
     "PhonemizerError",
+    "SpokenUnit",
+    "display_word",
     "normalize_text",
 ]
 
@@ -51,6 +60,7 @@ _TRAILING_CLOSERS = "\"')]}\u00bb\u201d\u2019 \t\r\n"
 _LANGUAGE_SWITCH = re.compile(r"\([a-z]{2,3}(?:-[a-z0-9]+)*\)")
 """espeak marks a switch of language inside a clause as ``(fr)`` … ``(en)``; not phonemes."""
 _WHITESPACE = re.compile(r"\s+")
+_TOKEN = re.compile(r"\S+")
 
 MAX_SENTENCE_PHONEMES = MAX_PHONEMES_PER_CALL
 """Longest synthesis unit, in phoneme characters (see :mod:`..phoneme_budget`)."""
@@ -66,10 +76,104 @@ class PhonemizerError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Clause:
-    """One espeak clause: its IPA phonemes and the punctuation that ended it ('' if none)."""
+    """One espeak clause: its IPA phonemes and the punctuation that ended it ('' if none).
+
+    ``text_start``/``text_end`` are the UTF-8 byte offsets, in the normalized text, of
+    what espeak read for it (its read-ahead character excluded).
+    """
 
     phonemes: str
     terminator: str
+    text_start: int = 0
+    text_end: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SpokenUnit:
+    """One synthesis unit's phonemes and, per phoneme character, the index (into
+    :attr:`AlignedText.words`) of the input word it speaks; :data:`NO_WORD` for spaces,
+    punctuation and pauses."""
+
+    phonemes: str
+    word_of: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlignedText:
+    """A text's synthesis units with their phonemes traced back to the text's words."""
+
+    words: tuple[str, ...]
+    """Every whitespace-separated token of the normalized text, as :func:`display_word`
+    shows it ('' for a token of punctuation only, which nothing speaks)."""
+    units: tuple[SpokenUnit, ...]
+
+
+def display_word(token: str) -> str:
+    """A token without the punctuation around it (``"Hello,"`` -> ``Hello``)."""
+    start, end = 0, len(token)
+    while start < end and unicodedata.category(token[start]).startswith("P"):
+        start += 1
+    while end > start and unicodedata.category(token[end - 1]).startswith("P"):
+        end -= 1
+    return token[start:end]
+
+
+def align_clause(reference: Sequence[tuple[int, str]], target: str) -> tuple[int, ...]:
+    """Which word each character of ``target`` (a clause's phonemes) speaks.
+
+    ``reference`` is each word of the clause phonemized alone, in order. espeak speaks
+    words in context (it may join unstressed words or change a vowel), so the clause is
+    not always the words' phonemes joined by spaces; a character alignment
+    (``difflib``) tags what matches, an unmatched character takes its phoneme word's
+    tag, and the tags are forced to run forwards, as speech does.
+    """
+    ref_chars: list[str] = []
+    ref_tags: list[int] = []
+    for index, phonemes in reference:
+        if ref_chars:
+            ref_chars.append(" ")
+            ref_tags.append(NO_WORD)
+        ref_chars.extend(phonemes)
+        ref_tags.extend(NO_WORD if ch == " " else index for ch in phonemes)
+    tags = [NO_WORD] * len(target)
+    matcher = difflib.SequenceMatcher(None, "".join(ref_chars), target, autojunk=False)
+    for a, b, size in matcher.get_matching_blocks():
+        for k in range(size):
+            if target[b + k] != " ":
+                tags[b + k] = ref_tags[a + k]
+    # Fill each phoneme word's unmatched characters from the matched ones in that word.
+    # A word with no match at all (espeak reads "a" alone as a diphthong, in context as
+    # a schwa) speaks the first word its neighbours skipped, if any; else the word before
+    # it (or after, at the start).
+    spans = [(m.start(), m.end()) for m in _TOKEN.finditer(target)]
+    known_of = [[t for t in tags[lo:hi] if t != NO_WORD] for lo, hi in spans]
+    result = list(tags)
+    previous = NO_WORD
+    for n, (lo, hi) in enumerate(spans):
+        known = known_of[n]
+        if known:
+            fill = known[0]
+            for i in range(lo, hi):
+                fill = tags[i] if tags[i] != NO_WORD else fill
+                result[i] = fill
+            previous = max(previous, known[-1])
+            continue
+        following = next((k[0] for k in known_of[n + 1 :] if k), None)
+        if previous == NO_WORD:
+            guess = following if following is not None else NO_WORD
+        elif following is not None and following - previous > 1:
+            guess = previous + 1
+        else:
+            guess = previous
+        for i in range(lo, hi):
+            result[i] = guess
+        previous = max(previous, guess)
+    running = NO_WORD
+    for lo, hi in spans:  # speech runs forwards: no word is spoken after a later one
+        for i in range(lo, hi):
+            running = max(running, result[i])
+            result[i] = running
+    return tuple(result)
 
 
 def normalize_text(text: str) -> str:
@@ -195,8 +299,13 @@ class Phonemizer:
                 phonemes = (raw or b"").decode("utf-8", errors="replace")
                 phonemes = _LANGUAGE_SWITCH.sub("", phonemes)
                 phonemes = unicodedata.normalize("NFD", normalize_text(phonemes))
-                terminator = _terminator_of(consumed, lookahead=pointer.value is not None)
-                result.append(Clause(phonemes=phonemes, terminator=terminator))
+                lookahead = pointer.value is not None
+                terminator = _terminator_of(consumed, lookahead=lookahead)
+                text_end = stop - base
+                if lookahead and consumed:
+                    last_char = consumed.decode("utf-8", errors="ignore")[-1:]
+                    text_end -= len(last_char.encode("utf-8"))
+                result.append(Clause(phonemes, terminator, start - base, text_end))
         return result
 
     def sentences(self, text: str, max_phonemes: int = MAX_SENTENCE_PHONEMES) -> list[str]:
@@ -208,15 +317,65 @@ class Phonemizer:
         pass over minutes of unpunctuated text would hold gigabytes of decoder activations
         and delay a stream's first audio until all of it was done.
         """
-        sentences: list[str] = []
-        parts: list[str] = []
-        for clause in self.clauses(text):
-            if clause.phonemes or clause.terminator:
-                parts.append(clause.phonemes + clause.terminator)
-            if clause.terminator in _SENTENCE_TERMINATORS and parts:
-                sentences.extend(split_at_phoneme_budget(parts, max_phonemes))
-                parts = []
-        if parts:
-            sentences.extend(split_at_phoneme_budget(parts, max_phonemes))
-        # A "sentence" of bare punctuation ("...") has nothing to say.
-        return [s for s in sentences if any(ch.isalpha() for ch in s)]
+        clauses = self.clauses(text)
+        tagged = [(c, (NO_WORD,) * len(c.phonemes)) for c in clauses]
+        return [u.phonemes for u in _group(tagged, max_phonemes)]
+
+    def aligned(self, text: str, max_phonemes: int = MAX_SENTENCE_PHONEMES) -> AlignedText:
+        """:meth:`sentences` (the very same units) with each phoneme traced to its word.
+
+        Each word of a clause is phonemized once more on its own, to align against the
+        clause (see :func:`align_clause`); that costs about as much again as
+        phonemizing, so only requests that ask for word timestamps pay it.
+        """
+        normalized = normalize_text(text)
+        clauses = self.clauses(normalized)
+        tokens = list(_TOKEN.finditer(normalized))
+        words = tuple(display_word(t.group()) for t in tokens)
+        starts = [len(normalized[: t.start()].encode("utf-8")) for t in tokens]
+        # A token belongs to the last clause that began at or before it; a clause begins
+        # where the previous one's text ended (espeak's read-ahead character is not its).
+        begins = [0, *(c.text_end for c in clauses[:-1])]
+        members: list[list[int]] = [[] for _ in clauses]
+        for index, at in enumerate(starts):
+            if not words[index] or not clauses:
+                continue
+            owner = max((j for j, b in enumerate(begins) if b <= at), default=0)
+            members[owner].append(index)
+        tagged: list[tuple[Clause, tuple[int, ...]]] = []
+        for clause, indices in zip(clauses, members, strict=True):
+            reference = [(i, self._alone(tokens[i].group())) for i in indices]
+            tagged.append((clause, align_clause(reference, clause.phonemes)))
+        return AlignedText(words=words, units=tuple(_group(tagged, max_phonemes)))
+
+    def _alone(self, token: str) -> str:
+        """One token's phonemes when espeak reads it by itself."""
+        return " ".join(c.phonemes for c in self.clauses(token) if c.phonemes)
+
+
+def _group(
+    clauses: Sequence[tuple[Clause, tuple[int, ...]]], max_phonemes: int
+) -> list[SpokenUnit]:
+    """Clauses (with their tags) grouped into sentences and cut at the phoneme budget."""
+    units: list[SpokenUnit] = []
+    parts: list[tuple[str, tuple[int, ...]]] = []
+
+    def flush() -> None:
+        for phonemes, tags in split_tagged_at_phoneme_budget(parts, max_phonemes):
+            units.append(SpokenUnit(phonemes, tags))
+        parts.clear()
+
+    for clause, tags in clauses:
+        if clause.phonemes or clause.terminator:
+            parts.append(
+                (
+                    clause.phonemes + clause.terminator,
+                    (*tags, *(NO_WORD,) * len(clause.terminator)),
+                )
+            )
+        if clause.terminator in _SENTENCE_TERMINATORS and parts:
+            flush()
+    if parts:
+        flush()
+    # A "sentence" of bare punctuation ("...") has nothing to say.
+    return [u for u in units if any(ch.isalpha() for ch in u.phonemes)]

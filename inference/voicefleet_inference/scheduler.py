@@ -48,6 +48,7 @@ from typing import Final
 from voicefleet_inference.batching import Waiting, plan_batch, retry_after_seconds
 from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import (
+    AudioChunk,
     Engine,
     EngineError,
     EngineInputError,
@@ -172,7 +173,7 @@ class RequestHandle:
     ) -> None:
         self._scheduler = scheduler
         self._loop = loop
-        self._items: asyncio.Queue[Samples | _End | ServiceError] = asyncio.Queue()
+        self._items: asyncio.Queue[AudioChunk | _End | ServiceError] = asyncio.Queue()
         self._finished = False
         self._job: _Job | None = None
         self.cost_s = cost_s
@@ -184,7 +185,13 @@ class RequestHandle:
         return self._finished
 
     async def next_chunk(self) -> Samples | None:
-        """The next chunk of audio, ``None`` after the last; raises the request's error.
+        """The next chunk of audio, ``None`` after the last; raises the request's error."""
+        piece = await self.next_piece()
+        return None if piece is None else piece.samples
+
+    async def next_piece(self) -> AudioChunk | None:
+        """The next chunk with its word timings, ``None`` after the last; raises the
+        request's error.
 
         Enforces the request deadline (queue wait plus synthesis): past it the request is
         cancelled and :class:`RequestTimeout` raised.
@@ -217,6 +224,11 @@ class RequestHandle:
         while (chunk := await self.next_chunk()) is not None:
             yield chunk
 
+    async def pieces(self) -> AsyncIterator[AudioChunk]:
+        """:meth:`chunks` with each chunk's word timings."""
+        while (piece := await self.next_piece()) is not None:
+            yield piece
+
     def cancel(self) -> None:
         """The client is gone: drop the request if queued, stop its synthesis if running.
 
@@ -230,7 +242,7 @@ class RequestHandle:
 
     # -- called from worker threads -----------------------------------------------------
 
-    def _post(self, item: Samples | _End | ServiceError) -> None:
+    def _post(self, item: AudioChunk | _End | ServiceError) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(self._items.put_nowait, item)
 
@@ -602,7 +614,7 @@ class Scheduler:
                         job.first_chunk_at = now
                         self._metrics.time_to_first_audio_seconds.observe(now - job.enqueued_at)
                     self._metrics.audio_seconds_total.inc(len(chunk.samples) / engine.sample_rate)
-                    job.handle._post(chunk.samples)
+                    job.handle._post(chunk)
                 if chunk.is_last:
                     with self._lock:
                         job.state = "done"

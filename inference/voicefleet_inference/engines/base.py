@@ -39,6 +39,25 @@ class SynthesisRequest:
     text: str
     speaker: str | None = None
     speed: float = 1.0
+    word_timestamps: bool = False
+    """Ask for :attr:`AudioChunk.words`; engines skip the (small) work when not asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordTiming:
+    """When one input word is spoken, in seconds from the start of *its chunk*.
+
+    Chunk-relative, because only the caller knows where a chunk lands in the whole
+    response (after earlier sentences and pauses). ``end`` may lie beyond the chunk when
+    an engine streams one sentence as several windows: the timings of the sentence all
+    come with its first window, since the durations are known before any is decoded.
+    ``index`` is the word's position among the input's whitespace-separated words.
+    """
+
+    index: int
+    word: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,8 @@ class AudioChunk:
     index: int
     samples: Samples
     is_last: bool
+    words: tuple[WordTiming, ...] = ()
+    """Words spoken from this chunk on (only when the request asked for them)."""
 
 
 class EngineError(Exception):

@@ -10,10 +10,17 @@ pad ``_``, ``$``), and each sentence is one forward pass and one :class:`AudioCh
 is what lets a streaming response start after the first sentence.
 
 Batching: the graph takes a padded ``[batch, phonemes]`` tensor with real
-``input_lengths``, so sentence *i* of several requests can run in one pass. The graph
-does not expose the predicted durations, so each item's audio is cut where the decoded
-padding begins (see :func:`trim_batch_padding`). ``scales`` is one tensor for the whole batch, so
-requests with different speeds run in separate passes. On a 2-core CPU batching gains
+``input_lengths``, so sentence *i* of several requests can run in one pass. Each item's
+audio is cut where the decoded padding begins (see :func:`trim_batch_padding`).
+
+Durations: Piper's exported graph outputs only audio, but it computes every id's
+duration inside (the ``Ceil`` of the duration predictor's output times the length
+scale, which the graph then expands the prior by). :func:`expose_durations` adds that
+tensor as a second graph output at load, so word timestamps come from the very
+durations that shaped the audio of the same pass, not from a second run or a guess.
+
+``scales`` is one tensor for the whole batch, so requests with different speeds run in
+separate passes. On a 2-core CPU batching gains
 nothing (measured; see ``docs/engines.md``), which is why the scheduler keeps it off there.
 """
 
@@ -33,21 +40,50 @@ from voicefleet_inference.engines.base import (
     EngineError,
     Samples,
     SynthesisRequest,
+    WordTiming,
 )
 from voicefleet_inference.engines.piper_text import (
     PiperVoiceConfig,
     PiperVoiceEngineBase,
+    PlannedUnit,
+    TextPlan,
     calibrate_cost,
     parse_device,
 )
 
-__all__ = ["PiperOnnxEngine", "PiperVoiceConfig", "parse_device"]
+__all__ = ["PiperOnnxEngine", "PiperVoiceConfig", "expose_durations", "parse_device"]
 
 _HOP = 256
 """Output samples per latent frame of Piper's VITS decoder (every Piper voice quality)."""
 _REPEAT_RUN = 4
 """Identical consecutive hops that prove we are in decoded padding, not speech."""
 _REPEAT_TOLERANCE = 1e-6
+DURATIONS_OUTPUT = "durations"
+"""The graph output :func:`expose_durations` adds: ``[batch, 1, ids]`` frames per id."""
+
+
+def expose_durations(model_path: Path) -> bytes:
+    """The model, serialized, with its per-id durations as a second output.
+
+    A VITS graph has exactly one ``Ceil``: ``ceil(exp(logw) * mask * length_scale)``, the
+    frames each id lasts, which the graph sums into the output's length. It is renamed
+    to an output here; a graph without exactly one ``Ceil`` is not a Piper VITS export
+    we know, and loading fails naming that.
+    """
+    import onnx  # deferred: only loading needs it
+
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:  # onnx raises DecodeError and friends, untyped
+        raise EngineError(f"cannot read {model_path}: {exc}") from exc
+    ceils = [n for n in model.graph.node if n.op_type == "Ceil"]
+    if len(ceils) != 1:
+        raise EngineError(
+            f"{model_path}: expected one Ceil node (the VITS durations), found {len(ceils)}"
+        )
+    durations = onnx.helper.make_tensor_value_info(ceils[0].output[0], onnx.TensorProto.FLOAT, None)
+    model.graph.output.append(durations)
+    return bytes(model.SerializeToString())
 
 
 class PiperOnnxEngine(PiperVoiceEngineBase):
@@ -77,6 +113,7 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
         )
         self._session: ort.InferenceSession | None = None
         self._has_sid = False
+        self._durations_name = ""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -112,12 +149,13 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
             providers = [("CUDAExecutionProvider", {"device_id": self._device_id})]
         else:
             providers = ["CPUExecutionProvider"]
+        graph = expose_durations(self._model_path)
         try:
-            return ort.InferenceSession(
-                str(self._model_path), sess_options=options, providers=providers
-            )
+            session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EngineError(f"cannot load {self._model_path}: {exc}") from exc
+        self._durations_name = session.get_outputs()[-1].name
+        return session
 
     def is_ready(self) -> bool:
         return self._session is not None and self._cost is not None
@@ -134,8 +172,9 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
 
     def _forward(
         self, id_rows: Sequence[Sequence[int]], speaker_ids: Sequence[int], speed: float
-    ) -> npt.NDArray[np.float32]:
-        """One forward pass over padded rows; returns ``[batch, samples]`` float32."""
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One forward pass over padded rows: ``[batch, samples]`` audio, ``[batch, ids]``
+        durations in frames (zero on padding)."""
         if self._session is None:
             raise EngineError("engine not loaded")
         lengths = np.array([len(r) for r in id_rows], dtype=np.int64)
@@ -151,13 +190,14 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
         if self._has_sid:
             feeds["sid"] = np.array(speaker_ids, dtype=np.int64)
         try:
-            (output,) = self._session.run(["output"], feeds)
+            output, durations = self._session.run(["output", self._durations_name], feeds)
         except Exception as exc:  # onnxruntime errors are untyped
             raise EngineError(f"onnxruntime failed: {exc}") from exc
         audio = np.asarray(output, dtype=np.float32).reshape(len(id_rows), -1)
         if not np.isfinite(audio).all():
             raise EngineError("model produced non-finite samples")
-        return audio
+        frames = np.asarray(durations, dtype=np.float32).reshape(len(id_rows), -1)
+        return audio, frames
 
     def _run_text(self, text: str) -> Samples:
         """Whole text, unbatched, concatenated: used for warm-up and calibration."""
@@ -170,31 +210,38 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
         The whole batch is phonemized and validated before the first pass, so a bad
         request fails the call before any audio of the others was produced.
         """
-        plans: list[list[list[int]]] = []
+        plans: list[TextPlan] = []
         speaker_ids: list[int] = []
         for request in requests:
-            plans.append([self.phoneme_ids(p) for p in self.sentences(request.text)])
+            plans.append(self.plan(request))
             speaker_ids.append(self._speaker_id(request.speaker))
             self._scales(request.speed)
-        rounds = max((len(p) for p in plans), default=0)
+        rounds = max((len(p.units) for p in plans), default=0)
+        seconds_per_frame = _HOP / self.sample_rate
         for i in range(rounds):
-            active = [k for k, plan in enumerate(plans) if i < len(plan)]
+            active = [k for k, plan in enumerate(plans) if i < len(plan.units)]
             # scales is one tensor per pass, so only equal speeds share a pass.
             by_speed: dict[float, list[int]] = {}
             for k in active:
                 by_speed.setdefault(requests[k].speed, []).append(k)
             for speed, members in by_speed.items():
-                rows = [plans[k][i] for k in members]
-                audio = self._forward(rows, [speaker_ids[k] for k in members], speed)
+                units: list[PlannedUnit] = [plans[k].units[i] for k in members]
+                audio, durations = self._forward(
+                    [u.ids for u in units], [speaker_ids[k] for k in members], speed
+                )
                 for row, k in enumerate(members):
                     samples = audio[row]
                     if len(members) > 1:
                         samples = trim_batch_padding(samples)
-                    yield self._chunk(k, samples, is_last=i == len(plans[k]) - 1)
+                    words = plans[k].timings(units[row], durations[row].tolist(), seconds_per_frame)
+                    is_last = i == len(plans[k].units) - 1
+                    yield self._chunk(k, samples, is_last=is_last, words=words)
 
-    def _chunk(self, index: int, samples: Samples, *, is_last: bool) -> AudioChunk:
+    def _chunk(
+        self, index: int, samples: Samples, *, is_last: bool, words: tuple[WordTiming, ...]
+    ) -> AudioChunk:
         samples = self._front.finish_chunk(samples, is_last=is_last)
-        return AudioChunk(index=index, samples=samples, is_last=is_last)
+        return AudioChunk(index=index, samples=samples, is_last=is_last, words=words)
 
 
 def trim_batch_padding(samples: Samples, hop: int = _HOP) -> Samples:

@@ -16,20 +16,35 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from voicefleet_inference.cost import CostModel
-from voicefleet_inference.engines.base import EngineError, EngineInputError, Samples
-from voicefleet_inference.phoneme_budget import over_request_budget
-from voicefleet_inference.phonemize import Phonemizer, PhonemizerError, normalize_text
+from voicefleet_inference.engines.base import (
+    EngineError,
+    EngineInputError,
+    Samples,
+    SynthesisRequest,
+    WordTiming,
+)
+from voicefleet_inference.engines.word_timing import word_timings
+from voicefleet_inference.phoneme_budget import NO_WORD, over_request_budget
+from voicefleet_inference.phonemize import (
+    AlignedText,
+    Phonemizer,
+    PhonemizerError,
+    SpokenUnit,
+    normalize_text,
+)
 
 __all__ = [
     "CALIBRATION_TEXTS",
     "PiperTextFrontEnd",
     "PiperVoiceConfig",
     "PiperVoiceEngineBase",
+    "PlannedUnit",
+    "TextPlan",
     "calibrate_cost",
     "parse_device",
 ]
@@ -37,6 +52,7 @@ __all__ = [
 PAD = "_"
 BOS = "^"
 EOS = "$"
+_T = TypeVar("_T")
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 CALIBRATION_TEXTS = (
@@ -136,38 +152,65 @@ class PiperTextFrontEnd:
 
     def sentences(self, text: str) -> list[str]:
         """The phoneme strings of ``text``, one per sentence."""
+        return self._checked(text, lambda p, t: p.sentences(t), lambda u: u)
+
+    def aligned(self, text: str) -> AlignedText:
+        """:meth:`sentences` with each phoneme traced to its input word (for timestamps)."""
+        return self._checked(
+            text, lambda p, t: p.aligned(t), lambda a: [u.phonemes for u in a.units]
+        )
+
+    def _checked(
+        self,
+        text: str,
+        run: Callable[[Phonemizer, str], _T],
+        units_of: Callable[[_T], list[str]],
+    ) -> _T:
         if self._phonemizer is None:
             raise EngineError("engine not loaded")
         normalized = normalize_text(text)
         if not normalized:
             raise EngineInputError("text is empty")
         try:
-            sentences = self._phonemizer.sentences(normalized)
+            result = run(self._phonemizer, normalized)
         except PhonemizerError as exc:
             raise EngineError(str(exc)) from exc
-        if not sentences:
+        units = units_of(result)
+        if not units:
             raise EngineInputError("text has nothing to speak (no words)")
-        too_long = over_request_budget(sentences, len(text))
+        too_long = over_request_budget(units, len(text))
         if too_long is not None:  # both engines: the cost model must stay truthful
             raise EngineInputError(too_long)
-        return sentences
+        return result
 
     def phoneme_ids(self, phonemes: str) -> list[int]:
         """Piper's id sequence: BOS, pad, then each phoneme's ids each followed by pad, EOS.
 
         Phonemes the voice has no id for are dropped (as Piper does), never guessed.
         """
+        ids, _ = self.tagged_ids(SpokenUnit(phonemes, (NO_WORD,) * len(phonemes)))
+        return ids
+
+    def tagged_ids(self, unit: SpokenUnit) -> tuple[list[int], list[int]]:
+        """:meth:`phoneme_ids` of ``unit`` and, per id, the word it speaks.
+
+        A phoneme's ids and the pad after it are that phoneme's word; BOS, EOS and their
+        pads speak no word.
+        """
         id_map = self.config.phoneme_id_map
         pad = id_map[PAD]
         ids: list[int] = [*id_map[BOS], *pad]
-        for phoneme in phonemes:
+        tags: list[int] = [NO_WORD] * len(ids)
+        for phoneme, word in zip(unit.phonemes, unit.word_of, strict=True):
             mapped = id_map.get(phoneme)
             if mapped is None:
                 continue
             ids.extend(mapped)
             ids.extend(pad)
+            tags.extend([word] * (len(mapped) + len(pad)))
         ids.extend(id_map[EOS])
-        return ids
+        tags.extend([NO_WORD] * len(id_map[EOS]))
+        return ids, tags
 
     @property
     def pad_id(self) -> int:
@@ -276,6 +319,42 @@ class PiperVoiceEngineBase:
     def phoneme_ids(self, phonemes: str) -> list[int]:
         """Piper's id sequence (see :meth:`PiperTextFrontEnd.phoneme_ids`)."""
         return self._front.phoneme_ids(phonemes)
+
+    def plan(self, request: SynthesisRequest) -> TextPlan:
+        """``request``'s units as ids, traced to words when it asked for timestamps."""
+        if not request.word_timestamps:
+            return TextPlan(
+                (), [PlannedUnit(self.phoneme_ids(p)) for p in self.sentences(request.text)]
+            )
+        aligned = self._front.aligned(request.text)
+        units = [PlannedUnit(*self._front.tagged_ids(u)) for u in aligned.units]
+        return TextPlan(aligned.words, units)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedUnit:
+    """One synthesis unit's ids and, when timestamps were asked for, each id's word."""
+
+    ids: list[int]
+    id_words: list[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextPlan:
+    """A request's units, and the words ``id_words`` index (empty without timestamps)."""
+
+    words: tuple[str, ...]
+    units: list[PlannedUnit]
+
+    def timings(
+        self, unit: PlannedUnit, durations: Sequence[float], seconds_per_frame: float
+    ) -> tuple[WordTiming, ...]:
+        """The unit's word timings from the model's per-id ``durations`` (frames)."""
+        if unit.id_words is None:
+            return ()
+        return word_timings(
+            self.words, unit.id_words, durations[: len(unit.ids)], seconds_per_frame
+        )
 
 
 def calibrate_cost(run_text: Callable[[str], object]) -> CostModel:

@@ -16,6 +16,9 @@ How it stays honest:
 * The audio is real, well-formed audio of the length the real voice would produce for the
   text, at the voice's sample rate: a quiet tone, so a listener knows at once that it is
   not speech. It arrives sentence by sentence, so streaming and time to first audio behave.
+* Word timestamps, when asked for, come from the same audio-length model: a word lasts
+  ``audio_seconds_per_char`` per character of it (over the speed), the space after it is
+  the pause between words. They describe the tone's timeline, not any real speech.
 * Identity (model name, sample rate, speakers) is read from the voice's ``.onnx.json``;
   the ``.onnx`` file is never opened.
 
@@ -44,7 +47,9 @@ from voicefleet_inference.engines.base import (
     EngineInputError,
     Samples,
     SynthesisRequest,
+    WordTiming,
 )
+from voicefleet_inference.phonemize import display_word
 
 __all__ = [
     "SimulatedEngine",
@@ -54,6 +59,7 @@ __all__ = [
 
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
 _SPEAKABLE: Final = re.compile(r"\w")
+_TOKEN: Final = re.compile(r"\S+")
 _TONE_HZ: Final = 440.0
 """Nominal: the period is rounded to whole samples (441 Hz at 22.05 kHz)."""
 _TONE_AMPLITUDE: Final = 0.05
@@ -216,12 +222,33 @@ class SimulatedEngine:
             active = [i for i, p in enumerate(plans) if step < len(p)]
             time.sleep(max(plans[i][step][0] for i in active))
             for i in active:
-                _seconds, samples = plans[i][step]
+                _seconds, samples, words = plans[i][step]
                 chunk, phase[i] = self._tone(samples, phase[i])
-                yield AudioChunk(index=i, samples=chunk, is_last=step == len(plans[i]) - 1)
+                is_last = step == len(plans[i]) - 1
+                yield AudioChunk(index=i, samples=chunk, is_last=is_last, words=words)
 
-    def _plan(self, request: SynthesisRequest) -> list[tuple[float, int]]:
-        """``(sleep seconds, samples)`` per sentence; the overhead goes to the first one."""
+    def _words(
+        self, sentence: str, first_index: int, speed: float
+    ) -> tuple[tuple[WordTiming, ...], int]:
+        """The sentence's word timings on its tone, and the next sentence's first index."""
+        per_char = self._settings.audio_seconds_per_char / speed
+        timings: list[WordTiming] = []
+        tokens = list(_TOKEN.finditer(sentence))
+        for offset, token in enumerate(tokens):
+            word = display_word(token.group())
+            if word:
+                timings.append(
+                    WordTiming(
+                        index=first_index + offset,
+                        word=word,
+                        start=round(token.start() * per_char, 4),
+                        end=round(token.end() * per_char, 4),
+                    )
+                )
+        return tuple(timings), first_index + len(tokens)
+
+    def _plan(self, request: SynthesisRequest) -> list[tuple[float, int, tuple[WordTiming, ...]]]:
+        """``(sleep seconds, samples, words)`` per sentence; the overhead goes to the first."""
         if not _SPEAKABLE.search(request.text):
             raise EngineInputError("text has nothing to speak (no words)")
         if request.speaker is not None and request.speaker not in self._speakers:
@@ -236,12 +263,15 @@ class SimulatedEngine:
         total = self.service_seconds(request.text, request.speed)
         overhead = self._cost.overhead_seconds * (total / base if base > 0 else 0.0)
         chars = sum(len(s) for s in sentences)
-        out: list[tuple[float, int]] = []
+        out: list[tuple[float, int, tuple[WordTiming, ...]]] = []
+        next_word = 0
         for i, sentence in enumerate(sentences):
             share = (total - overhead) * len(sentence) / chars
-            out.append(
-                (share + (overhead if i == 0 else 0.0), self.audio_samples(sentence, request.speed))
-            )
+            words: tuple[WordTiming, ...] = ()
+            if request.word_timestamps:
+                words, next_word = self._words(sentence, next_word, request.speed)
+            seconds = share + (overhead if i == 0 else 0.0)
+            out.append((seconds, self.audio_samples(sentence, request.speed), words))
         return out
 
     def _tone(self, samples: int, phase: int) -> tuple[Samples, int]:

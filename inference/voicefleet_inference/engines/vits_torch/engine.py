@@ -31,9 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from voicefleet_inference.engines.base import AudioChunk, EngineError, Samples, SynthesisRequest
+from voicefleet_inference.engines.base import (
+    AudioChunk,
+    EngineError,
+    Samples,
+    SynthesisRequest,
+    WordTiming,
+)
 from voicefleet_inference.engines.piper_text import (
     PiperVoiceEngineBase,
+    PlannedUnit,
+    TextPlan,
     calibrate_cost,
 )
 
@@ -81,6 +89,8 @@ class _Item:
     ids: list[int]
     length_scale: float
     is_last: bool
+    plan: TextPlan
+    unit: PlannedUnit
 
 
 class VitsTorchEngine(PiperVoiceEngineBase):
@@ -183,18 +193,18 @@ class VitsTorchEngine(PiperVoiceEngineBase):
         Everything is phonemized and validated before the first pass, so a bad request
         fails the call before any audio of the others was produced.
         """
-        plans: list[list[list[int]]] = []
+        plans: list[TextPlan] = []
         scales: list[float] = []
         for request in requests:
-            plans.append([self._front.phoneme_ids(p) for p in self._front.sentences(request.text)])
+            plans.append(self.plan(request))
             self._front.speaker_id(request.speaker)
             scales.append(self._front.length_scale(request.speed))
-        rounds = max((len(p) for p in plans), default=0)
+        rounds = max((len(p.units) for p in plans), default=0)
         for i in range(rounds):
             items = [
-                _Item(k, plan[i], scales[k], i == len(plan) - 1)
-                for k, plan in enumerate(plans)
-                if i < len(plan)
+                _Item(k, p.units[i].ids, scales[k], i == len(p.units) - 1, p, p.units[i])
+                for k, p in enumerate(plans)
+                if i < len(p.units)
             ]
             for bucket in plan_buckets([len(it.ids) for it in items], self._max_batch):
                 yield from self._run_bucket([items[j] for j in bucket])
@@ -230,6 +240,11 @@ class VitsTorchEngine(PiperVoiceEngineBase):
             )
             frames = latent.frames.tolist()
             hop = model.hop
+            durations = latent.durations.tolist()
+            per_frame = hop / self.sample_rate
+            words = [
+                it.plan.timings(it.unit, durations[row], per_frame) for row, it in enumerate(items)
+            ]
             if not self.stream_windows:
                 varied = len(set(frames)) > 1
                 with self._autocast():
@@ -237,7 +252,7 @@ class VitsTorchEngine(PiperVoiceEngineBase):
                 audio = audio.float().cpu()
                 for row, it in enumerate(items):
                     samples = audio[row, : frames[row] * hop].numpy()
-                    yield self._chunk(it, samples, final_window=True)
+                    yield self._chunk(it, samples, final_window=True, words=words[row])
                 return
             for start, stop in plan_windows(max(frames), self.first_window):
                 rows = [r for r in range(len(items)) if frames[r] > start]
@@ -257,12 +272,25 @@ class VitsTorchEngine(PiperVoiceEngineBase):
                 audio = audio.float().cpu()
                 for j, (r, (lo, _, keep_stop)) in enumerate(zip(rows, spans, strict=True)):
                     samples = audio[j, (start - lo) * hop : (keep_stop - lo) * hop].numpy()
-                    yield self._chunk(items[r], samples, final_window=keep_stop == frames[r])
+                    yield self._chunk(
+                        items[r],
+                        samples,
+                        final_window=keep_stop == frames[r],
+                        words=words[r] if start == 0 else (),
+                    )
 
-    def _chunk(self, item: _Item, samples: Samples, *, final_window: bool) -> AudioChunk:
+    def _chunk(
+        self,
+        item: _Item,
+        samples: Samples,
+        *,
+        final_window: bool,
+        words: tuple[WordTiming, ...],
+    ) -> AudioChunk:
         """A window (or whole sentence) of ``item``; the pause follows a sentence's last window.
 
         A whole sentence that came out silent is an error; a single window may be a pause.
+        The sentence's word timings come with its first window (see ``WordTiming``).
         """
         if not np.isfinite(samples).all():
             raise EngineError("model produced non-finite samples")
@@ -272,4 +300,4 @@ class VitsTorchEngine(PiperVoiceEngineBase):
             is_last=is_last or not final_window,
             check_silence=not self.stream_windows,
         )
-        return AudioChunk(index=item.request, samples=samples, is_last=is_last)
+        return AudioChunk(index=item.request, samples=samples, is_last=is_last, words=words)
