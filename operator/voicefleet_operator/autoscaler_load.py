@@ -1,0 +1,155 @@
+"""Reading load for the autoscaler: the pods' compact ``/load`` and the routers' held requests.
+
+Every tick the loop needs three numbers per serving pod (work-seconds, queue depth,
+requests in flight) and, per voice, the requests the routers hold because no replica
+could take them. Both are parsed by :mod:`voicefleet_api.load`, the one reader of the
+load contract, so the router and the autoscaler cannot disagree about what a pod said.
+
+- **Pods**: ``GET /load``, a few dozen bytes instead of a rendered Prometheus page. A pod
+  that answers 404 there is an older server: it is read from ``/metrics`` from then on
+  (remembered per pod uid), so a rolling upgrade never blinds the autoscaler. A pod
+  that does not answer keeps its last sample until it is ``stale_after`` old, then
+  counts as "not answered" (the decision treats that as unknown, never as idle).
+- **Routers** (discovery): the ``--router-metrics-url`` list plus the serving pods of the
+  ``--router-pod-selector`` index, each read once per tick for all voices, and merged.
+
+All requests share one aiohttp session with a bounded connection pool, so a tick over
+thousands of pods queues its requests instead of opening thousands of sockets at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from voicefleet_api import load
+from voicefleet_api.labels import SERVER_PORT
+from voicefleet_operator.pods import PodInfo
+from voicefleet_operator.scaling import PodSample
+
+__all__ = ["ROUTER_INDEX_NAME", "HttpLoadSource", "LoadConfig", "router_selector"]
+
+ROUTER_INDEX_NAME = "router_pods"
+"""kwarg name of the optional index of router pods (``--router-pod-selector``)."""
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Where and how patiently to read load."""
+
+    timeout: float = 0.8
+    stale_after: float = 5.0
+    pod_port: int = SERVER_PORT
+    router_urls: tuple[str, ...] = ()
+    router_port: int = SERVER_PORT
+    max_connections: int = 256
+    """Concurrent requests of one tick (a fleet's pods are read in waves of this many)."""
+
+
+def router_selector(selector: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> a kopf label filter (equality only, the common case)."""
+    out: dict[str, str] = {}
+    for part in selector.split(","):
+        k, sep, v = part.strip().partition("=")
+        if not sep or not k.strip():
+            raise ValueError(f"{selector!r}: expected key=value[,key=value]")
+        out[k.strip()] = v.strip().lstrip("=")
+    return out
+
+
+def _sample(found: load.PodLoad | None) -> PodSample:
+    if found is None:
+        return PodSample(None)
+    return PodSample(found.work_s, queue_depth=found.depth, in_flight=found.in_flight)
+
+
+@dataclass
+class _Kept:
+    at: float
+    sample: PodSample
+
+
+@dataclass
+class HttpLoadSource:
+    """The loop's load source over HTTP (see the module docstring)."""
+
+    config: LoadConfig
+    _session: aiohttp.ClientSession | None = None
+    _kept: dict[str, _Kept] = field(default_factory=dict)
+    _metrics_only: set[str] = field(default_factory=set)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                connector=aiohttp.TCPConnector(
+                    limit=self.config.max_connections, ttl_dns_cache=300
+                ),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _get(self, url: str) -> tuple[int, str] | None:
+        """``(status, body)``, or None when the peer did not answer in time."""
+        try:
+            async with self.session().get(url) as rsp:
+                return rsp.status, await rsp.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
+
+    async def _read_pod(self, pod: PodInfo) -> load.PodLoad | None:
+        base = f"http://{pod.ip}:{self.config.pod_port}"
+        if pod.uid not in self._metrics_only:
+            got = await self._get(base + load.LOAD_PATH)
+            if got is None:
+                return None
+            if got[0] == 200:
+                return load.parse_load(got[1].strip())
+            if got[0] != 404:
+                return None
+            self._metrics_only.add(pod.uid)
+        got = await self._get(base + "/metrics")
+        return load.parse_metrics(got[1]) if got is not None and got[0] == 200 else None
+
+    async def pod_samples(self, pods: Sequence[PodInfo], now: float) -> list[PodSample]:
+        """One sample per pod, in order (a silent pod: its recent sample, else unanswered)."""
+        found = await asyncio.gather(*(self._read_pod(p) for p in pods))
+        out = []
+        for pod, reading in zip(pods, found, strict=True):
+            sample = _sample(reading)
+            if sample.answered:
+                self._kept[pod.uid] = _Kept(now, sample)
+            else:
+                old = self._kept.get(pod.uid)
+                if old is not None and now - old.at <= self.config.stale_after:
+                    sample = old.sample
+                else:
+                    self._kept.pop(pod.uid, None)
+            out.append(sample)
+        return out
+
+    def retain(self, uids: Iterable[str]) -> None:
+        """Forget every pod not in ``uids`` (gone pods must not pile up over days)."""
+        keep = set(uids)
+        for uid in [u for u in self._kept if u not in keep]:
+            del self._kept[uid]
+        self._metrics_only &= keep
+
+    async def router_pending(self, routers: Sequence[PodInfo]) -> dict[str, int]:
+        """Held requests per ``"namespace/name"``, summed over every router."""
+        urls = list(self.config.router_urls) + [
+            f"http://{p.ip}:{self.config.router_port}/metrics" for p in routers if p.serving
+        ]
+        merged: dict[str, int] = {}
+        for got in await asyncio.gather(*(self._get(u) for u in urls)):
+            if got is None or got[0] != 200:
+                continue
+            for voice, n in load.router_pending(got[1]).items():
+                merged[voice] = merged.get(voice, 0) + n
+        return merged
