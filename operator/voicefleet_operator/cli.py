@@ -25,7 +25,8 @@ def run(config: OperatorConfig) -> None:
     """Run the operator until a signal stops it (raises on startup failures)."""
     import kopf  # here, not at import: without the extra, main() names it instead
 
-    from voicefleet_operator import handlers
+    from voicefleet_operator import wiring
+    from voicefleet_operator.deps import Deps
     from voicefleet_operator.k8s import Kube, make_api_client
     from voicefleet_operator.metrics import OperatorMetrics
 
@@ -36,9 +37,9 @@ def run(config: OperatorConfig) -> None:
     metrics = OperatorMetrics.create()
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
-    deps = handlers.Deps.create(config=config, kube=Kube(api), metrics=metrics)
-    registry = handlers.build_registry(config)
-    settings = handlers.build_settings(config)
+    deps = Deps.create(config=config, kube=Kube(api), metrics=metrics)
+    registry = wiring.build_registry(config)
+    settings = wiring.build_settings(config)
     liveness = (
         f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port is not None else None
     )

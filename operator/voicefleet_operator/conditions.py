@@ -46,11 +46,13 @@ from voicefleet_operator.spec import Voice
 __all__ = [
     "CONDITION_TYPES",
     "DEGRADED",
+    "INVALID_SPEC",
     "PROGRESSING",
     "READY",
     "Problem",
     "derive_status",
     "format_time",
+    "invalid_spec_status",
     "transitions",
 ]
 
@@ -58,6 +60,8 @@ READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED)
+INVALID_SPEC: Final = "InvalidSpec"
+"""``Degraded``'s reason for a spec the operator cannot build (:func:`invalid_spec_status`)."""
 
 _REASON: Final = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 """metav1.Condition's reason pattern (the API server refuses anything else)."""
@@ -314,6 +318,33 @@ def derive_status(
         "replicas": _int(status.get("replicas")),
         "selector": selector_string(voice.name),
     }
+
+
+def invalid_spec_status(
+    previous_conditions: Sequence[Mapping[str, Any]], message: str, generation: int, now: datetime
+) -> dict[str, Any] | None:
+    """The status patch for a spec the API server let through but the operator cannot build.
+
+    No :class:`Voice` exists to derive Ready and Progressing from, so only ``Degraded``
+    is set (reason ``InvalidSpec``), the other conditions stay as they were. None when
+    exactly this is already reported, so a retry writes nothing. The transition time is
+    kept while Degraded stays True, as :func:`derive_status` does.
+    """
+    previous = _by_type(previous_conditions)
+    old = previous.get(DEGRADED)
+    if (
+        old is not None
+        and old.get("status") == "True"
+        and old.get("reason") == INVALID_SPEC
+        and old.get("message") == message
+    ):
+        return None
+    verdict = _Verdict("True", INVALID_SPEC, message)
+    degraded = _condition(DEGRADED, verdict, previous, generation, format_time(now))
+    kept = [
+        dict(c) for c in previous_conditions if isinstance(c, Mapping) and c.get("type") != DEGRADED
+    ]
+    return {"conditions": [*kept, degraded], "observedGeneration": generation}
 
 
 def transitions(

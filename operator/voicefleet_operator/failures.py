@@ -10,6 +10,8 @@ reason, the exit code and termination message), so ``kubectl get ttsv`` and
 
 ==========================  ===========================================================
 ``ModelLoadFailed``         the server's termination message says its model did not load
+``ModelFetchFailed``        the fetcher (init container) could not download a url model
+``ModelDigestMismatch``     a downloaded model file has another sha256 than the spec names
 ``OOMKilled``               a container was killed for exceeding its memory limit
 ``CrashLoopBackOff``        a container keeps exiting non-zero and is being restarted
 ``ContainerTerminated``     a container exited non-zero (not, or not yet, restarted)
@@ -18,6 +20,9 @@ reason, the exit code and termination message), so ``kubectl get ttsv`` and
 ``CreateContainerConfigError`` / ``CreateContainerError`` / ``RunContainerError``
                             the kubelet cannot even start the container
 ``<Kind>Rejected``          the API server refused an owned object (422 with field path)
+``<Kind>Failed``            the API server failed to store an owned object (a 5xx, e.g. a
+                            full Service IP range), in its own words; retried
+``QuotaExceeded``           an owned object exceeds a ResourceQuota (403 naming the quota)
 ==========================  ===========================================================
 
 A container that failed before and is running but not yet ready still counts as
@@ -41,7 +46,10 @@ from voicefleet_operator.pods import PodInfo
 __all__ = [
     "IMAGE_PULL_BACKOFF",
     "OOM_KILLED",
+    "QUOTA_EXCEEDED",
     "PodReport",
+    "failed_problem",
+    "is_quota_error",
     "pod_report",
     "rejected_problem",
 ]
@@ -51,6 +59,7 @@ TERMINATED: Final = "ContainerTerminated"
 IMAGE_PULL_BACKOFF: Final = "ImagePullBackOff"
 OOM_KILLED: Final = "OOMKilled"
 UNSCHEDULABLE: Final = "Unschedulable"
+QUOTA_EXCEEDED: Final = "QuotaExceeded"
 
 _IMAGE_REASONS: Final = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
@@ -62,6 +71,8 @@ _BACKOFF_PREFIX: Final = "Back-off pulling image"
 _MAX_DETAIL: Final = 1024
 """Longest termination message or log tail quoted (the kubelet keeps up to 4 KiB)."""
 _ORDER: Final = (
+    "ModelDigestMismatch",
+    "ModelFetchFailed",
     "ModelLoadFailed",
     OOM_KILLED,
     CRASH_LOOP,
@@ -174,7 +185,8 @@ def _pod_problems(pod: PodInfo, memory: str | None) -> list[Problem]:
             return [Problem(UNSCHEDULABLE, f"no node can run the pod: {message}")]
         return []
     found = []
-    for container in pod.container_statuses:
+    # A failed init container (the model fetcher) is why the server never started.
+    for container in (*pod.init_container_statuses, *pod.container_statuses):
         problem = _container_problem(container, memory)
         if problem is not None:
             found.append(problem)
@@ -223,4 +235,34 @@ def rejected_problem(kind: str, status: int, message: str) -> Problem:
         f"{kind}Rejected",
         f"the API server refused the {kind} ({status}): {_one_line(message)}; "
         "fix the TTSVoice spec (the operator retries when it changes)",
+    )
+
+
+def is_quota_error(status: int, message: str) -> bool:
+    """Whether a refusal is a ResourceQuota's (403 "exceeded quota"), not a missing permission.
+
+    Both come back as 403 Forbidden; only the message tells them apart, and they need
+    different fixes (raise the quota vs. grant the operator a permission).
+    """
+    return status == 403 and "exceeded quota" in message
+
+
+def failed_problem(kind: str, status: int, message: str, retry_seconds: float) -> Problem:
+    """An owned object the API server could not store, though the spec may be fine.
+
+    A 5xx (``Internal error occurred: failed to allocate a serviceIP: range is full``) or
+    a ResourceQuota refusal: the cluster, not the voice, has to change, so the operator
+    keeps retrying, and the voice says why its object is missing in the server's words.
+    """
+    text = _one_line(message)
+    if is_quota_error(status, message):
+        return Problem(
+            QUOTA_EXCEEDED,
+            f"the {kind} exceeds a ResourceQuota ({status}): {text}; raise the quota or "
+            f"free capacity in the namespace (retrying every {retry_seconds:.0f}s)",
+        )
+    return Problem(
+        f"{kind}Failed",
+        f"the API server could not store the {kind} ({status}): {text} "
+        f"(retrying every {retry_seconds:.0f}s)",
     )

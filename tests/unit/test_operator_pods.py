@@ -7,8 +7,8 @@ from typing import Any
 import kopf
 
 from voicefleet_api.labels import POD_DELETION_COST_ANNOTATION, VOICE_LABEL
-from voicefleet_operator.handlers import build_registry
 from voicefleet_operator.pods import INDEX_NAME, PodInfo, index_pod, pod_info, pods_of
+from voicefleet_operator.wiring import build_registry
 
 
 def _pod(**status: Any) -> dict[str, Any]:

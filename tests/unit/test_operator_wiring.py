@@ -13,14 +13,14 @@ import pytest
 from prometheus_client import generate_latest
 
 from voicefleet_operator import metrics
-from voicefleet_operator.handlers import (
+from voicefleet_operator.indexes import owner_voice
+from voicefleet_operator.settings import DEFAULT_PEERING, parse_args
+from voicefleet_operator.wiring import (
     ANNOTATION_PREFIX,
     WATCH_SERVER_TIMEOUT,
     build_registry,
     build_settings,
-    owner_voice,
 )
-from voicefleet_operator.settings import DEFAULT_PEERING, parse_args
 
 
 def test_settings_keep_kopf_state_in_our_annotations_and_post_only_explicit_events() -> None:

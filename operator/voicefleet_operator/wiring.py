@@ -1,0 +1,208 @@
+"""How the operator is plugged into kopf: its settings, its registry, its activities.
+
+Nothing is registered at import: :func:`build_registry` makes a fresh
+``kopf.OperatorRegistry`` (tests build as many as they like), and every handler
+gets its collaborators from ``kopf.Memo`` (:class:`~voicefleet_operator.deps.Deps`).
+What each handler does is :mod:`voicefleet_operator.handlers`; what the indexes hold
+is :mod:`voicefleet_operator.indexes` and :mod:`voicefleet_operator.pods`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from voicefleet_api.crd import GROUP, PLURAL, VERSION
+from voicefleet_api.labels import MANAGED_BY, MANAGED_BY_LABEL, VOICE_LABEL
+from voicefleet_operator import handlers, indexes, pods
+from voicefleet_operator.autoscaler import (
+    GRACEFUL_EXIT_SECONDS,
+    ROUTER_INDEX_NAME,
+    router_selector,
+    run_daemon,
+)
+from voicefleet_operator.handlers import deps_of
+from voicefleet_operator.k8s import KubeError
+from voicefleet_operator.settings import OperatorConfig
+
+__all__ = ["ANNOTATION_PREFIX", "WATCH_SERVER_TIMEOUT", "build_registry", "build_settings"]
+
+WATCH_SERVER_TIMEOUT = 600
+"""Ask the API server to end each watch after this long, so a silently dead
+connection is noticed and re-established (kopf's default is to wait forever)."""
+ANNOTATION_PREFIX = "operator.voicefleet.io"
+"""kopf's own bookkeeping annotations on TTSVoices (instead of kopf.zalando.org/...)."""
+
+
+def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    """kopf settings for this operator (see docs/operator.md for the reasons).
+
+    Persistence stays in annotations (with our own prefix), not `status.kopf`:
+    the TTSVoice status schema is structural and would prune kopf's free-form
+    progress, and annotations survive restarts so a resumed operator knows what
+    it last handled (no duplicate work). Events: only the ones handlers post
+    explicitly (`posting.loggers` off), so 100 voices do not mean 100s of
+    "handler succeeded" Events.
+    """
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    settings.posting.enabled = True
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_SERVER_TIMEOUT + 30
+    settings.watching.connect_timeout = 30
+    settings.execution.max_workers = config.workers
+    settings.peering.name = config.peering_name
+    settings.peering.priority = config.priority
+    settings.peering.standalone = config.standalone
+    settings.peering.mandatory = config.peering is not None
+    return settings
+
+
+def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
+    """A fresh registry with every handler of the operator; nothing global is touched.
+
+    ``config`` adds what depends on flags: the autoscaler daemon (unless
+    ``--autoscale-interval 0``) and the index of router pods (``--router-pod-selector``).
+    Voices, Deployments, claims and pods are indexed so that handlers read nothing
+    from the API server (see :mod:`voicefleet_operator.handlers`).
+    """
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login)
+    kopf.on.startup(registry=registry)(ensure_peering)
+    managed = {MANAGED_BY_LABEL: MANAGED_BY}
+    kopf.index(GROUP, VERSION, PLURAL, id=indexes.VOICES_INDEX, registry=registry)(
+        indexes.index_voice
+    )
+    kopf.index(
+        "apps",
+        "v1",
+        "deployments",
+        labels=managed,
+        id=indexes.DEPLOYMENTS_INDEX,
+        registry=registry,
+    )(indexes.index_deployment)
+    kopf.index("", "v1", "persistentvolumeclaims", id=indexes.CLAIMS_INDEX, registry=registry)(
+        indexes.index_claim
+    )
+    kopf.index(
+        "",
+        "v1",
+        "pods",
+        labels={VOICE_LABEL: kopf.PRESENT},
+        id=pods.INDEX_NAME,
+        registry=registry,
+    )(pods.index_pod)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
+    kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)(handlers.deleted)
+    kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry)(
+        handlers.deployment_event
+    )
+    kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry)(handlers.pvc_event)
+    kopf.on.event("", "v1", "pods", labels={VOICE_LABEL: kopf.PRESENT}, registry=registry)(
+        handlers.pod_event
+    )
+    if config is None or config.autoscale_interval > 0:
+        kopf.daemon(
+            GROUP,
+            VERSION,
+            PLURAL,
+            registry=registry,
+            cancellation_backoff=GRACEFUL_EXIT_SECONDS,
+            cancellation_timeout=5.0,
+        )(autoscale)
+        kopf.on.cleanup(registry=registry)(close_autoscaler)
+    if config is not None and config.router_pod_selector:
+        kopf.index(
+            "",
+            "v1",
+            "pods",
+            labels=router_selector(config.router_pod_selector),
+            id=ROUTER_INDEX_NAME,
+            registry=registry,
+        )(pods.index_pod_any)
+    return registry
+
+
+async def autoscale(
+    body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """The voice's autoscaler loop (``autoscaler.run_daemon``); logic lives there."""
+    deps = deps_of(memo)
+    if deps.autoscaler is None:
+        return
+    await run_daemon(
+        deps.autoscaler,
+        body,
+        stopped,
+        kwargs[pods.INDEX_NAME],
+        kwargs.get(ROUTER_INDEX_NAME),
+        logger,
+    )
+
+
+async def close_autoscaler(memo: Any, **_: Any) -> None:
+    deps = deps_of(memo)
+    if deps.autoscaler is not None:
+        await deps.autoscaler.close()
+
+
+# --- activities -------------------------------------------------------------------------
+
+
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf authenticates with exactly the credentials our own client uses."""
+    connection = deps_of(memo).connection
+    if connection is None:
+        raise kopf.PermanentError("voicefleet-operator started without credentials in Deps")
+    return connection()
+
+
+def ensure_peering(memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Create the peering object(s) kopf will heartbeat into, unless standalone.
+
+    With `--peering` a missing peering CRD is fatal (kopf refuses to start);
+    without it (auto mode) we just say that replicas will not coordinate.
+    """
+    deps = deps_of(memo)
+    config = deps.config
+    if config.standalone:
+        return
+    targets: Sequence[str | None] = (
+        [None] if config.clusterwide else [ns for ns in config.namespaces if "*" not in ns]
+    )
+    ensure = deps.ensure_peering
+    if ensure is None:
+        return
+    for namespace in targets:
+        try:
+            created = ensure(config.peering_name, namespace)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            if config.peering is not None:
+                raise kopf.PermanentError(
+                    f"--peering {config.peering}: the kopf peering CRDs are not installed "
+                    "(kubectl apply -f crds/kopf-peering.yaml), or use --standalone"
+                ) from exc
+            logger.warning(
+                "kopf peering CRDs are not installed (crds/kopf-peering.yaml): "
+                "running without peering; do not run a second replica"
+            )
+            return
+        if created:
+            logger.info(
+                "created peering object %r in %s", config.peering_name, namespace or "cluster"
+            )

@@ -1,0 +1,304 @@
+"""The handlers' logic in milliseconds: drift repair, refusal memory, PVC waiting, the
+API server's failures, no duplicate writes. Against ``FakeKube`` (our own seam,
+``tests/unit/fake_kube.py``) with kopf's indexes as plain dicts; the same paths run
+against a real kube-apiserver in tests/integration/test_operator*.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+import pytest
+from fake_kube import EventRecorder, FakeKube
+
+from voicefleet_operator import handlers
+from voicefleet_operator.builders import BuildOptions
+from voicefleet_operator.deps import Deps
+from voicefleet_operator.indexes import (
+    CLAIMS_INDEX,
+    DEPLOYMENTS_INDEX,
+    PODS_INDEX,
+    VOICES_INDEX,
+    Views,
+    index_claim,
+    index_deployment,
+    index_voice,
+)
+from voicefleet_operator.k8s import KubeError
+from voicefleet_operator.metrics import OperatorMetrics
+from voicefleet_operator.pods import index_pod
+from voicefleet_operator.settings import parse_args
+
+NS = "tts"
+LOG = logging.getLogger("test")
+
+
+def _voice(
+    name: str = "joe", *, replicas: int = 1, generation: int = 1, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "voicefleet.io/v1alpha1",
+        "kind": "TTSVoice",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation},
+        "spec": {
+            "replicas": replicas,
+            "model": {"bundled": "en_US-joe-medium"},
+            "resources": {"cpu": "250m", "memory": "512Mi"},
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 3},
+            **spec,
+        },
+    }
+
+
+class Cluster:
+    """kopf's indexes for one test, fed from what FakeKube stores (as the watches would)."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        self.kube = kube
+        self.voices: dict[tuple[str, str], dict[str, Any]] = {}
+        self.claims: set[tuple[str, str]] = set()
+        self.pods: list[dict[str, Any]] = []
+
+    def views(self) -> Views:
+        voices: dict[Any, list[Any]] = {}
+        for body in self.voices.values():
+            # the index holds what the API server has, status included (lagging or not)
+            for key, value in index_voice(body).items():
+                voices.setdefault(key, []).append(value)
+        deployments: dict[Any, list[Any]] = {}
+        for (kind, _, _), obj in self.kube.objects.items():
+            if kind == "Deployment":
+                for key, value in index_deployment(obj).items():
+                    deployments.setdefault(key, []).append(value)
+        claims: dict[Any, list[Any]] = {}
+        for ns, name in self.claims:
+            for key, value in index_claim({"metadata": {"namespace": ns, "name": name}}).items():
+                claims.setdefault(key, []).append(value)
+        pods: dict[Any, list[Any]] = {}
+        for pod in self.pods:
+            for key, value in index_pod(pod).items():
+                pods.setdefault(key, []).append(value)
+        return Views.of(
+            {
+                VOICES_INDEX: voices,
+                DEPLOYMENTS_INDEX: deployments,
+                CLAIMS_INDEX: claims,
+                PODS_INDEX: pods,
+            }
+        )
+
+    def add(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.voices[(NS, body["metadata"]["name"])] = body
+        return body
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def events() -> EventRecorder:
+    return EventRecorder()
+
+
+@pytest.fixture
+def deps(kube: FakeKube, events: EventRecorder) -> Deps:
+    return Deps(
+        config=parse_args(["-A", "--autoscale-interval=0"]),
+        kube=kube,
+        metrics=OperatorMetrics.create(),
+        options=BuildOptions(),
+        post_event=events,
+    )
+
+
+@pytest.fixture
+def cluster(kube: FakeKube) -> Cluster:
+    return Cluster(kube)
+
+
+def _condition(kube: FakeKube, name: str, kind: str) -> dict[str, Any]:
+    for cond in kube.statuses[(NS, name)]["conditions"]:
+        if cond["type"] == kind:
+            return dict(cond)
+    raise AssertionError(f"no {kind} condition")
+
+
+def _deployment(kube: FakeKube, name: str = "joe") -> dict[str, Any]:
+    return kube.objects[("Deployment", NS, name)]
+
+
+def test_a_new_voice_costs_three_applies_and_one_status_write(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    body = cluster.add(_voice())
+    handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    assert kube.calls == [
+        ("apply", "Service", "joe"),
+        ("apply", "PodDisruptionBudget", "joe"),
+        ("apply", "Deployment", "joe"),
+        ("patch-status", "TTSVoice", "joe"),
+    ]
+    # The Deployment's watch event (the index now holds it) derives the same status: no write.
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
+    assert kube.count("patch-status") == 1
+
+
+def test_replicas_written_on_the_deployment_are_restored_to_the_voices(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    body = cluster.add(_voice(replicas=2))
+    handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    _deployment(kube)["spec"]["replicas"] = 5  # kubectl scale deployment joe --replicas 5
+    applies = kube.count("apply", "Deployment")
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
+    assert kube.count("apply", "Deployment") == applies + 1
+    assert _deployment(kube)["spec"]["replicas"] == 2
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)  # no drift: nothing applied
+    assert kube.count("apply", "Deployment") == applies + 1
+
+
+def test_a_deployment_deleted_under_a_live_voice_is_recreated(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    body = cluster.add(_voice())
+    handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    del kube.objects[("Deployment", NS, "joe")]
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG, deployment_deleted=True)
+    assert ("Deployment", NS, "joe") in kube.objects
+
+
+def test_a_refused_deployment_stays_reported_by_later_refreshes_until_a_new_spec_applies(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    kube.refuse["Deployment"] = KubeError(422, 'Deployment.apps "joe" is invalid: spec.x: bad')
+    body = cluster.add(_voice())
+    with pytest.raises(kopf.PermanentError, match=r"spec\.x: bad"):
+        handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    degraded = _condition(kube, "joe", "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "DeploymentRejected")
+    assert events.reasons().count("DeploymentRejected") == 1
+    # A pod event refreshes status: the refusal is remembered, not forgotten, not re-posted.
+    writes = kube.count("patch-status")
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
+    assert _condition(kube, "joe", "Degraded")["reason"] == "DeploymentRejected"
+    assert kube.count("patch-status") == writes
+    assert events.reasons().count("DeploymentRejected") == 1
+    # A new generation that applies clears it.
+    del kube.refuse["Deployment"]
+    fixed = cluster.add(_voice(generation=2))
+    handlers.reconcile_voice(deps, cluster.views(), fixed, LOG)
+    assert _condition(kube, "joe", "Degraded")["status"] == "False"
+    assert "VoiceRecovered" in events.reasons()
+
+
+def test_a_voice_waits_for_its_claim_and_comes_up_when_the_claim_appears(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    volume = {"volume": {"persistentVolumeClaim": {"claimName": "models"}, "path": "v/a.onnx"}}
+    body = cluster.add(_voice(model=volume))
+    with pytest.raises(kopf.TemporaryError, match="'models'"):
+        handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    assert kube.count("apply") == 0
+    assert _condition(kube, "joe", "Degraded")["reason"] == "PVCNotFound"
+    cluster.claims.add((NS, "models"))
+    handlers.pvc_event(
+        {"type": "ADDED", "object": {}},
+        kopf.Body({"metadata": {"namespace": NS, "name": "models"}}),
+        kopf.Memo(deps=deps),
+        LOG,
+        **{CLAIMS_INDEX: cluster.views().claims, VOICES_INDEX: cluster.views().voices},
+    )
+    assert kube.count("apply", "Deployment") == 1
+    assert _condition(kube, "joe", "Degraded")["status"] == "False"
+
+
+def test_a_full_service_range_is_reported_in_the_servers_words_and_the_deployment_still_runs(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    message = "Internal error occurred: failed to allocate a serviceIP: range is full"
+    kube.refuse["Service"] = KubeError(500, message)
+    body = cluster.add(_voice())
+    with pytest.raises(kopf.TemporaryError, match="range is full"):
+        handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    degraded = _condition(kube, "joe", "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ServiceFailed")
+    assert message in degraded["message"]
+    assert ("Deployment", NS, "joe") in kube.objects
+
+
+def test_a_quota_refusal_is_quota_exceeded_not_a_missing_permission(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    message = (
+        'deployments.apps "joe" is forbidden: exceeded quota: small, requested: '
+        "count/deployments.apps=1, used: count/deployments.apps=1, "
+        "limited: count/deployments.apps=1"
+    )
+    kube.refuse["Deployment"] = KubeError(403, message)
+    body = cluster.add(_voice())
+    with pytest.raises(kopf.TemporaryError, match="exceeded quota"):
+        handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    degraded = _condition(kube, "joe", "Degraded")
+    assert degraded["reason"] == "QuotaExceeded"
+    assert "limited: count/deployments.apps=1" in degraded["message"]
+    assert "Forbidden" not in events.reasons()
+
+
+def test_a_missing_permission_is_still_a_forbidden_event_and_a_retry(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    kube.refuse["Service"] = KubeError(403, 'services "joe" is forbidden: User "x" cannot patch')
+    body = cluster.add(_voice())
+    with pytest.raises(kopf.TemporaryError, match="API call failed"):
+        handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    assert events.reasons() == ["Forbidden"]
+
+
+def test_an_index_that_lags_our_own_write_neither_rewrites_nor_reposts(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    body = cluster.add(_voice(replicas=1))
+    handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    cluster.pods.append(
+        {
+            "metadata": {
+                "name": "joe-1",
+                "namespace": NS,
+                "labels": {"voicefleet.io/voice": "joe"},
+            },
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "server",
+                        "ready": False,
+                        "restartCount": 3,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                        "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                    }
+                ],
+            },
+        }
+    )
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)  # the index's status is empty
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
+    assert events.reasons().count("CrashLoopBackOff") == 1
+    assert kube.count("patch-status") == 2
+
+
+def test_an_invalid_spec_is_reported_once(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    body = cluster.add(
+        _voice(env=[{"name": "PATH", "value": "/x"}, {"name": "PATH", "value": "/y"}])
+    )
+    for _ in range(2):
+        with pytest.raises(kopf.TemporaryError, match="invalid spec"):
+            handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    assert kube.count("patch-status") == 1
+    assert events.reasons() == ["InvalidSpec"]
+    assert _condition(kube, "joe", "Degraded")["reason"] == "InvalidSpec"
