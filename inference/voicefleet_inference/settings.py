@@ -5,7 +5,8 @@ Each field of :class:`Settings` is one CLI flag and one environment variable (th
 environment variable, then the default. Defaults that depend on the machine (intra-op
 threads by cores, batch size by device) are resolved in one validator, so ``Settings()``
 and :func:`load_settings` always agree; ``voicefleet-server --help`` prints the values
-this machine would get. Why those defaults: ``docs/server.md`` (measured in
+this machine would get; the flags are generated from the model by the mechanism every
+component shares (:mod:`voicefleet_api.flags`). Why those defaults: ``docs/server.md`` (measured in
 ``docs/engines.md``).
 """
 
@@ -26,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from voicefleet_api import engines
 from voicefleet_api import env as names
+from voicefleet_api.flags import add_flags, flag, spec_of
 
 __all__ = [
     "LOG_LEVELS",
@@ -74,11 +76,6 @@ def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-def _flag(*flags: str, metavar: str, help: str, default_text: str | None = None) -> Any:
-    """CLI metadata of a field: its flags, metavar, help and (when computed) default text."""
-    return {"flags": flags, "metavar": metavar, "help": help, "default_text": default_text}
-
-
 Lower = BeforeValidator(_lower)
 
 
@@ -100,26 +97,26 @@ class Settings(BaseSettings):
     )
 
     host: Annotated[str, Field(min_length=1)] = Field(
-        "0.0.0.0", json_schema_extra=_flag("--host", metavar="ADDR", help="address to listen on")
+        "0.0.0.0", json_schema_extra=flag("--host", metavar="ADDR", help="address to listen on")
     )
     port: int = Field(
         8080,
         ge=1,
         le=65535,
         validation_alias=AliasChoices("port", names.PORT, "PORT"),
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--port", metavar="N", help="TCP port (VOICEFLEET_PORT wins over PORT)"
         ),
     )
     engine: str = Field(
         engines.DEFAULT_ENGINE,
         min_length=1,
-        json_schema_extra=_flag("--engine", metavar="NAME", help="engine implementation"),
+        json_schema_extra=flag("--engine", metavar="NAME", help="engine implementation"),
     )
     model: str = Field(
         "en_US-joe-medium",
         min_length=1,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--model",
             metavar="NAME|PATH",
             help="voice model: a bundled voice name or a path to a Piper .onnx (with .onnx.json)",
@@ -128,7 +125,7 @@ class Settings(BaseSettings):
     device: Annotated[str, Lower] = Field(
         "cpu",
         pattern=r"^(cpu|cuda(:\d+)?(,cuda(:\d+)?)*)$",
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--device",
             metavar="DEV",
             help="cpu, cuda, cuda:N, or a list cuda:0,cuda:1 (workers take them in turn)",
@@ -138,7 +135,7 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=64,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--workers",
             metavar="N",
             help="engine worker threads, each owning its own engine instance",
@@ -147,7 +144,7 @@ class Settings(BaseSettings):
     threads_per_worker: int = Field(
         0,
         ge=1,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--threads-per-worker",
             "--threads",
             metavar="N",
@@ -159,7 +156,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         64,
         ge=1,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--max-queue",
             metavar="N",
             help="requests waiting at most; beyond it 429 with Retry-After",
@@ -169,7 +166,7 @@ class Settings(BaseSettings):
         0,
         ge=1,
         le=256,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--max-batch-size",
             metavar="N",
             help="requests run together in one engine call (dynamic batching); batching "
@@ -182,7 +179,7 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         allow_inf_nan=False,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--batch-window-ms",
             metavar="MS",
             help="how long a worker waits after the first queued request for more to batch",
@@ -193,7 +190,7 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         allow_inf_nan=False,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--request-timeout-s",
             metavar="S",
             help="per-request limit on queue wait plus synthesis (then 504)",
@@ -204,7 +201,7 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         allow_inf_nan=False,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--drain-grace-s",
             metavar="S",
             help="on SIGTERM/SIGINT, time accepted requests get to finish before exit",
@@ -214,13 +211,13 @@ class Settings(BaseSettings):
         4096,
         ge=1,
         le=100_000,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--max-input-chars", metavar="N", help="longest accepted text, in characters"
         ),
     )
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Lower] = Field(
         "info",
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--log-level",
             metavar="LEVEL",
             help=f"one of {', '.join(LOG_LEVELS)} (debug also logs every request)",
@@ -229,14 +226,16 @@ class Settings(BaseSettings):
     termination_message_path: str = Field(
         "",
         max_length=4096,
-        json_schema_extra=_flag(
+        json_schema_extra=flag(
             "--termination-message-path",
             metavar="PATH",
             help="file that gets one line naming the cause when the model fails to load "
             "(the pod's terminationMessagePath; empty: none)",
         ),
     )
-    cores: int = Field(default_factory=available_cores, ge=1, exclude=True)
+    cores: int = Field(
+        default_factory=available_cores, ge=1, exclude=True, json_schema_extra=flag(hidden=True)
+    )
     """Cores this process may use (resolved, not a flag): the bound for workers x threads."""
 
     def __init__(self, **values: Any) -> None:
@@ -352,11 +351,6 @@ def _describe(exc: ValidationError) -> str:
 # -- command line and environment -----------------------------------------------------------
 
 
-def _cli(info: FieldInfo) -> dict[str, Any]:
-    extra = info.json_schema_extra
-    return dict(extra) if isinstance(extra, dict) else {}
-
-
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -396,22 +390,12 @@ def build_parser(cores: int | None = None) -> argparse.ArgumentParser:
         "line, which Kubernetes shows as the container's termination message.",
     )
     threads = max(1, cores)
-    for field, info in Settings.model_fields.items():
-        cli = _cli(info)
-        if not cli:
-            continue
-        default = cli["default_text"] or (
-            f"{info.default:g}" if isinstance(info.default, float) else str(info.default)
-        )
-        default = default.format(threads=threads, cores=cores)
-        envs = " or ".join(f"${e}" for e in env_names(field))
-        parser.add_argument(
-            *cli["flags"],
-            dest=field,
-            default=None,
-            metavar=cli["metavar"],
-            help=f"{cli['help']} [env {envs}; default: {default}]",
-        )
+    add_flags(
+        parser,
+        Settings,
+        env_names=env_names,
+        format_default=lambda text: text.format(threads=threads, cores=cores),
+    )
     return parser
 
 
@@ -431,8 +415,8 @@ def load_settings(
     values: dict[str, Any] = {"cores": cores}
     errors: list[str] = []
     for field, info in Settings.model_fields.items():
-        cli = _cli(info)
-        if not cli:
+        cli = spec_of(info)
+        if cli.get("hidden"):
             continue
         raw, source = args.get(field), cli["flags"][0]
         if raw is None:

@@ -2,7 +2,9 @@
 
 :class:`OperatorConfig` holds every setting with its default and its check; each one can
 come from a command-line flag or from ``VOICEFLEET_OPERATOR_<NAME>`` (a flag wins), so a
-Helm chart may set either. ``parse_args`` is the only parser; a bad value raises
+Helm chart may set either. The flags are generated from the model, each documented by its
+field's docstring (:mod:`voicefleet_api.flags`, the same mechanism as the server's and the
+router's). ``parse_args`` is the only parser; a bad value raises
 :class:`UsageError` (the CLI turns it into exit code 2 with the message), so tests can
 assert the message without a process. Nothing parses at import.
 """
@@ -20,6 +22,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from voicefleet_api.flags import add_flags, by_annotation, flag, given
 from voicefleet_operator.spec import DEFAULT_IMAGE, GPU_IMAGE_SUFFIX
 
 __all__ = [
@@ -76,25 +79,72 @@ class OperatorConfig(BaseSettings):
     random one, so two replicas never tie (kopf pauses all tied peers).
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, env_ignore_empty=True, use_attribute_docstrings=True
+    )
 
-    namespaces: tuple[str, ...] = ()
-    health_port: int | None = DEFAULT_HEALTH_PORT
-    metrics_port: int | None = DEFAULT_METRICS_PORT
-    peering: str | None = None
-    standalone: bool = False
-    priority: int = Field(default_factory=lambda: random.randint(1, 1_000_000))
-    default_image: str = DEFAULT_IMAGE
-    default_gpu_image: str | None = None
-    """``--default-gpu-image``; unset follows ``default_image`` (see :attr:`gpu_image`)."""
-    kubeconfig: Path | None = None
+    namespaces: tuple[str, ...] = Field(
+        default=(),
+        json_schema_extra=flag(
+            "-n", "--namespace", metavar="NS", kind="repeat", group="scope", default_text="none"
+        ),
+    )
+    """Watch this namespace (repeat for several; kopf globs like 'team-*' work)."""
+    health_port: int | None = Field(
+        default=DEFAULT_HEALTH_PORT, json_schema_extra=flag(metavar="PORT")
+    )
+    """Liveness endpoint http://0.0.0.0:PORT/healthz (0 disables)."""
+    metrics_port: int | None = Field(
+        default=DEFAULT_METRICS_PORT, json_schema_extra=flag(metavar="PORT")
+    )
+    """Prometheus /metrics on 0.0.0.0:PORT (0 disables)."""
+    peering: str | None = Field(default=None, json_schema_extra=flag(metavar="NAME", group="peer"))
+    """Peer with other replicas through the kopf peering object NAME (mandatory: fail if the
+    peering CRD is missing; the object is created if absent). Unset: peer through
+    ``voicefleet-operator`` when the peering CRD is installed."""
+    standalone: bool = Field(default=False, json_schema_extra=flag(kind="switch", group="peer"))
+    """Never peer: for a single replica or a developer's laptop."""
+    priority: int = Field(
+        default_factory=lambda: random.randint(1, 1_000_000),
+        json_schema_extra=flag(default_text="random, so two replicas never tie"),
+    )
+    """Peering priority; the highest live replica acts, the others pause (kopf pauses all
+    tied peers)."""
+    default_image: str = Field(default=DEFAULT_IMAGE, json_schema_extra=flag(metavar="IMAGE"))
+    """Image for TTSVoices that leave spec.image unset (the server of this operator's
+    version)."""
+    default_gpu_image: str | None = Field(
+        default=None,
+        json_schema_extra=flag(
+            metavar="IMAGE", default_text=f"the --default-image with {GPU_IMAGE_SUFFIX} appended"
+        ),
+    )
+    """Image instead for such TTSVoices whose pods ask for GPUs (resources.gpus > 0): the
+    CUDA build with torch, for vits-torch."""
+    kubeconfig: Path | None = Field(default=None, json_schema_extra=flag(metavar="PATH"))
+    """Kubeconfig to use (unset: in-cluster credentials, else $KUBECONFIG)."""
     workers: int = DEFAULT_WORKERS
-    verbose: bool = False
-    autoscale_interval: float = DEFAULT_AUTOSCALE_INTERVAL
-    """Seconds between the autoscaler's scrapes of each voice; 0 turns it off."""
-    router_metrics_urls: tuple[str, ...] = ()
-    router_pod_selector: str | None = None
-    router_metrics_port: int = DEFAULT_ROUTER_METRICS_PORT
+    """Threads running reconciles in parallel (1..256)."""
+    verbose: bool = Field(default=False, json_schema_extra=flag("-v", "--verbose", kind="switch"))
+    """Debug logging."""
+    autoscale_interval: float = Field(
+        default=DEFAULT_AUTOSCALE_INTERVAL, json_schema_extra=flag(metavar="SECONDS")
+    )
+    """How often the autoscaler scrapes each voice's pods and decides (0 turns it off)."""
+    router_metrics_urls: tuple[str, ...] = Field(
+        default=(), json_schema_extra=flag("--router-metrics-url", metavar="URL", kind="repeat")
+    )
+    """A router's /metrics (repeat for several): held requests per voice
+    (voicefleet_router_pending_requests) scale a voice from zero."""
+    router_pod_selector: str | None = Field(
+        default=None, json_schema_extra=flag(metavar="K=V[,K=V]")
+    )
+    """Find router pods by these labels instead (or as well) and scrape each one's /metrics on
+    --router-metrics-port."""
+    router_metrics_port: int = Field(
+        default=DEFAULT_ROUTER_METRICS_PORT, json_schema_extra=flag(metavar="PORT")
+    )
+    """Port of the router pods' /metrics."""
 
     @field_validator("namespaces", mode="after")
     @classmethod
@@ -195,6 +245,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _env_names(field: str) -> tuple[str, ...]:
+    # -n/-A choose the scope on the command line only (kopf wants it said explicitly).
+    return () if field == "namespaces" else (f"{ENV_PREFIX}{field.upper()}",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The flags of :class:`OperatorConfig`; unset flags stay absent (env, then default)."""
     p = _Parser(
@@ -208,107 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     scope = p.add_mutually_exclusive_group(required=True)
-    scope.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        dest="namespaces",
-        metavar="NS",
-        help="watch this namespace (repeat for several; kopf globs like 'team-*' work)",
-    )
-    scope.add_argument(
+    groups = {"scope": scope, "peer": p.add_mutually_exclusive_group()}
+    add_flags(p, OperatorConfig, env_names=_env_names, groups=groups, types=by_annotation)
+    scope.add_argument(  # not a field: "no namespaces" is what says cluster-wide
         "-A", "--all-namespaces", action="store_true", help="watch TTSVoices in every namespace"
-    )
-    p.add_argument(
-        "--health-port",
-        type=int,
-        metavar="PORT",
-        help="liveness endpoint http://0.0.0.0:PORT/healthz "
-        f"(0 disables; default {DEFAULT_HEALTH_PORT})",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help=f"Prometheus /metrics on 0.0.0.0:PORT (0 disables; default {DEFAULT_METRICS_PORT})",
-    )
-    peer = p.add_mutually_exclusive_group()
-    peer.add_argument(
-        "--peering",
-        metavar="NAME",
-        help="peer with other replicas through the kopf peering object NAME (mandatory: "
-        "fail if the peering CRD is missing; the object is created if absent)",
-    )
-    peer.add_argument(
-        "--standalone",
-        action="store_true",
-        help="never peer: for a single replica or a developer's laptop",
-    )
-    p.add_argument(
-        "--priority",
-        type=int,
-        help="peering priority; the highest live replica acts, the others pause "
-        "(default: random, so two replicas never tie: kopf pauses all tied peers)",
-    )
-    p.add_argument(
-        "--default-image",
-        metavar="IMAGE",
-        help=f"image for TTSVoices that leave spec.image unset (default {DEFAULT_IMAGE}, "
-        "the server of this operator's version)",
-    )
-    p.add_argument(
-        "--default-gpu-image",
-        metavar="IMAGE",
-        help="image instead for such TTSVoices whose pods ask for GPUs (resources.gpus > 0; "
-        f"default: the --default-image with {GPU_IMAGE_SUFFIX} appended, the CUDA build "
-        "with torch for vits-torch)",
-    )
-    p.add_argument(
-        "--kubeconfig",
-        type=Path,
-        metavar="PATH",
-        help="kubeconfig to use (default: in-cluster credentials, else $KUBECONFIG)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help=f"threads running reconciles in parallel (default {DEFAULT_WORKERS})",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument(
-        "--autoscale-interval",
-        type=float,
-        metavar="SECONDS",
-        help="how often the autoscaler scrapes each voice's pods and decides "
-        f"(default {DEFAULT_AUTOSCALE_INTERVAL:g}; 0 turns the autoscaler off)",
-    )
-    p.add_argument(
-        "--router-metrics-url",
-        action="append",
-        dest="router_metrics_urls",
-        metavar="URL",
-        help="a router's /metrics (repeat for several): held requests per voice "
-        "(voicefleet_router_pending_requests) scale a voice from zero",
-    )
-    p.add_argument(
-        "--router-pod-selector",
-        metavar="K=V[,K=V]",
-        help="find router pods by these labels instead (or as well) and scrape each one's "
-        "/metrics on --router-metrics-port",
-    )
-    p.add_argument(
-        "--router-metrics-port",
-        type=int,
-        metavar="PORT",
-        help=f"port of the router pods' /metrics (default {DEFAULT_ROUTER_METRICS_PORT})",
     )
     return p
 
 
 def parse_args(argv: Sequence[str]) -> OperatorConfig:
     """Turn argv (then ``VOICEFLEET_OPERATOR_*``) into an `OperatorConfig`; raise `UsageError`."""
-    flags: dict[str, Any] = vars(build_parser().parse_args(list(argv)))
+    flags: dict[str, Any] = given(build_parser().parse_args(list(argv)))
     flags.pop("all_namespaces", None)
     try:
         return OperatorConfig(**flags)

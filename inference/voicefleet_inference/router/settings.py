@@ -2,7 +2,8 @@
 
 :class:`RouterSettings` is a pydantic-settings model: each field reads
 ``VOICEFLEET_ROUTER_<FIELD>`` from the environment, and :func:`load_settings` adds a
-``--field-name`` flag for each, generated from the same model, so the two can never drift.
+``--field-name`` flag for each, generated from the same model (with the field's docstring as
+its help, :mod:`voicefleet_api.flags`), so the two can never drift.
 Precedence: flag, then environment, then the default. List fields take a comma-separated
 string from the environment and repeatable or comma-separated flags.
 """
@@ -17,6 +18,8 @@ from typing import Annotated, Final
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from voicefleet_api.flags import add_flags, flag, given, option_name
 
 __all__ = [
     "ENV_PREFIX",
@@ -60,7 +63,9 @@ def _split(value: object) -> object:
 class RouterSettings(BaseSettings):
     """The resolved configuration of one router process (validated on construction)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
     host: str = "0.0.0.0"
     """Address to listen on."""
@@ -68,11 +73,15 @@ class RouterSettings(BaseSettings):
     """TCP port (contract: 8080)."""
     namespace: str = Field(default="default", min_length=1)
     """The router's namespace: a bare ``model`` name resolves to a voice here."""
-    watch_namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    watch_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, json_schema_extra=flag(kind="repeat")
+    )
     """Namespaces whose voices the router serves; empty: only ``namespace``; ``*``: all."""
     kubeconfig: Path | None = None
     """Kubeconfig file; unset: the in-cluster ServiceAccount, else ``~/.kube/config``."""
-    static_upstreams: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    static_upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, json_schema_extra=flag(kind="repeat")
+    )
     """Without Kubernetes (development, benchmarks): ``[namespace/]name=http://host:port``
     entries, one per pod, ``#model`` appended when the pods' model is not ``name``; no
     watch is started."""
@@ -91,6 +100,7 @@ class RouterSettings(BaseSettings):
     cold_start_timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0)
     """How long a request is held for a voice that does not say (static upstreams)."""
     connect_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    """Longest wait to open a connection to a pod before another pod is tried."""
     upstream_timeout_s: float = Field(default=300.0, gt=0.0, le=3600.0)
     """Longest wait for a pod's next bytes (its own request timeout is shorter)."""
     auth_token: SecretStr | None = None
@@ -98,6 +108,7 @@ class RouterSettings(BaseSettings):
     auth_token_file: Path | None = None
     """File holding the bearer token (a mounted Secret); read once at start."""
     log_level: str = "info"
+    """One of debug, info, warning, error."""
 
     @field_validator("watch_namespaces", "static_upstreams", mode="before")
     @classmethod
@@ -155,10 +166,6 @@ class RouterSettings(BaseSettings):
         )
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """``voicefleet-router``'s flags, one per :class:`RouterSettings` field."""
     parser = argparse.ArgumentParser(
@@ -169,27 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
             f"environment variable {ENV_PREFIX}<NAME>; a flag wins over its variable."
         ),
     )
-    for name, info in RouterSettings.model_fields.items():
-        env = f"{ENV_PREFIX}{name.upper()}"
-        default = "unset" if info.default is None else info.default
-        if info.default_factory is not None:
-            default = "empty"
-        help_text = (info.description or "").strip()
-        is_list = name in ("watch_namespaces", "static_upstreams")
-        parser.add_argument(
-            _flag(name),
-            dest=name,
-            default=None,
-            action="append" if is_list else "store",
-            metavar=name.upper().split("_")[-1],
-            help=f"{help_text} [env ${env}; default: {getattr(default, 'value', default)}]",
-        )
+    add_flags(parser, RouterSettings, env_names=lambda name: (f"{ENV_PREFIX}{name.upper()}",))
     return parser
 
 
 def load_settings(argv: Sequence[str] | None = None) -> RouterSettings:
     """Flags over ``VOICEFLEET_ROUTER_*`` over defaults; raises :class:`SettingsError`."""
-    args = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    args = given(build_parser().parse_args(argv))
     try:
         return RouterSettings(**args)
     except ValidationError as exc:
@@ -201,6 +194,6 @@ def _describe(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
         name = loc[0] if loc else ""
-        where = f"{_flag(name)} / {ENV_PREFIX}{name.upper()}" if name else "settings"
+        where = f"{option_name(name)} / {ENV_PREFIX}{name.upper()}" if name else "settings"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
