@@ -25,7 +25,11 @@ MAX_BYTES: Final = 4096
 
 MODEL_LOAD_FAILED: Final = "ModelLoadFailed"
 """The server could not load its model (unknown name, missing file, broken weights)."""
-KNOWN_REASONS: Final = frozenset({MODEL_LOAD_FAILED})
+MODEL_FETCH_FAILED: Final = "ModelFetchFailed"
+"""The fetcher could not download a url model (HTTP status, refused credential, timeout)."""
+MODEL_DIGEST_MISMATCH: Final = "ModelDigestMismatch"
+"""A downloaded file's sha256 is not the one the TTSVoice names; it was deleted."""
+KNOWN_REASONS: Final = frozenset({MODEL_LOAD_FAILED, MODEL_FETCH_FAILED, MODEL_DIGEST_MISMATCH})
 
 _LINE: Final = re.compile(r"^([A-Z][A-Za-z0-9]*): (.+)$", re.DOTALL)
 

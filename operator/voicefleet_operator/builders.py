@@ -31,10 +31,17 @@ from voicefleet_operator.labels import (
     object_labels,
     selector_labels,
 )
-from voicefleet_operator.spec import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, Voice, VoiceSpec
+from voicefleet_operator.spec import (
+    DEFAULT_GPU_IMAGE,
+    DEFAULT_IMAGE,
+    ModelDownload,
+    Voice,
+    VoiceSpec,
+)
 
 __all__ = [
     "CONTAINER_NAME",
+    "FETCH_CONTAINER_NAME",
     "GPU_RESOURCE",
     "GPU_TOLERATION",
     "MODEL_MOUNT",
@@ -56,7 +63,16 @@ SERVER_PORT: Final = _CONTRACT_PORT
 """The inference server's port (DESIGN.md contract); named ``http`` in the pod."""
 SERVICE_PORT: Final = 80
 MODEL_MOUNT: Final = "/models"
-"""Where a volume model's PVC is mounted, read-only; ``spec.model.volume.path`` is below it."""
+"""Where a volume model's PVC is mounted, read-only; ``spec.model.volume.path`` is below it.
+A url model's files are downloaded there too (``<key>/<name>.onnx``, see
+:attr:`~voicefleet_operator.spec.ModelDownload.cache_key`)."""
+FETCH_CONTAINER_NAME: Final = "fetch-model"
+"""The init container that downloads a url model (``voicefleet-fetch``, the server image)."""
+FETCH_RESOURCES: Final[dict[str, Any]] = {
+    "limits": {"memory": "256Mi"},
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+}
+"""The fetcher streams through a small buffer: its memory does not grow with the model."""
 POD_UID: Final = 65532
 POD_GID: Final = 65532
 """The conventional "nonroot" id of distroless images: never 0, never a real login."""
@@ -88,6 +104,12 @@ class BuildOptions:
     default_image: str = DEFAULT_IMAGE
     default_gpu_image: str = DEFAULT_GPU_IMAGE
     command: tuple[str, ...] = ("voicefleet-server",)
+    fetch_command: tuple[str, ...] = ("voicefleet-fetch",)
+    model_cache_dir: str | None = None
+    """A node directory (hostPath) where url models are kept by digest, so later replicas on
+    the node skip the download; ``None``: an emptyDir per pod. Opt-in, because a hostPath
+    is node state shared by every voice on it (the directory must be writable by uid
+    65532); the server mounts it read-only."""
     pre_stop_sleep_seconds: int = 5
     """Time for endpoint controllers and the router to drop a terminating pod before
     the server gets SIGTERM and starts refusing new work."""
@@ -113,9 +135,16 @@ def _metadata(voice: Voice, annotations: dict[str, str] | None = None) -> dict[s
     return meta
 
 
+def _download_path(download: ModelDownload) -> str:
+    return f"{MODEL_MOUNT}/{download.cache_key}/{download.model_name}.onnx"
+
+
 def _model_argument(spec: VoiceSpec) -> str:
     if spec.model.bundled is not None:
         return spec.model.bundled
+    download = spec.model.download
+    if download is not None:
+        return _download_path(download)
     assert spec.model.volume is not None  # ModelSource guarantees exactly one
     return f"{MODEL_MOUNT}/{spec.model.volume.path}"
 
@@ -203,18 +232,111 @@ def _pod_annotations(spec: VoiceSpec) -> dict[str, str]:
     return dict(sorted(annotations.items()))
 
 
+def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str, Any]:
+    ref: dict[str, Any] = {"key": key, "name": secret}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _fetch_env(download: ModelDownload) -> list[dict[str, Any]]:
+    """The fetcher's variables; credentials and the CA by reference, never by value.
+
+    A missing Secret, ConfigMap or required key stops the init container with
+    ``CreateContainerConfigError`` naming it, which the voice's ``Degraded`` repeats.
+    """
+    env: list[dict[str, Any]] = [
+        {"name": server_env_names.FETCH_CONFIG_SHA256, "value": download.config_sha256},
+        {"name": server_env_names.FETCH_CONFIG_URL, "value": download.config_url},
+        {"name": server_env_names.FETCH_DEST, "value": _download_path(download)},
+    ]
+    if download.s3 is not None:
+        env.append({"name": server_env_names.FETCH_S3_REGION, "value": download.s3.region})
+        if download.s3.endpoint is not None:
+            env.append({"name": server_env_names.FETCH_S3_ENDPOINT, "value": download.s3.endpoint})
+    env += [
+        {"name": server_env_names.FETCH_SHA256, "value": download.sha256},
+        {"name": server_env_names.FETCH_URL, "value": download.url},
+        {
+            "name": server_env_names.TERMINATION_MESSAGE_PATH,
+            "value": termination.PATH,
+        },
+    ]
+    if download.ca_config_map is not None:
+        env.append(
+            {
+                "name": server_env_names.FETCH_CA_PEM,
+                "valueFrom": {"configMapKeyRef": {"key": "ca.crt", "name": download.ca_config_map}},
+            }
+        )
+    secret = download.credentials_secret
+    if secret is not None:
+        if download.s3 is not None:
+            env += [
+                _secret_env(
+                    server_env_names.FETCH_ACCESS_KEY_ID, secret, "accessKeyId", optional=False
+                ),
+                _secret_env(
+                    server_env_names.FETCH_SECRET_ACCESS_KEY,
+                    secret,
+                    "secretAccessKey",
+                    optional=False,
+                ),
+                _secret_env(
+                    server_env_names.FETCH_SESSION_TOKEN, secret, "sessionToken", optional=True
+                ),
+            ]
+        else:
+            env.append(_secret_env(server_env_names.FETCH_TOKEN, secret, "token", optional=False))
+    return env
+
+
+def _image(spec: VoiceSpec, options: BuildOptions) -> str:
+    return spec.image or (
+        options.default_gpu_image if spec.resources.gpus > 0 else options.default_image
+    )
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+
+
+def _fetch_container(
+    spec: VoiceSpec, download: ModelDownload, options: BuildOptions
+) -> dict[str, Any]:
+    """The init container: download, check both digests, or leave a one-line reason."""
+    return {
+        "command": list(options.fetch_command),
+        "env": _fetch_env(download),
+        "image": _image(spec, options),
+        "imagePullPolicy": spec.image_pull_policy,
+        "name": FETCH_CONTAINER_NAME,
+        "resources": copy.deepcopy(FETCH_RESOURCES),
+        "securityContext": _security_context(),
+        "terminationMessagePath": termination.PATH,
+        "terminationMessagePolicy": termination.POLICY,
+        "volumeMounts": [
+            {"mountPath": MODEL_MOUNT, "name": "model"},
+            {"mountPath": "/tmp", "name": "tmp"},
+        ],
+    }
+
+
 def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     spec = voice.spec
     mounts: list[dict[str, Any]] = []
-    if spec.model.volume is not None:
+    if spec.model.volume is not None or spec.model.download is not None:
         mounts.append({"mountPath": MODEL_MOUNT, "name": "model", "readOnly": True})
     mounts.append({"mountPath": "/tmp", "name": "tmp"})
     startup_period = 2
     return {
         "command": list(options.command),
         "env": _container_env(spec),
-        "image": spec.image
-        or (options.default_gpu_image if spec.resources.gpus > 0 else options.default_image),
+        "image": _image(spec, options),
         "imagePullPolicy": spec.image_pull_policy,
         "lifecycle": {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}},
         "livenessProbe": _http_probe("/healthz", options.liveness_period_seconds, 3, 5),
@@ -222,11 +344,7 @@ def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
         "ports": [{"containerPort": SERVER_PORT, "name": "http", "protocol": "TCP"}],
         "readinessProbe": _http_probe("/readyz", options.readiness_period_seconds, 2, 2),
         "resources": _resources(spec),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-        },
+        "securityContext": _security_context(),
         "startupProbe": _http_probe(
             "/healthz",
             startup_period,
@@ -242,8 +360,18 @@ def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     }
 
 
-def _volumes(spec: VoiceSpec) -> list[dict[str, Any]]:
+def _volumes(spec: VoiceSpec, options: BuildOptions) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = []
+    if spec.model.download is not None:
+        if options.model_cache_dir is not None:
+            volumes.append(
+                {
+                    "hostPath": {"path": options.model_cache_dir, "type": "DirectoryOrCreate"},
+                    "name": "model",
+                }
+            )
+        else:
+            volumes.append({"emptyDir": {}, "name": "model"})
     if spec.model.volume is not None:
         claim = spec.model.volume.persistent_volume_claim
         volumes.append(
@@ -270,6 +398,9 @@ def _pod_spec(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     # Service links would inject <SERVICE>_PORT variables: a Service named "voicefleet"
     # in the namespace would set VOICEFLEET_PORT=tcp://... behind the server's back.
     pod["enableServiceLinks"] = False
+    download = spec.model.download
+    if download is not None:
+        pod["initContainers"] = [_fetch_container(spec, download, options)]
     if spec.node_selector:
         pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
     if spec.priority_class_name is not None:
@@ -287,7 +418,7 @@ def _pod_spec(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     tolerations = _tolerations(spec)
     if tolerations:
         pod["tolerations"] = tolerations
-    pod["volumes"] = _volumes(spec)
+    pod["volumes"] = _volumes(spec, options)
     return pod
 
 

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 from pydantic import (
@@ -38,6 +39,7 @@ from voicefleet_api.labels import is_reserved_label
 __all__ = [
     "DEFAULT_GPU_IMAGE",
     "DEFAULT_IMAGE",
+    "DEFAULT_S3_REGION",
     "ENGINES",
     "GPU_IMAGE_SUFFIX",
     "PULL_POLICIES",
@@ -45,9 +47,11 @@ __all__ = [
     "RESERVED_ENV_PREFIX",
     "Autoscaling",
     "EnvVar",
+    "ModelDownload",
     "ModelSource",
     "PersistentVolumeClaimRef",
     "Resources",
+    "S3Location",
     "ServerTuning",
     "SpecError",
     "Voice",
@@ -77,6 +81,13 @@ _DNS_SUBDOMAIN: Final = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
 _ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HOST: Final = r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+_HTTPS_URL: Final = re.compile(rf"^https://{_HOST}/[^?#@\s]*[^/?#@\s]$")
+_S3_URL: Final = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^?#\s]*[^/?#\s]$")
+_S3_ENDPOINT: Final = re.compile(rf"^https?://{_HOST}/?$")
+_SHA256: Final = re.compile(r"^[0-9a-f]{64}$")
+_REGION: Final = re.compile(r"^[a-z0-9-]{1,64}$")
+DEFAULT_S3_REGION: Final = "us-east-1"
 _MAX_ENV: Final = 64
 
 
@@ -293,21 +304,144 @@ def _bundled_name(name: str) -> str:
     return name
 
 
+def _download_url(value: str) -> str:
+    if not (_HTTPS_URL.match(value) or _S3_URL.match(value)):
+        raise _fail(
+            f"{value!r} must be https://host[:port]/path or s3://bucket/key, without user "
+            "info, query or fragment"
+        )
+    return value
+
+
+def _model_url(value: str) -> str:
+    if not value.endswith(".onnx"):
+        raise _fail(f"{value!r} must name the .onnx model file")
+    return value
+
+
+def _sha256(value: str) -> str:
+    if not _SHA256.match(value):
+        raise _fail("must be 64 lowercase hex digits (sha256sum prints them)")
+    return value
+
+
+def _s3_endpoint(value: str) -> str:
+    if not _S3_ENDPOINT.match(value):
+        raise _fail(f"{value!r} must be http(s)://host[:port] with no path")
+    return value.rstrip("/")
+
+
+DownloadUrl = Annotated[Str, AfterValidator(_download_url)]
+Sha256 = Annotated[Str, AfterValidator(_sha256)]
+
+
+class S3Location(_Model):
+    """``spec.model.s3``: the S3-compatible service an ``s3://`` url is read from."""
+
+    endpoint: Annotated[Str, AfterValidator(_s3_endpoint)] | None = None
+    """``None``: AWS S3 (virtual-hosted ``https://<bucket>.s3.<region>.amazonaws.com``)."""
+    region: Annotated[Str, AfterValidator(_region)] = DEFAULT_S3_REGION
+
+
 class ModelSource(_Model):
-    """``spec.model``: exactly one of a bundled voice name or a volume."""
+    """``spec.model``: exactly one of a bundled voice name, a volume or a download url.
+
+    A url model carries the digests its download must have; credentials are never here,
+    only the name of the Secret that holds them.
+    """
 
     bundled: Annotated[Str, AfterValidator(_bundled_name)] | None = None
     volume: VolumeModel | None = None
+    url: Annotated[DownloadUrl, AfterValidator(_model_url)] | None = None
+    sha256: Sha256 | None = None
+    config_url: DownloadUrl | None = None
+    config_sha256: Sha256 | None = None
+    credentials_secret: Annotated[Str, AfterValidator(_dns_name("Secret"))] | None = None
+    ca_config_map: Annotated[Str, AfterValidator(_dns_name("ConfigMap"))] | None = None
+    s3: S3Location | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        if (self.bundled is None) == (self.volume is None):
+        if sum(x is not None for x in (self.bundled, self.volume, self.url)) != 1:
             raise _fail(
-                "set exactly one of bundled (a voice shipped in the image) or volume "
-                "(a model file on a PersistentVolumeClaim)",
+                "set exactly one of bundled (a voice shipped in the image), volume "
+                "(a model file on a PersistentVolumeClaim) or url (an https:// or s3:// "
+                "address of a .onnx file, with its sha256)",
                 at="spec.model",
             )
+        if self.url is None:
+            extra = [
+                name
+                for name, value in (
+                    ("sha256", self.sha256),
+                    ("configUrl", self.config_url),
+                    ("configSha256", self.config_sha256),
+                    ("credentialsSecret", self.credentials_secret),
+                    ("caConfigMap", self.ca_config_map),
+                    ("s3", self.s3),
+                )
+                if value is not None
+            ]
+            if extra:
+                raise _fail(f"{', '.join(extra)} apply only to a url model", at="spec.model")
+            return self
+        if self.sha256 is None:
+            raise _fail("required with spec.model.url", at="spec.model.sha256")
+        if self.config_sha256 is None:
+            raise _fail("required with spec.model.url", at="spec.model.configSha256")
+        is_s3 = self.url.startswith("s3://")
+        if self.s3 is not None and not is_s3:
+            raise _fail("applies only to an s3:// url", at="spec.model.s3")
+        if self.config_url is not None and self.config_url.startswith("s3://") != is_s3:
+            raise _fail("must use the same scheme as spec.model.url", at="spec.model.configUrl")
         return self
+
+    @property
+    def download(self) -> ModelDownload | None:
+        """What the fetcher needs for a url model; ``None`` for bundled and volume models."""
+        if self.url is None:
+            return None
+        # _exactly_one guarantees both digests with a url
+        assert self.sha256 is not None
+        assert self.config_sha256 is not None
+        return ModelDownload(
+            url=self.url,
+            sha256=self.sha256,
+            config_url=self.config_url or f"{self.url}.json",
+            config_sha256=self.config_sha256,
+            credentials_secret=self.credentials_secret,
+            ca_config_map=self.ca_config_map,
+            s3=(self.s3 or S3Location()) if self.url.startswith("s3://") else None,
+        )
+
+
+@dataclass(frozen=True)
+class ModelDownload:
+    """A url model resolved: both files with their digests and how to reach them."""
+
+    url: str
+    sha256: str
+    config_url: str
+    config_sha256: str
+    credentials_secret: str | None
+    ca_config_map: str | None
+    s3: S3Location | None
+
+    @property
+    def model_name(self) -> str:
+        """The name the server serves the model under: the file name without ``.onnx``."""
+        return self.url.rsplit("/", 1)[-1].removesuffix(".onnx")
+
+    @property
+    def cache_key(self) -> str:
+        """Directory name keyed by both digests: the same files always land in one place."""
+        return f"{self.sha256}-{self.config_sha256[:16]}"
+
+
+def _region(value: str) -> str:
+    if not _REGION.match(value):
+        raise _fail(f"{value!r} is not a region name (lowercase letters, digits and '-')")
+    return value
 
 
 def _env_name(name: str) -> str:

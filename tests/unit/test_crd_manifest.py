@@ -231,7 +231,11 @@ def test_cross_field_rules_are_present() -> None:
     assert "self.minReplicas <= self.maxReplicas" in rules
     assert "self.replicas <= self.autoscaling.maxReplicas" in rules
     assert "self.replicas >= self.autoscaling.minReplicas" in rules
-    assert "has(self.bundled) != has(self.volume)" in rules
+    assert (
+        "(has(self.bundled) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.url) ? 1 : 0) == 1"
+        in " ".join(rules.split())
+    )
+    assert "has(self.url) == has(self.sha256)" in rules
     assert "VOICEFLEET_" in rules
     assert "voicefleet.io/" in rules
     assert "isQuantity" in rules
