@@ -1,436 +1,368 @@
-"""The autoscaler loop: scrape a voice's pods and the router, decide, scale, report.
+"""The autoscaler: one loop for every voice -- read load, decide, scale, report.
 
-One kopf daemon per TTSVoice (``autoscale``) ticks every ``--autoscale-interval``
-seconds. Each tick:
+One asyncio task per operator (started by a kopf startup handler, stopped by its
+cleanup handler) ticks every ``--autoscale-interval`` seconds. It is not a kopf daemon
+per voice: a daemon needs a finalizer on its voice, and a finalizer strands the voice
+(undeletable) once the operator is uninstalled or stopped. Each tick:
 
-1. reads the voice's pods from the operator's pod index (``pods.INDEX_NAME``; no list
-   call per tick) and scrapes every serving pod's ``/metrics`` concurrently with one
-   shared aiohttp session (a pod that does not answer keeps its last sample until it
-   is ``stale_after`` old, then counts as "not answered");
-2. reads the router's ``voicefleet_router_pending_requests{voice="ns/name"}`` from a
-   per-tick cache shared by all voices (one scrape of each router per tick);
-3. calls the pure :func:`scaling.decide`;
-4. on a change: before a scale-down, annotates the serving pods with
+1. asks the peering gate (``autoscaler_peering``) whether kopf's peering pauses this
+   operator; paused, it reads and writes nothing, and on resuming it forgets what it
+   remembered (another operator may have scaled meanwhile; status has the rest);
+2. takes every voice from the voice index (``autoscaler_status.index_voice``) and its
+   pods from the pod index (``pods``): no API read per tick;
+3. reads every serving pod's load and the routers' held requests once
+   (``autoscaler_load``), all voices together;
+4. calls the pure :func:`scaling.decide` per voice;
+5. on a change: before a scale-down, annotates the serving pods with
    ``controller.kubernetes.io/pod-deletion-cost`` (their work in milliseconds, so the
-   least-loaded goes first), writes replicas only through
-   :func:`voicefleet_api.scale.scale_voice` (in a thread), and posts a Normal Event with
-   the numbers;
-5. writes what it saw into ``status`` (``queueWorkSeconds``, ``queueDepth``,
-   ``lastScaleTime``, ``autoscaling.*``) when it scaled, when ``idleSince`` moved, or at
-   most every ``status_interval`` seconds otherwise.
+   least-loaded goes first), writes replicas only through the scale subresource, and
+   posts a Normal Event with the numbers;
+6. writes what it saw into ``status`` when it scaled, when ``idleSince`` moved, or at
+   most every ``status_interval`` seconds while the numbers move.
 
-A voice with ``spec.autoscaling.enabled: false`` is left alone (the daemon idles), so
-``kubectl scale ttsv`` or an HPA on the scale subresource work as without us.
+A voice with ``spec.autoscaling.enabled: false`` is left alone, so ``kubectl scale
+ttsv`` or an HPA on the scale subresource work as without us.
+
+The loop's inputs are Protocols (clock, load source, pause gate, actuator) so its tests
+run it tick by tick with a fake clock and fakes at these seams; ``KubeActuator`` is the
+real actuator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
-import kopf
-
-from voicefleet_api import metric_names
-from voicefleet_api.labels import POD_DELETION_COST_ANNOTATION, SERVER_PORT
-from voicefleet_api.scale import ScaleError, scale_voice
+from voicefleet_api.labels import POD_DELETION_COST_ANNOTATION
+from voicefleet_api.scale import ScaleError, ScaleResult, scale_voice
+from voicefleet_operator.autoscaler_load import HttpLoadSource, LoadConfig
+from voicefleet_operator.autoscaler_peering import NeverPaused, PeeringGate
+from voicefleet_operator.autoscaler_status import (
+    VoiceKey,
+    VoiceView,
+    parse_time,
+    state_from_status,
+    status_differs,
+    status_patch,
+)
 from voicefleet_operator.k8s import Kube, KubeError
 from voicefleet_operator.pods import PodInfo, PodKey, pods_of
-from voicefleet_operator.scaling import (
-    Decision,
-    Observation,
-    PodSample,
-    Policy,
-    ScalingState,
-    decide,
-)
-from voicefleet_operator.spec import SpecError, parse_voice
+from voicefleet_operator.scaling import Decision, Observation, PodSample, ScalingState, decide
+from voicefleet_operator.settings import OperatorConfig
 
 __all__ = [
+    "Actuator",
     "Autoscaler",
     "AutoscalerConfig",
-    "parse_gauges",
-    "parse_time",
-    "state_from_status",
-    "status_patch",
+    "Clock",
+    "KubeActuator",
+    "LoadSource",
+    "PauseGate",
+    "SystemClock",
+    "build_autoscaler",
 ]
 
 log = logging.getLogger(__name__)
 
-ROUTER_INDEX_NAME = "router_pods"
-"""kwarg name of the optional index of router pods (``--router-pod-selector``)."""
 MAX_DELETION_COST = 1_000_000
-STOP_CHECK_SECONDS = 1.0
-"""Longest a sleeping daemon goes without looking at its kopf stop flag."""
-GRACEFUL_EXIT_SECONDS = STOP_CHECK_SECONDS + 0.5
-"""kopf's cancellation backoff: a stopped daemon finishes its tick and leaves on its own."""
 
 
 @dataclass(frozen=True)
 class AutoscalerConfig:
-    """The loop's knobs (operator flags); ``interval`` 0 turns the autoscaler off."""
+    """The loop's knobs (operator flags)."""
 
     interval: float = 1.0
-    scrape_timeout: float = 0.8
-    stale_after: float = 5.0
     status_interval: float = 5.0
-    router_urls: tuple[str, ...] = ()
-    router_port: int = SERVER_PORT
-    pod_port: int = SERVER_PORT
 
 
-def parse_gauges(text: str, names: Iterable[str]) -> dict[str, list[tuple[str, float]]]:
-    """Samples of the named metrics in Prometheus text: ``{name: [(labels, value)]}``.
+class Clock(Protocol):
+    """Wall time (Unix seconds: status timestamps must survive restarts) and sleeping."""
 
-    A deliberately small reader: the loop scrapes hundreds of pods a second and needs
-    three gauges of each, so it scans for lines starting with those names instead of
-    building every family (prometheus-client's parser costs ~20x more per scrape).
-    ``labels`` is the raw ``{...}`` text ("" without labels).
-    """
-    wanted = tuple(names)
-    out: dict[str, list[tuple[str, float]]] = {n: [] for n in wanted}
-    for line in text.splitlines():
-        if not line.startswith(wanted):
-            continue
-        if "{" in line:
-            name, _, rest = line.partition("{")
-            labels, _, tail = rest.rpartition("}")
-        else:
-            name, _, tail = line.partition(" ")
-            labels = ""
-        if name not in out:
-            continue
-        try:
-            value = float(tail.split()[0])
-        except (IndexError, ValueError):
-            continue
-        if math.isfinite(value):
-            out[name].append((labels, value))
-    return out
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
 
 
-def _pod_sample(text: str) -> PodSample:
-    g = parse_gauges(
-        text,
-        (
-            metric_names.QUEUE_WORK_SECONDS,
-            metric_names.QUEUE_DEPTH,
-            metric_names.REQUESTS_IN_FLIGHT,
-        ),
-    )
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
 
-    def total(name: str) -> float:
-        return sum(v for _, v in g[name])
-
-    if not g[metric_names.QUEUE_WORK_SECONDS]:
-        return PodSample(None)
-    return PodSample(
-        max(0.0, total(metric_names.QUEUE_WORK_SECONDS)),
-        queue_depth=int(total(metric_names.QUEUE_DEPTH)),
-        in_flight=int(total(metric_names.REQUESTS_IN_FLIGHT)),
-    )
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
-def _router_pending(text: str) -> dict[str, int]:
-    """``{"namespace/name": held requests}`` from one router's metrics."""
-    out: dict[str, int] = {}
-    key = f'{metric_names.VOICE_LABEL_NAME}="'
-    for labels, value in parse_gauges(text, (metric_names.ROUTER_PENDING_REQUESTS,))[
-        metric_names.ROUTER_PENDING_REQUESTS
-    ]:
-        start = labels.find(key)
-        if start < 0:
-            continue
-        voice = labels[start + len(key) :].split('"', 1)[0]
-        out[voice] = out.get(voice, 0) + int(value)
-    return out
+class LoadSource(Protocol):
+    """Where load comes from (``autoscaler_load.HttpLoadSource`` in the operator)."""
+
+    async def pod_samples(self, pods: Sequence[PodInfo], now: float) -> list[PodSample]: ...
+
+    async def router_pending(self, routers: Sequence[PodInfo]) -> dict[str, int]: ...
+
+    def retain(self, uids: Iterable[str]) -> None: ...
+
+    async def close(self) -> None: ...
 
 
-def parse_time(value: object) -> float | None:
-    """Unix seconds from an RFC 3339 timestamp in status (None when absent or bad)."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+class PauseGate(Protocol):
+    """Whether the operator is paused by peering (``autoscaler_peering.PeeringGate``)."""
+
+    async def paused(self, now: float) -> str | None: ...
 
 
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+class Actuator(Protocol):
+    """The loop's writes. Blocking calls; the loop runs them in threads."""
+
+    def scale(self, namespace: str, name: str, replicas: int) -> ScaleResult: ...
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None: ...
+
+    def set_deletion_cost(self, pod: PodInfo, cost: int) -> None: ...
+
+    def event(self, voice: VoiceView, type: str, reason: str, message: str) -> None: ...
 
 
-def state_from_status(status: Mapping[str, Any]) -> ScalingState:
-    """The part of the decision's memory that survives a restart, read back from status."""
-    auto = status.get("autoscaling") or {}
-    return ScalingState(
-        last_scale_time=parse_time(status.get("lastScaleTime")),
-        idle_since=parse_time(auto.get("idleSince")),
-    )
+@dataclass(frozen=True)
+class KubeActuator:
+    """The real writes: the scale subresource, the status subresource, pods, Events."""
+
+    kube: Kube
+
+    def scale(self, namespace: str, name: str, replicas: int) -> ScaleResult:
+        return scale_voice(self.kube.api, namespace, name, replicas)
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.kube.patch_voice_status(namespace, name, patch)
+
+    def set_deletion_cost(self, pod: PodInfo, cost: int) -> None:
+        self.kube.patch_pod_annotations(
+            pod.namespace, pod.name, {POD_DELETION_COST_ANNOTATION: str(cost)}
+        )
+
+    def event(self, voice: VoiceView, type: str, reason: str, message: str) -> None:
+        self.kube.post_event(voice.reference(), type=type, reason=reason, message=message)
 
 
-def status_patch(decision: Decision, obs: Observation, scaled: bool) -> dict[str, Any]:
-    """The status fields the autoscaler owns, for one decision."""
-    state = decision.state
-    patch: dict[str, Any] = {
-        "queueWorkSeconds": round(decision.work_seconds, 3),
-        "queueDepth": decision.queue_depth,
-        "autoscaling": {
-            "desiredReplicas": decision.desired,
-            "neededReplicas": decision.need,
-            "pendingRequests": obs.pending_requests,
-            "scrapedPods": sum(1 for s in obs.ready if s.answered),
-            "readyPods": len(obs.ready),
-            "startingPods": obs.starting,
-            "observedTime": _rfc3339(obs.now),
-            "idleSince": _rfc3339(state.idle_since) if state.idle_since is not None else None,
-        },
-    }
-    if scaled:
-        patch["lastScaleTime"] = _rfc3339(obs.now)
-        patch["autoscaling"]["lastScaleReason"] = decision.reason
-        patch["autoscaling"]["lastScaleMessage"] = decision.message[:1024]
-    return patch
-
-
-def status_differs(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
-    """Whether ``patch`` (from :func:`status_patch`) says anything ``status`` does not,
-    ignoring when it was observed."""
-    for key, value in patch.items():
-        if key == "autoscaling":
-            current = status.get("autoscaling") or {}
-            if any(current.get(k) != v for k, v in value.items() if k != "observedTime"):
-                return True
-        elif status.get(key) != value:
-            return True
-    return False
-
-
-def policy_of(body: Mapping[str, Any]) -> tuple[Policy, bool, float] | None:
-    """``(policy, enabled, cold start timeout)`` from a TTSVoice body; None when invalid."""
-    try:
-        voice = parse_voice(body)
-    except SpecError:
-        return None
-    a = voice.spec.autoscaling
-    policy = Policy(
-        min_replicas=a.min_replicas,
-        max_replicas=max(a.min_replicas, a.max_replicas),
-        target_work_seconds=a.target_work_seconds_per_replica,
-        scale_down_delay=float(a.scale_down_delay_seconds),
-        scale_to_zero_idle=float(a.scale_to_zero_idle_seconds),
-    )
-    return policy, a.enabled, float(a.cold_start_timeout_seconds)
-
-
-@dataclass
-class _Sample:
-    at: float
-    sample: PodSample
+def _voices(index: Mapping[Any, Iterable[VoiceView]]) -> list[VoiceView]:
+    return sorted((v for store in index.values() for v in store), key=lambda v: v.key)
 
 
 @dataclass
 class Autoscaler:
-    """Shared by every voice's daemon: HTTP session, scrape cache, per-voice memory."""
+    """The loop and its memory across ticks (see the module docstring)."""
 
     config: AutoscalerConfig
-    kube: Kube
-    _session: aiohttp.ClientSession | None = None
-    _samples: dict[str, _Sample] = field(default_factory=dict)
-    _states: dict[PodKey, ScalingState] = field(default_factory=dict)
-    _last_status: dict[PodKey, float] = field(default_factory=dict)
-    _router: tuple[float, dict[str, int]] = (0.0, {})
-    _router_lock: asyncio.Lock | None = None
-    _closing: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.config.scrape_timeout),
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            )
-        return self._session
+    actuator: Actuator
+    load: LoadSource
+    gate: PauseGate
+    clock: Clock = field(default_factory=SystemClock)
+    _states: dict[VoiceKey, ScalingState] = field(default_factory=dict)
+    _last_status: dict[VoiceKey, float] = field(default_factory=dict)
+    _paused: str | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
 
     @property
-    def closing(self) -> bool:
-        return self._closing.is_set()
+    def paused(self) -> str | None:
+        """Why the last tick did nothing (kopf peering), or None."""
+        return self._paused
 
-    async def close(self) -> None:
-        """End every daemon's loop (even one kopf spawned after its stop) and the session."""
-        self._closing.set()
-        if self._session is not None:
-            await self._session.close()
+    def start(
+        self,
+        voices: Mapping[Any, Iterable[VoiceView]],
+        pods: Mapping[PodKey, Iterable[PodInfo]],
+        routers: Mapping[Any, Iterable[PodInfo]] | None = None,
+    ) -> None:
+        """Run :meth:`run` in the background (the startup handler must not wait for it)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(voices, pods, routers), name="autoscaler")
 
-    async def pause(self, seconds: float, is_stopped: Callable[[], bool]) -> None:
-        """Sleep ``seconds`` or until stopped or closing, in this task alone.
+    async def stop(self) -> None:
+        """End the loop after the tick in progress (its writes finish)."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.load.close()
 
-        Not ``stopped.wait(n)``: kopf runs that wait in a task of its own, and if that
-        task's timeout ends during kopf's shutdown grace, kopf re-raises its
-        TimeoutError and the operator exits 1 after a clean SIGTERM. Here the stop flag
-        is read every ``STOP_CHECK_SECONDS`` and kopf's ``GRACEFUL_EXIT_SECONDS``
-        backoff covers the gap.
-        """
-        deadline = time.monotonic() + seconds
-        while not is_stopped() and not self._closing.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
+    async def run(
+        self,
+        voices: Mapping[Any, Iterable[VoiceView]],
+        pods: Mapping[PodKey, Iterable[PodInfo]],
+        routers: Mapping[Any, Iterable[PodInfo]] | None = None,
+    ) -> None:
+        """Tick every ``interval`` until :meth:`stop`; the indexes are kopf's live views."""
+        interval = self.config.interval
+        log.info("autoscaler loop started (every %gs, one loop for all voices)", interval)
+        while not self._stopping.is_set():
+            started = self.clock.now()
             try:
-                async with asyncio.timeout(min(left, STOP_CHECK_SECONDS)):
-                    await self._closing.wait()
-            except TimeoutError:
-                pass
+                await self.tick(voices, pods, routers)
+            except Exception:  # a bad tick must not end the loop
+                log.exception("autoscaler tick failed")
+            await self._sleep(max(0.05, interval - (self.clock.now() - started)))
+        log.info("autoscaler loop stopped")
 
-    def forget(self, key: PodKey) -> None:
-        self._states.pop(key, None)
-        self._last_status.pop(key, None)
-
-    async def _get(self, url: str) -> str | None:
+    async def _sleep(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopping.wait())
         try:
-            async with self.session().get(url) as rsp:
-                if rsp.status != 200:
-                    return None
-                return await rsp.text()
-        except (aiohttp.ClientError, TimeoutError):
-            return None
-
-    async def _scrape_pod(self, pod: PodInfo, now: float) -> PodSample:
-        text = await self._get(f"http://{pod.ip}:{self.config.pod_port}/metrics")
-        sample = _pod_sample(text) if text is not None else PodSample(None)
-        if sample.answered:
-            self._samples[pod.uid] = _Sample(now, sample)
-            return sample
-        old = self._samples.get(pod.uid)
-        if old is not None and now - old.at <= self.config.stale_after:
-            return old.sample
-        self._samples.pop(pod.uid, None)
-        return sample
-
-    async def router_pending(self, now: float, router_pods: Sequence[PodInfo]) -> dict[str, int]:
-        """Held requests per voice over every router, scraped at most once per tick."""
-        if self._router_lock is None:
-            self._router_lock = asyncio.Lock()
-        async with self._router_lock:
-            at, cached = self._router
-            if now - at < self.config.interval * 0.5:
-                return cached
-            urls = list(self.config.router_urls) + [
-                f"http://{p.ip}:{self.config.router_port}/metrics" for p in router_pods if p.serving
-            ]
-            texts = await asyncio.gather(*(self._get(u) for u in urls))
-            merged: dict[str, int] = {}
-            for text in texts:
-                for voice, n in _router_pending(text or "").items():
-                    merged[voice] = merged.get(voice, 0) + n
-            self._router = (now, merged)
-            return merged
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
 
     async def tick(
         self,
-        body: Mapping[str, Any],
-        pods: Sequence[PodInfo],
-        router_pods: Sequence[PodInfo],
-        logger: logging.Logger | logging.LoggerAdapter[Any],
-    ) -> Decision | None:
-        """One observe-decide-act round for one voice; None when it does not apply."""
-        meta = body.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            return None
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-        parsed = policy_of(body)
-        if parsed is None:
-            return None
-        policy, enabled, cold_start = parsed
-        key = (namespace, name)
-        if not enabled:
-            self.forget(key)
-            return None
-        now = time.time()
-        replicas = int((body.get("spec") or {}).get("replicas") or 0)
-        live = [p for p in pods if not p.terminating]
-        serving = [p for p in live if p.serving]
-        starting = sum(
-            1 for p in live if p.starting and now - (parse_time(p.created) or now) < cold_start
-        )
-        starting += max(0, replicas - len(live))
+        voices: Mapping[Any, Iterable[VoiceView]],
+        pods: Mapping[PodKey, Iterable[PodInfo]],
+        routers: Mapping[Any, Iterable[PodInfo]] | None = None,
+    ) -> dict[VoiceKey, Decision]:
+        """One observe-decide-act round over every voice; the decisions made."""
+        now = self.clock.now()
+        reason = await self.gate.paused(now)
+        if reason is not None:
+            if self._paused is None:
+                log.info("autoscaler paused (kopf peering): %s", reason)
+                self._states.clear()
+                self._last_status.clear()
+            self._paused = reason
+            return {}
+        if self._paused is not None:
+            log.info("autoscaler resumed: no other operator of higher or equal priority")
+            self._paused = None
+
+        acting = [v for v in _voices(voices) if v.acts]
+        keys = {v.key for v in acting}
+        for key in [k for k in self._states if k not in keys]:
+            self._forget(key)
+        mine = {v.key: pods_of(pods, v.namespace, v.name) for v in acting}
+        serving = {k: [p for p in ps if p.serving] for k, ps in mine.items()}
+        flat = [p for ps in serving.values() for p in ps]
+        router_pods = [p for store in (routers or {}).values() for p in store]
         samples, pending = await asyncio.gather(
-            asyncio.gather(*(self._scrape_pod(p, now) for p in serving)),
-            self.router_pending(now, router_pods),
+            self.load.pod_samples(flat, now), self.load.router_pending(router_pods)
         )
+        self.load.retain(p.uid for p in flat)
+        by_voice: dict[VoiceKey, list[PodSample]] = {}
+        at = 0
+        for key, ps in serving.items():
+            by_voice[key] = list(samples[at : at + len(ps)])
+            at += len(ps)
+        decided = await asyncio.gather(
+            *(
+                self._voice(v, now, mine[v.key], serving[v.key], by_voice[v.key], pending)
+                for v in acting
+            )
+        )
+        return {v.key: d for v, d in zip(acting, decided, strict=True)}
+
+    def _forget(self, key: VoiceKey) -> None:
+        self._states.pop(key, None)
+        self._last_status.pop(key, None)
+
+    async def _voice(
+        self,
+        voice: VoiceView,
+        now: float,
+        pods: Sequence[PodInfo],
+        serving: Sequence[PodInfo],
+        samples: Sequence[PodSample],
+        pending: Mapping[str, int],
+    ) -> Decision:
+        assert voice.policy is not None  # VoiceView.acts
+        live = [p for p in pods if not p.terminating]
+        starting = sum(
+            1
+            for p in live
+            if p.starting and now - (parse_time(p.created) or now) < voice.cold_start
+        )
+        starting += max(0, voice.replicas - len(live))
         obs = Observation(
             now=now,
-            replicas=replicas,
+            replicas=voice.replicas,
             ready=tuple(samples),
             starting=starting,
-            pending_requests=pending.get(f"{namespace}/{name}", 0),
+            pending_requests=pending.get(f"{voice.namespace}/{voice.name}", 0),
         )
-        state = self._states.get(key)
+        state = self._states.get(voice.key)
         if state is None:
-            state = state_from_status(body.get("status") or {})
-        decision = decide(obs, state, policy)
-        logger.debug(
-            "autoscaler: %s -> %d (%s) %s",
-            replicas,
+            state = state_from_status(voice.status)
+        decision = decide(obs, state, voice.policy)
+        log.debug(
+            "[%s/%s] autoscaler: %d -> %d (%s) %s",
+            voice.namespace,
+            voice.name,
+            voice.replicas,
             decision.desired,
             decision.reason,
             decision.message,
         )
         scaled = False
-        if decision.desired != replicas:
-            scaled = await self._scale(body, namespace, name, replicas, decision, serving, samples)
+        if decision.desired != voice.replicas:
+            scaled = await self._scale(voice, decision, serving, samples)
             if not scaled:
                 decision = _unchanged(decision, state)
-        self._states[key] = decision.state
-        await self._report(body, key, decision, obs, scaled, state, logger)
+        self._states[voice.key] = decision.state
+        await self._report(voice, decision, obs, scaled, state)
         return decision
 
     async def _scale(
         self,
-        body: Mapping[str, Any],
-        namespace: str,
-        name: str,
-        replicas: int,
+        voice: VoiceView,
         decision: Decision,
         serving: Sequence[PodInfo],
         samples: Sequence[PodSample],
     ) -> bool:
-        if decision.desired < replicas:
+        if decision.desired < voice.replicas:
             await self._mark_least_loaded(serving, samples)
         try:
             result = await asyncio.to_thread(
-                scale_voice, self.kube.api, namespace, name, decision.desired
+                self.actuator.scale, voice.namespace, voice.name, decision.desired
             )
         except ScaleError as exc:
             log.warning(
-                "%s/%s: could not scale %d -> %d: %s",
-                namespace,
-                name,
-                replicas,
+                "[%s/%s] could not scale %d -> %d: %s",
+                voice.namespace,
+                voice.name,
+                voice.replicas,
                 decision.desired,
                 exc,
             )
-            kopf.event(
-                _kbody(body),
-                type="Warning",
-                reason="ScaleFailed",
-                message=f"could not scale {replicas} -> {decision.desired}: {exc}",
+            await self._event(
+                voice,
+                "Warning",
+                "ScaleFailed",
+                f"could not scale {voice.replicas} -> {decision.desired}: {exc}",
             )
             return False
         if not result.changed:
             return False
-        kopf.event(
-            _kbody(body),
-            type="Normal",
-            reason=decision.reason,
-            message=f"{result.previous} -> {result.replicas} replicas: {decision.message}",
+        log.info(
+            "[%s/%s] %s %d -> %d: %s",
+            voice.namespace,
+            voice.name,
+            decision.reason,
+            result.previous,
+            result.replicas,
+            decision.message,
+        )
+        await self._event(
+            voice,
+            "Normal",
+            decision.reason,
+            f"{result.previous} -> {result.replicas} replicas: {decision.message}",
         )
         return True
+
+    async def _event(self, voice: VoiceView, type: str, reason: str, message: str) -> None:
+        try:
+            await asyncio.to_thread(self.actuator.event, voice, type, reason, message)
+        except KubeError as exc:
+            log.warning("[%s/%s] could not post Event %s: %s", *voice.key, reason, exc)
 
     async def _mark_least_loaded(
         self, serving: Sequence[PodInfo], samples: Sequence[PodSample]
@@ -440,46 +372,35 @@ class Autoscaler:
         for pod, sample in zip(serving, samples, strict=True):
             work = sample.work_seconds if sample.answered else None
             cost = MAX_DELETION_COST if work is None else min(MAX_DELETION_COST, int(work * 1000))
-            if pod.deletion_cost == cost:
-                continue
-            calls.append(
-                asyncio.to_thread(
-                    self.kube.patch_pod_annotations,
-                    pod.namespace,
-                    pod.name,
-                    {POD_DELETION_COST_ANNOTATION: str(cost)},
-                )
-            )
+            if pod.deletion_cost != cost:
+                calls.append(asyncio.to_thread(self.actuator.set_deletion_cost, pod, cost))
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, KubeError):
                 log.warning("could not set pod-deletion-cost: %s", outcome)
 
     async def _report(
         self,
-        body: Mapping[str, Any],
-        key: PodKey,
+        voice: VoiceView,
         decision: Decision,
         obs: Observation,
         scaled: bool,
         before: ScalingState,
-        logger: logging.Logger | logging.LoggerAdapter[Any],
     ) -> None:
-        status = body.get("status") or {}
         patch = status_patch(decision, obs, scaled)
         # "moved": turned idle or busy. The status we would write is compared with the one
         # the voice has, without the observation time, so a restarted operator facing an
         # unchanged voice writes nothing; changes are written at most every status_interval.
         moved = (before.idle_since is None) != (decision.state.idle_since is None)
-        changed = status_differs(status, patch)
-        last = self._last_status.get(key)
+        changed = status_differs(voice.status, patch)
+        last = self._last_status.get(voice.key)
         due = changed and (last is None or obs.now - last >= self.config.status_interval)
         if not (scaled or (moved and changed) or due):
             return
         try:
-            await asyncio.to_thread(self.kube.patch_voice_status, key[0], key[1], patch)
-            self._last_status[key] = obs.now
+            await asyncio.to_thread(self.actuator.patch_status, voice.namespace, voice.name, patch)
+            self._last_status[voice.key] = obs.now
         except KubeError as exc:
-            logger.warning("could not write autoscaler status: %s", exc)
+            log.warning("[%s/%s] could not write autoscaler status: %s", *voice.key, exc)
 
 
 def _unchanged(decision: Decision, state: ScalingState) -> Decision:
@@ -490,44 +411,40 @@ def _unchanged(decision: Decision, state: ScalingState) -> Decision:
     )
 
 
-def _kbody(raw: Mapping[str, Any]) -> kopf.Body:
-    return kopf.Body(dict(raw))  # type: ignore[arg-type]
+def build_autoscaler(config: OperatorConfig, kube: Kube, identity: str) -> Autoscaler | None:
+    """The operator's autoscaler from its flags (None with ``--autoscale-interval 0``).
 
-
-def router_selector(selector: str) -> dict[str, str]:
-    """``k=v,k2=v2`` -> a kopf label filter (equality only, the common case)."""
-    out: dict[str, str] = {}
-    for part in selector.split(","):
-        k, sep, v = part.strip().partition("=")
-        if not sep or not k.strip():
-            raise ValueError(f"{selector!r}: expected key=value[,key=value]")
-        out[k.strip()] = v.strip().lstrip("=")
-    return out
-
-
-async def run_daemon(
-    autoscaler: Autoscaler,
-    body: kopf.Body,
-    stopped: kopf.DaemonStopped,
-    index: Mapping[PodKey, Iterable[PodInfo]],
-    router_index: Mapping[Any, Iterable[PodInfo]] | None,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-) -> None:
-    """The per-voice loop kopf runs as a daemon; ``body`` is kopf's live view."""
-    meta = body.get("metadata") or {}
-    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-    interval = autoscaler.config.interval
-    logger.info("autoscaler loop started (every %gs)", interval)
-    try:
-        while not stopped and not autoscaler.closing:
-            started = time.monotonic()
-            routers = [p for store in (router_index or {}).values() for p in store]
-            try:
-                await autoscaler.tick(body, pods_of(index, namespace, name), routers, logger)
-            except Exception:  # a bad tick must not end the voice's loop
-                logger.exception("autoscaler tick failed")
-            await autoscaler.pause(
-                max(0.05, interval - (time.monotonic() - started)), lambda: bool(stopped)
+    ``identity`` must be the one kopf heartbeats under (the CLI passes the same to
+    ``kopf.operator``), or the peering gate would take this operator for a peer.
+    """
+    interval = config.autoscale_interval
+    if interval <= 0:
+        return None
+    load = HttpLoadSource(
+        LoadConfig(
+            timeout=min(0.8 * interval, 5.0),
+            stale_after=max(5.0, 3 * interval),
+            router_urls=config.router_metrics_urls,
+            router_port=config.router_metrics_port,
+        )
+    )
+    gate: PauseGate = NeverPaused()
+    if not config.standalone:
+        named = [ns for ns in config.namespaces if "*" not in ns]
+        if config.namespaces and not named:
+            log.warning(
+                "autoscaler: namespace globs only (%s): it cannot read their peering objects "
+                "and will not pause for peers; name the namespaces or run one replica",
+                ",".join(config.namespaces),
             )
-    finally:
-        autoscaler.forget((namespace, name))
+        else:
+            gate = PeeringGate(
+                kube,
+                name=config.peering_name,
+                namespaces=named,
+                identity=identity,
+                priority=config.priority,
+            )
+    return Autoscaler(
+        AutoscalerConfig(interval=interval), actuator=KubeActuator(kube), load=load, gate=gate
+    )

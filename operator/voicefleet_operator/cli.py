@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any, cast
 
 from voicefleet_api.extras import OPERATOR_MODULES, missing_extra
 from voicefleet_operator.settings import OperatorConfig, UsageError, build_parser, parse_args
@@ -58,6 +59,7 @@ def run(config: OperatorConfig) -> None:
             clusterwide=config.clusterwide,
             namespaces=list(config.namespaces),
             liveness_endpoint=liveness,
+            identity=cast(Any, deps.identity),  # kopf's Identity: a NewType of str it keeps private
         )
     )
 

@@ -13,7 +13,8 @@ from typing import Any, cast
 
 import kopf
 
-from voicefleet_operator.autoscaler import Autoscaler, AutoscalerConfig
+from voicefleet_operator.autoscaler import Autoscaler, build_autoscaler
+from voicefleet_operator.autoscaler_peering import new_identity
 from voicefleet_operator.builders import BuildOptions
 from voicefleet_operator.cluster import EventPoster, Kube
 from voicefleet_operator.k8s import Kube as ClientKube
@@ -46,6 +47,8 @@ class Deps:
     post_event: EventPoster = post_kopf_event
     memory: VoiceMemory = field(default_factory=VoiceMemory)
     autoscaler: Autoscaler | None = None
+    identity: str = field(default_factory=new_identity)
+    """The peering identity: kopf heartbeats under it and the autoscaler's pause reads it."""
     connection: Callable[[], kopf.ConnectionInfo] | None = None
     """kopf's credentials (the login activity); None in tests that never start kopf."""
     ensure_peering: Callable[[str, str | None], bool] | None = None
@@ -54,6 +57,7 @@ class Deps:
     @classmethod
     def create(cls, *, config: OperatorConfig, kube: ClientKube, metrics: OperatorMetrics) -> Deps:
         """The operator's real dependencies around one API client."""
+        identity = new_identity()
         return cls(
             config=config,
             kube=kube,
@@ -61,20 +65,8 @@ class Deps:
             options=BuildOptions(
                 default_image=config.default_image, default_gpu_image=config.gpu_image
             ),
-            autoscaler=(
-                Autoscaler(
-                    AutoscalerConfig(
-                        interval=config.autoscale_interval,
-                        scrape_timeout=min(0.8 * config.autoscale_interval, 5.0),
-                        stale_after=max(5.0, 3 * config.autoscale_interval),
-                        router_urls=config.router_metrics_urls,
-                        router_port=config.router_metrics_port,
-                    ),
-                    kube,
-                )
-                if config.autoscale_interval > 0
-                else None
-            ),
+            identity=identity,
+            autoscaler=build_autoscaler(config, kube, identity),
             connection=lambda: connection_info(kube.api),
             ensure_peering=kube.ensure_peering,
         )

@@ -18,12 +18,8 @@ import kopf
 from voicefleet_api.crd import GROUP, PLURAL, VERSION
 from voicefleet_api.labels import MANAGED_BY, MANAGED_BY_LABEL, VOICE_LABEL
 from voicefleet_operator import handlers, indexes, pods
-from voicefleet_operator.autoscaler import (
-    GRACEFUL_EXIT_SECONDS,
-    ROUTER_INDEX_NAME,
-    router_selector,
-    run_daemon,
-)
+from voicefleet_operator.autoscaler_load import ROUTER_INDEX_NAME, router_selector
+from voicefleet_operator.autoscaler_status import VOICE_INDEX_NAME, index_voice
 from voicefleet_operator.handlers import deps_of
 from voicefleet_operator.k8s import KubeError
 from voicefleet_operator.settings import OperatorConfig
@@ -72,7 +68,7 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
 def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
     """A fresh registry with every handler of the operator; nothing global is touched.
 
-    ``config`` adds what depends on flags: the autoscaler daemon (unless
+    ``config`` adds what depends on flags: the autoscaler loop and its voice index (unless
     ``--autoscale-interval 0``) and the index of router pods (``--router-pod-selector``).
     Voices, Deployments, claims and pods are indexed so that handlers read nothing
     from the API server (see :mod:`voicefleet_operator.handlers`).
@@ -115,15 +111,11 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         handlers.pod_event
     )
     if config is None or config.autoscale_interval > 0:
-        kopf.daemon(
-            GROUP,
-            VERSION,
-            PLURAL,
-            registry=registry,
-            cancellation_backoff=GRACEFUL_EXIT_SECONDS,
-            cancellation_timeout=5.0,
-        )(autoscale)
-        kopf.on.cleanup(registry=registry)(close_autoscaler)
+        # One loop for all voices, not a daemon per voice: daemons need a finalizer on
+        # every voice, which strands voices once the operator is gone (autoscaler.py).
+        kopf.index(GROUP, VERSION, PLURAL, id=VOICE_INDEX_NAME, registry=registry)(index_voice)
+        kopf.on.startup(registry=registry)(start_autoscaler)
+        kopf.on.cleanup(registry=registry)(stop_autoscaler)
     if config is not None and config.router_pod_selector:
         kopf.index(
             "",
@@ -136,27 +128,24 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     return registry
 
 
-async def autoscale(
-    body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any, logger: kopf.Logger, **kwargs: Any
-) -> None:
-    """The voice's autoscaler loop (``autoscaler.run_daemon``); logic lives there."""
-    deps = deps_of(memo)
-    if deps.autoscaler is None:
-        return
-    await run_daemon(
-        deps.autoscaler,
-        body,
-        stopped,
-        kwargs[pods.INDEX_NAME],
-        kwargs.get(ROUTER_INDEX_NAME),
-        logger,
-    )
+async def start_autoscaler(memo: Any, **kwargs: Any) -> None:
+    """Start the autoscaler loop in the background (``autoscaler.Autoscaler``).
 
-
-async def close_autoscaler(memo: Any, **_: Any) -> None:
+    It returns at once: a voice's first reconcile never waits behind autoscaler work.
+    The indexes kopf hands to this startup handler are its live views, filled as its
+    watches list and follow voices and pods.
+    """
     deps = deps_of(memo)
     if deps.autoscaler is not None:
-        await deps.autoscaler.close()
+        deps.autoscaler.start(
+            kwargs[VOICE_INDEX_NAME], kwargs[pods.INDEX_NAME], kwargs.get(ROUTER_INDEX_NAME)
+        )
+
+
+async def stop_autoscaler(memo: Any, **_: Any) -> None:
+    deps = deps_of(memo)
+    if deps.autoscaler is not None:
+        await deps.autoscaler.stop()
 
 
 # --- activities -------------------------------------------------------------------------

@@ -1,61 +1,337 @@
-"""The loop's pure parts: reading scrapes, status round-trip, flags."""
+"""The single autoscaler loop, tick by tick, with a fake clock and fakes at its seams.
+
+The seams are the loop's own Protocols (``Clock``, ``LoadSource``, ``PauseGate``,
+``Actuator``): the fakes below are named as such and hold no logic beyond recording.
+Everything else -- the voice index entries, ``scaling.decide``, status bookkeeping --
+is the real code. ``HttpLoadSource`` is tested against real HTTP servers on loopback.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pytest
+from aiohttp import web
 
-from voicefleet_api import metric_names
-from voicefleet_operator.autoscaler import (
-    STOP_CHECK_SECONDS,
-    Autoscaler,
-    AutoscalerConfig,
-    _pod_sample,
-    _router_pending,
-    parse_gauges,
+from voicefleet_api import load, metric_names
+from voicefleet_api.scale import ScaleError, ScaleResult
+from voicefleet_operator.autoscaler import Autoscaler, AutoscalerConfig
+from voicefleet_operator.autoscaler_load import HttpLoadSource, LoadConfig, router_selector
+from voicefleet_operator.autoscaler_status import (
+    VoiceView,
+    index_voice,
     parse_time,
     state_from_status,
     status_differs,
     status_patch,
+    voice_view,
 )
+from voicefleet_operator.pods import PodInfo
 from voicefleet_operator.scaling import Observation, PodSample, Policy, ScalingState, decide
 from voicefleet_operator.settings import UsageError, parse_args
 
-POD_METRICS = f"""# HELP {metric_names.QUEUE_DEPTH} Requests accepted and waiting to run.
-# TYPE {metric_names.QUEUE_DEPTH} gauge
-{metric_names.QUEUE_DEPTH}{{voice="en_US-joe-medium"}} 3.0
-# TYPE {metric_names.REQUESTS_IN_FLIGHT} gauge
-{metric_names.REQUESTS_IN_FLIGHT} 1.0
-# TYPE {metric_names.QUEUE_WORK_SECONDS} gauge
-{metric_names.QUEUE_WORK_SECONDS} 4.25
-{metric_names.QUEUE_WORK_SECONDS}_bogus 99
-voicefleet_request_duration_seconds_bucket{{le="0.5"}} 7.0
-"""
-
-ROUTER_METRICS = f"""# TYPE {metric_names.ROUTER_PENDING_REQUESTS} gauge
-{metric_names.ROUTER_PENDING_REQUESTS}{{voice="tts/joe"}} 2.0
-{metric_names.ROUTER_PENDING_REQUESTS}{{voice="tts/ann"}} 0.0
-{metric_names.ROUTER_PENDING_REQUESTS}{{voice="other/joe"}} 5.0
-"""
+T0 = 1_764_000_000.0
 
 
-def test_a_pod_scrape_yields_work_depth_and_in_flight() -> None:
-    assert _pod_sample(POD_METRICS) == PodSample(4.25, queue_depth=3, in_flight=1)
-    assert not _pod_sample("# nothing here\n").answered
-    found = parse_gauges(POD_METRICS, (metric_names.QUEUE_DEPTH,))
-    assert found == {metric_names.QUEUE_DEPTH: [('voice="en_US-joe-medium"', 3.0)]}
+class FakeClock:
+    """Fake of the loop's ``Clock``: time moves only when the loop sleeps or a test says."""
+
+    def __init__(self) -> None:
+        self.t = T0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
 
 
-def test_router_pending_is_per_namespace_and_name() -> None:
-    assert _router_pending(ROUTER_METRICS) == {"tts/joe": 2, "tts/ann": 0, "other/joe": 5}
-    assert _router_pending("") == {}
+class FakeLoad:
+    """Fake of the loop's ``LoadSource``: work per pod uid, held requests per voice."""
+
+    def __init__(self) -> None:
+        self.work: dict[str, float] = {}
+        self.pending: dict[str, int] = {}
+        self.reads = 0
+        self.retained: set[str] = set()
+        self.closed = False
+
+    async def pod_samples(self, pods: Sequence[PodInfo], now: float) -> list[PodSample]:
+        self.reads += 1
+        return [PodSample(self.work.get(p.uid, 0.0), 0, 0) for p in pods]
+
+    async def router_pending(self, routers: Sequence[PodInfo]) -> dict[str, int]:
+        return dict(self.pending)
+
+    def retain(self, uids: Iterable[str]) -> None:
+        self.retained = set(uids)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeGate:
+    """Fake of the loop's ``PauseGate``: paused while ``reason`` is set."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.asked: list[float] = []
+        self.fifth = asyncio.Event()
+
+    async def paused(self, now: float) -> str | None:
+        self.asked.append(now)
+        if len(self.asked) >= 5:
+            self.fifth.set()
+        return self.reason
+
+
+class FakeActuator:
+    """Fake of the loop's ``Actuator``: applies scales to ``replicas`` and records writes."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[tuple[str, str], int] = {}
+        self.statuses: list[tuple[str, Mapping[str, Any]]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.costs: dict[str, int] = {}
+        self.refuse = False
+
+    def scale(self, namespace: str, name: str, replicas: int) -> ScaleResult:
+        if self.refuse:
+            raise ScaleError(409, "the object has been modified")
+        before = self.replicas.get((namespace, name), 0)
+        self.replicas[(namespace, name)] = replicas
+        return ScaleResult(before, replicas, replicas)
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.statuses.append((name, patch))
+
+    def set_deletion_cost(self, pod: PodInfo, cost: int) -> None:
+        self.costs[pod.name] = cost
+
+    def event(self, voice: VoiceView, type: str, reason: str, message: str) -> None:
+        self.events.append((voice.name, reason, message))
+
+
+def body(
+    name: str, replicas: int, autoscaling: dict[str, Any], status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "voicefleet.io/v1alpha1",
+        "kind": "TTSVoice",
+        "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "model": {"bundled": "en_US-joe-medium"},
+            "autoscaling": autoscaling,
+        },
+        "status": status or {},
+    }
+
+
+def pod(voice: str, k: int, *, ready: bool = True) -> PodInfo:
+    return PodInfo(
+        "ns",
+        f"{voice}-{k}",
+        voice,
+        f"{voice}-uid-{k}",
+        f"127.0.0.{k + 1}",
+        "Running",
+        ready,
+        None,
+        "2025-11-24T15:00:00Z",
+        None,
+    )
+
+
+class World:
+    """The indexes the loop reads (as kopf keeps them) and the fakes it talks to."""
+
+    def __init__(self) -> None:
+        self.voices: dict[tuple[str, str], list[VoiceView]] = {}
+        self.pods: dict[tuple[str, str], list[PodInfo]] = {}
+        self.clock = FakeClock()
+        self.load = FakeLoad()
+        self.gate = FakeGate()
+        self.actuator = FakeActuator()
+        self.scaler = Autoscaler(
+            AutoscalerConfig(interval=1.0, status_interval=5.0),
+            actuator=self.actuator,
+            load=self.load,
+            gate=self.gate,
+            clock=self.clock,
+        )
+
+    def put(self, raw: dict[str, Any], pods: int) -> None:
+        view = voice_view(raw)
+        self.voices[view.key] = [view]
+        self.pods[view.key] = [pod(view.name, k) for k in range(pods)]
+        self.actuator.replicas[view.key] = view.replicas
+
+    def follow_scale(self) -> None:
+        """What the API server and the reconciler would do: spec and pods follow a scale."""
+        for key, n in self.actuator.replicas.items():
+            old = self.voices[key][0]
+            raw = body(old.name, n, {"minReplicas": 0, "maxReplicas": 5})
+            raw["spec"]["autoscaling"] = {
+                "minReplicas": old.policy.min_replicas if old.policy else 0,
+                "maxReplicas": old.policy.max_replicas if old.policy else 5,
+                "targetWorkSecondsPerReplica": old.policy.target_work_seconds if old.policy else 10,
+                "scaleDownDelaySeconds": int(old.policy.scale_down_delay) if old.policy else 300,
+            }
+            self.voices[key] = [voice_view(raw)]
+            self.pods[key] = [pod(old.name, k) for k in range(n)]
+
+    async def tick(self) -> dict[Any, Any]:
+        decisions = await self.scaler.tick(self.voices, self.pods)
+        self.clock.t += 1.0
+        return decisions
+
+
+AUTO = {"minReplicas": 1, "maxReplicas": 5, "targetWorkSecondsPerReplica": 4}
+
+
+def test_one_loop_scales_every_voice_from_the_indexes_and_reports() -> None:
+    async def scenario() -> World:
+        w = World()
+        w.put(body("busy", 1, {**AUTO, "scaleDownDelaySeconds": 3}), pods=1)
+        w.put(body("quiet", 1, AUTO), pods=1)
+        w.load.work["busy-uid-0"] = 12.0
+        first = await w.tick()
+        assert first[("ns", "busy")].reason != "ScaleUp"  # one sample never scales
+        second = await w.tick()
+        assert second[("ns", "busy")].reason == "ScaleUp"
+        assert w.actuator.replicas[("ns", "busy")] >= 2  # how many: test_scaling.py
+        assert w.actuator.replicas[("ns", "quiet")] == 1
+        w.follow_scale()
+        for k in range(w.actuator.replicas[("ns", "busy")]):
+            w.load.work[f"busy-uid-{k}"] = 0.0
+        for _ in range(6):
+            await w.tick()
+        w.follow_scale()  # the removed pods are gone from the index
+        await w.tick()
+        return w
+
+    w = asyncio.run(scenario())
+    reasons = [reason for name, reason, _ in w.actuator.events if name == "busy"]
+    assert reasons == ["ScaleUp", "ScaleDown"]
+    assert w.actuator.replicas[("ns", "busy")] == 1
+    assert "work 12.0s" in w.actuator.events[0][2]
+    scaled = [p for name, p in w.actuator.statuses if name == "busy" and "lastScaleTime" in p]
+    assert [p["autoscaling"]["lastScaleReason"] for p in scaled] == ["ScaleUp", "ScaleDown"]
+    assert w.load.reads == 9  # one read of all pods per tick, not one per voice
+    assert w.load.retained == {"busy-uid-0", "quiet-uid-0"}  # gone pods are forgotten
+
+
+def test_paused_by_peering_the_loop_reads_and_writes_nothing_and_resumes_from_status() -> None:
+    async def scenario() -> World:
+        w = World()
+        w.put(body("v", 1, AUTO), pods=1)
+        w.load.work["v-uid-0"] = 12.0
+        await w.tick()  # one sample remembered: the next would scale
+        w.gate.reason = "other (priority 200 > 100)"
+        for _ in range(5):
+            assert await w.tick() == {}
+        paused_for = w.scaler.paused
+        assert paused_for == "other (priority 200 > 100)"
+        assert w.actuator.events == []
+        reads_while_paused = w.load.reads
+        assert reads_while_paused == 1
+        w.gate.reason = None
+        resumed = await w.tick()
+        # Memory was dropped on pausing: this is a first sample again, not a second one.
+        assert resumed[("ns", "v")].reason != "ScaleUp"
+        assert w.scaler.paused is None
+        assert (await w.tick())[("ns", "v")].reason == "ScaleUp"
+        return w
+
+    w = asyncio.run(scenario())
+    assert [reason for _, reason, _ in w.actuator.events] == ["ScaleUp"]
+
+
+def test_opted_out_invalid_and_deleting_voices_are_left_alone() -> None:
+    async def scenario() -> World:
+        w = World()
+        w.put(body("manual", 3, {**AUTO, "enabled": False}), pods=3)
+        invalid = body("broken", 3, AUTO)
+        invalid["spec"]["model"] = {}
+        w.put(invalid, pods=3)
+        going = body("going", 3, AUTO)
+        going["metadata"]["deletionTimestamp"] = "2025-11-24T16:00:00Z"
+        w.put(going, pods=3)
+        for _ in range(40):
+            assert await w.tick() == {}
+        return w
+
+    w = asyncio.run(scenario())
+    assert w.actuator.events == []
+    assert w.actuator.statuses == []
+
+
+def test_a_refused_scale_is_a_warning_event_and_changes_nothing() -> None:
+    async def scenario() -> World:
+        w = World()
+        w.put(body("v", 1, AUTO), pods=1)
+        w.load.work["v-uid-0"] = 12.0
+        w.actuator.refuse = True
+        await w.tick()
+        decision = (await w.tick())[("ns", "v")]
+        assert decision.state.last_scale_time is None
+        return w
+
+    w = asyncio.run(scenario())
+    assert w.actuator.events[0][1] == "ScaleFailed"
+    assert "409" in w.actuator.events[0][2]
+
+
+def test_a_scale_down_marks_the_least_loaded_pod_to_go_first() -> None:
+    async def scenario() -> World:
+        w = World()
+        w.put(body("v", 3, {**AUTO, "scaleDownDelaySeconds": 2}), pods=3)
+        w.load.work.update({"v-uid-0": 0.9, "v-uid-1": 0.1, "v-uid-2": 0.5})
+        for _ in range(4):
+            await w.tick()
+        return w
+
+    w = asyncio.run(scenario())
+    assert w.actuator.replicas[("ns", "v")] == 1
+    assert w.actuator.costs == {"v-0": 900, "v-1": 100, "v-2": 500}
+
+
+def test_run_ticks_at_the_interval_on_its_clock_and_stops_promptly() -> None:
+    async def scenario() -> World:
+        w = World()
+        w.put(body("v", 1, AUTO), pods=1)
+        w.scaler.start(w.voices, w.pods)
+        await asyncio.wait_for(w.gate.fifth.wait(), timeout=5)
+        await asyncio.wait_for(w.scaler.stop(), timeout=5)
+        return w
+
+    w = asyncio.run(scenario())
+    assert w.load.closed
+    gaps = [b - a for a, b in zip(w.gate.asked, w.gate.asked[1:], strict=False)]
+    assert gaps
+    assert all(g == pytest.approx(1.0) for g in gaps), gaps
+
+
+def test_the_voice_index_copies_what_the_loop_needs() -> None:
+    raw = body("v", 2, AUTO, status={"conditions": [{"type": "Ready"}], "queueDepth": 3})
+    entry = index_voice(raw)
+    view = entry[("ns", "v")]
+    assert view.replicas == 2
+    assert view.policy is not None
+    assert view.policy.target_work_seconds == 4
+    assert view.acts
+    assert view.status == {"queueDepth": 3}  # only the autoscaler's own fields
+    assert view.reference()["kind"] == "TTSVoice"
+    assert view.reference()["uid"] == "uid-v"
 
 
 def test_status_round_trip_keeps_last_scale_and_idle_since_across_a_restart() -> None:
     policy = Policy(min_replicas=0, scale_to_zero_idle=60)
-    obs = Observation(now=1_764_000_000.0, replicas=1, ready=(PodSample(0.0, 0, 0),))
+    obs = Observation(now=T0, replicas=1, ready=(PodSample(0.0, 0, 0),))
     decision = decide(obs, ScalingState(), policy)
     patch = status_patch(decision, obs, scaled=True)
     assert patch["queueWorkSeconds"] == 0.0
@@ -66,6 +342,19 @@ def test_status_round_trip_keeps_last_scale_and_idle_since_across_a_restart() ->
     assert restored.last_scale_time == obs.now
     assert parse_time("not a time") is None
     assert parse_time(None) is None
+
+
+def test_an_unchanged_voice_gets_no_status_write_only_the_observation_time_differs() -> None:
+    policy = Policy(min_replicas=1)
+    obs = Observation(now=T0, replicas=1, ready=(PodSample(0.0, 0, 0),))
+    decision = decide(obs, ScalingState(), policy)
+    written = status_patch(decision, obs, scaled=False)
+    later = Observation(now=obs.now + 30, replicas=1, ready=obs.ready)
+    again = decide(later, decision.state, policy)
+    assert not status_differs(written, status_patch(again, later, scaled=False))
+    busy = Observation(now=obs.now + 31, replicas=1, ready=(PodSample(2.5, 1, 1),))
+    assert status_differs(written, status_patch(decide(busy, again.state, policy), busy, False))
+    assert status_differs({}, written)
 
 
 def test_autoscaler_flags() -> None:
@@ -83,6 +372,7 @@ def test_autoscaler_flags() -> None:
     assert config.autoscale_interval == 0.5
     assert config.router_metrics_urls == ("http://router.voicefleet-system.svc:8080/metrics",)
     assert config.router_pod_selector == "app.kubernetes.io/name=voicefleet-router"
+    assert router_selector("a=b, c=d") == {"a": "b", "c": "d"}
     assert parse_args(["-A"]).autoscale_interval == 1.0
     assert parse_args(["-A", "--autoscale-interval", "0"]).autoscale_interval == 0
     with pytest.raises(UsageError, match="autoscale-interval"):
@@ -93,43 +383,104 @@ def test_autoscaler_flags() -> None:
         parse_args(["-A", "--router-pod-selector", "justakey"])
 
 
-def test_an_unchanged_voice_gets_no_status_write_only_the_observation_time_differs() -> None:
-    policy = Policy(min_replicas=1)
-    obs = Observation(now=1_764_000_000.0, replicas=1, ready=(PodSample(0.0, 0, 0),))
-    decision = decide(obs, ScalingState(), policy)
-    written = status_patch(decision, obs, scaled=False)
-    later = Observation(now=obs.now + 30, replicas=1, ready=obs.ready)
-    again = decide(later, decision.state, policy)
-    assert not status_differs(written, status_patch(again, later, scaled=False))
-    busy = Observation(now=obs.now + 31, replicas=1, ready=(PodSample(2.5, 1, 1),))
-    assert status_differs(written, status_patch(decide(busy, again.state, policy), busy, False))
-    assert status_differs({}, written)
+# --- HttpLoadSource against real HTTP servers on loopback ---------------------------------
+
+OLD_POD_METRICS = f"""# TYPE {metric_names.QUEUE_DEPTH} gauge
+{metric_names.QUEUE_DEPTH}{{voice="en_US-joe-medium"}} 3.0
+{metric_names.REQUESTS_IN_FLIGHT} 1.0
+{metric_names.QUEUE_WORK_SECONDS} 4.25
+"""
+
+ROUTER_METRICS = f"""# TYPE {metric_names.ROUTER_PENDING_REQUESTS} gauge
+{metric_names.ROUTER_PENDING_REQUESTS}{{voice="ns/v"}} 2.0
+{metric_names.ROUTER_PENDING_REQUESTS}{{voice="other/v"}} 5.0
+"""
 
 
-def test_a_pausing_daemon_wakes_on_close_and_on_its_stop_flag() -> None:
-    """The loop's sleep ends on ``close()`` at once, and on kopf's flag within a check."""
+class Pod:
+    """A real HTTP server on one loopback address: ``/load``, or only ``/metrics`` (old)."""
 
-    async def scenario() -> tuple[float, float, float]:
-        autoscaler = Autoscaler(AutoscalerConfig(), kube=None)  # type: ignore[arg-type]
-        started = time.monotonic()
-        await autoscaler.pause(0.2, lambda: False)
-        slept = time.monotonic() - started
+    def __init__(self, host: str, *, compact: bool) -> None:
+        self.host, self.compact = host, compact
+        self.silent = False
+        self.hits: list[str] = []
+        self.runner: web.AppRunner | None = None
 
-        stop_at = time.monotonic() + 0.1
-        started = time.monotonic()
-        await autoscaler.pause(30.0, lambda: time.monotonic() >= stop_at)
-        flagged = time.monotonic() - started
+    async def _load(self, _: web.Request) -> web.Response:
+        self.hits.append("/load")
+        if self.silent:
+            await asyncio.sleep(1.5)
+        if not self.compact:
+            return web.Response(status=404)
+        return web.Response(text=load.format_load(load.PodLoad(2.5, 2, 1, seq=7)))
 
-        started = time.monotonic()
-        waiter = asyncio.create_task(autoscaler.pause(30.0, lambda: False))
-        await asyncio.sleep(0.05)
-        await autoscaler.close()
-        await asyncio.wait_for(waiter, timeout=5)
-        closed = time.monotonic() - started
-        assert autoscaler.closing
-        return slept, flagged, closed
+    async def _metrics(self, _: web.Request) -> web.Response:
+        self.hits.append("/metrics")
+        if self.silent:
+            await asyncio.sleep(1.5)
+        return web.Response(text=OLD_POD_METRICS if self.host != "router" else ROUTER_METRICS)
 
-    slept, flagged, closed = asyncio.run(scenario())
-    assert 0.2 <= slept < 2.0
-    assert flagged <= STOP_CHECK_SECONDS + 1.0
-    assert closed < 2.0
+    async def start(self, port: int) -> None:
+        app = web.Application()
+        app.router.add_get(load.LOAD_PATH, self._load)
+        app.router.add_get("/metrics", self._metrics)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        address = "127.0.0.9" if self.host == "router" else self.host
+        await web.TCPSite(self.runner, address, port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_pods_are_read_from_load_old_ones_from_metrics_and_silence_is_never_idle() -> None:
+    port = free_port()
+
+    async def scenario() -> tuple[list[list[PodSample]], dict[str, int], list[Pod]]:
+        new, old, router = (
+            Pod("127.0.0.1", compact=True),
+            Pod("127.0.0.2", compact=False),
+            Pod("router", compact=False),
+        )
+        for server in (new, old, router):
+            await server.start(port)
+        source = HttpLoadSource(
+            LoadConfig(
+                timeout=0.5,
+                stale_after=2.0,
+                pod_port=port,
+                router_urls=(f"http://127.0.0.9:{port}/metrics",),
+            )
+        )
+        pods = [pod("v", 0), pod("v", 1)]  # 127.0.0.1 and 127.0.0.2
+        rounds = [await source.pod_samples(pods, T0)]
+        rounds.append(await source.pod_samples(pods, T0 + 1))
+        new.silent = True
+        rounds.append(await source.pod_samples(pods, T0 + 2))  # kept: 1 s old
+        rounds.append(await source.pod_samples(pods, T0 + 4))  # 3 s old: not answered
+        pending = await source.router_pending([])
+        await source.close()
+        for server in (new, old, router):
+            await server.stop()
+        return rounds, pending, [new, old]
+
+    rounds, pending, (new, old) = asyncio.run(scenario())
+    compact, metrics = PodSample(2.5, 2, 1), PodSample(4.25, 3, 1)
+    assert rounds[0] == [compact, metrics]
+    assert rounds[1] == [compact, metrics]
+    assert rounds[2] == [compact, metrics]
+    assert rounds[3] == [PodSample(None), metrics]
+    assert pending == {"ns/v": 2, "other/v": 5}
+    assert "/metrics" not in new.hits  # the compact endpoint only
+    assert old.hits.count("/load") == 1  # a 404 once, then /metrics only
+    assert old.hits.count("/metrics") == 4
