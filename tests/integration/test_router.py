@@ -86,7 +86,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
 
 def static(*servers: ServerProc, **extra: object) -> RouterSettings:
     entries = [f"joe={s.base_url}#en_US-joe-medium" for s in servers]
-    values: dict[str, object] = {"scrape_interval_s": 0.1, **extra}
+    values: dict[str, object] = {"poll_interval_s": 0.1, **extra}
     return RouterSettings(static_upstreams=entries, **values)  # type: ignore[arg-type]
 
 
@@ -144,11 +144,11 @@ async def test_jsq_sends_nothing_to_the_pod_busy_with_other_callers_work(pods: P
     assert blind["0"] == 2, blind
 
 
-async def test_concurrent_requests_spread_over_idle_pods_between_scrapes(pods: Pods) -> None:
-    """Twelve requests at once land before any scrape can tell: the router's own count of
+async def test_concurrent_requests_spread_over_idle_pods_between_load_reports(pods: Pods) -> None:
+    """Twelve requests at once land before any load report can tell: the router's own count of
     what it sent must spread them, four per pod."""
     async with (
-        running_router(static(*pods.sims, scrape_interval_s=5.0)) as (_, url),
+        running_router(static(*pods.sims, poll_interval_s=5.0)) as (_, url),
         httpx.AsyncClient(timeout=30) as client,
     ):
         responses = await asyncio.gather(

@@ -69,7 +69,7 @@ async def test_router_serves_an_operator_voice_by_name_through_scale_up_and_down
     key = VoiceKey(ns, "joe")
     local_cluster.apply(simulated_voice("joe", 1), namespace=ns)
     api = config.new_client_from_config(config_file=str(local_cluster.kubeconfig))
-    settings = RouterSettings(namespace=ns, scrape_interval_s=0.1)
+    settings = RouterSettings(namespace=ns, poll_interval_s=0.1)
     results: list[tuple[int, str, float]] = []
     stop = asyncio.Event()
 

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from voicefleet_api.load import PodLoad
 from voicefleet_inference.router.choice import Candidate, Hold, Reject, Route, choose, decide
 from voicefleet_inference.router.fleet import Fleet, PodInfo, UnknownVoice, VoiceInfo, VoiceKey
 from voicefleet_inference.router.settings import Policy
@@ -121,6 +122,20 @@ def test_no_ready_pod_holds_until_the_hold_queue_is_full(candidates: list[Candid
     assert decide(Policy.JSQ_WORK, candidates, held=0, max_held=0, rng=RNG) == verdict
 
 
+@pytest.mark.parametrize("policy", list(Policy))
+def test_a_silent_pod_is_never_taken_for_idle_while_a_pod_that_reports_can_serve(
+    policy: Policy,
+) -> None:
+    candidates = [Candidate("ns/a", 0.0, 0, silent=True), Candidate("ns/b", 30.0, 9)]
+    for turn in range(6):
+        chosen = choose(policy, candidates, rng=random.Random(turn), turn=turn)
+        assert chosen is not None
+        assert chosen.key == "ns/b"
+    # Every pod silent (e.g. the router just started): the choice still routes.
+    only_silent = [Candidate("ns/a", 0.0, 0, silent=True)]
+    assert decide(policy, only_silent, rng=RNG) == Route(only_silent[0])
+
+
 def test_tried_pods_that_failed_to_connect_lead_to_a_hold_not_an_error() -> None:
     candidates = [Candidate("ns/a", 0.0, 0, unreachable=True), Candidate("ns/b", 0.0, 0)]
     assert decide(Policy.JSQ_WORK, candidates, tried={"ns/b"}, rng=RNG) == Hold()
@@ -160,7 +175,7 @@ def test_load_view_counts_what_was_sent_corrects_with_scrapes_and_ages_out() -> 
 
     # The scrape (sent after `first`) already includes it, plus 2 s from someone else.
     clock.now += 0.05
-    fleet.record_scrape("ns/a", clock.now, work_s=3.5, depth=1, in_flight=1)
+    fleet.record_load("ns/a", clock.now, PodLoad(3.5, 1, 1))
     assert work(fleet)["ns/a"] == 3.5
     second = fleet.begin("ns/a", 0.5)  # sent after the scrape: added
     assert work(fleet)["ns/a"] == 4.0
@@ -180,8 +195,8 @@ def test_load_view_counts_what_was_sent_corrects_with_scrapes_and_ages_out() -> 
 def test_an_older_scrape_answering_late_never_overwrites_a_newer_one() -> None:
     clock = Clock()
     fleet = fleet_with("a", clock=clock)
-    fleet.record_scrape("ns/a", 100.2, work_s=1.0, depth=0, in_flight=1)
-    fleet.record_scrape("ns/a", 100.1, work_s=9.0, depth=5, in_flight=1)
+    fleet.record_load("ns/a", 100.2, PodLoad(1.0, 0, 1))
+    fleet.record_load("ns/a", 100.1, PodLoad(9.0, 5, 1))
     clock.now = 100.3
     assert work(fleet)["ns/a"] == 0.9  # the newer scrape, worked off for 0.1 s
 
@@ -195,7 +210,7 @@ def test_marks_expire_and_a_scrape_clears_unreachable() -> None:
     assert not fleet.candidates(VOICE)[0].full
     fleet.mark("ns/a", down_s=1.0)
     assert fleet.candidates(VOICE)[0].unreachable
-    fleet.record_scrape("ns/a", clock.now, 0.0, 0, 0)
+    fleet.record_load("ns/a", clock.now, PodLoad(0.0, 0, 0))
     assert not fleet.candidates(VOICE)[0].unreachable
 
 
@@ -238,3 +253,42 @@ def test_replace_drops_what_a_relist_no_longer_has_in_that_namespace_only() -> N
     assert sorted(fleet.pods) == ["ns/b", "other/x"]
     fleet.replace([], None, None)
     assert fleet.voices == {}
+
+
+def test_a_pod_goes_silent_without_reports_and_is_asked_before_it_does() -> None:
+    clock = Clock()
+    fleet = fleet_with("a", clock=clock)
+    assert not fleet.candidates(VOICE)[0].silent  # just discovered: its grace
+    assert fleet.to_poll(clock.now, 0.5) == [("ns/a", "http://127.0.0.9/a")]  # asked at once
+    fleet.record_load("ns/a", clock.now, PodLoad(4.0, 2, 1, seq=7))
+    assert fleet.to_poll(clock.now + 0.4, 0.5) == []  # heard from lately: no poll
+    assert fleet.to_poll(clock.now + 0.6, 0.5) == [("ns/a", "http://127.0.0.9/a")]
+    clock.now += 1.5  # nothing for longer than stale_after_s
+    candidate = fleet.candidates(VOICE)[0]
+    assert candidate.silent
+    assert candidate.work_s == 0.0  # unknown, so only our own count; the choice avoids it
+    fleet.record_load("ns/a", clock.now, PodLoad(0.5, 0, 1, seq=8))
+    assert not fleet.candidates(VOICE)[0].silent
+
+
+def test_reports_are_ordered_by_the_pods_sequence_while_they_keep_coming() -> None:
+    clock = Clock()
+    fleet = fleet_with("a", clock=clock)
+    fleet.record_load("ns/a", 100.20, PodLoad(1.0, 0, 1, seq=12))  # a header, on arrival
+    fleet.record_load("ns/a", 100.25, PodLoad(9.0, 5, 1, seq=11))  # an older one, raced back
+    clock.now = 100.3
+    assert work(fleet)["ns/a"] == 0.9
+    # A restarted pod counts from 1 again; after a silence that is longer than a restart.
+    clock.now = 105.0
+    fleet.record_load("ns/a", clock.now, PodLoad(2.0, 1, 1, seq=1))
+    assert work(fleet)["ns/a"] == 2.0
+
+
+def test_a_new_address_is_a_new_server_with_no_report() -> None:
+    clock = Clock()
+    fleet = fleet_with("a", clock=clock)
+    fleet.record_load("ns/a", clock.now, PodLoad(5.0, 3, 1, seq=40))
+    fleet.upsert_pod(PodInfo("ns", "a", VOICE, "http://127.0.0.10/a", ready=True))
+    assert work(fleet)["ns/a"] == 0.0
+    fleet.record_load("ns/a", clock.now, PodLoad(1.0, 0, 1, seq=1))
+    assert work(fleet)["ns/a"] == 1.0

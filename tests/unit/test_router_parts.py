@@ -27,7 +27,7 @@ def test_defaults_are_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     s = load_settings([])
     assert (s.port, s.policy, s.namespaces) == (8080, Policy.JSQ_WORK, ("default",))
-    assert 0.1 <= s.scrape_interval_s <= 0.25
+    assert s.poll_after_s < s.stale_after_s
     assert s.token() is None
 
 
@@ -46,8 +46,8 @@ def test_flags_win_over_env_and_lists_split_on_commas(monkeypatch: pytest.Monkey
     ("argv", "named"),
     [
         (
-            ["--scrape-interval-s", "0.01"],
-            "--scrape-interval-s / VOICEFLEET_ROUTER_SCRAPE_INTERVAL_S",
+            ["--poll-interval-s", "0.001"],
+            "--poll-interval-s / VOICEFLEET_ROUTER_POLL_INTERVAL_S",
         ),
         (["--policy", "fastest"], "--policy / VOICEFLEET_ROUTER_POLICY"),
         (["--port", "0"], "--port / VOICEFLEET_ROUTER_PORT"),
@@ -161,26 +161,35 @@ voicefleet_queue_work_seconds{voice="en_US-joe-medium"} 2.75
 """
 
 
-async def test_the_scraper_reads_a_pod_whose_gauges_carry_labels() -> None:
-    """A labelled page is a busy pod, not a failed scrape (the operator reads it so too)."""
+async def test_a_pod_without_load_endpoint_is_read_from_its_labelled_metrics_page() -> None:
+    """An older server (no ``/load``) is read from ``/metrics`` by the contract reader: a
+    labelled page is a busy pod, not a failed read (the operator reads it so too)."""
     import httpx
 
     from voicefleet_inference.router.fleet import Fleet, PodInfo, VoiceInfo
     from voicefleet_inference.router.metrics import create_metrics
-    from voicefleet_inference.router.scrape import Scraper
+    from voicefleet_inference.router.poll import LoadPoller
 
-    def fake_pod(request: httpx.Request) -> httpx.Response:  # fake at our own seam
-        return httpx.Response(200, text=LABELLED_POD_METRICS)
+    asked: list[str] = []
+
+    def fake_old_pod(request: httpx.Request) -> httpx.Response:  # fake at our own seam
+        asked.append(request.url.path)
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=LABELLED_POD_METRICS)
+        return httpx.Response(404)
 
     fleet = Fleet("ns", clock=lambda: 10.0)
     voice = VoiceKey("ns", "joe")
     fleet.upsert_voice(VoiceInfo(voice, "m", 1.0))
     fleet.upsert_pod(PodInfo("ns", "joe-1", voice, "http://127.0.0.9:8080", ready=True))
     metrics = create_metrics()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(fake_pod)) as client:
-        await Scraper(fleet, client, metrics, 0.15).scrape_once()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake_old_pod)) as client:
+        poller = LoadPoller(fleet, client, metrics, interval_s=0.1, after_s=0.5, timeout_s=0.2)
+        await poller.poll_once()
+        await poller.poll_once()
+    assert asked == ["/load", "/metrics"]
     state = fleet.pods["ns/joe-1"]
-    assert (state.scraped_work_s, state.scraped_depth, state.scraped_in_flight) == (2.75, 3, 1)
+    assert (state.reported_work_s, state.reported_depth, state.reported_in_flight) == (2.75, 3, 1)
     assert metrics.scrape_errors_total._value.get() == 0
 
 

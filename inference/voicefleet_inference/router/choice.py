@@ -3,7 +3,7 @@
 Why work-seconds and not request counts: a paragraph costs twenty one-word requests, so a
 pod with two queued paragraphs is far busier than one with three queued greetings. Each
 candidate carries the router's estimate of the engine-seconds queued and running there
-(scraped from the pod, plus what this router sent since; see :mod:`.fleet`). The policy
+(reported by the pod, plus what this router sent since; see :mod:`.fleet`). The policy
 joins the shortest queue of that work (JSQ); with many pods it compares two at random
 (power of two choices: nearly as good, O(1), and two routers with the same stale view do
 not all pile onto the same "best" pod).
@@ -15,6 +15,9 @@ router; nothing else should use them.
 
 * a pod that is draining, unreachable, full (answered 429 a moment ago) or already tried
   for this request gets nothing;
+* a *silent* pod (no load report within the staleness bound: its load is unknown) gets a
+  request only when every eligible pod is silent, so a pod that stopped answering is never
+  taken for an idle one;
 * some pod eligible → :class:`Route` to the chosen one;
 * none eligible, but ready pods exist and at least one is full → :class:`Reject` 429: the
   voice is saturated, holding would only hide it;
@@ -42,11 +45,13 @@ class Candidate:
     work_s: float
     """Estimated engine-seconds queued and running there."""
     in_flight: int
-    """Requests this router has open there (least-request counts these plus scraped)."""
+    """Requests this router has open there (least-request counts these plus reported)."""
     ready: bool = True
     draining: bool = False
     full: bool = False
     unreachable: bool = False
+    silent: bool = False
+    """No load report within the staleness bound: its ``work_s`` is only our own count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,9 @@ def choose(
     pods = [c for c in candidates if _eligible(c)]
     if not pods:
         return None
+    heard = [c for c in pods if not c.silent]
+    if heard:
+        pods = heard
     if policy is Policy.RANDOM:
         return rng.choice(pods)
     if policy is Policy.ROUND_ROBIN:

@@ -6,14 +6,21 @@ update.
 
 Load view of a pod (what :func:`PodState.work_s` returns), in engine-seconds:
 
-    max(0, scraped work - time since that scrape)
-  + cost of this router's requests sent after that scrape that are still open
+    max(0, reported work - time since that report)
+  + cost of this router's requests sent after that report that are still open
 
-The scrape (the pod's own ``voicefleet_queue_work_seconds``, in its own calibrated
-seconds) accounts for other routers and direct callers. Since then the pod has worked
-through its queue at one engine-second per second, and this router has sent more, so the
-view stays fresh between scrapes. A scrape older than ``stale_after_s`` is ignored and the
-view falls back to this router's own open requests.
+A report is the pod's own load (:mod:`voicefleet_api.load`): the ``x-voicefleet-load``
+header on every answer it sends this router, or a poll of its ``/load`` when it has sent
+none for a while (:mod:`.poll`). It is in the pod's own calibrated seconds and accounts for
+other routers and direct callers. Since then the pod has worked through its queue at one
+engine-second per second, and this router has sent more, so the view stays fresh between
+reports. Reports are ordered by the pod's ``seq`` (two answers can race back), else by
+when they were taken.
+
+A pod with no report within ``stale_after_s`` is **silent**: its load is unknown, so it is
+never taken for idle. Its view falls back to this router's own open requests, and the
+choice prefers every pod that is not silent (:mod:`.choice`). A pod just discovered is
+given ``stale_after_s`` to be heard from (the poller asks it at once).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from voicefleet_api.load import PodLoad
 from voicefleet_inference.router.choice import Candidate
 
 __all__ = [
@@ -107,28 +115,39 @@ class Flight:
 @dataclass(eq=False)
 class PodState:
     info: PodInfo
+    known_since: float = 0.0
+    """When this router first saw the pod at its address (the grace before it is silent)."""
     open: set[Flight] = field(default_factory=set)
-    scraped_work_s: float | None = None
-    scraped_in_flight: int = 0
-    scraped_depth: int = 0
-    scraped_at: float = -1e9
+    reported_work_s: float | None = None
+    reported_in_flight: int = 0
+    reported_depth: int = 0
+    reported_at: float = -1e9
+    reported_seq: int = 0
     full_until: float = -1e9
     draining_until: float = -1e9
     unreachable_until: float = -1e9
 
+    def fresh(self, now: float, stale_after_s: float) -> bool:
+        """The pod's last report is recent enough to trust."""
+        return self.reported_work_s is not None and now - self.reported_at <= stale_after_s
+
+    def silent(self, now: float, stale_after_s: float) -> bool:
+        """Nothing heard from the pod within ``stale_after_s`` (after its grace)."""
+        return not self.fresh(now, stale_after_s) and now - self.known_since > stale_after_s
+
     def work_s(self, now: float, stale_after_s: float) -> float:
         """Estimated engine-seconds queued and running at the pod (module docstring)."""
-        if self.scraped_work_s is None or now - self.scraped_at > stale_after_s:
+        if self.reported_work_s is None or not self.fresh(now, stale_after_s):
             return sum(f.cost_s for f in self.open)
-        since = sum(f.cost_s for f in self.open if f.sent_at >= self.scraped_at)
-        return max(0.0, self.scraped_work_s - (now - self.scraped_at)) + since
+        since = sum(f.cost_s for f in self.open if f.sent_at >= self.reported_at)
+        return max(0.0, self.reported_work_s - (now - self.reported_at)) + since
 
     def requests(self, now: float, stale_after_s: float) -> int:
-        """Requests at the pod: scraped queue + running, plus this router's since then."""
-        if self.scraped_work_s is None or now - self.scraped_at > stale_after_s:
+        """Requests at the pod: reported queue + running, plus this router's since then."""
+        if not self.fresh(now, stale_after_s):
             return len(self.open)
-        since = sum(1 for f in self.open if f.sent_at >= self.scraped_at)
-        return self.scraped_depth + self.scraped_in_flight + since
+        since = sum(1 for f in self.open if f.sent_at >= self.reported_at)
+        return self.reported_depth + self.reported_in_flight + since
 
     def candidate(self, now: float, stale_after_s: float) -> Candidate:
         return Candidate(
@@ -139,6 +158,7 @@ class PodState:
             draining=self.info.deleting or now < self.draining_until,
             full=now < self.full_until,
             unreachable=now < self.unreachable_until,
+            silent=self.silent(now, stale_after_s),
         )
 
 
@@ -179,10 +199,12 @@ class Fleet:
     def upsert_pod(self, info: PodInfo) -> None:
         state = self.pods.get(info.key)
         if state is None:
-            self.pods[info.key] = PodState(info)
+            self.pods[info.key] = PodState(info, known_since=self.clock())
         else:
             if state.info.base_url != info.base_url:  # a new IP is a new server
-                state.scraped_work_s = None
+                state.reported_work_s = None
+                state.reported_seq = 0
+                state.known_since = self.clock()
             state.info = info
         self._wake(info.voice)
 
@@ -234,20 +256,39 @@ class Fleet:
         state.open.discard(flight)
         self._wake(state.info.voice)
 
-    def record_scrape(
-        self, pod_key: str, sent_at: float, work_s: float, depth: int, in_flight: int
-    ) -> None:
-        """A scrape that was sent at ``sent_at`` answered these gauges."""
+    def record_load(self, pod_key: str, at: float, load: PodLoad) -> None:
+        """The pod reported ``load``, taken at ``at`` (a poll: when it was sent; a header:
+        when it arrived). An older report arriving after a newer one is dropped: by the
+        pod's ``seq`` while reports keep coming (a restarted pod counts from 1 again, and
+        a restart is longer than ``stale_after_s``), else by ``at``."""
         state = self.pods.get(pod_key)
-        if state is None or sent_at < state.scraped_at:
+        if state is None:
             return
-        state.scraped_work_s = work_s
-        state.scraped_depth = depth
-        state.scraped_in_flight = in_flight
-        state.scraped_at = sent_at
-        if state.unreachable_until > sent_at:
-            state.unreachable_until = sent_at  # it answered: reachable again
+        recent = at - state.reported_at <= self.stale_after_s
+        if load.seq and state.reported_seq and recent:
+            if load.seq <= state.reported_seq:
+                return
+        elif at < state.reported_at:
+            return
+        state.reported_work_s = load.work_s
+        state.reported_depth = load.depth
+        state.reported_in_flight = load.in_flight
+        state.reported_at = at
+        state.reported_seq = load.seq
+        if state.unreachable_until > at:
+            state.unreachable_until = at  # it answered: reachable again
             self._wake(state.info.voice)
+
+    def to_poll(self, now: float, after_s: float) -> list[tuple[str, str]]:
+        """``(key, base_url)`` of serving pods not heard from within ``after_s``."""
+        return [
+            (key, state.info.base_url)
+            for key, state in self.pods.items()
+            if state.info.base_url
+            and state.info.ready
+            and not state.info.deleting
+            and now - state.reported_at > after_s
+        ]
 
     def mark(
         self, pod_key: str, *, full_s: float = 0, draining_s: float = 0, down_s: float = 0

@@ -42,6 +42,7 @@ class RouterMetrics:
     held_requests_total: Counter
     hold_seconds: Histogram
     scrape_errors_total: Counter
+    load_reports_total: Counter
     ready_pods: Gauge
 
     def forget_pod(self, voice: str, pod: str) -> None:
@@ -103,7 +104,13 @@ def create_metrics() -> RouterMetrics:
         ),
         scrape_errors_total=Counter(
             names.ROUTER_SCRAPE_ERRORS,
-            "Pod /metrics scrapes that failed (the pod's scraped view then ages out).",
+            "Polls of a pod's load that failed (its view ages out; then it is silent).",
+            registry=registry,
+        ),
+        load_reports_total=Counter(
+            names.ROUTER_LOAD_REPORTS,
+            "Pod load reports taken in, by source: header (on an answer) or poll.",
+            ["source"],
             registry=registry,
         ),
         ready_pods=Gauge(

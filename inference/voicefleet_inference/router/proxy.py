@@ -35,6 +35,7 @@ import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from voicefleet_api import load
 from voicefleet_inference.router.choice import Hold, Reject, Route, decide
 from voicefleet_inference.router.errors import (
     AllPodsFull,
@@ -66,9 +67,9 @@ _HOP_BY_HOP: Final = frozenset(
         "upgrade",
         "date",
         "server",
+        load.LOAD_HEADER,  # the pod's load is for routers, not for clients
     )
 )
-_FORWARDED_REQUEST_HEADERS: Final = ("content-type", "accept", "x-request-id")
 _HOLD_POLL_S: Final = 0.25
 """Held requests look again at least this often (marks on pods expire without events)."""
 _FULL_MARK_MAX_S: Final = 1.0
@@ -217,6 +218,7 @@ class Proxy:
         self.rng = rng or random.Random()
         self._turn = 0
         self._held: dict[str, int] = {}
+        self._header_reports = metrics.load_reports_total.labels("header")
 
     def held(self, voice: str) -> int:
         return self._held.get(voice, 0)
@@ -377,6 +379,7 @@ class Proxy:
             self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)
             log.info("pod %s failed before answering (%r); trying another", pod_key, exc)
             return self._count(label, pod_name, _Failed("error"))
+        self._take_load(pod_key, response)
         if response.status_code in (429, 503):
             retry_after = _retry_after(response.headers.get("retry-after"))
             with contextlib.suppress(httpx.HTTPError):
@@ -390,6 +393,14 @@ class Proxy:
             return self._count(label, pod_name, _Failed("draining", retry_after))
         self.metrics.upstream_requests_total.labels(label, pod_name, "ok").inc()
         return self._relay(label, pod_key, response, flight, disconnect, arrived)
+
+    def _take_load(self, pod_key: str, response: httpx.Response) -> None:
+        """The pod's load from its answer's header: the signal that needs no poll."""
+        value = response.headers.get(load.LOAD_HEADER)
+        report = load.parse_load(value) if value else None
+        if report is not None:
+            self._header_reports.inc()
+            self.fleet.record_load(pod_key, self.fleet.clock(), report)
 
     def _count(self, label: str, pod: str, failed: _Failed) -> _Failed:
         self.metrics.upstream_requests_total.labels(label, pod, failed.outcome).inc()

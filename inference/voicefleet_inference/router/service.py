@@ -3,7 +3,7 @@
 Usable from Python (tests, benchmarks) as well as from ``voicefleet-router``::
 
     service = build_router(settings)        # nothing started, no thread, no socket
-    await service.start(api_client)         # discovery (watch or static) and the scraper
+    await service.start(api_client)         # discovery (watch or static) and the load poller
     ...                                     # serve service.app with any ASGI server
     await service.stop()
 """
@@ -25,8 +25,8 @@ from voicefleet_inference.router.app import create_app
 from voicefleet_inference.router.discovery import KubeDiscovery, parse_static
 from voicefleet_inference.router.fleet import Fleet
 from voicefleet_inference.router.metrics import RouterMetrics, create_metrics
+from voicefleet_inference.router.poll import LoadPoller
 from voicefleet_inference.router.proxy import Proxy
-from voicefleet_inference.router.scrape import Scraper
 from voicefleet_inference.router.settings import RouterSettings
 
 __all__ = ["RouterService", "build_router", "kube_api_client", "serve"]
@@ -41,13 +41,17 @@ class RouterService:
     metrics: RouterMetrics
     client: httpx.AsyncClient
     proxy: Proxy
-    scraper: Scraper
+    poller: LoadPoller
     app: FastAPI
     discovery: KubeDiscovery | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, api_client: Any | None = None) -> None:
-        """Static upstreams, or a watch through ``api_client``; then the scraper."""
+        """Static upstreams, or a watch through ``api_client``; then the load poller.
+
+        Static pods are polled once before this returns, so the first requests are routed
+        on the pods' own load rather than on nothing.
+        """
         if self.settings.static_upstreams:
             for entry in parse_static(
                 self.settings.static_upstreams,
@@ -57,6 +61,7 @@ class RouterService:
                 self.fleet.upsert_voice(entry.voice)
                 self.fleet.upsert_pod(entry.pod)
             self.fleet.synced = True
+            await self.poller.poll_once()
         else:
             if api_client is None:
                 raise ValueError("a Kubernetes API client is needed without static upstreams")
@@ -64,7 +69,7 @@ class RouterService:
                 api_client, self.fleet, asyncio.get_running_loop(), self.settings.namespaces
             )
             self.discovery.start()
-        self._tasks.append(asyncio.create_task(self.scraper.run(), name="scraper"))
+        self._tasks.append(asyncio.create_task(self.poller.run(), name="load-poller"))
 
     async def stop(self) -> None:
         if self.discovery is not None:
@@ -103,9 +108,16 @@ def build_router(
         sample_above=settings.sample_above,
         rng=rng,
     )
-    scraper = Scraper(fleet, client, metrics, settings.scrape_interval_s)
+    poller = LoadPoller(
+        fleet,
+        client,
+        metrics,
+        interval_s=settings.poll_interval_s,
+        after_s=settings.poll_after_s,
+        timeout_s=max(0.05, min(settings.stale_after_s, 2 * settings.poll_interval_s)),
+    )
     fleet.on_pod_gone(lambda pod: metrics.forget_pod(str(pod.voice), pod.name))
-    service = RouterService(settings, fleet, metrics, client, proxy, scraper, FastAPI())
+    service = RouterService(settings, fleet, metrics, client, proxy, poller, FastAPI())
 
     def discovery_error() -> str | None:
         return service.discovery.last_error if service.discovery else None

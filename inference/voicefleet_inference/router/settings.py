@@ -87,10 +87,14 @@ class RouterSettings(BaseSettings):
     watch is started."""
     policy: Policy = Policy.JSQ_WORK
     """Pod choice: ``jsq-work`` (join the shortest queue of estimated work-seconds)."""
-    scrape_interval_s: float = Field(default=0.15, ge=0.05, le=5.0)
-    """How often each ready pod's ``/metrics`` is read (100-250 ms keeps the view fresh)."""
+    poll_interval_s: float = Field(default=0.1, ge=0.02, le=5.0)
+    """How often the router looks for pods it has not heard from (their load is polled)."""
+    poll_after_s: float = Field(default=0.5, gt=0.0, le=60.0)
+    """A pod whose last load report (a response header or a poll) is older than this is
+    asked for its ``/load``; pods that answer requests often are never polled."""
     stale_after_s: float = Field(default=1.0, gt=0.0, le=60.0)
-    """A scrape older than this is ignored: the view falls back to this router's own count."""
+    """A load report older than this is ignored: the pod is silent, its load unknown, and
+    other pods are preferred to it."""
     sample_above: int = Field(default=8, ge=2, le=10_000)
     """With more eligible pods than this, compare two at random (power of two choices)."""
     max_attempts: int = Field(default=3, ge=1, le=10)
@@ -127,6 +131,10 @@ class RouterSettings(BaseSettings):
     def _one_token_source(self) -> RouterSettings:
         if self.auth_token is not None and self.auth_token_file is not None:
             raise ValueError("set auth_token or auth_token_file, not both")
+        if self.poll_after_s >= self.stale_after_s:
+            raise ValueError(
+                "poll_after_s must be below stale_after_s (a pod is asked before it goes silent)"
+            )
         return self
 
     @property
@@ -160,7 +168,8 @@ class RouterSettings(BaseSettings):
         )
         return (
             f"namespace={self.namespace} watching={where} policy={self.policy.value} "
-            f"scrape={self.scrape_interval_s * 1000:g}ms stale={self.stale_after_s:g}s "
+            f"poll={self.poll_interval_s * 1000:g}ms after {self.poll_after_s:g}s "
+            f"stale={self.stale_after_s:g}s "
             f"attempts={self.max_attempts} held/voice={self.max_held_per_voice} "
             f"auth={'on' if self.auth_token or self.auth_token_file else 'off'}"
         )

@@ -5,6 +5,11 @@ Routes only decode and delegate (see :mod:`.dataplane`); every handler here is
 ``/metrics`` answer in milliseconds however busy the engine threads are. There are no
 control endpoints: no remote exit, restart or model switching.
 
+Every response carries the pod's load (``x-voicefleet-load``, :mod:`voicefleet_api.load`),
+streamed ones at their start, and ``GET /load`` answers the same line: the router learns a
+pod's load from the answers it gets anyway and polls only pods it has not heard from,
+instead of reading every pod's Prometheus page several times a second.
+
 ``/openapi.json`` (rendered at ``/docs``) describes both synthesis routes as they really
 decode (:mod:`.openapi`); ``HEAD`` is served wherever ``GET`` is, and a 405 lists every
 method the path takes (:mod:`.guard`, ``errors.allowed_methods``).
@@ -12,6 +17,7 @@ method the path takes (:mod:`.guard`, ``errors.allowed_methods``).
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Final
 
@@ -20,6 +26,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from voicefleet_api import load
 from voicefleet_inference.metrics import CONTENT_TYPE, Metrics, render
 from voicefleet_inference.scheduler import Scheduler
 from voicefleet_inference.server import gptsovits_routes, openai_routes
@@ -28,9 +35,56 @@ from voicefleet_inference.server.guard import ErrorGuard, HeadAsGet
 from voicefleet_inference.server.openapi import build_openapi
 from voicefleet_inference.settings import Settings
 
-__all__ = ["SYNTHESIS_PATHS", "RequestMetricsMiddleware", "create_app"]
+__all__ = ["SYNTHESIS_PATHS", "LoadHeader", "LoadReport", "RequestMetricsMiddleware", "create_app"]
 
 SYNTHESIS_PATHS: Final = frozenset(("/v1/audio/speech", "/tts"))
+
+
+class LoadReport:
+    """The pod's load now, in the compact form, numbered so readers can order reports.
+
+    Called on the event-loop thread only (the middleware and ``/load``), so the counter
+    needs no lock.
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._seq = itertools.count(1)
+
+    def __call__(self) -> str:
+        s = self._scheduler
+        return load.format_load(
+            load.PodLoad(s.work_seconds(), s.queue_depth(), s.in_flight(), next(self._seq))
+        )
+
+
+class LoadHeader:
+    """Adds ``x-voicefleet-load`` to every HTTP response, as its headers are sent.
+
+    The load is read when the status line goes out: for a stream that is its start (the
+    request itself is running and counted), for a whole answer its end.
+    """
+
+    def __init__(self, app: ASGIApp, report: LoadReport) -> None:
+        self.app = app
+        self.report = report
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == load.LOAD_PATH:  # its body says it
+            await self.app(scope, receive, send)
+            return
+
+        async def with_load(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.append((_LOAD_HEADER, self.report().encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_load)
+
+
+_LOAD_HEADER: Final = load.LOAD_HEADER.encode("ascii")
 
 
 class RequestMetricsMiddleware:
@@ -80,6 +134,7 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
         openapi_url=None,
     )
     install_error_handlers(app)
+    report = LoadReport(scheduler)
     app.include_router(openai_routes.create_router(settings, scheduler))
     app.include_router(gptsovits_routes.create_router(settings, scheduler))
 
@@ -111,6 +166,13 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
     async def metrics_endpoint() -> Response:
         return Response(render(metrics), media_type=CONTENT_TYPE)
 
+    @app.get(load.LOAD_PATH)
+    async def load_endpoint() -> Response:
+        """The pod's load in a few dozen bytes (the header carries it too)."""
+        return Response(
+            report(), media_type="text/plain; charset=utf-8", headers={"cache-control": "no-store"}
+        )
+
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
         """The schema of what this pod accepts (model and voices once the model loaded)."""
@@ -124,4 +186,5 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
     app.add_middleware(ErrorGuard)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(LoadHeader, report=report)
     return app
