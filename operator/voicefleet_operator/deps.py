@@ -63,7 +63,9 @@ class Deps:
             kube=kube,
             metrics=metrics,
             options=BuildOptions(
-                default_image=config.default_image, default_gpu_image=config.gpu_image
+                default_image=config.default_image,
+                default_gpu_image=config.gpu_image,
+                model_cache_dir=config.model_cache_dir,
             ),
             identity=identity,
             autoscaler=build_autoscaler(config, kube, identity),

@@ -236,13 +236,14 @@ class SimulatedEngine:
         tokens = list(_TOKEN.finditer(sentence))
         for offset, token in enumerate(tokens):
             word = display_word(token.group())
-            if word:
+            if word:  # the word's own letters; punctuation around it is pause
+                at = token.start() + token.group().index(word)
                 timings.append(
                     WordTiming(
                         index=first_index + offset,
                         word=word,
-                        start=round(token.start() * per_char, 4),
-                        end=round(token.end() * per_char, 4),
+                        start=round(at * per_char, 4),
+                        end=round((at + len(word)) * per_char, 4),
                     )
                 )
         return tuple(timings), first_index + len(tokens)

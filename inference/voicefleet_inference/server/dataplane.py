@@ -27,12 +27,12 @@ from typing import Final, Literal, TypeVar
 
 import anyio.to_thread
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from voicefleet_inference import audio
-from voicefleet_inference.engines.base import Samples, SynthesisRequest
+from voicefleet_inference.engines.base import AudioChunk, Samples, SynthesisRequest, WordTiming
 from voicefleet_inference.errors import (
     ClientDisconnected,
     InvalidRequest,
@@ -47,6 +47,7 @@ from voicefleet_inference.server.validation import decode_json_object
 __all__ = [
     "SpeechJob",
     "StreamMode",
+    "absolute_words",
     "invalid_from_validation",
     "parse_json_object",
     "read_body",
@@ -71,6 +72,9 @@ class SpeechJob:
     fmt: str
     """An :mod:`voicefleet_inference.audio` format name (wav, pcm, flac, mp3, opus)."""
     stream: StreamMode = "none"
+    timestamps: bool = False
+    """Word timestamps asked for: a JSON body (whole file) or ``speech.audio.timestamps``
+    events (SSE); ``request.word_timestamps`` is set to match."""
 
 
 def require_info(scheduler: Scheduler) -> EngineInfo:
@@ -128,8 +132,23 @@ async def _unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
             work.cancel()
 
 
-async def _collect(handle: RequestHandle) -> list[Samples]:
-    return [chunk async for chunk in handle.chunks()]
+def absolute_words(
+    words: tuple[WordTiming, ...], offset_samples: int, sample_rate: int
+) -> list[dict[str, object]]:
+    """A chunk's word timings as the API shows them: seconds from the start of the audio.
+
+    Engines time words from the start of their chunk; the chunks before it (sentences,
+    their pauses, streaming windows) are ``offset_samples`` long.
+    """
+    offset = offset_samples / sample_rate
+    return [
+        {"word": w.word, "start": round(offset + w.start, 3), "end": round(offset + w.end, 3)}
+        for w in words
+    ]
+
+
+async def _collect(handle: RequestHandle) -> list[AudioChunk]:
+    return [piece async for piece in handle.pieces()]
 
 
 async def _encode_chunk(encoder: audio.StreamEncoder, samples: Samples) -> bytes:
@@ -144,18 +163,22 @@ async def _finish(encoder: audio.StreamEncoder) -> bytes:
     return await anyio.to_thread.run_sync(encoder.finish)
 
 
-async def _audio_stream(
-    handle: RequestHandle, encoder: audio.StreamEncoder, first: Samples
-) -> AsyncIterator[bytes]:
+async def _encoded(
+    handle: RequestHandle, encoder: audio.StreamEncoder, first: AudioChunk, sample_rate: int
+) -> AsyncIterator[tuple[bytes, list[dict[str, object]]]]:
+    """Each chunk encoded (possibly to nothing yet) with its words in absolute seconds."""
+    offset = 0
     try:
-        yield encoder.start() + await _encode_chunk(encoder, first)
-        async for chunk in handle.chunks():
-            data = await _encode_chunk(encoder, chunk)
-            if data:
-                yield data
+        data = encoder.start() + await _encode_chunk(encoder, first.samples)
+        yield data, absolute_words(first.words, offset, sample_rate)
+        offset += len(first.samples)
+        async for piece in handle.pieces():
+            data = await _encode_chunk(encoder, piece.samples)
+            yield data, absolute_words(piece.words, offset, sample_rate)
+            offset += len(piece.samples)
         tail = await _finish(encoder)
         if tail:
-            yield tail
+            yield tail, []
     except ServiceError as exc:
         log.warning("stream aborted after it started: %s", exc)
         raise
@@ -163,23 +186,54 @@ async def _audio_stream(
         handle.cancel()  # no-op when finished; stops synthesis when the client left
 
 
+async def _audio_stream(
+    handle: RequestHandle, encoder: audio.StreamEncoder, first: AudioChunk, sample_rate: int
+) -> AsyncIterator[bytes]:
+    started = False
+    async for data, _words in _encoded(handle, encoder, first, sample_rate):
+        if data or not started:
+            started = True
+            yield data
+
+
 def _sse_event(payload: dict[str, object]) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 async def _sse_stream(
-    handle: RequestHandle, encoder: audio.StreamEncoder, first: Samples
+    handle: RequestHandle, encoder: audio.StreamEncoder, first: AudioChunk, sample_rate: int
 ) -> AsyncIterator[bytes]:
-    """OpenAI's ``stream_format=sse``: ``speech.audio.delta`` events, then ``done``."""
+    """OpenAI's ``stream_format=sse``: ``speech.audio.delta`` events, then ``done``.
 
-    def delta(data: bytes) -> bytes:
-        return _sse_event(
-            {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")}
-        )
-
-    async for data in _audio_stream(handle, encoder, first):
-        yield delta(data)
+    With word timestamps, a ``speech.audio.timestamps`` event follows the delta of each
+    chunk that starts words (seconds from the start of the whole audio).
+    """
+    started = False
+    async for data, words in _encoded(handle, encoder, first, sample_rate):
+        if data or not started:
+            started = True
+            yield _sse_event(
+                {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")}
+            )
+        if words:
+            yield _sse_event({"type": "speech.audio.timestamps", "words": words})
     yield _sse_event({"type": "speech.audio.done"})
+
+
+def _whole_with_words(pieces: list[AudioChunk], sample_rate: int, fmt: str) -> dict[str, object]:
+    """The ``timestamps: "word"`` whole-file body: base64 audio, its format, its words."""
+    words: list[dict[str, object]] = []
+    offset = 0
+    for piece in pieces:
+        words.extend(absolute_words(piece.words, offset, sample_rate))
+        offset += len(piece.samples)
+    body = audio.encode([p.samples for p in pieces], sample_rate, fmt)
+    return {
+        "audio": base64.b64encode(body).decode("ascii"),
+        "format": fmt,
+        "duration": round(offset / sample_rate, 3),
+        "words": words,
+    }
 
 
 async def synthesize(request: Request, scheduler: Scheduler, job: SpeechJob) -> Response:
@@ -188,10 +242,16 @@ async def synthesize(request: Request, scheduler: Scheduler, job: SpeechJob) -> 
     handle = scheduler.submit(job.request)
     try:
         if job.stream == "none":
-            chunks = await _unless_disconnected(request, _collect(handle))
+            pieces = await _unless_disconnected(request, _collect(handle))
+            if job.timestamps:
+                payload = await anyio.to_thread.run_sync(
+                    _whole_with_words, pieces, sample_rate, job.fmt
+                )
+                return JSONResponse(payload)
+            chunks = [p.samples for p in pieces]
             body = await anyio.to_thread.run_sync(audio.encode, chunks, sample_rate, job.fmt)
             return Response(body, media_type=audio.content_type(job.fmt))
-        first = await _unless_disconnected(request, handle.next_chunk())
+        first = await _unless_disconnected(request, handle.next_piece())
     except BaseException:
         handle.cancel()
         raise
@@ -201,10 +261,14 @@ async def synthesize(request: Request, scheduler: Scheduler, job: SpeechJob) -> 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if job.stream == "sse":
         return StreamingResponse(
-            _sse_stream(handle, encoder, first), media_type="text/event-stream", headers=headers
+            _sse_stream(handle, encoder, first, sample_rate),
+            media_type="text/event-stream",
+            headers=headers,
         )
     return StreamingResponse(
-        _audio_stream(handle, encoder, first), media_type=encoder.content_type, headers=headers
+        _audio_stream(handle, encoder, first, sample_rate),
+        media_type=encoder.content_type,
+        headers=headers,
     )
 
 

@@ -8,6 +8,12 @@ Deviations from OpenAI, on purpose: without ``stream_format`` the answer is one 
 with ``Content-Length`` (a real WAV header, a complete MP3/FLAC), and ``stream_format:
 "audio"`` streams sentence by sentence; OpenAI chunks either way. ``instructions`` (for
 ``gpt-4o-mini-tts``) is refused, since Piper voices cannot follow them.
+
+Extension: ``"timestamps": "word"`` asks for when each input word is spoken. A whole
+file then comes as JSON (``{"audio": base64, "format", "duration", "words": [{"word",
+"start", "end"}]}``) and an SSE stream adds ``speech.audio.timestamps`` events; a raw
+audio stream has nowhere to put them, so that combination is a 400. Without the field
+nothing changes, so OpenAI clients are unaffected.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
     "MODEL_ALIASES",
     "OPENAI_VOICES",
     "SPEED_RANGE",
+    "TIMESTAMP_KINDS",
     "SpeechBody",
     "accepted_voices",
     "create_router",
@@ -66,6 +73,8 @@ OPENAI_VOICES: Final = (
 DEFAULT_VOICE: Final = "default"
 SPEED_RANGE: Final = (0.25, 4.0)
 STREAM_FORMATS: Final = ("audio", "sse")
+TIMESTAMP_KINDS: Final = ("word",)
+"""Values of the ``timestamps`` extension (omit it, or null, for none)."""
 
 
 class SpeechBody(BaseModel):
@@ -80,6 +89,7 @@ class SpeechBody(BaseModel):
     response_format: str = "mp3"
     speed: float = 1.0
     stream_format: str | None = None
+    timestamps: str | None = None
 
 
 def accepted_voices(info: EngineInfo) -> tuple[str, ...]:
@@ -167,12 +177,33 @@ def decode_speech(raw: Mapping[str, object], info: EngineInfo, max_input_chars: 
         stream = _stream_mode(body.stream_format, body.response_format)
     except audio.UnsupportedFormat as exc:
         raise InvalidRequest(str(exc), param="response_format", code="unsupported_format") from None
+    timestamps = _timestamps(body.timestamps, stream)
     speaker = _speaker(body.voice, info)
     return SpeechJob(
-        request=SynthesisRequest(text=body.input, speaker=speaker, speed=body.speed),
+        request=SynthesisRequest(
+            text=body.input, speaker=speaker, speed=body.speed, word_timestamps=timestamps
+        ),
         fmt=body.response_format,
         stream=stream,
+        timestamps=timestamps,
     )
+
+
+def _timestamps(value: str | None, stream: StreamMode) -> bool:
+    if value is None:
+        return False
+    if value not in TIMESTAMP_KINDS:
+        raise InvalidRequest(
+            f"timestamps {value!r} is not supported; use {', '.join(TIMESTAMP_KINDS)} or omit it",
+            param="timestamps",
+        )
+    if stream == "audio":
+        raise InvalidRequest(
+            "timestamps cannot travel in a raw audio stream; use stream_format 'sse' "
+            "or omit stream_format for a JSON body with the audio and its words",
+            param="timestamps",
+        )
+    return True
 
 
 def body_limit(max_input_chars: int) -> int:

@@ -82,8 +82,42 @@ def _speech_body(max_chars: int, info: EngineInfo | None) -> dict[str, Any]:
                 "description": "Omit for one whole file; flac cannot be streamed",
                 "anyOf": [{"type": "null"}, {"type": "string", "enum": list(oai.STREAM_FORMATS)}],
             },
+            "timestamps": {
+                "description": (
+                    "Extension: 'word' adds when each word is spoken: a JSON body for a "
+                    "whole file, speech.audio.timestamps events with stream_format sse; "
+                    "not with stream_format audio"
+                ),
+                "anyOf": [{"type": "null"}, {"type": "string", "enum": list(oai.TIMESTAMP_KINDS)}],
+            },
         },
     }
+
+
+_WORDS = {
+    "type": "array",
+    "description": "Seconds from the start of the audio, in spoken order",
+    "items": {
+        "type": "object",
+        "required": ["word", "start", "end"],
+        "properties": {
+            "word": {"type": "string"},
+            "start": {"type": "number", "minimum": 0},
+            "end": {"type": "number", "minimum": 0},
+        },
+    },
+}
+_SPEECH_WITH_WORDS = {
+    "type": "object",
+    "description": "timestamps: 'word' without stream_format",
+    "required": ["audio", "format", "duration", "words"],
+    "properties": {
+        "audio": {"type": "string", "contentEncoding": "base64"},
+        "format": {"type": "string", "enum": list(audio.SUPPORTED_FORMATS)},
+        "duration": {"type": "number", "minimum": 0, "description": "Seconds of audio"},
+        "words": _WORDS,
+    },
+}
 
 
 def _tts_fields(max_chars: int, info: EngineInfo | None, *, query: bool) -> dict[str, Any]:
@@ -156,7 +190,8 @@ def _error_schema(openai: bool) -> dict[str, Any]:
 def _responses(openai: bool) -> dict[str, Any]:
     binary = {"type": "string", "format": "binary"}
     content: dict[str, Any] = {t: {"schema": binary} for t in _AUDIO_TYPES}
-    if openai:  # stream_format=sse: speech.audio.delta events, then speech.audio.done
+    if openai:  # stream_format=sse: speech.audio.delta (+ .timestamps) events, then .done
+        content["application/json"] = {"schema": _SPEECH_WITH_WORDS}
         content["text/event-stream"] = {
             "schema": {
                 "type": "object",
