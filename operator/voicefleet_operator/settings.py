@@ -121,6 +121,10 @@ class OperatorConfig(BaseSettings):
     )
     """Image instead for such TTSVoices whose pods ask for GPUs (resources.gpus > 0): the
     CUDA build with torch, for vits-torch."""
+    model_cache_dir: str | None = Field(default=None, json_schema_extra=flag(metavar="PATH"))
+    """Node directory (hostPath) where voices with spec.model.url keep their downloads by
+    sha256, so later replicas on a node skip the download; it must be writable by uid 65532.
+    Unset: each pod downloads into its own emptyDir."""
     kubeconfig: Path | None = Field(default=None, json_schema_extra=flag(metavar="PATH"))
     """Kubeconfig to use (unset: in-cluster credentials, else $KUBECONFIG)."""
     workers: int = DEFAULT_WORKERS
@@ -188,6 +192,13 @@ class OperatorConfig(BaseSettings):
     def _default_image(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not value.strip():
             raise _usage(f"--{str(info.field_name).replace('_', '-')} must not be empty")
+        return value
+
+    @field_validator("model_cache_dir", mode="after")
+    @classmethod
+    def _model_cache_dir(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "/../" in f"{value}/"):
+            raise _usage(f"--model-cache-dir must be an absolute path without '..', got {value!r}")
         return value
 
     @field_validator("autoscale_interval", mode="after")
