@@ -14,6 +14,7 @@ static page stay open (the page asks for the token if the API needs one).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -24,10 +25,12 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from voicefleet_inference.cost import REFERENCE_COST
 from voicefleet_inference.router.errors import (
     BadRequest,
+    BodyTimeout,
     PayloadTooLarge,
     Unauthorized,
     VoiceNotFound,
@@ -35,7 +38,7 @@ from voicefleet_inference.router.errors import (
 )
 from voicefleet_inference.router.fleet import Fleet, UnknownVoice, VoiceInfo, VoiceKey
 from voicefleet_inference.router.metrics import RouterMetrics
-from voicefleet_inference.router.proxy import Proxy, Upstream
+from voicefleet_inference.router.proxy import ClientGone, Proxy, Upstream
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "estimate_cost", "playground_html"]
 
@@ -74,11 +77,18 @@ def create_app(
     *,
     token: str | None = None,
     discovery_error: Callable[[], str | None] = lambda: None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = 15.0,
 ) -> FastAPI:
     """The app; it starts nothing (the caller runs discovery and the scraper)."""
     app = FastAPI(title="VoiceFleet router", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     page = playground_html()
+
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        return Response(status_code=499)  # nobody reads it; no traceback for a leaver
+
+    app.add_exception_handler(ClientGone, on_client_gone)
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -91,13 +101,27 @@ def create_app(
             raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
 
     async def body_of(request: Request) -> bytes:
+        """The body, counted as it streams in: refused as soon as it passes the cap (a
+        chunked body has no Content-Length to check first) or takes too long to arrive."""
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-        return body
+        if declared and declared.isdigit() and int(declared) > max_body_bytes:
+            raise PayloadTooLarge(f"request body over {max_body_bytes} bytes")
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                async for part in request.stream():
+                    size += len(part)
+                    if size > max_body_bytes:
+                        raise PayloadTooLarge(f"request body over {max_body_bytes} bytes")
+                    parts.append(part)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request body did not arrive within {body_timeout_s:g} s"
+            ) from None
+        except ClientDisconnect:
+            raise ClientGone from None
+        return b"".join(parts)
 
     def headers_of(request: Request) -> dict[str, str]:
         return {k: request.headers[k] for k in _FORWARDED if k in request.headers}
@@ -122,6 +146,7 @@ def create_app(
         except UnknownVoice as exc:
             raise _voice_not_found(model, exc.known) from exc
         payload["model"] = voice.model_name
+        del raw  # a held request keeps only the body it forwards
         body = json.dumps(payload).encode()
         headers = headers_of(request)
         headers["content-type"] = "application/json"

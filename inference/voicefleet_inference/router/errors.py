@@ -10,6 +10,7 @@ under ``/voices/.../tts`` GPT-SoVITS api_v2's ``{"message": ...}``.
     RouterError                      status  OpenAI type            code
     ├── BadRequest                    400    invalid_request_error  invalid_value
     ├── Unauthorized                  401    invalid_request_error  invalid_api_key
+    ├── BodyTimeout                   408    invalid_request_error  request_timeout
     ├── PayloadTooLarge               413    invalid_request_error  payload_too_large
     ├── VoiceNotFound                 404    invalid_request_error  model_not_found
     ├── AllPodsFull                   429    rate_limit_error       all_pods_full      + Retry-After
@@ -34,6 +35,7 @@ from voicefleet_inference.errors import ServiceError
 __all__ = [
     "AllPodsFull",
     "BadRequest",
+    "BodyTimeout",
     "NoPodAvailable",
     "PayloadTooLarge",
     "RouterError",
@@ -77,6 +79,14 @@ class Unauthorized(RouterError):
     status = 401
     openai_type = "invalid_request_error"
     default_code = "invalid_api_key"
+
+
+class BodyTimeout(RouterError):
+    """408: the client did not send its whole body in time (a slow sender holds memory)."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(RouterError):

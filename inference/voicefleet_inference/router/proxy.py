@@ -205,6 +205,8 @@ class Proxy:
         policy: Policy = Policy.JSQ_WORK,
         max_attempts: int = 3,
         max_held_per_voice: int = 100,
+        max_held_bytes_per_voice: int = 8 << 20,
+        max_held_bytes: int = 64 << 20,
         sample_above: int = 8,
         rng: random.Random | None = None,
     ) -> None:
@@ -214,6 +216,10 @@ class Proxy:
         self.policy = policy
         self.max_attempts = max_attempts
         self.max_held_per_voice = max_held_per_voice
+        self.max_held_bytes_per_voice = max_held_bytes_per_voice
+        self.max_held_bytes = max_held_bytes
+        self._held_bytes: dict[str, int] = {}
+        self._held_bytes_total = 0
         self.sample_above = sample_above
         self.rng = rng or random.Random()
         self._turn = 0
@@ -308,8 +314,9 @@ class Proxy:
                     )
                 assert isinstance(verdict, Hold)
                 if holding is None:
+                    self._admit_held_bytes(label, len(upstream.body))
                     holding = time.monotonic()
-                    self._set_held(label, +1)
+                    self._set_held(label, +1, len(upstream.body))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     hold_outcome = "timed_out"
@@ -326,7 +333,7 @@ class Proxy:
                 attempts = 0
         finally:
             if holding is not None:
-                self._set_held(label, -1)
+                self._set_held(label, -1, -len(upstream.body))
                 self.metrics.hold_seconds.labels(label).observe(time.monotonic() - holding)
                 self.metrics.held_requests_total.labels(label, hold_outcome).inc()
 
@@ -335,8 +342,38 @@ class Proxy:
             async with asyncio.timeout(within_s):
                 await self.fleet.changed(voice.key).wait()
 
-    def _set_held(self, label: str, delta: int) -> None:
+    def _admit_held_bytes(self, label: str, size: int) -> None:
+        """Refuse to hold a body that would pass the voice's or the router's byte cap.
+
+        Held requests keep their bodies in memory for up to the cold-start timeout; the
+        count cap alone lets 100 bodies of 1 MiB per voice, times every voice, pile up.
+        """
+        if self._held_bytes.get(label, 0) + size > self.max_held_bytes_per_voice:
+            self.metrics.held_requests_total.labels(label, "rejected").inc()
+            raise NoPodAvailable(
+                f"voice {label} has no ready pod and its waiting requests already hold "
+                f"{self._held_bytes.get(label, 0)} bytes (at most "
+                f"{self.max_held_bytes_per_voice} per voice)",
+                code="hold_queue_full",
+                retry_after_s=_HOLD_RETRY_AFTER_S,
+            )
+        if self._held_bytes_total + size > self.max_held_bytes:
+            self.metrics.held_requests_total.labels(label, "rejected").inc()
+            raise NoPodAvailable(
+                f"voice {label} has no ready pod and the router's waiting requests already "
+                f"hold {self._held_bytes_total} bytes (at most {self.max_held_bytes})",
+                code="hold_queue_full",
+                retry_after_s=_HOLD_RETRY_AFTER_S,
+            )
+
+    def _set_held(self, label: str, delta: int, size: int) -> None:
         count = self._held.get(label, 0) + delta
+        held_bytes = self._held_bytes.get(label, 0) + size
+        self._held_bytes_total += size
+        if held_bytes:
+            self._held_bytes[label] = held_bytes
+        else:
+            self._held_bytes.pop(label, None)
         if count:
             self._held[label] = count
         else:

@@ -105,6 +105,8 @@ def build_router(
         policy=settings.policy,
         max_attempts=settings.max_attempts,
         max_held_per_voice=settings.max_held_per_voice,
+        max_held_bytes_per_voice=settings.max_held_bytes_per_voice,
+        max_held_bytes=settings.max_held_bytes,
         sample_above=settings.sample_above,
         rng=rng,
     )
@@ -122,7 +124,15 @@ def build_router(
     def discovery_error() -> str | None:
         return service.discovery.last_error if service.discovery else None
 
-    service.app = create_app(fleet, proxy, metrics, token=token, discovery_error=discovery_error)
+    service.app = create_app(
+        fleet,
+        proxy,
+        metrics,
+        token=token,
+        discovery_error=discovery_error,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     return service
 
 

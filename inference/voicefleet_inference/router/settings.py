@@ -101,6 +101,16 @@ class RouterSettings(BaseSettings):
     """Pods tried for one request before giving up (only while nothing reached the client)."""
     max_held_per_voice: int = Field(default=100, ge=0, le=100_000)
     """Requests held per voice while it has no ready pod; beyond it, 503 at once."""
+    max_held_bytes_per_voice: int = Field(default=8 << 20, ge=0, le=1 << 34)
+    """Bytes of request bodies held per voice (a speech request is a few KiB); beyond
+    it, 503 with Retry-After at once."""
+    max_held_bytes: int = Field(default=64 << 20, ge=0, le=1 << 36)
+    """Bytes of request bodies held over all voices: the router's memory bound for them."""
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    """Largest request body; a longer one (chunked too) is refused with 413 as soon as it
+    passes this, without reading the rest."""
+    body_timeout_s: float = Field(default=15.0, gt=0.0, le=600.0)
+    """Longest time a client may take to send its request body (slow senders get 408)."""
     cold_start_timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0)
     """How long a request is held for a voice that does not say (static upstreams)."""
     connect_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
