@@ -284,3 +284,13 @@ def test_a_missing_secret_is_named() -> None:
     (problem,) = pod_report([info]).problems
     assert problem.reason == "CreateContainerConfigError"
     assert 'secret "keys" not found' in problem.message
+
+
+def test_fetch_env_names_are_the_shared_contract_names() -> None:
+    contract = {v for k, v in vars(names).items() if k.startswith("FETCH_") and k != "FETCH_PREFIX"}
+    fields = {
+        names.FETCH_PREFIX + f.upper()
+        for f in FetchSettings.model_fields
+        if f not in ("timeout_seconds", "termination_message_path")
+    }
+    assert fields == contract
