@@ -35,21 +35,28 @@ import httpx
 HACK_DIR = Path(__file__).resolve().parent.parent
 K8S_MODULE_DIR = HACK_DIR / "k8s"
 HELM_MODULE_DIR = K8S_MODULE_DIR / "helm"
+COREDNS_MODULE_DIR = K8S_MODULE_DIR / "coredns"
 PROMTOOL_MODULE_DIR = K8S_MODULE_DIR / "promtool"
 
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 HELM_MODULE = "helm.sh/helm/v3"
+COREDNS_MODULE = "github.com/coredns/coredns"
+CLIENT_GO_MODULE = "k8s.io/client-go"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMTOOL_PACKAGE = "github.com/prometheus/prometheus/cmd/promtool"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One binary: the name it is installed under, its Go package, and its module dir."""
+    """One binary: the name it is installed under, its Go package, and its module dir.
+
+    `static` builds with CGO_ENABLED=0: CoreDNS runs from a one-file image with no libc.
+    """
 
     name: str
     package: str
     module_dir: Path
+    static: bool = False
 
 
 TARGETS: tuple[Target, ...] = (
@@ -61,6 +68,10 @@ TARGETS: tuple[Target, ...] = (
     Target("kubectl", "k8s.io/kubernetes/cmd/kubectl", K8S_MODULE_DIR),
     Target("etcd", ETCD_MODULE, K8S_MODULE_DIR),
     Target("helm", "helm.sh/helm/v3/cmd/helm", HELM_MODULE_DIR),
+    # The real node: same Kubernetes pin and version stamp as the control plane.
+    Target("kubelet", "k8s.io/kubernetes/cmd/kubelet", K8S_MODULE_DIR),
+    Target("kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", K8S_MODULE_DIR),
+    Target("coredns", COREDNS_MODULE, COREDNS_MODULE_DIR, static=True),
 )
 BINARY_NAMES: tuple[str, ...] = tuple(t.name for t in TARGETS)
 
@@ -89,22 +100,43 @@ class Versions:
     etcd: str
     helm: str
     pins_digest: str
+    helm_client_go: str = "v0.0.0"
+    coredns: str = "v0.0.0"
 
     @property
     def cache_key(self) -> str:
-        return f"k8s-{self.kubernetes}-helm-{self.helm}-{self.pins_digest}"
+        return f"k8s-{self.kubernetes}-helm-{self.helm}-{self.recipe_digest}"
+
+    @property
+    def recipe_digest(self) -> str:
+        """The pins' digest extended with every target's link flags.
+
+        A change to how a binary is stamped (the Helm Kubernetes-version fix) changes
+        the bytes built from the same pins, so it must name a new cache dir too.
+        """
+        digest = hashlib.sha256(self.pins_digest.encode())
+        for target in TARGETS:
+            digest.update(f"{target.name} {target.static} {ldflags(target, self)}\n".encode())
+        return digest.hexdigest()[:10]
 
 
-def read_versions(k8s_dir: Path = K8S_MODULE_DIR, helm_dir: Path = HELM_MODULE_DIR) -> Versions:
+def read_versions(
+    k8s_dir: Path = K8S_MODULE_DIR,
+    helm_dir: Path = HELM_MODULE_DIR,
+    coredns_dir: Path = COREDNS_MODULE_DIR,
+) -> Versions:
     """Read the pins from the go.mod files and hash every pin file."""
     k8s_mod = (k8s_dir / "go.mod").read_text()
     helm_mod = (helm_dir / "go.mod").read_text()
+    coredns_mod = (coredns_dir / "go.mod").read_text()
     digest = hashlib.sha256()
     for path in (
         k8s_dir / "go.mod",
         k8s_dir / "go.sum",
         helm_dir / "go.mod",
         helm_dir / "go.sum",
+        coredns_dir / "go.mod",
+        coredns_dir / "go.sum",
     ):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -113,7 +145,23 @@ def read_versions(k8s_dir: Path = K8S_MODULE_DIR, helm_dir: Path = HELM_MODULE_D
         etcd=module_version(k8s_mod, ETCD_MODULE),
         helm=module_version(helm_mod, HELM_MODULE),
         pins_digest=digest.hexdigest()[:10],
+        helm_client_go=module_version(helm_mod, CLIENT_GO_MODULE),
+        coredns=module_version(coredns_mod, COREDNS_MODULE),
     )
+
+
+def helm_kube_version(client_go: str) -> tuple[str, str]:
+    """The Kubernetes (major, minor) Helm assumes when no cluster is asked.
+
+    Helm's Makefile derives it from the k8s.io/client-go it links (v0.34.x ->
+    1.34) and stamps it into pkg/chartutil and pkg/lint/rules; a plain `go build`
+    leaves the source default (1.20), so `helm template` of a chart with
+    `kubeVersion: ">=1.30"` fails without `--kube-version`.
+    """
+    match = re.fullmatch(r"v0\.(\d+)\.\d+.*", client_go)
+    if match is None:
+        raise ValueError(f"unexpected k8s.io/client-go version {client_go!r}")
+    return "1", match.group(1)
 
 
 def cache_root() -> Path:
@@ -155,10 +203,13 @@ def ldflags(target: Target, versions: Versions) -> str:
             ]
     if target.name == "helm":
         flags.append(f"-X helm.sh/helm/v3/internal/version.version={versions.helm}")
+        major, minor = helm_kube_version(versions.helm_client_go)
+        for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+            flags += [f"-X {pkg}.k8sVersionMajor={major}", f"-X {pkg}.k8sVersionMinor={minor}"]
     return " ".join(flags)
 
 
-MIN_GO = (1, 24)
+MIN_GO = (1, 25)  # hack/k8s/coredns/go.mod says go 1.25
 # Fallback toolchain when no Go >= MIN_GO is installed: the `golang.org/toolchain`
 # module from the Go module proxy (what `GOTOOLCHAIN` switching downloads), pinned by
 # its go.sum-style h1 hash, computed from the proxy's zip when this pin was added.
@@ -286,8 +337,9 @@ def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bin.partial-", dir=target_dir.parent))
     log(
-        f"building Kubernetes {versions.kubernetes}, etcd {versions.etcd}, Helm {versions.helm} "
-        f"from Go modules into {target_dir} (first run: several minutes on 2 cores)"
+        f"building Kubernetes {versions.kubernetes}, etcd {versions.etcd}, Helm {versions.helm}, "
+        f"CoreDNS {versions.coredns} from Go modules into {target_dir} "
+        "(first run: several minutes on 2 cores)"
     )
     started = time.monotonic()
     try:
@@ -312,7 +364,11 @@ def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]
                 capture_output=True,
                 text=True,
                 check=False,
-                env={**os.environ, "GOTOOLCHAIN": "local"},
+                env={
+                    **os.environ,
+                    "GOTOOLCHAIN": "local",
+                    **({"CGO_ENABLED": "0"} if target.static else {}),
+                },
             )
             if proc.returncode != 0:
                 raise RuntimeError(

@@ -17,11 +17,14 @@ from pathlib import Path
 from voicefleet_localcluster import binaries
 from voicefleet_localcluster.controlplane import (
     DEFAULT_NODE,
+    NODE_KINDS,
     ClusterStartError,
     ClusterState,
     ControlPlane,
+    default_node_kind,
     stop_cluster,
 )
+from voicefleet_localcluster.preflight import PreflightError
 from voicefleet_localcluster.procs import alive, has_marker
 
 
@@ -57,10 +60,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         kubeconfig_path=state_dir / "kubeconfig",
         node_name=args.node_name,
         gpus=args.gpus,
+        node=args.node,
     )
     try:
         state = plane.start(timeout=args.timeout)
-    except ClusterStartError as exc:
+    except (ClusterStartError, PreflightError) as exc:
         _say(str(exc))
         return 1
     state.save(state_file)
@@ -155,7 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
     up.add_argument("--node-name", default=DEFAULT_NODE)
     up.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu capacity of the node")
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    up.add_argument(
+        "--node",
+        choices=NODE_KINDS,
+        default=default_node_kind(),
+        help="real: kubelet + containerd + runc, kube-proxy, CoreDNS (needs root); "
+        "process: the stand-in kubelet running pods as host processes "
+        "(default: $VOICEFLEET_NODE, else %(default)s)",
+    )
+    up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop every process of the cluster and remove its data")

@@ -1,5 +1,10 @@
 """Start and stop one local cluster: etcd, kube-apiserver, controller-manager, scheduler, kubelet.
 
+Two kinds of node: `process` (the stand-in kubelet running pods as host processes)
+and `real` (the real kubelet on containerd + runc with CNI, kube-proxy and CoreDNS;
+see `node`). With the real node the API server listens on the node address
+198.18.0.1, so pods reach it through the `kubernetes` Service.
+
 Layout of a cluster's work dir (a fresh temp dir, removed on stop):
 
     pki/        CA, serving and client certificates, service-account keys
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -32,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from voicefleet_localcluster import pki
+from voicefleet_localcluster import binaries, nodeimages, pki, preflight
+from voicefleet_localcluster import node as realnode
 from voicefleet_localcluster.kubeapi import ApiError, KubeClient
 from voicefleet_localcluster.kubeconfig import KubeConfig
 from voicefleet_localcluster.procs import (
@@ -44,8 +52,20 @@ from voicefleet_localcluster.procs import (
     terminate_groups,
 )
 
-SERVICE_CIDR = "10.0.0.0/24"
-SERVICE_IP = "10.0.0.1"
+# RFC 2544 benchmarking range: cannot collide with a real network (see `node`).
+SERVICE_CIDR = realnode.SERVICE_CIDR
+SERVICE_IP = realnode.KUBERNETES_SERVICE_IP
+NODE_KINDS = ("process", "real")
+
+
+def default_node_kind() -> str:
+    """`$VOICEFLEET_NODE` when set, else the process kubelet (the real node is opt-in)."""
+    kind = os.environ.get("VOICEFLEET_NODE", "process")
+    if kind not in NODE_KINDS:
+        raise ValueError(f"VOICEFLEET_NODE must be one of {NODE_KINDS}, not {kind!r}")
+    return kind
+
+
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_NODE = "voicefleet-local"
 STOP_ORDER = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
@@ -94,6 +114,7 @@ class ClusterState:
     ports: dict[str, int] = field(default_factory=dict)
     pod_logs_dir: str = ""
     started_seconds: float = 0.0
+    node: str = "process"
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +148,12 @@ class ControlPlane:
         gpus: int = 4,
         python: Path | None = None,
         log: Logger = _print,
+        node: str | None = None,
     ) -> None:
+        node = node or default_node_kind()
+        if node not in NODE_KINDS:
+            raise ValueError(f"node must be one of {NODE_KINDS}, not {node!r}")
+        self.node = node
         self.bin_dir = bin_dir
         self.node_name = node_name
         self.gpus = gpus
@@ -159,7 +185,7 @@ class ControlPlane:
                     "kubernetes.default.svc",
                     "kubernetes.default.svc.cluster.local",
                 ],
-                "ips": ["127.0.0.1", SERVICE_IP],
+                "ips": ["127.0.0.1", SERVICE_IP, realnode.NODE_IP],
             },
             "admin": {"common_name": "kubernetes-admin", "organizations": ["system:masters"]},
             "apiserver-kubelet-client": {
@@ -172,8 +198,9 @@ class ControlPlane:
                 "server": True,
                 "client": False,
                 "dns_names": ["localhost", self.node_name],
-                "ips": ["127.0.0.1"],
+                "ips": ["127.0.0.1", realnode.NODE_IP],
             },
+            "kube-proxy": {"common_name": "system:kube-proxy"},
             "controller-manager": {"common_name": "system:kube-controller-manager"},
             "scheduler": {"common_name": "system:kube-scheduler"},
             "kubelet": {
@@ -221,6 +248,10 @@ class ControlPlane:
             )
 
     def start(self, *, timeout: float = 120.0) -> ClusterState:
+        """Start everything; raises PreflightError (before touching anything) when the
+        machine cannot run the real node, ClusterStartError when a component fails."""
+        if self.node == "real":
+            preflight.check()
         t0 = time.monotonic()
         try:
             state = self._start(timeout)
@@ -244,12 +275,17 @@ class ControlPlane:
         return state
 
     def _start(self, timeout: float) -> ClusterState:
+        real = self.node == "real"
+        deadline = time.monotonic() + timeout
+        if real:
+            self._prepare_real_node()
         (self.work_dir / "etcd").mkdir(mode=0o700)
         for sub in ("logs", "kubelet", "kcm-certs", "scheduler-certs", "apiserver-certs"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
         certs = self._pki()
         etcd_port, peer_port, api_port, kcm_port, sched_port, kubelet_port = free_ports(6)
-        server = f"https://127.0.0.1:{api_port}"
+        api_host = realnode.NODE_IP if real else "127.0.0.1"
+        server = f"https://{api_host}:{api_port}"
         ca = certs["ca"]
         admin = self._kubeconfig(server, ca, certs["admin"], "admin")
         admin.write(self.kubeconfig)
@@ -258,6 +294,7 @@ class ControlPlane:
             ("controller-manager", "system:kube-controller-manager"),
             ("scheduler", "system:kube-scheduler"),
             ("kubelet", f"system:node:{self.node_name}"),
+            ("kube-proxy", "system:kube-proxy"),
         ):
             path = self.work_dir / f"{name}.kubeconfig"
             self._kubeconfig(server, ca, certs[name], user).write(path)
@@ -286,8 +323,8 @@ class ControlPlane:
             [
                 str(b / "kube-apiserver"),
                 f"--etcd-servers={etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={api_host}",
+                f"--advertise-address={api_host}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={self.work_dir / 'apiserver-certs'}",
                 f"--tls-cert-file={certs['apiserver'].cert}",
@@ -300,9 +337,10 @@ class ControlPlane:
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
-                # Pod IPs are loopback addresses, which the endpoint reconciler refuses
-                # for the `kubernetes` Service; nothing here needs its Endpoints.
-                "--endpoint-reconciler-type=none",
+                # Process-kubelet pod IPs are loopback addresses, which the endpoint
+                # reconciler refuses for the `kubernetes` Service; the real node's pods
+                # reach the API server through that Service (the default lease reconciler).
+                *([] if real else ["--endpoint-reconciler-type=none"]),
                 # `kubectl logs` goes through the API server to the kubelet's log endpoint.
                 f"--kubelet-client-certificate={certs['apiserver-kubelet-client'].cert}",
                 f"--kubelet-client-key={certs['apiserver-kubelet-client'].key}",
@@ -311,24 +349,10 @@ class ControlPlane:
                 "--profiling=false",
             ],
         )
-        self._spawn(
-            "kubelet",
-            [
-                str(self.python),
-                "-m",
-                "voicefleet_localcluster",
-                "kubelet",
-                f"--kubeconfig={kubeconfigs['kubelet']}",
-                f"--node-name={self.node_name}",
-                f"--root-dir={self.work_dir / 'kubelet'}",
-                f"--cluster-id={self.cluster_id}",
-                f"--gpus={self.gpus}",
-                f"--path-prefix={self.python.parent}",
-                f"--port={kubelet_port}",
-                f"--serving-cert={certs['kubelet-serving'].cert}",
-                f"--serving-key={certs['kubelet-serving'].key}",
-            ],
-        )
+        if real:
+            self._start_real_node(certs, kubeconfigs, kubelet_port, deadline)
+        else:
+            self._spawn_process_kubelet(certs, kubeconfigs, kubelet_port)
         self.state = ClusterState(
             cluster_id=self.cluster_id,
             work_dir=self.work_dir,
@@ -346,9 +370,11 @@ class ControlPlane:
                 "kube-scheduler": sched_port,
                 "kubelet": kubelet_port,
             },
-            pod_logs_dir=str(self.work_dir / "kubelet" / "pods"),
+            pod_logs_dir=str(
+                realnode.KUBELET_HOST_DIRS[0] if real else self.work_dir / "kubelet" / "pods"
+            ),
+            node=self.node,
         )
-        deadline = time.monotonic() + timeout
         client = KubeClient(admin, timeout=5.0)
         try:
             self._await("kube-apiserver", deadline, client.healthy)
@@ -397,9 +423,97 @@ class ControlPlane:
             ):
                 self._await(name, deadline, lambda p=port: _https_ok(p))  # type: ignore[misc]
             self._await("kubelet", deadline, lambda: _node_ready(client, self.node_name))
+            if real:
+                self._finish_real_node(client, deadline)
         finally:
             client.close()
         return self.state
+
+    def _spawn_process_kubelet(
+        self, certs: dict[str, pki.KeyPair], kubeconfigs: dict[str, str], kubelet_port: int
+    ) -> None:
+        self._spawn(
+            "kubelet",
+            [
+                str(self.python),
+                "-m",
+                "voicefleet_localcluster",
+                "kubelet",
+                f"--kubeconfig={kubeconfigs['kubelet']}",
+                f"--node-name={self.node_name}",
+                f"--root-dir={self.work_dir / 'kubelet'}",
+                f"--cluster-id={self.cluster_id}",
+                f"--gpus={self.gpus}",
+                f"--path-prefix={self.python.parent}",
+                f"--port={kubelet_port}",
+                f"--serving-cert={certs['kubelet-serving'].cert}",
+                f"--serving-key={certs['kubelet-serving'].key}",
+            ],
+        )
+
+    # -- the real node ---------------------------------------------------------------------
+
+    def _prepare_real_node(self) -> None:
+        """Clear a previous node's leftovers; network and containerd up."""
+        realnode.become_subreaper()
+        self.log("clearing whatever an earlier node left on this host")
+        realnode.reset_node(kube_proxy=self.bin_dir / "kube-proxy", log=self.log)
+        realnode.write_configs(sandbox_image=nodeimages.PAUSE_IMAGE)
+        realnode.prepare_network(self.log)
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.log(f"starting containerd ({realnode.CONTAINERD_SOCKET})")
+        self._spawn("containerd", ["containerd", "--config", str(realnode.CONTAINERD_CONFIG)])
+
+    def _start_real_node(
+        self,
+        certs: dict[str, pki.KeyPair],
+        kubeconfigs: dict[str, str],
+        kubelet_port: int,
+        deadline: float,
+    ) -> None:
+        """Images into containerd, then the kubelet and kube-proxy (they retry the API)."""
+        self._await("containerd", deadline, realnode.containerd_ready)
+        started = time.monotonic()
+        nodeimages.ensure_images(self.bin_dir, binaries.read_versions(), self.log)
+        self.log(f"node images present (+{time.monotonic() - started:.1f}s)")
+        kubelet_healthz, proxy_healthz = free_ports(2)
+        commands = realnode.node_commands(
+            bin_dir=self.bin_dir,
+            node_name=self.node_name,
+            kubelet_kubeconfig=Path(kubeconfigs["kubelet"]),
+            kube_proxy_kubeconfig=Path(kubeconfigs["kube-proxy"]),
+            ca_file=certs["ca"].cert,
+            kubelet_cert=certs["kubelet-serving"].cert,
+            kubelet_key=certs["kubelet-serving"].key,
+            kubelet_port=kubelet_port,
+            kubelet_healthz_port=kubelet_healthz,
+            kube_proxy_healthz_port=proxy_healthz,
+        )
+        self._spawn("kubelet", commands.kubelet)
+        self._spawn("kube-proxy", commands.kube_proxy)
+
+    def _finish_real_node(self, client: KubeClient, deadline: float) -> None:
+        """Advertise the GPU count, then cluster DNS (CoreDNS) up and answering."""
+        if self.gpus > 0:
+            # A node-level extended resource, as the Kubernetes docs advertise one: the
+            # scheduler counts it; no device plugin is involved.
+            client.merge_patch(
+                f"/api/v1/nodes/{self.node_name}/status",
+                {"status": {"capacity": {"nvidia.com/gpu": str(self.gpus)}}},
+            )
+        image = nodeimages.coredns_image(binaries.read_versions().coredns)
+        manifests = yaml.safe_dump_all(realnode.coredns_manifests(image))
+        proc = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", "apply", "-f", "-"],
+            input=manifests,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise ClusterStartError(f"applying CoreDNS failed: {proc.stderr.strip()}")
+        self._await("coredns", deadline, lambda: _deployment_available(client, "coredns"))
 
     def _await(self, name: str, deadline: float, check: Callable[[], bool]) -> None:
         started = time.monotonic()
@@ -430,6 +544,7 @@ class ControlPlane:
             bin_dir=self.bin_dir,
             node_name=self.node_name,
             pids={name: proc.pid for name, proc in self.procs.items()},
+            node=self.node,
         )
         kept = stop_cluster(state, keep_logs=keep_logs, log=self.log)
         for proc in self.procs.values():
@@ -443,6 +558,14 @@ def _https_ok(port: int) -> bool:
         return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).is_success
     except httpx.HTTPError:
         return False
+
+
+def _deployment_available(client: KubeClient, name: str, namespace: str = "kube-system") -> bool:
+    try:
+        obj = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    except (ApiError, httpx.HTTPError):
+        return False
+    return int((obj.get("status") or {}).get("readyReplicas") or 0) >= 1
 
 
 def _node_ready(client: KubeClient, node: str) -> bool:
@@ -474,7 +597,7 @@ def stop_cluster(
     With `keep_logs`, the logs dir survives (start failures) and its path is returned.
     """
     stages = (
-        ["kubelet"],
+        ["kubelet", "kube-proxy"],
         ["kube-scheduler", "kube-controller-manager"],
         ["kube-apiserver"],
         ["etcd"],
@@ -487,7 +610,13 @@ def stop_cluster(
             and alive(state.pids[name])
             and has_marker(state.pids[name], state.cluster_id)
         ]
-        terminate_groups(pids, grace=25.0 if stage == ["kubelet"] else 10.0)
+        terminate_groups(pids, grace=25.0 if "kubelet" in stage else 10.0)
+        if "kubelet" in stage and state.node == "real":
+            # The node's pods, containerd, mounts, netns, iptables and bridge go before
+            # the control plane, so nothing is left for a later start to trip over.
+            t0 = time.monotonic()
+            realnode.reset_node(kube_proxy=state.bin_dir / "kube-proxy", log=log)
+            log(f"node reset in {time.monotonic() - t0:.1f}s")
     stragglers = kill_marked(state.cluster_id)
     if stragglers:
         log(f"killed {len(stragglers)} leftover process(es): {stragglers}")

@@ -31,8 +31,6 @@ def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "template",
             "vf",
             str(CHART),
-            "--kube-version",
-            "v1.34.4",
             "--set",
             "monitoring.prometheusRule.enabled=true",
             "--show-only",
