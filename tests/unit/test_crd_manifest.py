@@ -495,7 +495,7 @@ def test_sample_matches_the_schema(sample: Path) -> None:
     scaling = spec.get("autoscaling", {})
     low, high = scaling.get("minReplicas", 1), scaling.get("maxReplicas", 3)
     assert low <= spec.get("replicas", 1) <= high
-    assert ("bundled" in spec["model"]) != ("volume" in spec["model"])
+    assert sum(source in spec["model"] for source in ("bundled", "volume", "url")) == 1
 
 
 def test_bundled_sample_is_small_and_single() -> None:
