@@ -140,6 +140,34 @@ def test_minimal_voice_gets_every_default(crds: LocalCluster, cluster_namespace:
     }
 
 
+def test_url_models_are_accepted_as_written(crds: LocalCluster, cluster_namespace: str) -> None:
+    for name, model in (
+        (
+            "url-https",
+            {
+                "url": "https://[::1]:8443/voices/en_US-joe-medium.onnx",
+                "sha256": SHA,
+                "configSha256": SHA,
+                "credentialsSecret": "token",
+                "caConfigMap": "corp-ca",
+            },
+        ),
+        (
+            "url-s3",
+            {
+                "url": "s3://voices.eu/en/en_US-joe-medium.onnx",
+                "configUrl": "s3://voices.eu/en/config.json",
+                "sha256": SHA,
+                "configSha256": SHA,
+                "credentialsSecret": "keys",
+                "s3": {"endpoint": "http://127.0.0.1:8333", "region": "eu-1"},
+            },
+        ),
+    ):
+        create(crds, cluster_namespace, voice(name, model=model))
+        assert get_voice(crds, cluster_namespace, name)["spec"]["model"] == model
+
+
 def test_volume_model_defaults_read_only(crds: LocalCluster, cluster_namespace: str) -> None:
     body = voice("vol", model={"volume": {"persistentVolumeClaim": {"claimName": "voices"}}})
     body["spec"]["model"]["volume"]["path"] = "voices/en_US-joe-medium.onnx"
@@ -181,6 +209,7 @@ def with_model(model: dict[str, Any], **spec: Any) -> dict[str, Any]:
 
 
 PVC = {"persistentVolumeClaim": {"claimName": "voices"}}
+SHA = "0123456789abcdef" * 4
 
 # (case id, spec of the voice, fragments the API server's message must contain)
 INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
@@ -255,6 +284,90 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         "bundled-name-invalid",
         with_model({"bundled": "../etc/passwd"}),
         ["spec.model.bundled", "should match"],
+    ),
+    (
+        "url-http",
+        with_model({"url": "http://models.example/v.onnx", "sha256": SHA, "configSha256": SHA}),
+        ["spec.model.url must start with https:// or s3://"],
+    ),
+    (
+        "url-user-info",
+        with_model(
+            {"url": "https://u:p@models.example/v.onnx", "sha256": SHA, "configSha256": SHA}
+        ),
+        ["spec.model.url must be https://host[:port]/path/to/file without user info"],
+    ),
+    (
+        "url-query",
+        with_model(
+            {
+                "url": "https://models.example/v.onnx?X-Amz-Signature=1",
+                "sha256": SHA,
+                "configSha256": SHA,
+            }
+        ),
+        ["spec.model.url must name the .onnx model file"],
+    ),
+    (
+        "url-bad-bucket",
+        with_model({"url": "s3://B/v.onnx", "sha256": SHA, "configSha256": SHA}),
+        ["spec.model.url must be s3://bucket/key"],
+    ),
+    (
+        "url-without-digest",
+        with_model({"url": "https://models.example/v.onnx", "configSha256": SHA}),
+        ["spec.model.sha256 is required with spec.model.url"],
+    ),
+    (
+        "url-without-config-digest",
+        with_model({"url": "https://models.example/v.onnx", "sha256": SHA}),
+        ["spec.model.configSha256 is required with spec.model.url"],
+    ),
+    (
+        "url-digest-malformed",
+        with_model({"url": "https://models.example/v.onnx", "sha256": "abc", "configSha256": SHA}),
+        ["spec.model.sha256"],
+    ),
+    (
+        "url-and-bundled",
+        with_model(
+            {
+                "bundled": "en_US-joe-medium",
+                "url": "https://models.example/v.onnx",
+                "sha256": SHA,
+                "configSha256": SHA,
+            }
+        ),
+        ["spec.model must set exactly one of bundled"],
+    ),
+    (
+        "secret-without-url",
+        with_model({"bundled": "en_US-joe-medium", "credentialsSecret": "keys"}),
+        ["apply only to a model downloaded from spec.model.url"],
+    ),
+    (
+        "s3-settings-on-https",
+        with_model(
+            {
+                "url": "https://models.example/v.onnx",
+                "sha256": SHA,
+                "configSha256": SHA,
+                "s3": {"endpoint": "http://minio:9000"},
+            }
+        ),
+        ["spec.model.s3 applies only to an s3:// spec.model.url"],
+    ),
+    (
+        "s3-endpoint-with-path",
+        with_model(
+            {
+                "url": "s3://voices/v.onnx",
+                "sha256": SHA,
+                "configSha256": SHA,
+                "s3": {"endpoint": "http://minio:9000/voices"},
+            }
+        ),
+        ["spec.model.s3.endpoint must be http(s)://host[:port]"],
     ),
     (
         "cpu-malformed",
