@@ -34,16 +34,7 @@ async def running_router(
     port = free_port()
     service = build_router(settings, token=token, rng=random.Random(seed))
     await service.start(api_client)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            service.app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            lifespan="off",
-            access_log=False,
-        )
-    )
+    server = uvicorn.Server(service.server_config("127.0.0.1", port, access_log=False))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -119,3 +119,51 @@ async def test_held_bodies_are_capped_in_bytes_per_voice(
         assert answer.headers["retry-after"] == "5"
         assert answer.json()["error"]["code"] == "hold_queue_full"
         assert "bytes" in answer.json()["error"]["message"]
+
+
+async def test_slow_loris_connections_are_closed_within_the_header_timeout() -> None:
+    """Heads sent a byte at a time never finish; each connection is closed once the head
+    is late (500 of them stayed open for 90 s before)."""
+    async with running_router(settings(header_timeout_s=1.0)) as (_, url):
+        conns = [await open_raw(url) for _ in range(50)]
+
+        async def trickle(writer: asyncio.StreamWriter) -> None:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHo")
+            while not writer.is_closing():
+                await asyncio.sleep(0.2)
+                writer.write(b"s")
+                await writer.drain()
+
+        trickling = [asyncio.create_task(trickle(w)) for _, w in conns]
+        started = time.monotonic()
+        ends = await asyncio.gather(
+            *(asyncio.wait_for(r.read(), 10) for r, _ in conns), return_exceptions=True
+        )
+        waited = time.monotonic() - started
+        for task in trickling:
+            task.cancel()
+        await asyncio.gather(*trickling, return_exceptions=True)
+        for _, writer in conns:
+            writer.close()
+    assert all(end == b"" for end in ends), ends
+    assert waited < 5
+
+
+async def test_an_idle_connection_flood_is_capped_and_healthz_still_answers() -> None:
+    """Past the cap, a new connection closes the oldest one that never sent a request: a
+    flood of idle sockets cannot lock the kubelet's probe out (20,000 exhausted it)."""
+    async with running_router(settings(max_connections=100, header_timeout_s=60.0)) as (_, url):
+        idle = [await open_raw(url) for _ in range(300)]
+        async with httpx.AsyncClient(timeout=5) as client:
+            started = time.monotonic()
+            health = await client.get(url + "/healthz")
+            took = time.monotonic() - started
+        ends = await asyncio.gather(
+            *(asyncio.wait_for(r.read(), 1.0) for r, _ in idle), return_exceptions=True
+        )
+        for _, writer in idle:
+            writer.close()
+    assert health.status_code == 200
+    assert took < 2
+    closed = sum(1 for end in ends if end == b"")
+    assert closed >= 200, closed

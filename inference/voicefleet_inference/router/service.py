@@ -21,6 +21,12 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from voicefleet_inference.connections import (
+    ConcurrencyLimit,
+    ConnectionLimits,
+    limit_repeated_logs,
+    uvicorn_options,
+)
 from voicefleet_inference.router.app import create_app
 from voicefleet_inference.router.discovery import KubeDiscovery, parse_static
 from voicefleet_inference.router.fleet import Fleet
@@ -70,6 +76,23 @@ class RouterService:
             )
             self.discovery.start()
         self._tasks.append(asyncio.create_task(self.poller.run(), name="load-poller"))
+
+    def server_config(self, host: str, port: int, **extra: Any) -> uvicorn.Config:
+        """The uvicorn configuration that serves this router with its connection limits."""
+        limits = ConnectionLimits(
+            max_connections=self.settings.max_connections,
+            header_timeout_s=self.settings.header_timeout_s,
+            keep_alive_s=self.settings.keep_alive_timeout_s,
+        )
+        return uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            log_config=None,
+            lifespan="off",
+            **uvicorn_options(limits),
+            **extra,
+        )
 
     async def stop(self) -> None:
         if self.discovery is not None:
@@ -133,6 +156,7 @@ def build_router(
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
+    service.app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
     return service
 
 
@@ -159,19 +183,14 @@ async def serve(settings: RouterSettings, token: str | None) -> int:
     service = build_router(settings, token=token)
     api_client = None if settings.static_upstreams else kube_api_client(settings)
     await service.start(api_client)
+    limit_repeated_logs()
     server = uvicorn.Server(
-        uvicorn.Config(
-            service.app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
+        service.server_config(
+            settings.host,
+            settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
-            lifespan="off",
             timeout_graceful_shutdown=30,
-            # Longer than clients' and load balancers' idle timeouts, so that the client
-            # side closes idle connections first (no request lost to a closing socket).
-            timeout_keep_alive=75,
         )
     )
     log.info(

@@ -111,6 +111,17 @@ class RouterSettings(BaseSettings):
     passes this, without reading the rest."""
     body_timeout_s: float = Field(default=15.0, gt=0.0, le=600.0)
     """Longest time a client may take to send its request body (slow senders get 408)."""
+    max_connections: int = Field(default=0, ge=0, le=1_000_000)
+    """Open client connections at most (0: half the descriptor limit). Beyond it a new
+    connection closes the one that has waited longest for a request head."""
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    """Time a client has to send a request head (slow-loris connections are closed)."""
+    keep_alive_timeout_s: float = Field(default=75.0, gt=0.0, le=3600.0)
+    """Idle time allowed between requests on one connection; longer than load balancers'
+    idle timeouts, so that their side closes first and no request meets a closing socket."""
+    max_concurrent_requests: int = Field(default=10_000, ge=0, le=1_000_000)
+    """Requests in progress at most (held ones included); beyond it 503 + Retry-After
+    (probes and metrics exempt; 0: no limit)."""
     cold_start_timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0)
     """How long a request is held for a voice that does not say (static upstreams)."""
     connect_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
