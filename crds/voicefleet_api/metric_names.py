@@ -19,6 +19,8 @@ BATCH_SIZE: Final = "voicefleet_batch_size"
 AUDIO_SECONDS: Final = "voicefleet_audio_seconds"
 REQUESTS: Final = "voicefleet_requests"
 REJECTED: Final = "voicefleet_rejected"
+PRIORITY_REQUESTS: Final = "voicefleet_priority_requests"
+"""``_total{priority, outcome}``: admissions by priority (accepted, refused, evicted)."""
 
 # The router.
 ROUTER_PENDING_REQUESTS: Final = "voicefleet_router_pending_requests"

@@ -18,14 +18,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from voicefleet_api import metric_names as names
+from voicefleet_api.priority import PRIORITIES
 
 __all__ = [
     "CONTENT_TYPE",
+    "OUTCOMES",
+    "OUTCOME_ACCEPTED",
+    "OUTCOME_EVICTED",
+    "OUTCOME_REFUSED",
     "REJECT_CLIENT_GONE",
     "REJECT_DRAINING",
+    "REJECT_EVICTED",
     "REJECT_NOT_READY",
     "REJECT_QUEUE_FULL",
     "REJECT_REASONS",
+    "REJECT_SHED",
     "REJECT_SHUTDOWN",
     "REJECT_TIMEOUT",
     "Metrics",
@@ -47,6 +54,14 @@ REJECT_CLIENT_GONE: Final = "client_gone"
 """Accepted, then dropped before it ran because the client disconnected (not computed)."""
 REJECT_SHUTDOWN: Final = "shutdown"
 """Accepted, then abandoned because the drain grace ran out."""
+REJECT_SHED: Final = "shed"
+"""Refused because the queue's estimated wait passed the target for its priority."""
+REJECT_EVICTED: Final = "evicted"
+"""Queued, then pushed out of a full queue by more important work (429)."""
+OUTCOME_ACCEPTED: Final = "accepted"
+OUTCOME_REFUSED: Final = "refused"
+OUTCOME_EVICTED: Final = "evicted"
+OUTCOMES: Final = (OUTCOME_ACCEPTED, OUTCOME_REFUSED, OUTCOME_EVICTED)
 REJECT_REASONS: Final = (
     REJECT_QUEUE_FULL,
     REJECT_DRAINING,
@@ -54,6 +69,8 @@ REJECT_REASONS: Final = (
     REJECT_TIMEOUT,
     REJECT_CLIENT_GONE,
     REJECT_SHUTDOWN,
+    REJECT_SHED,
+    REJECT_EVICTED,
 )
 
 _DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -75,6 +92,7 @@ class Metrics:
     audio_seconds_total: Counter
     requests_total: Counter
     rejected_total: Counter
+    priority_requests_total: Counter
 
 
 def create_metrics() -> Metrics:
@@ -132,9 +150,19 @@ def create_metrics() -> Metrics:
             labelnames=("reason",),
             registry=registry,
         ),
+        priority_requests_total=Counter(
+            names.PRIORITY_REQUESTS,
+            "Admission decisions by request priority: accepted, refused (429 at once) or "
+            "evicted (queued, then pushed out by more important work).",
+            labelnames=("priority", "outcome"),
+            registry=registry,
+        ),
     )
     for reason in REJECT_REASONS:
         metrics.rejected_total.labels(reason=reason)
+    for priority in PRIORITIES:
+        for outcome in OUTCOMES:
+            metrics.priority_requests_total.labels(priority=priority, outcome=outcome)
     return metrics
 
 

@@ -10,7 +10,7 @@ responsive.
 
 Flow of one request::
 
-    loop thread: submit() ──▶ queue (bounded, FIFO) ──▶ worker thread: plan_batch()
+    loop thread: submit() ──▶ queue (bounded, by priority) ──▶ worker thread: plan_batch()
                     ▲                                        │ engine.synthesize_batch()
                     └── RequestHandle ◀── call_soon_threadsafe(chunk) ◀┘
 
@@ -19,6 +19,11 @@ Flow of one request::
   from the queued work-seconds. The engine's cost model estimates each request's
   engine-seconds there; the sum over waiting and running requests is
   ``voicefleet_queue_work_seconds``.
+* Priority (``critical``, ``standard``, ``sheddable``): the queue is kept in priority
+  order, FIFO within a class, so a free worker takes the most important work first.
+  The pure ``batching.admit`` decides admission: past the wait target sheddable work
+  is refused first, then standard; critical work is refused only by a full queue with
+  nothing less important in it to push out (the pushed-out request gets the 429).
 * Batching is decided by the pure ``batching.plan_batch``: take up to
   ``max_batch_size`` requests, waiting at most ``batch_window_s`` after the oldest one
   arrived.
@@ -45,7 +50,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from voicefleet_inference.batching import Waiting, plan_batch, retry_after_seconds
+from voicefleet_api.priority import DEFAULT_PRIORITY, PRIORITIES, rank
+from voicefleet_inference.batching import (
+    Queued,
+    Waiting,
+    admit,
+    plan_batch,
+    retry_after_seconds,
+)
 from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import (
     AudioChunk,
@@ -66,10 +78,15 @@ from voicefleet_inference.errors import (
     SynthesisFailed,
 )
 from voicefleet_inference.metrics import (
+    OUTCOME_ACCEPTED,
+    OUTCOME_EVICTED,
+    OUTCOME_REFUSED,
     REJECT_CLIENT_GONE,
     REJECT_DRAINING,
+    REJECT_EVICTED,
     REJECT_NOT_READY,
     REJECT_QUEUE_FULL,
+    REJECT_SHED,
     REJECT_SHUTDOWN,
     REJECT_TIMEOUT,
     Metrics,
@@ -108,6 +125,9 @@ class SchedulerConfig:
     request_timeout_s: float = 120.0
     engine_nice: int = 5
     """How much nicer engine threads are than the loop (see :func:`_lower_thread_priority`)."""
+    wait_target_s: float = 0.0
+    """Estimated queue wait past which sheddable work is refused (standard past twice
+    it); 0: only a full queue refuses (see :func:`~voicefleet_inference.batching.admit`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +172,8 @@ class _Job:
     enqueued_at: float
     deadline: float
     handle: RequestHandle
+    rank: int = 1
+    """Priority rank: 0 critical, 1 standard, 2 sheddable."""
     state: str = "queued"  # queued -> running -> done
     cancelled: bool = False
     remaining_s: float = 0.0
@@ -403,21 +425,27 @@ class Scheduler:
         """Estimated engine-seconds waiting plus still to do for running requests."""
         with self._lock:
             queued = sum(j.cost_s for j in self._queue)
-            running = sum(
-                max(j.remaining_s, _RUNNING_WORK_FLOOR * j.cost_s)
-                for w in self._workers
-                for j in w.running
-                if j.state == "running"
-            )
+            running = self._running_work_locked()
         return queued + running
+
+    def _running_work_locked(self) -> float:
+        """Engine-seconds still to do for running requests (caller holds the lock)."""
+        return sum(
+            max(j.remaining_s, _RUNNING_WORK_FLOOR * j.cost_s)
+            for w in self._workers
+            for j in w.running
+            if j.state == "running"
+        )
 
     # -- admission (event-loop thread) ---------------------------------------------------
 
-    def submit(self, request: SynthesisRequest) -> RequestHandle:
+    def submit(self, request: SynthesisRequest, priority: str = DEFAULT_PRIORITY) -> RequestHandle:
         """Admit ``request`` or raise Draining / NotReady / QueueFull; never blocks.
 
-        Must be called from the event loop that will await the returned handle.
+        ``priority`` is one of :data:`voicefleet_api.priority.PRIORITIES` (the HTTP layer
+        validated it). Must be called from the event loop that will await the handle.
         """
+        job_rank = rank(priority)
         loop = asyncio.get_running_loop()
         if self._draining:
             self._metrics.rejected_total.labels(reason=REJECT_DRAINING).inc()
@@ -443,19 +471,55 @@ class Scheduler:
             deadline=now + self.config.request_timeout_s,
             handle=handle,
             remaining_s=estimate,
+            rank=job_rank,
         )
         handle._job = job
+        evicted: _Job | None = None
         with self._wakeup:
-            if len(self._queue) >= self.config.max_queue:
+            verdict = admit(
+                [Queued(j.rank, j.cost_s) for j in self._queue],
+                job_rank,
+                self._running_work_locked(),
+                self.config.workers,
+                self.config.max_queue,
+                self.config.wait_target_s,
+            )
+            if not verdict.accept:
+                full = verdict.reason.startswith("queue is full")
+                self._metrics.rejected_total.labels(
+                    reason=REJECT_QUEUE_FULL if full else REJECT_SHED
+                ).inc()
+                self._metrics.priority_requests_total.labels(
+                    priority=priority, outcome=OUTCOME_REFUSED
+                ).inc()
                 queued_work = sum(j.cost_s for j in self._queue)
-                self._metrics.rejected_total.labels(reason=REJECT_QUEUE_FULL).inc()
                 raise QueueFull(
-                    f"queue is full ({self.config.max_queue} requests waiting, about "
-                    f"{queued_work:.1f} engine-seconds); retry later",
-                    retry_after_s=retry_after_seconds(queued_work, self.config.workers),
+                    f"{priority} request refused: {verdict.reason}, about "
+                    f"{queued_work:.1f} engine-seconds queued; retry later",
+                    retry_after_s=retry_after_seconds(verdict.wait_s, 1),
                 )
-            self._queue.append(job)
+            if verdict.evict is not None:
+                evicted = self._queue.pop(verdict.evict)
+                evicted.state = "done"
+                evicted.cancelled = True
+            self._queue.insert(verdict.position, job)
             self._wakeup.notify()
+        self._metrics.priority_requests_total.labels(
+            priority=priority, outcome=OUTCOME_ACCEPTED
+        ).inc()
+        if evicted is not None:
+            evicted_priority = PRIORITIES[evicted.rank]
+            self._metrics.rejected_total.labels(reason=REJECT_EVICTED).inc()
+            self._metrics.priority_requests_total.labels(
+                priority=evicted_priority, outcome=OUTCOME_EVICTED
+            ).inc()
+            evicted.handle._post(
+                QueueFull(
+                    f"{evicted_priority} request pushed out of the full queue by "
+                    f"{priority} work; retry later",
+                    retry_after_s=retry_after_seconds(verdict.wait_s, 1),
+                )
+            )
         return handle
 
     def _cancel(self, job: _Job, *, timed_out: bool) -> None:

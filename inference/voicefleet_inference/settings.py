@@ -196,6 +196,27 @@ class Settings(BaseSettings):
             help="per-request limit on queue wait plus synthesis (then 504)",
         ),
     )
+    default_priority: Annotated[Literal["critical", "standard", "sheddable"], Lower] = Field(
+        "standard",
+        json_schema_extra=flag(
+            "--default-priority",
+            metavar="P",
+            help="priority of requests without an x-voicefleet-priority header: critical, "
+            "standard or sheddable",
+        ),
+    )
+    priority_wait_target_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        json_schema_extra=flag(
+            "--priority-wait-target-s",
+            metavar="S",
+            help="estimated queue wait past which sheddable requests get 429 (standard "
+            "past twice it; critical only when the queue is full of critical work); 0: off",
+        ),
+    )
     drain_grace_s: float = Field(
         30.0,
         ge=0,

@@ -23,8 +23,13 @@ def test_both_routes_and_every_parameter_are_described() -> None:
     assert "aac" in body["properties"]["response_format"]["enum"]
     assert body["properties"]["voice"]["enum"] == list(openai_routes.accepted_voices(INFO))
     get = doc["paths"]["/tts"]["get"]
-    names = [p["name"] for p in get["parameters"]]
+    names = [p["name"] for p in get["parameters"] if p["in"] == "query"]
     assert sorted(names) == sorted(gptsovits_routes.PARAMETERS)
+    for op in (speech, get, doc["paths"]["/tts"]["post"]):
+        headers = [p for p in op["parameters"] if p["in"] == "header"]
+        assert [(h["name"], h["schema"]["enum"]) for h in headers] == [
+            ("x-voicefleet-priority", ["critical", "standard", "sheddable"])
+        ]
     required = {p["name"] for p in get["parameters"] if p["required"]}
     assert required == {"text", "text_lang"}
     post = doc["paths"]["/tts"]["post"]["requestBody"]["content"]["application/json"]["schema"]

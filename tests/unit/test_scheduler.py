@@ -104,6 +104,15 @@ class Rig:
     def sample(self, name: str) -> float:
         return self.metrics.registry.get_sample_value(name) or 0.0
 
+    def sample_labels(self, name: str) -> dict[tuple[str, str], float]:
+        """``{(priority, outcome): value}`` of a by-priority counter."""
+        out: dict[tuple[str, str], float] = {}
+        for family in self.metrics.registry.collect():
+            for s in family.samples:
+                if s.name == name:
+                    out[(s.labels["priority"], s.labels["outcome"])] = s.value
+        return out
+
 
 async def collect(handle: RequestHandle) -> list[np.ndarray]:
     return [c async for c in handle.chunks()]
@@ -375,3 +384,83 @@ async def test_submit_before_load_is_not_ready() -> None:
         scheduler.submit(req())
     assert not scheduler.is_live()
     assert not scheduler.is_ready()
+
+
+async def test_higher_priority_runs_first_and_fifo_within_a_class(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(max_batch_size=1), behaviour)
+    running = rig.scheduler.submit(req("Running."))
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    order = [
+        ("Shed 1.", "sheddable"),
+        ("Std 1.", "standard"),
+        ("Crit 1.", "critical"),
+        ("Shed 2.", "sheddable"),
+        ("Crit 2.", "critical"),
+        ("Std 2.", "standard"),
+    ]
+    handles = [rig.scheduler.submit(req(text), priority) for text, priority in order]
+    behaviour.gate.set()
+    for h in (running, *handles):
+        await collect(h)
+    assert rig.b.texts() == [
+        "Running.",
+        "Crit 1.",
+        "Crit 2.",
+        "Std 1.",
+        "Std 2.",
+        "Shed 1.",
+        "Shed 2.",
+    ]
+    accepted = rig.sample_labels("voicefleet_priority_requests_total")
+    assert accepted[("critical", "accepted")] == 2
+    assert accepted[("sheddable", "accepted")] == 2
+
+
+async def test_critical_pushes_lower_classes_out_of_a_full_queue_with_a_429(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(max_queue=2), behaviour)
+    running = rig.scheduler.submit(req("Running."))
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    shed = rig.scheduler.submit(req("Shed."), "sheddable")
+    std = rig.scheduler.submit(req("Std."), "standard")
+    crit = rig.scheduler.submit(req("Crit."), "critical")
+    with pytest.raises(QueueFull) as pushed:
+        await collect(shed)
+    assert http_status(pushed.value) == (429, "rate_limit_error")
+    assert "pushed out" in str(pushed.value)
+    assert pushed.value.retry_after_s is not None
+    crit2 = rig.scheduler.submit(req("Crit 2."), "critical")  # standard goes next
+    with pytest.raises(QueueFull):
+        await collect(std)
+    with pytest.raises(QueueFull):  # nothing below critical left to push out
+        rig.scheduler.submit(req("Crit 3."), "critical")
+    behaviour.gate.set()
+    for h in (running, crit, crit2):
+        assert len(await collect(h)) == 1
+    assert rig.b.texts() == ["Running.", "Crit.", "Crit 2."]
+    assert rig.rejected("evicted") == 2
+    counts = rig.sample_labels("voicefleet_priority_requests_total")
+    assert counts[("sheddable", "evicted")] == 1
+    assert counts[("standard", "evicted")] == 1
+    assert counts[("critical", "refused")] == 1
+
+
+async def test_sheddable_is_refused_past_the_wait_target(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(wait_target_s=1.0), behaviour)
+    running = rig.scheduler.submit(req("Running " + "x" * 200 + "."))  # about 2 s of work
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    with pytest.raises(QueueFull) as refused:
+        rig.scheduler.submit(req("Shed."), "sheddable")
+    assert "target" in str(refused.value)
+    assert refused.value.retry_after_s is not None
+    assert refused.value.retry_after_s >= 2
+    crit = rig.scheduler.submit(req("Crit."), "critical")
+    behaviour.gate.set()
+    for h in (running, crit):
+        await collect(h)
+    assert rig.rejected("shed") == 1

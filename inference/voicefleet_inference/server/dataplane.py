@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from voicefleet_api.priority import DEFAULT_PRIORITY
 from voicefleet_inference import audio
 from voicefleet_inference.engines.base import AudioChunk, Samples, SynthesisRequest, WordTiming
 from voicefleet_inference.errors import (
@@ -236,10 +237,13 @@ def _whole_with_words(pieces: list[AudioChunk], sample_rate: int, fmt: str) -> d
     }
 
 
-async def synthesize(request: Request, scheduler: Scheduler, job: SpeechJob) -> Response:
-    """Admit ``job``, wait for its audio (or the client leaving), answer in its format."""
+async def synthesize(
+    request: Request, scheduler: Scheduler, job: SpeechJob, priority: str = DEFAULT_PRIORITY
+) -> Response:
+    """Admit ``job`` at ``priority``, wait for its audio (or the client leaving), answer in
+    its format."""
     sample_rate = require_info(scheduler).sample_rate
-    handle = scheduler.submit(job.request)
+    handle = scheduler.submit(job.request, priority)
     try:
         if job.stream == "none":
             pieces = await _unless_disconnected(request, _collect(handle))

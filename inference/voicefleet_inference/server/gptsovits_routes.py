@@ -34,6 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from voicefleet_api.priority import PRIORITY_HEADER
 from voicefleet_inference.engines.base import SynthesisRequest
 from voicefleet_inference.errors import InvalidRequest
 from voicefleet_inference.scheduler import EngineInfo, Scheduler
@@ -48,6 +49,7 @@ from voicefleet_inference.server.dataplane import (
 )
 from voicefleet_inference.server.validation import (
     check_speakable_text,
+    parse_priority,
     short_list,
     unique_query_params,
 )
@@ -269,6 +271,10 @@ def _query_params(request: Request) -> dict[str, object]:
     return unique_query_params(request.query_params.multi_items(), len(PARAMETERS))
 
 
+def _priority(request: Request, settings: Settings) -> str:
+    return parse_priority(request.headers.get(PRIORITY_HEADER), settings.default_priority)
+
+
 def create_router(settings: Settings, scheduler: Scheduler) -> APIRouter:
     """The ``/tts`` routes, bound to this server's settings and scheduler."""
     router = APIRouter()
@@ -277,12 +283,12 @@ def create_router(settings: Settings, scheduler: Scheduler) -> APIRouter:
     @router.get("/tts")
     async def tts_get(request: Request) -> Response:
         job = decode_tts(_query_params(request), require_info(scheduler), settings.max_input_chars)
-        return await synthesize(request, scheduler, job)
+        return await synthesize(request, scheduler, job, _priority(request, settings))
 
     @router.post("/tts")
     async def tts_post(request: Request) -> Response:
         raw = parse_json_object(await read_body(request, limit))
         job = decode_tts(raw, require_info(scheduler), settings.max_input_chars, strict=True)
-        return await synthesize(request, scheduler, job)
+        return await synthesize(request, scheduler, job, _priority(request, settings))
 
     return router

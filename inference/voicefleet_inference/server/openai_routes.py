@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from voicefleet_api.priority import PRIORITY_HEADER
 from voicefleet_inference import audio
 from voicefleet_inference.engines.base import SynthesisRequest
 from voicefleet_inference.errors import InvalidRequest
@@ -39,7 +40,7 @@ from voicefleet_inference.server.dataplane import (
     require_info,
     synthesize,
 )
-from voicefleet_inference.server.validation import check_speakable_text
+from voicefleet_inference.server.validation import check_speakable_text, parse_priority
 from voicefleet_inference.settings import Settings
 
 __all__ = [
@@ -220,6 +221,7 @@ def create_router(settings: Settings, scheduler: Scheduler) -> APIRouter:
     async def speech(request: Request) -> Response:
         raw = parse_json_object(await read_body(request, limit))
         job = decode_speech(raw, require_info(scheduler), settings.max_input_chars)
-        return await synthesize(request, scheduler, job)
+        priority = parse_priority(request.headers.get(PRIORITY_HEADER), settings.default_priority)
+        return await synthesize(request, scheduler, job, priority)
 
     return router

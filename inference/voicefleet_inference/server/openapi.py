@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from voicefleet_api.priority import PRIORITIES, PRIORITY_HEADER
 from voicefleet_inference import audio
 from voicefleet_inference.scheduler import EngineInfo
 from voicefleet_inference.server import gptsovits_routes as tts
@@ -211,6 +212,19 @@ def _responses(openai: bool) -> dict[str, Any]:
     return responses
 
 
+_PRIORITY_PARAMETER: dict[str, Any] = {
+    "name": PRIORITY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "Served before lower classes; when the pod is saturated, sheddable requests are "
+        "refused first (429 + Retry-After), then standard. Default: the voice's default "
+        "priority (--default-priority)"
+    ),
+    "schema": {"type": "string", "enum": list(PRIORITIES)},
+}
+
+
 def build_openapi(
     max_input_chars: int, info: EngineInfo | None, version: str = "0.1.0"
 ) -> dict[str, Any]:
@@ -221,6 +235,7 @@ def build_openapi(
         {"name": name, "in": "query", "required": name in ("text", "text_lang"), "schema": s}
         for name, s in query_fields.items()
     ]
+    parameters.append(_PRIORITY_PARAMETER)
     tts_body = {
         "type": "object",
         "additionalProperties": False,
@@ -249,6 +264,7 @@ def build_openapi(
                 "post": {
                     "operationId": "createSpeech",
                     "summary": "OpenAI-compatible text to speech",
+                    "parameters": [_PRIORITY_PARAMETER],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -268,6 +284,7 @@ def build_openapi(
                 "post": {
                     "operationId": "ttsPost",
                     "summary": "GPT-SoVITS api_v2 /tts subset (JSON body)",
+                    "parameters": [_PRIORITY_PARAMETER],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": tts_body}},

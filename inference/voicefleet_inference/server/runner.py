@@ -71,6 +71,7 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         max_batch_size=settings.max_batch_size,
         batch_window_s=settings.batch_window_s,
         request_timeout_s=settings.request_timeout_s,
+        wait_target_s=settings.priority_wait_target_s,
     )
 
 

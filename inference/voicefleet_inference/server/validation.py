@@ -12,6 +12,8 @@ phonemizer, the engine or an error message in a form they cannot take:
   carriage return: espeak reads its input as a C string, so ``NUL`` ends the text and
   would silently drop the rest; the other controls have no spoken form either. A 400
   that points at the character is better than speaking part of the text;
+* a request's priority header names one of the known classes (a typo is a 400 listing
+  them, never silently "standard");
 * repeated or unknown query parameters are found in one linear pass and reported with a
   short list, so a URL with thousands of parameters costs milliseconds, not seconds, and
   the error does not echo the whole URL back.
@@ -25,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from voicefleet_api.priority import PRIORITIES, PRIORITY_HEADER
 from voicefleet_inference.errors import InvalidRequest
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "check_speakable_text",
     "decode_json_object",
     "find_unencodable",
+    "parse_priority",
     "short_list",
     "unique_query_params",
 ]
@@ -151,3 +155,20 @@ def unique_query_params(items: Iterable[tuple[str, str]], max_params: int) -> di
             f"parameter(s) given more than once: {short_list(repeated)}", param=repeated[0]
         )
     return dict(pairs)
+
+
+def parse_priority(value: str | None, default: str) -> str:
+    """The request's priority from its ``x-voicefleet-priority`` header (``default`` when
+    absent); anything but a known class is a 400 that lists them."""
+    if value is None:
+        return default
+    priority = value.strip().lower()
+    if priority not in PRIORITIES:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidRequest(
+            f"header {PRIORITY_HEADER}: {shown!r} is not a priority; accepted: "
+            f"{', '.join(PRIORITIES)}",
+            param=PRIORITY_HEADER,
+            code="invalid_priority",
+        )
+    return priority
