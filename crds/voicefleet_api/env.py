@@ -32,6 +32,12 @@ LOG_LEVEL: Final = "VOICEFLEET_LOG_LEVEL"
 TERMINATION_MESSAGE_PATH: Final = "VOICEFLEET_TERMINATION_MESSAGE_PATH"
 """Where the server writes its last words before exiting non-zero (unset: nowhere);
 see :mod:`voicefleet_api.termination`."""
+MAX_CONNECTIONS: Final = "VOICEFLEET_MAX_CONNECTIONS"
+HEADER_TIMEOUT_S: Final = "VOICEFLEET_HEADER_TIMEOUT_S"
+KEEP_ALIVE_TIMEOUT_S: Final = "VOICEFLEET_KEEP_ALIVE_TIMEOUT_S"
+BODY_TIMEOUT_S: Final = "VOICEFLEET_BODY_TIMEOUT_S"
+MAX_CONCURRENT_REQUESTS: Final = "VOICEFLEET_MAX_CONCURRENT_REQUESTS"
+"""Connection discipline of the server's HTTP edge (``voicefleet_inference.connections``)."""
 
 FETCH_PREFIX: Final = "VOICEFLEET_FETCH_"
 """The model fetcher's variables (``voicefleet-fetch``, the init container of a url model)."""

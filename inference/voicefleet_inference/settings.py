@@ -236,6 +236,62 @@ class Settings(BaseSettings):
             "--max-input-chars", metavar="N", help="longest accepted text, in characters"
         ),
     )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        json_schema_extra=flag(
+            "--max-connections",
+            metavar="N",
+            help="open connections at most; beyond it a new one closes the connection that "
+            "has waited longest for a request head (0: half the descriptor limit)",
+        ),
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        json_schema_extra=flag(
+            "--header-timeout-s",
+            metavar="S",
+            help="time a client has to send a request head (slow-loris connections are closed)",
+        ),
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        json_schema_extra=flag(
+            "--keep-alive-timeout-s",
+            metavar="S",
+            help="idle time allowed between requests on one connection (the router drops "
+            "its idle pod connections after 4 s, before this)",
+        ),
+    )
+    body_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        json_schema_extra=flag(
+            "--body-timeout-s",
+            metavar="S",
+            help="time a client has to send its whole request body (then 408)",
+        ),
+    )
+    max_concurrent_requests: int = Field(
+        1024,
+        ge=0,
+        le=1_000_000,
+        json_schema_extra=flag(
+            "--max-concurrent-requests",
+            metavar="N",
+            help="HTTP requests in progress at most, beyond it 503 + Retry-After (probes, "
+            "metrics and /load exempt; 0: no limit); the queue bounds synthesis on its own",
+        ),
+    )
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Lower] = Field(
         "info",
         json_schema_extra=flag(

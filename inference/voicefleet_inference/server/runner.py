@@ -21,6 +21,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from voicefleet_api.termination import MODEL_LOAD_FAILED
+from voicefleet_inference.connections import (
+    ConnectionLimits,
+    limit_repeated_logs,
+    uvicorn_options,
+)
 from voicefleet_inference.engines.base import Engine
 from voicefleet_inference.metrics import Metrics, create_metrics
 from voicefleet_inference.scheduler import EngineFactory, Scheduler, SchedulerConfig
@@ -123,7 +128,15 @@ async def serve(
         access_log=settings.log_level == "debug",
         lifespan="off",
         timeout_graceful_shutdown=5,
+        **uvicorn_options(
+            ConnectionLimits(
+                max_connections=settings.max_connections,
+                header_timeout_s=settings.header_timeout_s,
+                keep_alive_s=settings.keep_alive_timeout_s,
+            )
+        ),
     )
+    limit_repeated_logs()
     server = DrainingServer(config, service.scheduler, settings.drain_grace_s)
     log.info(
         "voicefleet-server starting on http://%s:%d: %s",
