@@ -256,9 +256,18 @@ class Autoscaler:
             *(
                 self._voice(v, now, mine[v.key], serving[v.key], by_voice[v.key], pending)
                 for v in acting
-            )
+            ),
+            return_exceptions=True,
         )
-        return {v.key: d for v, d in zip(acting, decided, strict=True)}
+        out: dict[VoiceKey, Decision] = {}
+        for voice, outcome in zip(acting, decided, strict=True):
+            if isinstance(outcome, Decision):
+                out[voice.key] = outcome
+            elif isinstance(outcome, Exception):  # one voice's failure never skips the others
+                log.error("[%s/%s] autoscaler tick failed", *voice.key, exc_info=outcome)
+            else:
+                raise outcome  # CancelledError and the like end the loop
+        return out
 
     def _forget(self, key: VoiceKey) -> None:
         self._states.pop(key, None)

@@ -97,6 +97,7 @@ class FakeActuator:
         self.events: list[tuple[str, str, str]] = []
         self.costs: dict[str, int] = {}
         self.refuse = False
+        self.broken: set[str] = set()
 
     def scale(self, namespace: str, name: str, replicas: int) -> ScaleResult:
         if self.refuse:
@@ -106,6 +107,8 @@ class FakeActuator:
         return ScaleResult(before, replicas, replicas)
 
     def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        if name in self.broken:
+            raise RuntimeError(f"{name}: unexpected")
         self.statuses.append((name, patch))
 
     def set_deletion_cost(self, pod: PodInfo, cost: int) -> None:
@@ -284,6 +287,18 @@ def test_a_refused_scale_is_a_warning_event_and_changes_nothing() -> None:
     w = asyncio.run(scenario())
     assert w.actuator.events[0][1] == "ScaleFailed"
     assert "409" in w.actuator.events[0][2]
+
+
+def test_one_voice_failing_unexpectedly_never_skips_the_others() -> None:
+    async def scenario() -> dict[Any, Any]:
+        w = World()
+        w.put(body("bad", 1, AUTO), pods=1)
+        w.put(body("good", 1, AUTO), pods=1)
+        w.actuator.broken.add("bad")
+        return await w.tick()
+
+    decided = asyncio.run(scenario())
+    assert list(decided) == [("ns", "good")]
 
 
 def test_a_scale_down_marks_the_least_loaded_pod_to_go_first() -> None:
