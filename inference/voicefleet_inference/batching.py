@@ -19,6 +19,7 @@ __all__ = [
     "Queued",
     "Waiting",
     "admit",
+    "holds_sheddable",
     "insert_at",
     "plan_batch",
     "retry_after_seconds",
@@ -103,6 +104,8 @@ class Waiting:
     enqueued_at: float
     deadline: float
     cancelled: bool = False
+    held: bool = False
+    """Not to be started now (sheddable work while only reserved workers are idle)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,8 @@ def plan_batch(queue: Sequence[Waiting], now: float, max_batch: int, window_s: f
     A batch starts as soon as ``max_batch`` live requests wait, or once the oldest live
     request has waited ``window_s`` (so a worker that was busy takes its backlog at once
     and a lone request waits at most the window). With ``max_batch == 1`` nothing waits.
-    Cancelled requests are dropped, requests past their deadline expire, neither is run.
+    Cancelled requests are dropped, requests past their deadline expire, neither is run;
+    held requests stay queued.
     """
     expired: list[int] = []
     dropped: list[int] = []
@@ -135,7 +139,7 @@ def plan_batch(queue: Sequence[Waiting], now: float, max_batch: int, window_s: f
             dropped.append(i)
         elif item.deadline <= now:
             expired.append(i)
-        else:
+        elif not item.held:
             live.append(i)
     if not live:
         return BatchPlan(expired=tuple(expired), dropped=tuple(dropped))
@@ -145,6 +149,13 @@ def plan_batch(queue: Sequence[Waiting], now: float, max_batch: int, window_s: f
             take=tuple(live[:max_batch]), expired=tuple(expired), dropped=tuple(dropped)
         )
     return BatchPlan(expired=tuple(expired), dropped=tuple(dropped), wait_until=oldest + window_s)
+
+
+def holds_sheddable(idle_workers: int, reserved_workers: int) -> bool:
+    """Whether a free worker must leave sheddable work queued: it is one of the last
+    ``reserved_workers`` idle ones, kept so that more important work never waits for a
+    long sheddable request to finish (work is never interrupted once started)."""
+    return reserved_workers > 0 and idle_workers <= reserved_workers
 
 
 def retry_after_seconds(queued_work_s: float, workers: int) -> int:

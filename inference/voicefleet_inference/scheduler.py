@@ -55,6 +55,7 @@ from voicefleet_inference.batching import (
     Queued,
     Waiting,
     admit,
+    holds_sheddable,
     plan_batch,
     retry_after_seconds,
 )
@@ -106,6 +107,7 @@ log = logging.getLogger("voicefleet.scheduler")
 EngineFactory = Callable[[], Engine]
 """Creates a new, unloaded engine; called once inside each worker thread."""
 
+_SHEDDABLE_RANK: Final = rank("sheddable")
 _RUNNING_WORK_FLOOR: Final = 0.05
 """A running request never counts for less than this fraction of its estimate: it is not
 done, however optimistic the cost model was."""
@@ -128,6 +130,9 @@ class SchedulerConfig:
     wait_target_s: float = 0.0
     """Estimated queue wait past which sheddable work is refused (standard past twice
     it); 0: only a full queue refuses (see :func:`~voicefleet_inference.batching.admit`)."""
+    reserved_workers: int = 0
+    """Workers that never start sheddable work while they are the last idle ones, so
+    critical and standard work finds a free engine instead of waiting behind it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +184,9 @@ class _Job:
     remaining_s: float = 0.0
     first_chunk_at: float | None = None
 
-    def view(self) -> Waiting:
-        return Waiting(self.enqueued_at, self.deadline, self.cancelled)
+    def view(self, hold_sheddable: bool = False) -> Waiting:
+        held = hold_sheddable and self.rank >= _SHEDDABLE_RANK
+        return Waiting(self.enqueued_at, self.deadline, self.cancelled, held)
 
 
 class RequestHandle:
@@ -599,8 +605,12 @@ class Scheduler:
                 if self._stopping:
                     return None
                 now = time.monotonic()
+                idle = sum(1 for w in self._workers if w.loaded and not w.running)
+                # At least one worker always takes sheddable work, or it would never run.
+                reserved = min(self.config.reserved_workers, len(self._workers) - 1)
+                hold = holds_sheddable(idle, reserved)
                 plan = plan_batch(
-                    [j.view() for j in self._queue],
+                    [j.view(hold) for j in self._queue],
                     now,
                     self.config.max_batch_size,
                     self.config.batch_window_s,

@@ -217,6 +217,18 @@ class Settings(BaseSettings):
             "past twice it; critical only when the queue is full of critical work); 0: off",
         ),
     )
+    priority_reserved_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        json_schema_extra=flag(
+            "--priority-reserved-workers",
+            metavar="N",
+            help="engine workers that never start sheddable work while they are the last "
+            "idle ones, so critical and standard requests do not wait behind it (at most "
+            "workers - 1 apply)",
+        ),
+    )
     drain_grace_s: float = Field(
         30.0,
         ge=0,

@@ -85,3 +85,14 @@ def test_an_unknown_priority_is_a_400_naming_the_accepted_ones() -> None:
         parse_priority("urgent", "standard")
     assert info.value.param == "x-voicefleet-priority"
     assert "critical, standard, sheddable" in str(info.value)
+
+
+def test_sheddable_is_held_only_while_the_idle_workers_are_the_reserved_ones() -> None:
+    from voicefleet_inference.batching import Waiting, holds_sheddable, plan_batch
+
+    assert holds_sheddable(1, 1)
+    assert not holds_sheddable(2, 1)
+    assert not holds_sheddable(1, 0)
+    queue = [Waiting(0.0, 99.0, held=True), Waiting(1.0, 99.0)]
+    assert plan_batch(queue, 2.0, 1, 0.0).take == (1,)
+    assert plan_batch([Waiting(0.0, 1.0, held=True)], 2.0, 1, 0.0).expired == (0,)

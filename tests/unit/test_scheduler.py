@@ -464,3 +464,27 @@ async def test_sheddable_is_refused_past_the_wait_target(rig_factory) -> None:
     for h in (running, crit):
         await collect(h)
     assert rig.rejected("shed") == 1
+
+
+async def test_a_reserved_worker_leaves_sheddable_work_for_critical_work(rig_factory) -> None:
+    behaviour = FakeBehaviour()
+    behaviour.gate.clear()
+    rig = await rig_factory(SchedulerConfig(workers=2, reserved_workers=1), behaviour)
+    first = rig.scheduler.submit(req("Standard."))
+    await eventually(lambda: rig.scheduler.in_flight() == 1)
+    shed = rig.scheduler.submit(req("Shed."), "sheddable")
+    await asyncio.sleep(0.05)
+    assert rig.scheduler.in_flight() == 1  # the last idle worker is kept free
+    assert rig.scheduler.queue_depth() == 1
+    crit = rig.scheduler.submit(req("Crit."), "critical")
+    await eventually(lambda: rig.scheduler.in_flight() == 2)
+    assert rig.scheduler.queue_depth() == 1
+    behaviour.gate.set()
+    for h in (first, crit, shed):
+        assert len(await collect(h)) == 1  # sheddable runs once two workers are idle
+    assert rig.b.texts()[-1] == "Shed."
+
+
+async def test_with_one_worker_nothing_is_reserved(rig_factory) -> None:
+    rig = await rig_factory(SchedulerConfig(workers=1, reserved_workers=1))
+    assert len(await collect(rig.scheduler.submit(req("Shed."), "sheddable"))) == 1

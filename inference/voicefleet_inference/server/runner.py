@@ -77,6 +77,7 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         batch_window_s=settings.batch_window_s,
         request_timeout_s=settings.request_timeout_s,
         wait_target_s=settings.priority_wait_target_s,
+        reserved_workers=settings.priority_reserved_workers,
     )
 
 
