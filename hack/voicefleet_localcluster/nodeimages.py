@@ -68,7 +68,10 @@ def busybox_links(applets: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple((f"/bin/{a}", "/bin/busybox") for a in applets)
 
 
-TEST_APPLETS = ("sh", "cat", "echo", "env", "ls", "nc", "nslookup", "sleep", "wget", "touch")
+TEST_APPLETS = (
+    "sh", "cat", "echo", "env", "head", "hostname", "httpd", "id", "ls", "mkdir", "nc",
+    "nslookup", "sleep", "tail", "touch", "wget",
+)  # fmt: skip
 
 
 def compile_pause(out_dir: Path) -> Path:

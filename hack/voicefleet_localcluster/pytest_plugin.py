@@ -4,6 +4,10 @@
   started on first request, stopped at session end. Tests that never request it
   never start (or build) anything.
 - `cluster_namespace` (function): a fresh namespace, deleted after the test.
+- `real_cluster` (session): a cluster on the real node (kubelet + containerd + runc,
+  kube-proxy, CoreDNS). One real node can run per host, so one per session; when
+  `local_cluster` itself runs on the real node ($VOICEFLEET_NODE=real) both are the
+  same cluster.
 
 Building on a fresh machine takes minutes. pytest-timeout counts fixture setup
 against the first test that requests the fixture, so the build runs during
@@ -19,9 +23,10 @@ from collections.abc import Iterator
 import pytest
 
 from voicefleet_localcluster import binaries
+from voicefleet_localcluster.controlplane import default_node_kind
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster
 
-FIXTURE = "local_cluster"
+FIXTURES = ("local_cluster", "real_cluster")
 
 
 def _echo(config: pytest.Config, line: str) -> None:
@@ -38,7 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark cluster tests, and build the binaries now if any selected test needs them."""
     needs_cluster = False
     for item in items:
-        if FIXTURE in getattr(item, "fixturenames", ()):
+        if any(f in getattr(item, "fixturenames", ()) for f in FIXTURES):
             item.add_marker(pytest.mark.cluster)
             needs_cluster = True
     if needs_cluster and not config.option.collectonly:
@@ -46,10 +51,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def local_cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
-    """A real local cluster for the whole session (see `LocalCluster` for helpers)."""
+def real_cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
+    """The session's cluster on the real node (kubelet + containerd + runc)."""
     gpus = int(os.environ.get("VOICEFLEET_KUBELET_GPUS", "4"))
-    cluster = start_local_cluster(gpus=gpus, log=lambda line: _echo(pytestconfig, line))
+    cluster = start_local_cluster(
+        gpus=gpus, node="real", log=lambda line: _echo(pytestconfig, line)
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(
+    pytestconfig: pytest.Config, request: pytest.FixtureRequest
+) -> Iterator[LocalCluster]:
+    """A real local cluster for the whole session (see `LocalCluster` for helpers).
+
+    On the real node ($VOICEFLEET_NODE=real) it is `real_cluster`: one node per host.
+    """
+    if default_node_kind() == "real":
+        shared: LocalCluster = request.getfixturevalue("real_cluster")
+        yield shared
+        return
+    gpus = int(os.environ.get("VOICEFLEET_KUBELET_GPUS", "4"))
+    cluster = start_local_cluster(
+        gpus=gpus, node="process", log=lambda line: _echo(pytestconfig, line)
+    )
     try:
         yield cluster
     finally:

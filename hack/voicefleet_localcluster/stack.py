@@ -28,8 +28,10 @@ from voicefleet_localcluster.controlplane import (
     ClusterStartError,
     ClusterState,
     ControlPlane,
+    default_node_kind,
     stop_cluster,
 )
+from voicefleet_localcluster.preflight import PreflightError
 from voicefleet_localcluster.procs import alive, has_marker
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
@@ -88,9 +90,16 @@ def ensure_cluster(state_dir: Path, *, say: Say = _say, timeout: float = 180.0) 
         state_file.unlink(missing_ok=True)
     say("Kubernetes binaries (built from Go modules on first use: several minutes)")
     bin_dir = binaries.ensure_binaries(log=say)
-    say("starting the local control plane and the process kubelet (~10 s)")
+    kind = default_node_kind()
+    if kind == "real":
+        say("starting the local control plane and the real node (kubelet + containerd, ~30 s)")
+    else:
+        say("starting the local control plane and the process kubelet (~10 s)")
     plane = ControlPlane(
-        bin_dir=bin_dir, kubeconfig_path=state_dir / "kubeconfig", node_name=DEFAULT_NODE
+        bin_dir=bin_dir,
+        kubeconfig_path=state_dir / "kubeconfig",
+        node_name=DEFAULT_NODE,
+        node=kind,
     )
     state = plane.start(timeout=timeout)
     state.save(state_file)
@@ -184,10 +193,18 @@ def voice_ready(cluster: LocalCluster, namespace: str, name: str) -> bool:
 
 
 def router_url(cluster: LocalCluster, namespace: str = RELEASE_NAMESPACE) -> str:
-    """Base URL of a ready router pod (the local cluster has no Service routing)."""
+    """Base URL of the router, reachable from the host, once a router pod is ready.
+
+    On the real node: the router Service's ClusterIP, which kube-proxy routes from the
+    host too (what a user reaches in-cluster). The process kubelet has no Service
+    routing, so there it is a ready router pod's own address.
+    """
     pods = cluster.ready_pods(namespace, ROUTER_SELECTOR)
     if not pods:
         raise LookupError(f"no ready router pod in {namespace}")
+    if cluster.state.node == "real":
+        spec = cluster.get_json("service", f"{RELEASE}-router", "-n", namespace)["spec"]
+        return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}"
     ip = sorted(str(p["status"]["podIP"]) for p in pods)[0]
     return f"http://{ip}:{ROUTER_PORT}"
 
@@ -222,7 +239,7 @@ def up(state_dir: Path, *, timeout: float = 600.0, say: Say = _say) -> int:
     state_dir = state_dir.resolve()
     try:
         state = ensure_cluster(state_dir, say=say)
-    except ClusterStartError as exc:
+    except (ClusterStartError, PreflightError) as exc:
         say(str(exc))
         return 1
     cluster = cluster_from_state(state)

@@ -269,11 +269,17 @@ def start_local_cluster(
     gpus: int = 4,
     log: Callable[[str], None] | None = None,
     timeout: float = 120.0,
+    node: str | None = None,
 ) -> LocalCluster:
-    """Build the binaries if missing, start a cluster in a fresh temp dir, return it."""
+    """Build the binaries if missing, start a cluster in a fresh temp dir, return it.
+
+    `node`: "real" (kubelet + containerd) or "process"; None follows $VOICEFLEET_NODE.
+    """
     say = log or (lambda line: None)
     bin_dir = binaries.ensure_binaries(log=say)
-    kwargs: dict[str, Any] = {"bin_dir": bin_dir, "gpus": gpus}
+    kwargs: dict[str, Any] = {"bin_dir": bin_dir, "gpus": gpus, "node": node}
+    if node == "real":
+        timeout = max(timeout, 300.0)  # first start packs and imports the node's images
     if log is not None:
         kwargs["log"] = log
     plane = ControlPlane(**kwargs)
