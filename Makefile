@@ -9,10 +9,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8080
 HOST ?= 127.0.0.1
+# pytest-xdist workers; the cluster and e2e tests share one of them (tests/conftest.py).
+TEST_WORKERS ?= auto
 
 PRODUCT_SRC := crds/voicefleet_api inference/voicefleet_inference operator/voicefleet_operator hack/voicefleet_localcluster
 
-.PHONY: help install lint typecheck unit test serve bench cluster-build cluster-up cluster-down clean up down chart-crds
+.PHONY: help install lint typecheck unit test test-fast serve bench cluster-build cluster-up cluster-down clean up down chart-crds
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,8 +39,11 @@ typecheck: install ## mypy --strict on product code
 unit: install ## fast tests only (no servers, no cluster)
 	$(BIN)/pytest -q tests/unit
 
-test: install lint typecheck ## the full suite: lint, types, unit, integration (real servers, real control plane)
-	$(BIN)/pytest -q -ra
+test: install lint typecheck ## the full suite: lint, types, unit, integration (real servers, real control plane), e2e; in parallel
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
+
+test-fast: install ## inner loop: unit + single-server integration tests (no cluster, no benchmark driver), in parallel
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not cluster" --ignore=tests/integration/test_bench_smoke.py tests/unit tests/integration
 
 serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
 	$(BIN)/voicefleet-server --host $(HOST) --port $(PORT)
