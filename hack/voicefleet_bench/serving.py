@@ -41,7 +41,7 @@ from typing import Any
 
 from voicefleet_bench import REPO, loadgen, machine
 from voicefleet_bench.machine import cpu_model, git_revision, loadavg
-from voicefleet_bench.procs import HOST, cpu_seconds, free_port, spawned
+from voicefleet_bench.procs import HOST, cpu_seconds, exit_cleanly_on_sigterm, free_port, spawned
 from voicefleet_bench.report import fmt
 from voicefleet_bench.stats import ratio
 
@@ -761,6 +761,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every round, print the summary, write the report."""
     args = parse_args(argv)
+    exit_cleanly_on_sigterm()
     if args.bare_worker:
         bare_worker(args.bare_worker)
         return 0
