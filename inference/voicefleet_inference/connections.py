@@ -21,6 +21,10 @@ idle sockets would turn every real request into a 503). So:
   progress (probes and metrics exempt), instead of queueing without bound.
 * :class:`BodyDeadline` gives a client ``timeout_s`` to send its whole body, then answers
   408 and lets the connection close (a slow body holds memory and a request slot).
+* :class:`WholeBodyForHttp10` answers an HTTP/1.0 client a whole body with its
+  Content-Length: it cannot read chunked encoding, so a stream would end in a plain close
+  that looks the same whether the audio was complete or its pod died halfway. A stream
+  that fails before its end becomes an error status instead of a short 200.
 * :func:`limit_repeated_logs` lets each distinct message of the event loop's and
   uvicorn's loggers through at most once per interval, with a count of what it dropped:
   descriptor exhaustion must not turn into a log flood (119 MB in 15 s once).
@@ -45,6 +49,7 @@ __all__ = [
     "BodyDeadline",
     "ConcurrencyLimit",
     "ConnectionLimits",
+    "WholeBodyForHttp10",
     "descriptor_budget",
     "guarded_http",
     "limit_repeated_logs",
@@ -266,6 +271,93 @@ class BodyDeadline:
             await send(message)
 
         await self.app(scope, timed_receive, guarded_send)
+
+
+class WholeBodyForHttp10:
+    """Buffers a response without Content-Length for an HTTP/1.0 client (module docstring).
+
+    At most ``max_bytes`` are held (a WAV of a 4,096-character input is a few MB); a longer
+    body, or one whose stream fails, is answered with an error status instead.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = 64 << 20) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("http_version") != "1.0":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        parts: list[bytes] = []
+        size = 0
+        passing = False
+        finished = False
+        too_long = False
+
+        async def buffered(message: Message) -> None:
+            nonlocal start, size, passing, finished, too_long
+            if passing:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", ())
+                if any(k.lower() == b"content-length" for k, _ in headers):
+                    passing = True  # already a whole body
+                    await send(message)
+                else:
+                    start = message
+                return
+            if message["type"] != "http.response.body" or too_long:
+                return
+            body = bytes(message.get("body", b""))
+            size += len(body)
+            if size > self.max_bytes:
+                too_long = True
+                parts.clear()
+                return
+            parts.append(body)
+            if not message.get("more_body", False):
+                finished = True
+
+        try:
+            await self.app(scope, receive, buffered)
+        except Exception:
+            if passing or start is None:
+                raise
+            log.warning("a stream for an HTTP/1.0 client failed before its end", exc_info=True)
+        if passing:
+            return
+        path = str(scope.get("path", ""))
+        if start is None:
+            return
+        if too_long:
+            await _error(
+                send,
+                path,
+                502,
+                f"the answer is over {self.max_bytes} bytes: ask with HTTP/1.1 to stream it",
+                "server_error",
+                "response_too_large",
+                {},
+            )
+            return
+        if not finished:
+            await _error(
+                send,
+                path,
+                502,
+                "the audio stream failed before its end (an HTTP/1.0 client gets whole files only)",
+                "server_error",
+                "stream_failed",
+                {},
+            )
+            return
+        data = b"".join(parts)
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"transfer-encoding"]
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 async def _error(

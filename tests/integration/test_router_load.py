@@ -8,6 +8,7 @@ access log on, so a test counts exactly which requests the router made of them.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -173,3 +174,61 @@ async def test_a_silent_pod_is_polled_and_never_taken_for_idle(
             *(client.post(url + SPEECH, json=speech()) for _ in range(6))
         )
     assert frozen_key in {a.headers["x-voicefleet-pod"] for a in answers}
+
+
+async def _http10(base_url: str, payload: dict[str, object]) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.0 request over a raw socket: status, headers, the body read to EOF."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    data = json.dumps(payload).encode()
+    writer.write(
+        b"POST /v1/audio/speech HTTP/1.0\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 60)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_an_http10_client_of_a_stream_gets_a_whole_file_or_an_error(
+    two_pods: list[ServerProc], tmp_path: Path
+) -> None:
+    """HTTP/1.0 has no chunked encoding: a stream would end in a close that looks the same
+    complete or cut. Router and pod answer the whole file with Content-Length, and a pod
+    dying mid-stream is an error status, not a short 200."""
+    streamed = speech(PARAGRAPH, stream_format="audio", response_format="wav")
+    slow = wait_ready(
+        launch(
+            tmp_path / "slow.log",
+            "--engine",
+            "simulated",
+            env={"SIMULATED_ENGINE_SPEED_FACTOR": "1"},
+        )
+    )
+    try:
+        async with running_router(static(two_pods[0])) as (_, url):
+            status, headers, body = await _http10(url, streamed)
+            direct = await _http10(two_pods[0].base_url, {**streamed, "model": "tts-1"})
+        assert status == 200
+        assert int(headers["content-length"]) == len(body)
+        assert body.startswith(b"RIFF")
+        assert len(body) > 100_000
+        assert direct[0] == 200
+        assert int(direct[1]["content-length"]) == len(direct[2])
+
+        async with running_router(static(slow)) as (_, url):
+            asking = asyncio.create_task(_http10(url, streamed))
+            await asyncio.sleep(1.0)  # its first sentence has started streaming
+            slow.proc.send_signal(signal.SIGKILL)
+            cut_status, _, cut_body = await asking
+    finally:
+        if slow.proc.poll() is None:
+            stop(slow)
+        slow.proc.wait(timeout=10)
+    assert cut_status == 502, (cut_status, cut_body[:300])
+    assert b"stream_failed" in cut_body

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from voicefleet_inference.connections import (
     ConcurrencyLimit,
     ConnectionLimits,
+    WholeBodyForHttp10,
     limit_repeated_logs,
     uvicorn_options,
 )
@@ -156,6 +157,7 @@ def build_router(
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
+    service.app.add_middleware(WholeBodyForHttp10)
     service.app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
     return service
 

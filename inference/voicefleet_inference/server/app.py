@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voicefleet_api import load
-from voicefleet_inference.connections import BodyDeadline, ConcurrencyLimit
+from voicefleet_inference.connections import BodyDeadline, ConcurrencyLimit, WholeBodyForHttp10
 from voicefleet_inference.metrics import CONTENT_TYPE, Metrics, render
 from voicefleet_inference.scheduler import Scheduler
 from voicefleet_inference.server import gptsovits_routes, openai_routes
@@ -187,6 +187,7 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
     app.add_middleware(ErrorGuard)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(WholeBodyForHttp10)
     app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
     app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
     app.add_middleware(LoadHeader, report=report)
