@@ -222,6 +222,8 @@ class PiperTextFrontEnd:
         if not self.speakers:
             raise EngineInputError(f"model {self._model_name} has one speaker; got {speaker!r}")
         sid = self._speaker_ids.get(speaker)
+        if sid is None and speaker.isdecimal() and int(speaker) < self.config.num_speakers:
+            sid = int(speaker)  # a speaker by number, as Piper's own tools accept
         if sid is None:
             raise EngineInputError(
                 f"unknown speaker {speaker!r}; this model has {', '.join(self.speakers)}"

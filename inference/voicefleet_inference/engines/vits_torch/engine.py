@@ -91,6 +91,8 @@ class _Item:
     is_last: bool
     plan: TextPlan
     unit: PlannedUnit
+    speaker: int = 0
+    """Speaker id (row of ``emb_g``); ignored by a one-speaker voice."""
 
 
 class VitsTorchEngine(PiperVoiceEngineBase):
@@ -128,8 +130,6 @@ class VitsTorchEngine(PiperVoiceEngineBase):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if self._device_kind == "cpu" and precision != "float32":
             raise ValueError("precision on cpu is float32 only")
-        if self._config.num_speakers > 1:
-            raise ValueError("vits-torch does not support multi-speaker voices yet")
         self.stream_windows = stream_windows
         """Decode in windows (first audio early) or a whole sentence per pass; settable."""
         self.first_window = first_window
@@ -170,6 +170,12 @@ class VitsTorchEngine(PiperVoiceEngineBase):
         else:
             torch.set_num_threads(self._threads)
         model = build_model(self._model_path)
+        speakers = max(1, self._config.num_speakers)
+        if model.spec.n_speakers != speakers:
+            raise EngineError(
+                f"{self._model_path}: the config says {speakers} speaker(s), the model has "
+                f"{model.spec.n_speakers}"
+            )
         self._torch_device = torch.device(
             f"cuda:{self._device_id}" if self._device_kind == "cuda" else "cpu"
         )
@@ -195,14 +201,17 @@ class VitsTorchEngine(PiperVoiceEngineBase):
         """
         plans: list[TextPlan] = []
         scales: list[float] = []
+        speakers: list[int] = []
         for request in requests:
             plans.append(self.plan(request))
-            self._front.speaker_id(request.speaker)
+            speakers.append(self._front.speaker_id(request.speaker))
             scales.append(self._front.length_scale(request.speed))
         rounds = max((len(p.units) for p in plans), default=0)
         for i in range(rounds):
             items = [
-                _Item(k, p.units[i].ids, scales[k], i == len(p.units) - 1, p, p.units[i])
+                _Item(
+                    k, p.units[i].ids, scales[k], i == len(p.units) - 1, p, p.units[i], speakers[k]
+                )
                 for k, p in enumerate(plans)
                 if i < len(p.units)
             ]
@@ -237,6 +246,9 @@ class VitsTorchEngine(PiperVoiceEngineBase):
                 torch.tensor([it.length_scale for it in items], device=dev),
                 self.noise_scale,
                 self.noise_w,
+                torch.tensor([it.speaker for it in items], device=dev)
+                if model.spec.gin_channels
+                else None,
             )
             frames = latent.frames.tolist()
             hop = model.hop
@@ -248,7 +260,7 @@ class VitsTorchEngine(PiperVoiceEngineBase):
             if not self.stream_windows:
                 varied = len(set(frames)) > 1
                 with self._autocast():
-                    audio = model.dec(latent.z, latent.frames if varied else None)
+                    audio = model.dec(latent.z, latent.frames if varied else None, latent.g)
                 audio = audio.float().cpu()
                 for row, it in enumerate(items):
                     samples = audio[row, : frames[row] * hop].numpy()
@@ -267,8 +279,9 @@ class VitsTorchEngine(PiperVoiceEngineBase):
                     z[j, :, : hi - lo] = latent.z[r, :, lo:hi]
                 valid = torch.tensor([hi - lo for lo, hi, _ in spans], device=dev)
                 varied = len(set(valid.tolist())) > 1
+                g = None if latent.g is None else latent.g[rows]
                 with self._autocast():
-                    audio = model.dec(z, valid if varied else None)
+                    audio = model.dec(z, valid if varied else None, g)
                 audio = audio.float().cpu()
                 for j, (r, (lo, _, keep_stop)) in enumerate(zip(rows, spans, strict=True)):
                     samples = audio[j, (start - lo) * hop : (keep_stop - lo) * hop].numpy()

@@ -8,9 +8,13 @@ so any Piper VITS voice quality loads without a table of presets. Names:
 - the flows' weight-normed convs were folded into anonymous ``onnx::Conv_<n>`` tensors;
   the ``Conv`` node that consumes one is named after its module
   (``/flow/flows.6/enc/in_layers.0/Conv``), which gives back the PyTorch name;
-- the phoneme embedding is stored as ``sid`` (found as the table of the ``/enc_p/emb``
-  ``Gather``), and the duration predictor's affine flow keeps ``exp(-logs)`` folded
-  into ``/dp/flows.0/Exp_output_0``.
+- the phoneme embedding of a one-speaker voice is stored as ``sid`` (found as the table
+  of the ``/enc_p/emb`` ``Gather``), and the duration predictor's affine flow keeps
+  ``exp(-logs)`` folded into ``/dp/flows.0/Exp_output_0``;
+- a multi-speaker voice has the graph input ``sid`` and the speaker table ``emb_g.weight``
+  (``[speakers, gin]``); its projections into the duration predictor (``dp.cond``), each
+  flow's WaveNet (``flow.flows.N.enc.cond_layer``, weight-normed, so named by its node)
+  and the decoder (``dec.cond``) follow the rules above.
 
 Every float initializer that is not a scalar constant must land on a parameter, every
 parameter must be filled, shapes must agree and every conv's attributes must be the ones
@@ -85,8 +89,11 @@ def read_onnx(path: Path) -> OnnxWeights:
             f"{path}: not a Piper VITS export (inputs {sorted(names)}, expected input, "
             "input_lengths, scales)"
         )
-    if any(n.startswith("emb_g.") for n in raw) or "sid" in names:
-        raise VitsLoadError(f"{path}: multi-speaker voices are not supported by vits-torch yet")
+    if ("sid" in names) != ("emb_g.weight" in raw):
+        raise VitsLoadError(
+            f"{path}: a multi-speaker voice needs both the input sid and the speaker "
+            "embedding emb_g.weight; the graph has only one of them"
+        )
 
     renamed: dict[str, str] = {}
     convs: dict[str, ConvAttrs] = {}
@@ -212,7 +219,10 @@ def derive_spec(weights: OnnxWeights) -> VitsSpec:
         resblock_kernels=tuple(kernels),
         resblock_dilations=tuple(dilations),
     )
+    n_speakers, gin_channels = _need(t, "emb_g.weight") if "emb_g.weight" in t else (1, 0)
     return VitsSpec(
+        n_speakers=n_speakers,
+        gin_channels=gin_channels,
         n_vocab=n_vocab,
         hidden=hidden,
         filter_channels=filter_channels,

@@ -100,6 +100,10 @@ class VitsSpec:
     dp_filter: int
     flow: FlowSpec
     decoder: DecoderSpec
+    n_speakers: int = 1
+    """Rows of the speaker embedding ``emb_g``; 1: a one-speaker voice (no ``emb_g``)."""
+    gin_channels: int = 0
+    """Width of the speaker embedding; 0 for a one-speaker voice."""
 
 
 def _layer_norm(x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
@@ -344,6 +348,8 @@ class DurationPredictor(nn.Module):
         super().__init__()
         f = spec.flow
         self.pre = _conv(spec.hidden, spec.dp_filter, 1)
+        if spec.gin_channels:
+            self.cond = _conv(spec.gin_channels, spec.dp_filter, 1)
         self.convs = DilatedSeparableStack(spec.dp_filter, f.dp_kernel, f.dp_layers)
         self.proj = _conv(spec.dp_filter, spec.dp_filter, 1)
         flows: dict[str, nn.Module] = {"0": ElementwiseAffine(2)}
@@ -352,8 +358,11 @@ class DurationPredictor(nn.Module):
         self.flows = nn.ModuleDict(flows)
         self.order = tuple(sorted(f.dp_flow_indices, reverse=True))
 
-    def forward(self, x: Tensor, mask: Tensor, noise: Tensor) -> Tensor:
-        x = self.convs(self.pre(x), mask)
+    def forward(self, x: Tensor, mask: Tensor, noise: Tensor, g: Tensor | None = None) -> Tensor:
+        x = self.pre(x)
+        if g is not None:
+            x = x + self.cond(g)
+        x = self.convs(x, mask)
         x = self.proj(x) * mask
         z = noise
         # Reverse order: each spline flow is preceded (in reverse) by its channel flip;
@@ -371,9 +380,14 @@ class DurationPredictor(nn.Module):
 class WaveNet(nn.Module):
     """Gated dilated conv stack with skip sum (the flows' WN); weights already un-normed."""
 
-    def __init__(self, hidden: int, kernel: int, dilation_rate: int, n_layers: int) -> None:
+    def __init__(
+        self, hidden: int, kernel: int, dilation_rate: int, n_layers: int, gin_channels: int = 0
+    ) -> None:
         super().__init__()
         self.hidden = hidden
+        if gin_channels:
+            # One projection of the speaker for all layers; layer i takes its 2*hidden slice.
+            self.cond_layer = _conv(gin_channels, 2 * hidden * n_layers, 1)
         self.in_layers = nn.ModuleList(
             _conv(hidden, 2 * hidden, kernel, dilation=dilation_rate**i) for i in range(n_layers)
         )
@@ -381,13 +395,16 @@ class WaveNet(nn.Module):
             _conv(hidden, 2 * hidden if i < n_layers - 1 else hidden, 1) for i in range(n_layers)
         )
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, g: Tensor | None = None) -> Tensor:
         out = torch.zeros_like(x)
         last = len(self.in_layers) - 1
+        cond = None if g is None else self.cond_layer(g)
         for i, (conv_in, conv_rs) in enumerate(
             zip(self.in_layers, self.res_skip_layers, strict=True)
         ):
             a = conv_in(x)
+            if cond is not None:
+                a = a + cond[:, 2 * self.hidden * i : 2 * self.hidden * (i + 1)]
             acts = torch.tanh(a[:, : self.hidden]) * torch.sigmoid(a[:, self.hidden :])
             rs = conv_rs(acts)
             if i < last:
@@ -401,16 +418,16 @@ class WaveNet(nn.Module):
 class CouplingLayer(nn.Module):
     """Mean-only residual coupling: the first half shifts the second."""
 
-    def __init__(self, channels: int, hidden: int, spec: FlowSpec) -> None:
+    def __init__(self, channels: int, hidden: int, spec: FlowSpec, gin_channels: int = 0) -> None:
         super().__init__()
         self.split = channels // 2
         self.pre = _conv(self.split, hidden, 1)
-        self.enc = WaveNet(hidden, spec.kernel, spec.dilation_rate, spec.wn_layers)
+        self.enc = WaveNet(hidden, spec.kernel, spec.dilation_rate, spec.wn_layers, gin_channels)
         self.post = _conv(hidden, self.split, 1)
 
-    def reverse(self, x: Tensor, mask: Tensor) -> Tensor:
+    def reverse(self, x: Tensor, mask: Tensor, g: Tensor | None = None) -> Tensor:
         x0, x1 = x[:, : self.split], x[:, self.split :]
-        h = self.enc(self.pre(x0) * mask, mask)
+        h = self.enc(self.pre(x0) * mask, mask, g)
         m = self.post(h) * mask
         return torch.cat([x0, (x1 - m) * mask], dim=1)
 
@@ -420,15 +437,18 @@ class Flow(nn.Module):
         super().__init__()
         f = spec.flow
         self.flows = nn.ModuleDict(
-            {str(i): CouplingLayer(spec.inter_channels, spec.hidden, f) for i in f.indices}
+            {
+                str(i): CouplingLayer(spec.inter_channels, spec.hidden, f, spec.gin_channels)
+                for i in f.indices
+            }
         )
         self.order = tuple(sorted(f.indices, reverse=True))
 
-    def reverse(self, z: Tensor, mask: Tensor) -> Tensor:
+    def reverse(self, z: Tensor, mask: Tensor, g: Tensor | None = None) -> Tensor:
         for i in self.order:
             layer = self.flows[str(i)]
             assert isinstance(layer, CouplingLayer)
-            z = layer.reverse(torch.flip(z, [1]), mask)
+            z = layer.reverse(torch.flip(z, [1]), mask, g)
         return z
 
 
@@ -481,10 +501,12 @@ class ResBlock(nn.Module):
 class Generator(nn.Module):
     """HiFi-GAN: latent frames -> waveform, ``hop`` samples per frame."""
 
-    def __init__(self, spec: DecoderSpec) -> None:
+    def __init__(self, spec: DecoderSpec, gin_channels: int = 0) -> None:
         super().__init__()
         self.spec = spec
         self.conv_pre = _conv(spec.in_channels, spec.initial_channels, 7)
+        if gin_channels:
+            self.cond = _conv(gin_channels, spec.initial_channels, 1)
         ups = []
         blocks = []
         ch = spec.initial_channels
@@ -500,11 +522,12 @@ class Generator(nn.Module):
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3, bias=False)
         self.conv_post.requires_grad_(False)
 
-    def forward(self, z: Tensor, frames: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, frames: Tensor | None = None, g: Tensor | None = None) -> Tensor:
         """``z`` ``[b, c, t]`` -> ``[b, t * hop]``.
 
         ``frames`` (per-item valid lengths) makes each conv see zeros past an item's end,
-        as the item alone would; ``None`` when every item fills the batch.
+        as the item alone would; ``None`` when every item fills the batch. ``g`` is the
+        speaker embedding (``[b, gin, 1]``) of a multi-speaker voice.
         """
         mask: Tensor | None = None
         if frames is not None:
@@ -512,6 +535,8 @@ class Generator(nn.Module):
             z = z * mask.squeeze(2)
         x = z.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         x = _conv_nhwc(self.conv_pre, x)
+        if g is not None:
+            x = x + self.cond(g).to(x.dtype).unsqueeze(2)  # [b, c, 1, 1] over every step
         per = len(self.spec.resblock_kernels)
         for i, (rate, up) in enumerate(zip(self.spec.upsample_rates, self.ups, strict=True)):
             x = F.leaky_relu(x, 0.1)
@@ -542,6 +567,8 @@ class Latent:
     z: Tensor
     frames: Tensor
     durations: Tensor
+    g: Tensor | None = None
+    """The speakers' embeddings ``[b, gin, 1]`` (multi-speaker voices), for the decoder."""
 
 
 class VitsModel(nn.Module):
@@ -553,7 +580,10 @@ class VitsModel(nn.Module):
         self.enc_p = TextEncoder(spec)
         self.dp = DurationPredictor(spec)
         self.flow = Flow(spec)
-        self.dec = Generator(spec.decoder)
+        self.dec = Generator(spec.decoder, spec.gin_channels)
+        if spec.gin_channels:
+            self.emb_g = nn.Embedding(spec.n_speakers, spec.gin_channels)
+            self.emb_g.requires_grad_(False)
 
     @property
     def hop(self) -> int:
@@ -566,15 +596,24 @@ class VitsModel(nn.Module):
         length_scale: Tensor,
         noise_scale: float,
         noise_w: float,
+        speakers: Tensor | None = None,
     ) -> Latent:
         """Encoder, durations, expansion and reverse flows for a padded ``[b, t]`` batch.
 
-        ``length_scale`` is per item (``[b]``), so requests of different speeds share a pass.
+        ``length_scale`` is per item (``[b]``), so requests of different speeds share a pass;
+        so is ``speakers`` (``[b]`` speaker ids; required by a multi-speaker voice, refused
+        by a one-speaker one), so requests for different speakers do too.
         """
+        if (speakers is not None) != bool(self.spec.gin_channels):
+            raise ValueError(
+                f"this voice has {self.spec.n_speakers} speaker(s): speaker ids are "
+                f"{'required' if self.spec.gin_channels else 'not accepted'}"
+            )
+        g = None if speakers is None else self.emb_g(speakers).unsqueeze(-1)
         x_mask = _length_mask(lengths, ids.shape[1]).to(self.dtype)
         x, m_p, logs_p = self.enc_p(ids, x_mask)
         noise = torch.randn(ids.shape[0], 2, ids.shape[1], device=ids.device, dtype=x.dtype)
-        logw = self.dp(x, x_mask, noise * noise_w)
+        logw = self.dp(x, x_mask, noise * noise_w, g)
         w = torch.exp(logw) * x_mask * length_scale.to(x.dtype)[:, None, None]
         durations = torch.ceil(w)[:, 0]
         frames = durations.sum(dim=1).clamp_min(1).long()
@@ -589,8 +628,8 @@ class VitsModel(nn.Module):
         logs = logs_p @ path
         y_mask = _length_mask(frames, width).to(x.dtype)
         z_p = m + torch.randn_like(m) * torch.exp(logs) * noise_scale
-        z = self.flow.reverse(z_p, y_mask) * y_mask
-        return Latent(z=z, frames=frames, durations=durations.long())
+        z = self.flow.reverse(z_p, y_mask, g) * y_mask
+        return Latent(z=z, frames=frames, durations=durations.long(), g=g)
 
     @property
     def dtype(self) -> torch.dtype:
