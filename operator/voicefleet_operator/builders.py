@@ -23,14 +23,14 @@ from typing import Any, Final
 
 from voicefleet_api import engines, termination
 from voicefleet_api import env as server_env_names
-from voicefleet_api.labels import SERVER_PORT as _CONTRACT_PORT
-from voicefleet_operator.labels import (
+from voicefleet_api.labels import (
     PROMETHEUS_ANNOTATIONS,
     VOICE_GENERATION_ANNOTATION,
     is_reserved_label,
     object_labels,
     selector_labels,
 )
+from voicefleet_api.labels import SERVER_PORT as _CONTRACT_PORT
 from voicefleet_operator.spec import (
     DEFAULT_GPU_IMAGE,
     DEFAULT_IMAGE,

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from voicefleet_api.labels import VOICE_GENERATION_ANNOTATION, selector_string
 from voicefleet_operator.builders import service_endpoint
-from voicefleet_operator.labels import VOICE_GENERATION_ANNOTATION, selector_string
 from voicefleet_operator.spec import Voice
 
 __all__ = [

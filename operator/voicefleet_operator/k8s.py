@@ -29,11 +29,13 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from voicefleet_api.crd import GROUP, PLURAL, VERSION
-from voicefleet_operator.labels import FIELD_MANAGER
 
 PEERING_GROUP = "kopf.dev"
 PEERING_VERSION = "v1"
 
+FIELD_MANAGER = "voicefleet-operator"
+"""Server-side apply field manager (and Event reporter): the operator owns exactly the
+fields it sets."""
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
 

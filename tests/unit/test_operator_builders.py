@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import voicefleet_api
+from voicefleet_api.labels import selector_labels
 from voicefleet_inference.settings import build_parser, load_settings
 from voicefleet_localcluster.podspec import resolve_env, resolve_port
 from voicefleet_operator.builders import (
@@ -24,7 +25,6 @@ from voicefleet_operator.builders import (
     server_env,
     service_endpoint,
 )
-from voicefleet_operator.labels import selector_labels
 from voicefleet_operator.spec import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, EnvVar, Voice, parse_voice
 
 OPTS = BuildOptions()

@@ -526,7 +526,7 @@ def test_the_pure_modules_import_neither_kopf_nor_kubernetes() -> None:
     """The core is tested without a cluster; the layering that allows it is checked here."""
     code = (
         "import sys\n"
-        "import voicefleet_operator.labels, voicefleet_operator.spec\n"
+        "import voicefleet_operator.spec\n"
         "import voicefleet_operator.builders, voicefleet_operator.conditions\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes'))\n"
         "print(','.join(bad))\n"
