@@ -31,11 +31,6 @@ VOICE_LABEL_NAME: Final = "voice"
 """The label that names a voice on router metrics: ``namespace/name``."""
 
 
-def counter_sample(name: str) -> str:
-    """The exposed sample name of a counter registered as ``name`` (``…_total``)."""
-    return f"{name}_total"
-
-
 # The router's own series (besides the contract gauge above); labels: ``voice`` as above,
 # ``code`` an HTTP status, ``pod`` a pod name (series removed when the pod goes), ``outcome``
 # and ``reason`` small fixed sets documented in docs/router.md.
