@@ -1,0 +1,81 @@
+"""Replicas for a first-audio latency target, from a queueing model (issue 22, item 2).
+
+Pure: no clock, no I/O. Operators state "first audio within 1 s for 99 % of requests",
+not "10 work-seconds per replica". This turns such a target into a replica count from
+what can be measured: the arrival rate of requests, the mean and the variability of
+their service time, and the service time until the first audio of a request.
+
+The model is M/G/c with one request at a time per replica (``--workers 1``): the
+probability that a request waits at all is Erlang C of ``c`` servers offered
+``a = rate x mean service`` (erlangs); the wait beyond that is taken as exponential
+with rate ``(c - a) / mean``, stretched by the Allen-Cunneen factor ``(1 + scv) / 2``
+for service times more variable than exponential (``scv``: squared coefficient of
+variation). First audio comes ``first_audio`` seconds after a request starts, so the
+target holds when ``P(wait > target - first_audio) <= 1 - percentile``.
+
+Known limits, measured in ``hack/voicefleet_bench/autoscaler_policies.py`` (the
+"first audio" rows in docs/autoscaler.md): the model is stationary (a backlog left by a
+step is added by the caller as its own term), and with very mixed requests (short
+phrases and paragraphs) the exponential tail is optimistic at high percentiles.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["erlang_c", "replicas_for_first_audio", "wait_exceeds"]
+
+
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability that an arrival waits (Erlang C); 1 when the load cannot be served."""
+    if offered <= 0:
+        return 0.0
+    if servers <= offered:
+        return 1.0
+    blocking = 1.0  # Erlang B by its recurrence: stable for thousands of servers
+    for k in range(1, servers + 1):
+        blocking = offered * blocking / (k + offered * blocking)
+    return servers * blocking / (servers - offered * (1 - blocking))
+
+
+def wait_exceeds(
+    servers: int, rate: float, mean_service: float, scv: float, seconds: float
+) -> float:
+    """``P(queueing wait > seconds)`` in M/G/c (see the module docstring)."""
+    if rate <= 0 or mean_service <= 0:
+        return 0.0
+    offered = rate * mean_service
+    waits = erlang_c(servers, offered)
+    if waits >= 1.0:
+        return 1.0
+    decay = (servers - offered) / mean_service * 2.0 / (1.0 + max(scv, 0.0))
+    return waits * math.exp(-decay * max(seconds, 0.0))
+
+
+def replicas_for_first_audio(
+    *,
+    rate: float,
+    mean_service: float,
+    scv: float,
+    first_audio: float,
+    target: float,
+    percentile: float,
+    max_replicas: int,
+) -> int:
+    """Fewest replicas (at most ``max_replicas``) whose first audio meets the target.
+
+    ``rate`` requests/s, ``mean_service`` and ``first_audio`` seconds, ``percentile`` in
+    (0, 1) (0.99 for p99). 0 when nothing arrives. When even ``max_replicas`` cannot meet
+    it (a target below the first audio itself), ``max_replicas``.
+    """
+    if rate <= 0:
+        return 0
+    slack = target - first_audio
+    if slack < 0:
+        return max_replicas
+    allowed = 1.0 - percentile
+    offered = rate * mean_service
+    for servers in range(max(1, math.floor(offered) + 1), max_replicas + 1):
+        if wait_exceeds(servers, rate, mean_service, scv, slack) <= allowed:
+            return servers
+    return max_replicas
