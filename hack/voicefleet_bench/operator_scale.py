@@ -93,7 +93,7 @@ def run(count: int, workers: int | None) -> dict[str, Any]:
         )
         cluster.kubectl_run("create", "namespace", "voicefleet-system")
         cluster.kubectl_run("create", "namespace", NAMESPACE)
-        cluster.kubectl_run("apply", "-f", str(REPO / "operator/deploy/rbac.yaml"))
+        cluster.apply(cluster.operator_rbac())  # the chart's RBAC, the one source
         kubeconfig = cluster.service_account_kubeconfig(
             "voicefleet-system", "voicefleet-operator", work / "sa.kubeconfig"
         )

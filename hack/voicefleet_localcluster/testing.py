@@ -64,6 +64,9 @@ def _dns_label(text: str, limit: int = 40) -> str:
     return label[:limit].strip("-") or "test"
 
 
+OPERATOR_CHART = Path(__file__).resolve().parents[2] / "charts" / "voicefleet"
+
+
 @dataclass
 class LocalCluster:
     """A running cluster. Every path is absolute; `kubectl_run` targets this cluster only."""
@@ -142,6 +145,19 @@ class LocalCluster:
     ) -> subprocess.CompletedProcess[str]:
         """Run helm against this cluster (helm's own state dirs live in the work dir)."""
         return self._run(self.helm, args, input=input, check=check, timeout=timeout)
+
+    def operator_rbac(self, namespace: str = "voicefleet-system") -> str:
+        """The operator's ServiceAccount, ClusterRole and binding as the chart renders them.
+
+        The chart is the one RBAC source: tests and benchmarks that run the operator as its
+        ServiceAccount apply exactly what ``helm install`` would (release ``voicefleet``, so
+        the ServiceAccount is ``voicefleet-operator`` in ``namespace``).
+        """
+        templates = ("templates/operator/serviceaccount.yaml", "templates/operator/rbac.yaml")
+        args = ["template", "voicefleet", str(OPERATOR_CHART), "--namespace", namespace]
+        for template in templates:
+            args += ["--show-only", template]
+        return self.helm_run(*args).stdout
 
     def get_json(self, *args: str) -> dict[str, Any]:
         """`kubectl get <args> -o json`, decoded."""

@@ -39,7 +39,7 @@ def sa_kubeconfig(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPath
         "crd/clusterkopfpeerings.kopf.dev",
     )
     local_cluster.kubectl_run("create", "namespace", SA_NAMESPACE, check=False)
-    local_cluster.kubectl_run("apply", "-f", str(REPO / "operator" / "deploy" / "rbac.yaml"))
+    local_cluster.apply(local_cluster.operator_rbac(SA_NAMESPACE))  # the chart's, the one source
     path = tmp_path_factory.mktemp("operator") / "sa.kubeconfig"
     return local_cluster.service_account_kubeconfig(SA_NAMESPACE, SA_NAME, path)
 

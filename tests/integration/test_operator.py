@@ -1,8 +1,8 @@
 """voicefleet-operator against the real control plane, as its own least-privilege ServiceAccount.
 
 One operator process (the `voicefleet-operator` console script of this venv) serves
-the whole module; it authenticates with a token of the ServiceAccount from
-operator/deploy/rbac.yaml, so every test also proves that RBAC is enough. Pods run
+the whole module; it authenticates with a token of the ServiceAccount the chart's RBAC
+templates make (``LocalCluster.operator_rbac``), so every test also proves that RBAC is enough. Pods run
 through the process kubelet with the real voicefleet-server. The operator's log is
 printed (and its path kept) when a test fails.
 """
