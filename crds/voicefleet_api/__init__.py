@@ -1,4 +1,4 @@
-"""Names both planes need, in one place: the contracts of ``../../shared/DESIGN.md``.
+"""Names both planes need, in one place: the contracts between operator, server and router.
 
 The operator (control plane) and the inference server and router (data plane) each
 import this package; it imports neither of them, so a rename here is one reviewable

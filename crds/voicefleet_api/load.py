@@ -1,6 +1,6 @@
 """The pod load contract, read in one place: the router and the autoscaler both use it.
 
-A pod's load is three numbers (the contract gauges of ``../../shared/DESIGN.md``): the
+A pod's load is three numbers (the contract gauges of :mod:`voicefleet_api.metric_names`): the
 engine-seconds of work queued and running (``voicefleet_queue_work_seconds``), the
 requests waiting (``voicefleet_queue_depth``) and the requests running
 (``voicefleet_requests_in_flight``). They reach readers in three forms, all parsed here so
