@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 import onnx
 import pytest
 import torch
 from onnx import helper, numpy_helper
+from serverprocs import launch, stop, wait_ready
 
 from voicefleet_inference.engines.base import EngineInputError, SynthesisRequest
 from voicefleet_inference.engines.piper_onnx import PiperOnnxEngine
@@ -315,3 +317,45 @@ def test_a_batch_mixes_speakers_and_keeps_each_ones_audio(torch_engine: VitsTorc
         together = np.concatenate(out[k])
         assert together.shape == alone[s].shape
         assert snr_db(alone[s], together) >= 40.0
+
+
+def test_the_server_lists_speakers_and_picks_one_by_voice(voice: Path, tmp_path: Path) -> None:
+    """A real voicefleet-server process on the 3-speaker voice (piper-onnx)."""
+    server = wait_ready(launch(tmp_path / "server.log", "--model", str(voice), "--workers", "1"))
+    try:
+        base = server.base_url
+        models = httpx.get(f"{base}/v1/models", timeout=10).json()
+        assert models["object"] == "list"
+        assert [m["id"] for m in models["data"]] == ["xx_XX-trio-medium", "tts-1", "tts-1-hd"]
+        assert models["data"][0]["voices"] == ["default", "alice", "bob", "carol"]
+        voices = httpx.get(f"{base}/v1/voices", timeout=10).json()
+        assert voices["multi_speaker"] is True
+        assert voices["data"] == [
+            {"id": "alice", "speaker_id": 0},
+            {"id": "bob", "speaker_id": 1},
+            {"id": "carol", "speaker_id": 2},
+        ]
+
+        def speak(voice_name: str) -> httpx.Response:
+            return httpx.post(
+                f"{base}/v1/audio/speech",
+                json={
+                    "model": "xx_XX-trio-medium",
+                    "input": "Hello there.",
+                    "voice": voice_name,
+                    "response_format": "wav",
+                },
+                timeout=60,
+            )
+
+        for name in ("bob", "2", "default"):
+            answer = speak(name)
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.content[:4] == b"RIFF"
+        refused = speak("dave")
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["param"] == "voice"
+        assert "accepted: default, alice, bob, carol (or a speaker number 0-2)" in error["message"]
+    finally:
+        stop(server)

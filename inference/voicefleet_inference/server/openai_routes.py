@@ -53,6 +53,8 @@ __all__ = [
     "accepted_voices",
     "create_router",
     "decode_speech",
+    "models_list",
+    "voices_list",
 ]
 
 MODEL_ALIASES: Final = ("tts-1", "tts-1-hd")
@@ -102,10 +104,13 @@ def accepted_voices(info: EngineInfo) -> tuple[str, ...]:
 
 def _speaker(voice: str, info: EngineInfo) -> str | None:
     accepted = accepted_voices(info)
+    if info.speakers and voice.isdecimal() and int(voice) < len(info.speakers):
+        return info.speakers[int(voice)]  # by number: speakers are listed in id order
     if voice not in accepted:
+        numbers = f" (or a speaker number 0-{len(info.speakers) - 1})" if info.speakers else ""
         raise InvalidRequest(
             f"voice {voice!r} is not available for model {info.model_name}; "
-            f"accepted: {', '.join(accepted)}",
+            f"accepted: {', '.join(accepted)}{numbers}",
             param="voice",
             code="unknown_voice",
         )
@@ -212,10 +217,58 @@ def body_limit(max_input_chars: int) -> int:
     return 12 * max_input_chars + 16 * 1024
 
 
+def models_list(info: EngineInfo) -> dict[str, object]:
+    """``GET /v1/models`` in OpenAI's list shape: this pod's model and its aliases.
+
+    Each entry also carries ``voices`` (what ``voice`` accepts), an extension OpenAI
+    clients ignore.
+    """
+    voices = list(accepted_voices(info))
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "voicefleet",
+                "voices": voices,
+            }
+            for name in (info.model_name, *MODEL_ALIASES)
+        ],
+    }
+
+
+def voices_list(info: EngineInfo) -> dict[str, object]:
+    """``GET /v1/voices`` (our extension): the speakers of this pod's model, by name and id.
+
+    A one-speaker model lists the names that all mean its only speaker (id 0).
+    """
+    if info.speakers:
+        voices = [{"id": name, "speaker_id": i} for i, name in enumerate(info.speakers)]
+    else:
+        voices = [{"id": name, "speaker_id": 0} for name in accepted_voices(info)]
+    return {
+        "object": "list",
+        "model": info.model_name,
+        "multi_speaker": bool(info.speakers),
+        "default": info.speakers[0] if info.speakers else DEFAULT_VOICE,
+        "data": voices,
+    }
+
+
 def create_router(settings: Settings, scheduler: Scheduler) -> APIRouter:
-    """The OpenAI route, bound to this server's settings and scheduler."""
+    """The OpenAI routes, bound to this server's settings and scheduler."""
     router = APIRouter()
     limit = body_limit(settings.max_input_chars)
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, object]:
+        return models_list(require_info(scheduler))
+
+    @router.get("/v1/voices")
+    async def voices() -> dict[str, object]:
+        return voices_list(require_info(scheduler))
 
     @router.post("/v1/audio/speech")
     async def speech(request: Request) -> Response:
