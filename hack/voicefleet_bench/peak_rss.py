@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from voicefleet_bench.procs import free_port, memory_mb
+from voicefleet_bench.procs import free_port, memory_mb, wait_ready
 
 WORDS = "the quick brown fox jumps over a lazy dog and keeps running far away "
 
@@ -40,15 +40,7 @@ def main() -> int:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit("server exited before it was ready")
-            time.sleep(0.2)
+        wait_ready(proc, f"{base}/readyz", timeout_s=600)
         mem = memory_mb(proc.pid)
         peak, now = mem["VmHWM"], mem["VmRSS"]
         print(f"loaded: peak {peak:.0f} MB, rss {now:.0f} MB")

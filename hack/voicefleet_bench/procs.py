@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from voicefleet_bench import REPO
+from voicefleet_localcluster.procs import stop_process
 
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent
@@ -79,14 +80,8 @@ def _tail(log: Path | None) -> str:
 
 
 def stop(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10.0)
+    """SIGTERM, wait up to ``grace_s`` for it to drain, then SIGKILL (the cluster's helper)."""
+    stop_process(proc, grace_s)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from voicefleet_bench import loadgen
-from voicefleet_bench.procs import free_port
+from voicefleet_bench.procs import free_port, wait_ready
 
 RTF_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -113,18 +113,7 @@ def run_ttfa_round(mode: str, threads: int, reps: int) -> tuple[float, float]:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                import httpx
-
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server ({mode}) did not become ready")
-            time.sleep(0.5)
+        wait_ready(proc, f"{base}/readyz", timeout_s=300)
         asyncio.run(loadgen.time_stream(base, loadgen.FOUR_SENTENCE_TEXT))  # warm-up
         firsts, totals = [], []
         for _ in range(reps):
