@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from voicefleet_localcluster import binaries
+from voicefleet_localcluster import binaries, preflight
 from voicefleet_localcluster.controlplane import (
     DEFAULT_NODE,
     NODE_KINDS,
@@ -25,7 +25,7 @@ from voicefleet_localcluster.controlplane import (
     stop_cluster,
 )
 from voicefleet_localcluster.preflight import PreflightError
-from voicefleet_localcluster.procs import alive, has_marker
+from voicefleet_localcluster.procs import alive, has_marker, start_in_keeper
 
 
 def _say(line: str) -> None:
@@ -63,16 +63,31 @@ def cmd_up(args: argparse.Namespace) -> int:
         node=args.node,
     )
     try:
-        state = plane.start(timeout=args.timeout)
-    except (ClusterStartError, PreflightError) as exc:
+        if plane.node == "real":
+            preflight.check()  # before forking: the error belongs to this command
+            state = start_kept(plane, state_file, args.timeout)
+        else:
+            state = plane.start(timeout=args.timeout)
+            state.save(state_file)
+    except (ClusterStartError, PreflightError, RuntimeError) as exc:
         _say(str(exc))
         return 1
-    state.save(state_file)
     _say(f"control plane up in {state.started_seconds:.1f}s at {state.server}")
     _say(f"logs: {state.work_dir / 'logs'}   pod logs: {state.pod_logs_dir}")
     print(f"export KUBECONFIG={state.kubeconfig}")
     print(f"export PATH={bin_dir}:$PATH   # kubectl, helm")
     return 0
+
+
+def start_kept(plane: ControlPlane, state_file: Path, timeout: float) -> ClusterState:
+    """Start the cluster from a keeper process that stays to reap it (`procs.start_in_keeper`)."""
+
+    def start() -> str:
+        state = plane.start(timeout=timeout)
+        state.save(state_file)
+        return str(state_file)
+
+    return ClusterState.load(Path(start_in_keeper(start)))
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from voicefleet_localcluster.kubeconfig import KubeConfig
 from voicefleet_localcluster.procs import (
     MARKER_ENV,
     alive,
+    become_subreaper,
     has_marker,
     kill_marked,
     terminate_groups,
@@ -455,7 +456,7 @@ class ControlPlane:
 
     def _prepare_real_node(self) -> None:
         """Clear a previous node's leftovers; network and containerd up."""
-        realnode.become_subreaper()
+        become_subreaper()
         self.log("clearing whatever an earlier node left on this host")
         realnode.reset_node(kube_proxy=self.bin_dir / "kube-proxy", log=self.log)
         realnode.write_configs(sandbox_image=nodeimages.PAUSE_IMAGE)

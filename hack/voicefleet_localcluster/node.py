@@ -662,7 +662,7 @@ def reset_node(*, kube_proxy: Path | None, log: Logger) -> None:
 def reap_orphans() -> None:
     """Reap zombie children that are not ours to wait for: orphans of the node.
 
-    The launcher is a child subreaper (see `become_subreaper`), so containerd's
+    The launcher is a child subreaper (`procs.become_subreaper`), so containerd's
     shims and their leftovers re-parent to it when their parents die. Only zombies
     that reference the node's dirs are reaped, so no `Popen` loses its exit status.
     """
@@ -681,19 +681,6 @@ def reap_orphans() -> None:
             if comm.startswith(("containerd", "runc", "pause", "kubelet", "kube-proxy")):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
-
-
-def become_subreaper() -> None:
-    """prctl(PR_SET_CHILD_SUBREAPER): orphans of the node re-parent to this process.
-
-    PID 1 on this machine kind never reaps, so without this every shim that outlives
-    its containerd would stay a zombie until the machine restarts.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_child_subreaper = 36
-    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +126,63 @@ def stop_process(proc: subprocess.Popen[Any], grace: float) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants re-parent to this process.
+
+    PID 1 on this machine kind never reaps, so without a subreaper every process that
+    outlives its parent (containerd's shims, a component after `down`) stays a zombie.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_child_subreaper = 36
+    if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def start_in_keeper(start: Callable[[], str]) -> str:
+    """Run `start` in a forked keeper process that stays behind to reap the cluster.
+
+    `voicefleet-cluster up` returns while the cluster runs on. Its components are
+    children of the keeper, a child subreaper in its own session: it reaps them and
+    every orphan below them (containerd's shims) as they exit, and exits itself once
+    the last is gone (after `down`). Returns `start`'s result; raises RuntimeError
+    with its error when it failed (the keeper has then exited).
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the keeper
+        os.close(read_fd)
+        failed = False
+        try:
+            os.setsid()
+            become_subreaper()
+            message = "ok\n" + start()
+        except BaseException as exc:  # report everything to the waiting parent
+            message = f"error\n{exc}"
+            failed = True
+        with os.fdopen(write_fd, "w") as pipe:
+            pipe.write(message)
+        if failed:
+            os._exit(1)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # let `make ... | tee` see EOF
+            os.dup2(devnull, fd)
+        while True:
+            try:
+                os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        reply = pipe.read()
+    status, _, detail = reply.partition("\n")
+    if status != "ok":
+        os.waitpid(pid, 0)
+        raise RuntimeError(detail or "the cluster's keeper process died while starting it")
+    return detail

@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from voicefleet_localcluster import binaries
+from voicefleet_localcluster import binaries, preflight
+from voicefleet_localcluster.cli import start_kept
 from voicefleet_localcluster.controlplane import (
     DEFAULT_NODE,
     ClusterStartError,
@@ -101,8 +102,12 @@ def ensure_cluster(state_dir: Path, *, say: Say = _say, timeout: float = 180.0) 
         node_name=DEFAULT_NODE,
         node=kind,
     )
-    state = plane.start(timeout=timeout)
-    state.save(state_file)
+    if kind == "real":
+        preflight.check()
+        state = start_kept(plane, state_file, timeout)
+    else:
+        state = plane.start(timeout=timeout)
+        state.save(state_file)
     say(f"control plane up in {state.started_seconds:.1f}s at {state.server}")
     return state
 
@@ -239,7 +244,7 @@ def up(state_dir: Path, *, timeout: float = 600.0, say: Say = _say) -> int:
     state_dir = state_dir.resolve()
     try:
         state = ensure_cluster(state_dir, say=say)
-    except (ClusterStartError, PreflightError) as exc:
+    except (ClusterStartError, PreflightError, RuntimeError) as exc:
         say(str(exc))
         return 1
     cluster = cluster_from_state(state)
