@@ -1,9 +1,9 @@
 """Bounded work per engine call: over-long sentences split at a phoneme budget.
 
 A VITS decoder's memory and time grow with the length of what one forward pass speaks,
-and text without sentence punctuation would otherwise be one pass: 400 phonemes (about
-25 s of speech) raised a pod's peak memory by about 290 MB, enough, with the 300 MB the
-loaded voice takes, to get a 512Mi pod OOM-killed with every request on it. Cutting at
+and text without sentence punctuation would otherwise be one pass: a few hundred phonemes
+raised a pod's peak memory enough, on top of the loaded voice, to get a 512Mi pod
+OOM-killed with every request on it. Cutting at
 :data:`MAX_PHONEMES_PER_CALL` bounds that peak whatever the punctuation; cuts fall at
 clause boundaries (``,`` ``;`` ``:``) first, so prosody is kept where the text allows,
 and at word boundaries only inside a clause longer than the budget. Measured figures

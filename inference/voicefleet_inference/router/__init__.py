@@ -9,6 +9,7 @@ Modules, from the edge inwards:
 * ``choice``: the pure decision (join the shortest queue of estimated work-seconds);
 * ``fleet``: voices, pods and the load view of each pod (event-loop thread only);
 * ``discovery``: TTSVoice and pod watches (or static upstreams) into the fleet;
-* ``scrape``: each pod's queue gauges every 100-250 ms into the fleet;
+* ``poll``: the compact ``/load`` of pods the router has not heard from lately (the others
+  report their load on every response) into the fleet;
 * ``settings``, ``metrics``, ``errors``: the one place for each.
 """

@@ -457,8 +457,8 @@ def _conv_nhwc(conv: nn.Module, x: Tensor) -> Tensor:
 
     The generator's long signals run as 2-D convolutions on channels-last tensors: oneDNN
     (CPU) and cuDNN then keep one layout from layer to layer instead of reordering every
-    input, which measured 3.4x faster per conv than ``conv1d`` on the 32-channel,
-    77k-sample stage (one CPU thread). Same weights, same arithmetic.
+    input, which measured several times faster per conv than ``conv1d`` on the longest
+    stage (figures in ``docs/vits-torch.md``). Same weights, same arithmetic.
     """
     assert isinstance(conv, nn.Conv1d | nn.ConvTranspose1d)
     weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
