@@ -28,6 +28,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
 from voicefleet_inference.cost import REFERENCE_COST
+from voicefleet_inference.errors import InvalidRequest
+from voicefleet_inference.requests_validation import (
+    check_speakable_text,
+    decode_json_object,
+    excerpt,
+    short_list,
+)
 from voicefleet_inference.router.errors import (
     BadRequest,
     BodyTimeout,
@@ -66,8 +73,22 @@ def estimate_cost(text: object, speed: object) -> float:
 
 
 def _voice_not_found(model: str, known: list[str]) -> VoiceNotFound:
-    listed = ", ".join(known) if known else "none (no TTSVoice is being watched)"
-    return VoiceNotFound(f"no voice named {model!r}; voices: {listed}", param="model")
+    """404 quoting the name as an excerpt and listing a few of the voices this router serves
+    (the watched namespaces only; an error must not echo 1 MB back or list a fleet)."""
+    listed = short_list(known) if known else "none (no TTSVoice is being watched)"
+    return VoiceNotFound(f"no voice named {excerpt(model)}; voices: {listed}", param="model")
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The body as the pods decode it: the same checks, the same 400s (never a 500)."""
+    try:
+        payload = decode_json_object(raw)
+        text = payload.get("input")
+        if isinstance(text, str):
+            check_speakable_text(text, "input")
+    except InvalidRequest as exc:
+        raise BadRequest(exc.message, param=exc.param, code=exc.code) from None
+    return payload
 
 
 def create_app(
@@ -130,12 +151,7 @@ def create_app(
     async def speech(request: Request) -> Response:
         authorize(request)
         raw = await body_of(request)
-        try:
-            payload: Any = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body must be a JSON object: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise BadRequest("the body must be a JSON object")
+        payload = _json_object(raw)
         model = payload.get("model")
         if not isinstance(model, str) or not model.strip():
             raise BadRequest(
@@ -178,12 +194,7 @@ def create_app(
         raw = await body_of(request) if request.method == "POST" else b""
         params: dict[str, Any] = dict(request.query_params)
         if raw:
-            try:
-                parsed = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                parsed = None  # the pod answers the 400
-            if isinstance(parsed, dict):
-                params.update(parsed)
+            params.update(_json_object(raw))
         speed: object = params.get("speed_factor", 1.0)
         if isinstance(speed, str):
             try:
