@@ -73,17 +73,23 @@ def expose_durations(model_path: Path) -> bytes:
     import onnx  # deferred: only loading needs it
 
     try:
-        model = onnx.load(str(model_path))
-    except Exception as exc:  # onnx raises DecodeError and friends, untyped
+        raw = model_path.read_bytes()
+        model = onnx.load_model_from_string(raw)
+    except Exception as exc:  # OSError, and onnx's untyped DecodeError and friends
         raise EngineError(f"cannot read {model_path}: {exc}") from exc
     ceils = [n for n in model.graph.node if n.op_type == "Ceil"]
     if len(ceils) != 1:
         raise EngineError(
             f"{model_path}: expected one Ceil node (the VITS durations), found {len(ceils)}"
         )
-    durations = onnx.helper.make_tensor_value_info(ceils[0].output[0], onnx.TensorProto.FLOAT, None)
-    model.graph.output.append(durations)
-    return bytes(model.SerializeToString())
+    durations = onnx.helper.make_tensor_value_info(
+        ceils[0].output[0], onnx.TensorProto.FLOAT, None
+    )
+    # Protobuf merges concatenated messages (repeated fields append), so a tiny model
+    # holding only the extra output, appended to the file's bytes, adds it without
+    # re-serializing the weights (a 60 MB copy).
+    extra = onnx.ModelProto(graph=onnx.GraphProto(output=[durations]))
+    return raw + bytes(extra.SerializeToString())
 
 
 class PiperOnnxEngine(PiperVoiceEngineBase):
