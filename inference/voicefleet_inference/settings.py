@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from voicefleet_api import engines
 from voicefleet_api import env as names
-from voicefleet_api.flags import add_flags, flag, spec_of
+from voicefleet_api.flags import add_flags, flag, option_name, spec_of
 
 __all__ = [
     "LOG_LEVELS",
@@ -94,234 +94,93 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         validate_by_name=True,
         validate_by_alias=True,
+        use_attribute_docstrings=True,
     )
 
     host: Annotated[str, Field(min_length=1)] = Field(
-        "0.0.0.0", json_schema_extra=flag("--host", metavar="ADDR", help="address to listen on")
+        "0.0.0.0", json_schema_extra=flag(metavar="ADDR")
     )
+    """Address to listen on."""
     port: int = Field(
-        8080,
-        ge=1,
-        le=65535,
-        validation_alias=AliasChoices("port", names.PORT, "PORT"),
-        json_schema_extra=flag(
-            "--port", metavar="N", help="TCP port (VOICEFLEET_PORT wins over PORT)"
-        ),
+        8080, ge=1, le=65535, validation_alias=AliasChoices("port", names.PORT, "PORT")
     )
+    """TCP port (VOICEFLEET_PORT wins over PORT)."""
     engine: str = Field(
-        engines.DEFAULT_ENGINE,
-        min_length=1,
-        json_schema_extra=flag("--engine", metavar="NAME", help="engine implementation"),
+        engines.DEFAULT_ENGINE, min_length=1, json_schema_extra=flag(metavar="NAME")
     )
+    """Engine implementation."""
     model: str = Field(
-        "en_US-joe-medium",
-        min_length=1,
-        json_schema_extra=flag(
-            "--model",
-            metavar="NAME|PATH",
-            help="voice model: a bundled voice name or a path to a Piper .onnx (with .onnx.json)",
-        ),
+        "en_US-joe-medium", min_length=1, json_schema_extra=flag(metavar="NAME|PATH")
     )
+    """Voice model: a bundled voice name or a path to a Piper .onnx (with .onnx.json)."""
     device: Annotated[str, Lower] = Field(
-        "cpu",
-        pattern=r"^(cpu|cuda(:\d+)?(,cuda(:\d+)?)*)$",
-        json_schema_extra=flag(
-            "--device",
-            metavar="DEV",
-            help="cpu, cuda, cuda:N, or a list cuda:0,cuda:1 (workers take them in turn)",
-        ),
+        "cpu", pattern=r"^(cpu|cuda(:\d+)?(,cuda(:\d+)?)*)$", json_schema_extra=flag(metavar="DEV")
     )
-    workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        json_schema_extra=flag(
-            "--workers",
-            metavar="N",
-            help="engine worker threads, each owning its own engine instance",
-        ),
-    )
+    """One of cpu, cuda, cuda:N, or a list cuda:0,cuda:1 (workers take them in turn)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Engine worker threads, each owning its own engine instance."""
     threads_per_worker: int = Field(
         0,
         ge=1,
         json_schema_extra=flag(
             "--threads-per-worker",
             "--threads",
-            metavar="N",
-            help="onnxruntime intra-op threads per worker; on CPU workers x threads may not "
-            "exceed the cores",
             default_text="cores // workers = {threads} here ({cores} core(s))",
         ),
     )
-    max_queue: int = Field(
-        64,
-        ge=1,
-        json_schema_extra=flag(
-            "--max-queue",
-            metavar="N",
-            help="requests waiting at most; beyond it 429 with Retry-After",
-        ),
-    )
+    """Intra-op threads (onnxruntime) per worker; on CPU workers x threads may not exceed
+    the cores."""
+    max_queue: int = Field(64, ge=1)
+    """Requests waiting at most; beyond it 429 with Retry-After."""
     max_batch_size: int = Field(
         0,
         ge=1,
         le=256,
-        json_schema_extra=flag(
-            "--max-batch-size",
-            metavar="N",
-            help="requests run together in one engine call (dynamic batching); batching "
-            "measured no gain on CPU",
-            default_text=f"{_CPU_BATCH} on cpu, {_GPU_BATCH} on cuda",
-        ),
+        json_schema_extra=flag(default_text=f"{_CPU_BATCH} on cpu, {_GPU_BATCH} on cuda"),
     )
+    """Requests run together in one engine call (dynamic batching); batching measured no
+    gain on CPU."""
     batch_window_ms: float = Field(
-        5.0,
-        ge=0,
-        le=1000,
-        allow_inf_nan=False,
-        json_schema_extra=flag(
-            "--batch-window-ms",
-            metavar="MS",
-            help="how long a worker waits after the first queued request for more to batch",
-        ),
+        5.0, ge=0, le=1000, allow_inf_nan=False, json_schema_extra=flag(metavar="MS")
     )
-    request_timeout_s: float = Field(
-        120.0,
-        gt=0,
-        le=3600,
-        allow_inf_nan=False,
-        json_schema_extra=flag(
-            "--request-timeout-s",
-            metavar="S",
-            help="per-request limit on queue wait plus synthesis (then 504)",
-        ),
-    )
+    """How long a worker waits after the first queued request for more to batch."""
+    request_timeout_s: float = Field(120.0, gt=0, le=3600, allow_inf_nan=False)
+    """Per-request limit on queue wait plus synthesis (then 504)."""
     default_priority: Annotated[Literal["critical", "standard", "sheddable"], Lower] = Field(
-        "standard",
-        json_schema_extra=flag(
-            "--default-priority",
-            metavar="P",
-            help="priority of requests without an x-voicefleet-priority header: critical, "
-            "standard or sheddable",
-        ),
+        "standard", json_schema_extra=flag(metavar="P")
     )
-    priority_wait_target_s: float = Field(
-        0.0,
-        ge=0,
-        le=3600,
-        allow_inf_nan=False,
-        json_schema_extra=flag(
-            "--priority-wait-target-s",
-            metavar="S",
-            help="estimated queue wait past which sheddable requests get 429 (standard "
-            "past twice it; critical only when the queue is full of critical work); 0: off",
-        ),
-    )
-    priority_reserved_workers: int = Field(
-        0,
-        ge=0,
-        le=256,
-        json_schema_extra=flag(
-            "--priority-reserved-workers",
-            metavar="N",
-            help="engine workers that never start sheddable work while they are the last "
-            "idle ones, so critical and standard requests do not wait behind it (at most "
-            "workers - 1 apply)",
-        ),
-    )
-    drain_grace_s: float = Field(
-        30.0,
-        ge=0,
-        le=3600,
-        allow_inf_nan=False,
-        json_schema_extra=flag(
-            "--drain-grace-s",
-            metavar="S",
-            help="on SIGTERM/SIGINT, time accepted requests get to finish before exit",
-        ),
-    )
-    max_input_chars: int = Field(
-        4096,
-        ge=1,
-        le=100_000,
-        json_schema_extra=flag(
-            "--max-input-chars", metavar="N", help="longest accepted text, in characters"
-        ),
-    )
-    max_connections: int = Field(
-        0,
-        ge=0,
-        le=1_000_000,
-        json_schema_extra=flag(
-            "--max-connections",
-            metavar="N",
-            help="open connections at most; beyond it a new one closes the connection that "
-            "has waited longest for a request head (0: half the descriptor limit)",
-        ),
-    )
-    header_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        le=600,
-        allow_inf_nan=False,
-        json_schema_extra=flag(
-            "--header-timeout-s",
-            metavar="S",
-            help="time a client has to send a request head (slow-loris connections are closed)",
-        ),
-    )
-    keep_alive_timeout_s: float = Field(
-        5.0,
-        gt=0,
-        le=3600,
-        allow_inf_nan=False,
-        json_schema_extra=flag(
-            "--keep-alive-timeout-s",
-            metavar="S",
-            help="idle time allowed between requests on one connection (the router drops "
-            "its idle pod connections after 4 s, before this)",
-        ),
-    )
-    body_timeout_s: float = Field(
-        15.0,
-        gt=0,
-        le=600,
-        allow_inf_nan=False,
-        json_schema_extra=flag(
-            "--body-timeout-s",
-            metavar="S",
-            help="time a client has to send its whole request body (then 408)",
-        ),
-    )
-    max_concurrent_requests: int = Field(
-        1024,
-        ge=0,
-        le=1_000_000,
-        json_schema_extra=flag(
-            "--max-concurrent-requests",
-            metavar="N",
-            help="HTTP requests in progress at most, beyond it 503 + Retry-After (probes, "
-            "metrics and /load exempt; 0: no limit); the queue bounds synthesis on its own",
-        ),
-    )
+    """Priority of requests without an x-voicefleet-priority header: critical, standard
+    or sheddable."""
+    priority_wait_target_s: float = Field(0.0, ge=0, le=3600, allow_inf_nan=False)
+    """Estimated queue wait past which sheddable requests get 429 (standard past twice
+    it; critical only when the queue is full of critical work); 0: off."""
+    priority_reserved_workers: int = Field(0, ge=0, le=256)
+    """Engine workers that never start sheddable work while they are the last idle ones,
+    so critical and standard requests do not wait behind it (at most workers - 1 apply)."""
+    drain_grace_s: float = Field(30.0, ge=0, le=3600, allow_inf_nan=False)
+    """On SIGTERM/SIGINT, time accepted requests get to finish before exit."""
+    max_input_chars: int = Field(4096, ge=1, le=100_000)
+    """Longest accepted text, in characters."""
+    max_connections: int = Field(0, ge=0, le=1_000_000)
+    """Open connections at most; beyond it a new one closes the connection that has
+    waited longest for a request head (0: half the descriptor limit)."""
+    header_timeout_s: float = Field(10.0, gt=0, le=600, allow_inf_nan=False)
+    """Time a client has to send a request head (slow-loris connections are closed)."""
+    keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False)
+    """Idle time allowed between requests on one connection (the router drops its idle
+    pod connections after 4 s, before this)."""
+    body_timeout_s: float = Field(15.0, gt=0, le=600, allow_inf_nan=False)
+    """Time a client has to send its whole request body (then 408)."""
+    max_concurrent_requests: int = Field(1024, ge=0, le=1_000_000)
+    """HTTP requests in progress at most, beyond it 503 + Retry-After (probes, metrics
+    and /load exempt; 0: no limit); the queue bounds synthesis on its own."""
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Lower] = Field(
-        "info",
-        json_schema_extra=flag(
-            "--log-level",
-            metavar="LEVEL",
-            help=f"one of {', '.join(LOG_LEVELS)} (debug also logs every request)",
-        ),
+        "info", json_schema_extra=flag(metavar="LEVEL")
     )
-    termination_message_path: str = Field(
-        "",
-        max_length=4096,
-        json_schema_extra=flag(
-            "--termination-message-path",
-            metavar="PATH",
-            help="file that gets one line naming the cause when the model fails to load "
-            "(the pod's terminationMessagePath; empty: none)",
-        ),
-    )
+    """One of debug, info, warning, error (debug also logs every request)."""
+    termination_message_path: str = Field("", max_length=4096)
+    """File that gets one line naming the cause when the model fails to load (the pod's
+    terminationMessagePath; empty: none)."""
     cores: int = Field(
         default_factory=available_cores, ge=1, exclude=True, json_schema_extra=flag(hidden=True)
     )
@@ -507,7 +366,7 @@ def load_settings(
         cli = spec_of(info)
         if cli.get("hidden"):
             continue
-        raw, source = args.get(field), cli["flags"][0]
+        raw, source = args.get(field), cli.get("flags", (option_name(field),))[0]
         if raw is None:
             for name in env_names(field):
                 if env.get(name, "") != "":
