@@ -499,3 +499,19 @@ def test_pods_are_read_from_load_old_ones_from_metrics_and_silence_is_never_idle
     assert "/metrics" not in new.hits  # the compact endpoint only
     assert old.hits.count("/load") == 1  # a 404 once, then /metrics only
     assert old.hits.count("/metrics") == 4
+
+
+def test_the_registry_asks_for_no_finalizer_and_runs_one_loop_only_when_on() -> None:
+    """No daemon, no handler needing a finalizer: voices outlive an uninstalled operator."""
+    from voicefleet_operator.wiring import build_registry
+
+    on = build_registry(parse_args(["-A"]))
+    assert list(on._spawning.get_all_handlers()) == []  # no daemons, no timers
+    assert not any(h.requires_finalizer for h in on._changing.get_all_handlers())
+    activities = [h.id for h in on._activities.get_all_handlers()]
+    assert "start_autoscaler" in activities
+    assert "stop_autoscaler" in activities
+    assert "autoscaled_voices" in [h.id for h in on._indexing.get_all_handlers()]
+    off = build_registry(parse_args(["-A", "--autoscale-interval", "0"]))
+    assert "start_autoscaler" not in [h.id for h in off._activities.get_all_handlers()]
+    assert "autoscaled_voices" not in [h.id for h in off._indexing.get_all_handlers()]
