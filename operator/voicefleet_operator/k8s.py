@@ -1,9 +1,11 @@
 """The one module that talks to the Kubernetes API with the official (sync) client.
 
 kopf watches and patches through its own aiohttp client; everything the
-handlers *do* (server-side apply of the owned objects, reading a PVC, writing
-a TTSVoice's status) goes through `Kube` here, so the rest of the operator
-stays free of client types and can be read without knowing the client.
+handlers *do* (server-side apply of the owned objects, writing a TTSVoice's
+status) goes through `Kube` here, so the rest of the operator stays free of
+client types and can be read without knowing the client. `Kube` satisfies the
+handlers' Protocol (`cluster.Kube`); it has no reads for them: what handlers
+read comes from kopf's indexes.
 
 Every call returns plain JSON dicts (`_preload_content=False`), the same shape
 kopf hands to handlers, so the pure core sees one representation.
@@ -197,33 +199,6 @@ class Kube:
             self._policy.delete_namespaced_pod_disruption_budget, name, namespace, missing_ok=True
         )
         return gone is not None
-
-    # --- reads --------------------------------------------------------------
-
-    def pvc_exists(self, namespace: str, name: str) -> bool:
-        found = _call(
-            self._core.read_namespaced_persistent_volume_claim, name, namespace, missing_ok=True
-        )
-        return found is not None
-
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _call(self._apps.read_namespaced_deployment, name, namespace, missing_ok=True)
-
-    def get_voice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _call(
-            self._custom.get_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            missing_ok=True,
-        )
-
-    def list_voices(self, namespace: str) -> list[dict[str, Any]]:
-        found = _call(self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
-        items: list[dict[str, Any]] = (found or {}).get("items") or []
-        return items
 
     # --- writes on the TTSVoice ---------------------------------------------
 
