@@ -15,7 +15,8 @@ that two readers can never disagree about what a pod said:
 - **The compact load endpoint** (``GET /load``): the same one-line text as the header, so
   a poll costs a few dozen bytes instead of a rendered Prometheus page.
 
-The compact form is ``work_s=1.250,depth=3,in_flight=1,seq=42``. ``seq`` grows by one
+The compact form is ``work_s=1.250,depth=3,in_flight=1,seq=42,free=61``; ``free`` (the
+queue slots left before the pod answers 429) is optional. ``seq`` grows by one
 with every load the pod writes (per process), so a reader can drop an older report that
 arrived after a newer one (two responses racing back). It restarts at 1 with the process:
 a reader accepts a lower ``seq`` once it has heard nothing for a while (a restart takes
@@ -62,14 +63,17 @@ class PodLoad(NamedTuple):
     """Requests running in the engine."""
     seq: int = 0
     """The pod's report counter (0: unknown, e.g. read from ``/metrics``)."""
+    free: int | None = None
+    """Queue slots left before the pod refuses with 429 (None: not reported)."""
 
 
 def format_load(load: PodLoad) -> str:
     """The compact text of a load (header value and ``/load`` body)."""
-    return (
+    text = (
         f"work_s={max(0.0, load.work_s):.3f},depth={max(0, load.depth)},"
         f"in_flight={max(0, load.in_flight)},seq={max(0, load.seq)}"
     )
+    return text if load.free is None else f"{text},free={max(0, load.free)}"
 
 
 def parse_load(text: str) -> PodLoad | None:
@@ -86,11 +90,12 @@ def parse_load(text: str) -> PodLoad | None:
         depth = int(found["depth"])
         in_flight = int(found["in_flight"])
         seq = int(found.get("seq", "0"))
+        free = int(found["free"]) if "free" in found else None
     except (KeyError, ValueError):
         return None
-    if not math.isfinite(work_s) or depth < 0 or in_flight < 0 or seq < 0:
+    if not math.isfinite(work_s) or min(depth, in_flight, seq, free or 0) < 0:
         return None
-    return PodLoad(max(0.0, work_s), depth, in_flight, seq)
+    return PodLoad(max(0.0, work_s), depth, in_flight, seq, free)
 
 
 def samples(text: str, names: Iterable[str]) -> dict[str, list[tuple[str, float]]]:

@@ -53,6 +53,9 @@ def test_compact_form_round_trips_and_is_what_the_header_carries() -> None:
     assert text == "work_s=1.250,depth=3,in_flight=1,seq=42"
     assert load.parse_load(text) == value
     assert load.parse_load(" work_s=0.5 , depth=0,in_flight=2,extra=x") == PodLoad(0.5, 0, 2, 0)
+    with_free = PodLoad(0.5, 2, 1, seq=3, free=62)
+    assert load.format_load(with_free).endswith(",free=62")
+    assert load.parse_load(load.format_load(with_free)) == with_free
 
 
 @pytest.mark.parametrize(
@@ -63,6 +66,7 @@ def test_compact_form_round_trips_and_is_what_the_header_carries() -> None:
         "work_s=inf,depth=0,in_flight=0",
         "work_s=1,depth=-1,in_flight=0",
         "work_s=1,depth=1.5,in_flight=0",
+        "work_s=1,depth=1,in_flight=0,free=-2",
         "work_s=1,depth=0,in_flight=0,seq=" + "9" * 300,
     ],
 )

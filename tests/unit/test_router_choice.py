@@ -292,3 +292,19 @@ def test_a_new_address_is_a_new_server_with_no_report() -> None:
     assert work(fleet)["ns/a"] == 0.0
     fleet.record_load("ns/a", clock.now, PodLoad(1.0, 0, 1, seq=1))
     assert work(fleet)["ns/a"] == 1.0
+
+
+def test_free_slots_count_what_the_pod_may_not_have_seen() -> None:
+    clock = Clock()
+    fleet = fleet_with("a", clock=clock)
+    state = fleet.pods["ns/a"]
+    assert state.free_slots(clock.now, 1.0) == 0  # no report yet: wait for one
+    first = fleet.begin("ns/a", 0.1)  # on its way when the pod reports
+    clock.now += 0.01
+    fleet.record_load("ns/a", clock.now, PodLoad(0.0, 0, 0, seq=1, free=2))
+    assert state.free_slots(clock.now, 1.0) == 1  # room 2, one of ours already open
+    fleet.begin("ns/a", 0.1)
+    assert state.free_slots(clock.now, 1.0) == 0
+    fleet.end(first)
+    fleet.record_load("ns/a", clock.now, PodLoad(0.0, 0, 1, seq=2))  # an older server
+    assert state.free_slots(clock.now, 1.0) is None

@@ -123,6 +123,7 @@ class PodState:
     reported_depth: int = 0
     reported_at: float = -1e9
     reported_seq: int = 0
+    reported_free: int | None = None
     full_until: float = -1e9
     draining_until: float = -1e9
     unreachable_until: float = -1e9
@@ -148,6 +149,19 @@ class PodState:
             return len(self.open)
         since = sum(1 for f in self.open if f.sent_at >= self.reported_at)
         return self.reported_depth + self.reported_in_flight + since
+
+    def free_slots(self, now: float, stale_after_s: float) -> int | None:
+        """Queue slots the pod has left, less this router's requests it may not have counted;
+        ``None`` when it does not report them (an older server). 0 with no fresh report."""
+        if not self.fresh(now, stale_after_s):
+            return 0
+        if self.reported_free is None:
+            return None
+        since = sum(1 for f in self.open if f.sent_at >= self.reported_at)
+        # Requests still on their way were in neither figure; the room the pod had in all
+        # (free + queued + running) less everything this router has open there bounds it.
+        room = self.reported_free + self.reported_depth + self.reported_in_flight
+        return min(self.reported_free - since, room - len(self.open))
 
     def candidate(self, now: float, stale_after_s: float) -> Candidate:
         return Candidate(
@@ -203,6 +217,7 @@ class Fleet:
         else:
             if state.info.base_url != info.base_url:  # a new IP is a new server
                 state.reported_work_s = None
+                state.reported_free = None
                 state.reported_seq = 0
                 state.known_since = self.clock()
             state.info = info
@@ -275,9 +290,10 @@ class Fleet:
         state.reported_in_flight = load.in_flight
         state.reported_at = at
         state.reported_seq = load.seq
+        state.reported_free = load.free
         if state.unreachable_until > at:
             state.unreachable_until = at  # it answered: reachable again
-            self._wake(state.info.voice)
+        self._wake(state.info.voice)  # held requests may fit now
 
     def to_poll(self, now: float, after_s: float) -> list[tuple[str, str]]:
         """``(key, base_url)`` of serving pods not heard from within ``after_s``."""

@@ -284,6 +284,12 @@ class Proxy:
                     turn=self._turn,
                     sample_above=self.sample_above,
                 )
+                if (
+                    isinstance(verdict, Route)
+                    and holding is not None
+                    and not self._has_room(verdict.pod.key)
+                ):
+                    verdict = Hold()  # released only as fast as the pod can queue them
                 if isinstance(verdict, Route):
                     if attempts >= self.max_attempts:
                         raise _exhausted(label, attempts, last)
@@ -341,6 +347,16 @@ class Proxy:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
                 await self.fleet.changed(voice.key).wait()
+
+    def _has_room(self, pod_key: str) -> bool:
+        """A held request goes to ``pod_key`` only while its reported queue has a free slot
+        for it (a pod that just became ready is asked first): 100 held requests released
+        at once into a queue of 64 used to get 429 after waiting."""
+        state = self.fleet.pod(pod_key)
+        if state is None:
+            return False
+        free = state.free_slots(self.fleet.clock(), self.fleet.stale_after_s)
+        return free is None or free > 0
 
     def _admit_held_bytes(self, label: str, size: int) -> None:
         """Refuse to hold a body that would pass the voice's or the router's byte cap.

@@ -54,8 +54,15 @@ class LoadReport:
 
     def __call__(self) -> str:
         s = self._scheduler
+        depth = s.queue_depth()
         return load.format_load(
-            load.PodLoad(s.work_seconds(), s.queue_depth(), s.in_flight(), next(self._seq))
+            load.PodLoad(
+                s.work_seconds(),
+                depth,
+                s.in_flight(),
+                next(self._seq),
+                free=max(0, s.config.max_queue - depth),
+            )
         )
 
 
