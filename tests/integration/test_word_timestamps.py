@@ -9,10 +9,12 @@ in order, inside the audio, the last word ending at the voice's own trailing pau
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import itertools
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
+from routerprocs import running_router
 from serverprocs import ServerProc, launch, start_simulated, stop, wait_ready
 
 from voicefleet_inference.engines.base import AudioChunk, Engine, SynthesisRequest
@@ -170,8 +173,8 @@ def piper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     assert stop(server) == 0, server.log()
 
 
-def body(text: str, **extra: object) -> dict[str, object]:
-    return {"model": "tts-1", "input": text, "voice": "alloy", **extra}
+def body(text: str, model: str = "tts-1", **extra: object) -> dict[str, object]:
+    return {"model": model, "input": text, "voice": "alloy", **extra}
 
 
 def sse_events(response: httpx.Response) -> list[dict[str, object]]:
@@ -274,3 +277,101 @@ def test_simulated_engine_times_words_on_its_own_timeline(tmp_path: Path) -> Non
         assert words[0] == Timed("Yes", 0.0, round(3 * 0.057, 3))
     finally:
         assert stop(server) == 0, server.log()
+
+
+# -- through the router --------------------------------------------------------------------
+
+
+def _router_settings(server: ServerProc) -> object:
+    from voicefleet_inference.router.settings import RouterSettings
+
+    return RouterSettings(
+        static_upstreams=[f"joe={server.base_url}#en_US-joe-medium"],  # type: ignore[arg-type]
+        poll_interval_s=0.1,  # type: ignore[arg-type]
+    )
+
+
+async def test_the_router_passes_timestamps_to_the_openai_sdk_and_curl(
+    piper_server: ServerProc,
+) -> None:
+    from openai import AsyncOpenAI
+
+    async with running_router(_router_settings(piper_server)) as (_, url):  # type: ignore[arg-type]
+        client = AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        raw = await client.audio.speech.with_raw_response.create(
+            model="joe",
+            voice="alloy",
+            input=PAUSES,
+            response_format="wav",
+            extra_body={"timestamps": "word"},
+        )
+        payload = raw.http_response.json()
+        curl = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "curl",
+                "-sS",
+                "-N",
+                f"{url}/v1/audio/speech",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "x-voicefleet-priority: critical",
+                "-d",
+                json.dumps(
+                    body(
+                        PAUSES,
+                        model="joe",
+                        response_format="pcm",
+                        stream_format="sse",
+                        timestamps="word",
+                    )
+                ),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        bad = await asyncio.to_thread(
+            subprocess.run,
+            [
+                "curl",
+                "-sS",
+                f"{url}/v1/audio/speech",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "x-voicefleet-priority: urgent",
+                "-d",
+                json.dumps(body("Hello.", model="joe", response_format="wav")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(payload["audio"])), dtype="float32")
+    words = [Timed(w["word"], w["start"], w["end"]) for w in payload["words"]]
+    check_adds_up(words, PAUSES, len(samples) / rate)
+    check_against_envelope(words, PAUSES, samples.astype(np.float32), rate)
+    events = [
+        json.loads(block.removeprefix("data: "))
+        for block in curl.stdout.split("\n\n")
+        if block.startswith("data: ")
+    ]
+    streamed = [
+        Timed(w["word"], w["start"], w["end"])
+        for e in events
+        if e["type"] == "speech.audio.timestamps"
+        for w in e["words"]
+    ]
+    pcm = b"".join(
+        base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta"
+    )
+    check_adds_up(streamed, PAUSES, len(pcm) / 2 / 22050)
+    assert events[-1]["type"] == "speech.audio.done"
+    # The priority header reaches the pod: its 400 names the accepted priorities.
+    error = json.loads(bad.stdout)["error"]
+    assert error["param"] == "x-voicefleet-priority"
+    assert "critical, standard, sheddable" in error["message"]

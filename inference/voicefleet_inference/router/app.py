@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
+from voicefleet_api.priority import PRIORITY_HEADER
 from voicefleet_inference.cost import REFERENCE_COST
 from voicefleet_inference.errors import InvalidRequest
 from voicefleet_inference.requests_validation import (
@@ -51,7 +52,8 @@ __all__ = ["MAX_BODY_BYTES", "create_app", "estimate_cost", "playground_html"]
 
 MAX_BODY_BYTES: Final = 1 << 20
 """Far above any valid request (the pods cap input at a few thousand characters)."""
-_FORWARDED: Final = ("content-type", "accept", "x-request-id")
+_FORWARDED: Final = ("content-type", "accept", "x-request-id", PRIORITY_HEADER)
+"""Request headers passed on to the pod; the priority decides who a saturated pod refuses."""
 
 
 def playground_html() -> str:
