@@ -8,7 +8,6 @@ folder's ``conftest.py``.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from serverprocs import free_port as free_port  # one free_port for every test helper
 
 from voicefleet_localcluster.procs import stop_process
 from voicefleet_localcluster.testing import LocalCluster, wait_for
@@ -27,13 +27,6 @@ PVC_SAMPLE = REPO / "crds" / "samples" / "pvc-voice.yaml"
 SA_NAMESPACE = "voicefleet-system"
 SA_NAME = "voicefleet-operator"
 PEERING = "voicefleet-test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

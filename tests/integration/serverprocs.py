@@ -49,8 +49,10 @@ def launch(
     env: dict[str, str] | None = None,
     host: str = "127.0.0.1",
     port: int | None = None,
+    new_session: bool = False,
 ) -> ServerProc:
-    """Start a server; returns at once (see :func:`wait_ready`)."""
+    """Start a server; returns at once (see :func:`wait_ready`). ``new_session``: the server
+    leads its own process group, as ``make serve`` makes it (for signal tests)."""
     port = port or free_port(host)
     log = log_path.open("wb")
     proc = subprocess.Popen(
@@ -59,6 +61,7 @@ def launch(
         stderr=subprocess.STDOUT,
         cwd=REPO,
         env={**os.environ, **(env or {})},
+        start_new_session=new_session,
     )
     return ServerProc(proc, host, port, log_path)
 

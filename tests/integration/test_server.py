@@ -10,18 +10,17 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from serverprocs import ServerProc, free_port, launch, wait_ready
 
 from voicefleet_localcluster.procs import stop_process
 
@@ -45,45 +44,11 @@ LONG = (
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+Server = ServerProc
 
 
 def start_server(log_path: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [str(SERVER), "--host", "127.0.0.1", "--port", str(port), *extra],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.base_url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"server not ready in time:\n{server.log()}")
+    return wait_ready(launch(log_path, *extra, env=env))
 
 
 def stop_server(server: Server) -> int:

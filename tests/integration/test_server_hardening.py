@@ -24,14 +24,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from serverprocs import launch, wait_ready
 from test_server import (
     MODEL,
-    SERVER,
     SPEECH,
     Server,
     _code_count,
     decode_wav,
-    free_port,
     metric,
     speech,
     start_server,
@@ -404,27 +403,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
 
 def _start_in_group(log_path: Path) -> Server:
     """The server as the leader of its own process group, as ``make serve`` makes it."""
-    port = free_port()
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [str(SERVER), "--host", "127.0.0.1", "--port", str(port), "--drain-grace-s", "60"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env=dict(os.environ),
-        start_new_session=True,
-    )
-    srv = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, srv.log()
-        try:
-            if httpx.get(f"{srv.base_url}/readyz", timeout=2).status_code == 200:
-                return srv
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not ready:\n{srv.log()}")
+    return wait_ready(launch(log_path, "--drain-grace-s", "60", new_session=True))
 
 
 async def _accept(client: httpx.AsyncClient, count: int) -> list[asyncio.Future[httpx.Response]]:
