@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from voicefleet_api.crd import GROUP, KIND, VERSION
+from voicefleet_operator.plain import plain_copy
 from voicefleet_operator.scaling import Decision, Observation, Policy, ScalingState
 from voicefleet_operator.spec import SpecError, parse_voice
 
@@ -82,14 +83,6 @@ class VoiceView:
         }
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copy(v) for v in value]
-    return value
-
-
 def voice_view(body: Mapping[str, Any]) -> VoiceView:
     """The :class:`VoiceView` of a TTSVoice body as the API server sends it."""
     meta: Mapping[str, Any] = body.get("metadata") or {}
@@ -119,7 +112,7 @@ def voice_view(body: Mapping[str, Any]) -> VoiceView:
         enabled=enabled,
         cold_start=cold_start,
         deleting=bool(meta.get("deletionTimestamp")),
-        status={k: _copy(status[k]) for k in OWNED_STATUS_FIELDS if k in status},
+        status={k: plain_copy(status[k]) for k in OWNED_STATUS_FIELDS if k in status},
     )
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from voicefleet_api.crd import GROUP, KIND
+from voicefleet_operator.plain import plain_copy
 from voicefleet_operator.pods import INDEX_NAME as PODS_INDEX
 from voicefleet_operator.pods import PodInfo, PodKey, pods_of
 
@@ -46,14 +47,6 @@ Index = Mapping[PodKey, Iterable[Any]]
 """What kopf injects: key -> a store of the values every object gave under that key."""
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copy(v) for v in value]
-    return value
-
-
 def owner_voice(obj: Mapping[str, Any]) -> str | None:
     """The name of the TTSVoice that owns ``obj`` (its ownerReference), or None."""
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
@@ -67,7 +60,7 @@ def index_voice(body: Mapping[str, Any], **_: Any) -> dict[PodKey, dict[str, Any
     (spec, status, and the metadata kopf's adopt and Events need)."""
     meta: Mapping[str, Any] = body.get("metadata") or {}
     kept_meta = {
-        key: _copy(meta[key])
+        key: plain_copy(meta[key])
         for key in ("name", "namespace", "uid", "generation", "deletionTimestamp", "labels")
         if key in meta
     }
@@ -75,8 +68,8 @@ def index_voice(body: Mapping[str, Any], **_: Any) -> dict[PodKey, dict[str, Any
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": kept_meta,
-        "spec": _copy(body.get("spec") or {}),
-        "status": _copy(body.get("status") or {}),
+        "spec": plain_copy(body.get("spec") or {}),
+        "status": plain_copy(body.get("status") or {}),
     }
     return {(str(meta.get("namespace") or ""), str(meta.get("name") or "")): entry}
 
@@ -90,12 +83,12 @@ def index_deployment(body: Mapping[str, Any], **_: Any) -> dict[PodKey, dict[str
     meta: Mapping[str, Any] = body.get("metadata") or {}
     entry = {
         "metadata": {
-            key: _copy(meta[key])
+            key: plain_copy(meta[key])
             for key in ("name", "namespace", "uid", "generation", "annotations")
             if key in meta
         },
         "spec": {"replicas": (body.get("spec") or {}).get("replicas")},
-        "status": _copy(body.get("status") or {}),
+        "status": plain_copy(body.get("status") or {}),
     }
     return {(str(meta.get("namespace") or ""), voice): entry}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voicefleet_api.labels import POD_DELETION_COST_ANNOTATION, VOICE_LABEL
+from voicefleet_operator.plain import plain_copy
 
 __all__ = ["INDEX_NAME", "PodInfo", "PodKey", "index_pod", "pod_info", "pods_of"]
 
@@ -71,18 +72,10 @@ class PodInfo:
         return not self.ready and not self.terminating and self.phase in ("Pending", "Running")
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copy(v) for v in value]
-    return value
-
-
 def _dicts(raw: object) -> tuple[dict[str, Any], ...]:
     if not isinstance(raw, list | tuple):
         return ()
-    return tuple(_copy(item) for item in raw if isinstance(item, Mapping))
+    return tuple(plain_copy(item) for item in raw if isinstance(item, Mapping))
 
 
 def _cost(annotations: Mapping[str, Any]) -> int | None:

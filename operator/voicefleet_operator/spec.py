@@ -35,6 +35,7 @@ import voicefleet_api
 from voicefleet_api import engines
 from voicefleet_api import env as server_env
 from voicefleet_api.labels import is_reserved_label
+from voicefleet_operator.plain import plain_copy
 
 __all__ = [
     "DEFAULT_GPU_IMAGE",
@@ -186,19 +187,10 @@ def _string_map(value: object) -> dict[str, str]:
     return dict(value)
 
 
-def _deep_copy(value: Any) -> Any:
-    """Plain dicts and lists, so later edits of the watched body cannot leak into a spec."""
-    if isinstance(value, Mapping):
-        return {str(k): _deep_copy(x) for k, x in value.items()}
-    if isinstance(value, list | tuple):
-        return [_deep_copy(x) for x in value]
-    return value
-
-
 def _object(value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _fail(f"must be an object, got {_kind(value)}")
-    copied: dict[str, Any] = _deep_copy(value)
+    copied: dict[str, Any] = plain_copy(value)  # later edits of the body cannot leak in
     return copied
 
 
