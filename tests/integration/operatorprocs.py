@@ -115,18 +115,23 @@ def exists(cluster: LocalCluster, ns: str, *what: str) -> bool:
     return cluster.kubectl_run("get", *what, "-n", ns, check=False).returncode == 0
 
 
-def scalable_voice(name: str, *, replicas: int = 0, max_replicas: int = 3) -> dict[str, Any]:
+def voice_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    """A TTSVoice ``name`` with ``spec`` (camelCase keys; the bundled voice unless ``model``)."""
     return {
         "apiVersion": "voicefleet.io/v1alpha1",
         "kind": "TTSVoice",
         "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "model": {"bundled": "en_US-joe-medium"},
-            "resources": {"cpu": "250m", "memory": "512Mi"},
-            "autoscaling": {"minReplicas": 0, "maxReplicas": max_replicas},
-        },
+        "spec": {"model": {"bundled": "en_US-joe-medium"}, **spec},
     }
+
+
+def scalable_voice(name: str, *, replicas: int = 0, max_replicas: int = 3) -> dict[str, Any]:
+    return voice_manifest(
+        name,
+        replicas=replicas,
+        resources={"cpu": "250m", "memory": "512Mi"},
+        autoscaling={"minReplicas": 0, "maxReplicas": max_replicas},
+    )
 
 
 def events_for(cluster: LocalCluster, ns: str, name: str) -> list[dict[str, Any]]:

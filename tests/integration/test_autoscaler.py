@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from operatorprocs import Operator, free_port, operator_argv
+from operatorprocs import Operator, free_port, operator_argv, voice_manifest
 
 from voicefleet_localcluster.testing import LocalCluster, WaitTimeout, wait_for
 
@@ -57,19 +57,14 @@ def autoscaling_operator(
 
 
 def simulated_voice(name: str, *, replicas: int, autoscaling: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "engine": "simulated",
-            "model": {"bundled": "en_US-joe-medium"},
-            "resources": {"cpu": "100m", "memory": "256Mi"},
-            "server": {"workers": 1, "maxQueue": 64, "drainGraceSeconds": 30},
-            "autoscaling": autoscaling,
-        },
-    }
+    return voice_manifest(
+        name,
+        replicas=replicas,
+        engine="simulated",
+        resources={"cpu": "100m", "memory": "256Mi"},
+        server={"workers": 1, "maxQueue": 64, "drainGraceSeconds": 30},
+        autoscaling=autoscaling,
+    )
 
 
 def spec_replicas(cluster: LocalCluster, ns: str, name: str) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from operatorprocs import Operator
+from operatorprocs import Operator, voice_manifest
 from routerprocs import running_router
 
 from voicefleet_inference.router.fleet import VoiceKey
@@ -31,19 +31,14 @@ SHORT = "The quick brown fox jumps over the lazy dog near the river bank."
 
 
 def simulated_voice(name: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "engine": "simulated",
-            "model": {"bundled": "en_US-joe-medium"},
-            "env": [{"name": "SIMULATED_ENGINE_SPEED_FACTOR", "value": "4"}],
-            "resources": {"cpu": "100m", "memory": "256Mi"},
-            "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "coldStartTimeoutSeconds": 60},
-        },
-    }
+    return voice_manifest(
+        name,
+        replicas=replicas,
+        engine="simulated",
+        env=[{"name": "SIMULATED_ENGINE_SPEED_FACTOR", "value": "4"}],
+        resources={"cpu": "100m", "memory": "256Mi"},
+        autoscaling={"minReplicas": 0, "maxReplicas": 3, "coldStartTimeoutSeconds": 60},
+    )
 
 
 async def until(predicate: Any, within_s: float, what: str) -> None:
