@@ -477,7 +477,7 @@ class ControlPlane:
         started = time.monotonic()
         nodeimages.ensure_images(self.bin_dir, binaries.read_versions(), self.log)
         self.log(f"node images present (+{time.monotonic() - started:.1f}s)")
-        kubelet_healthz, proxy_healthz = free_ports(2)
+        kubelet_healthz, proxy_healthz, proxy_metrics = free_ports(3)
         commands = realnode.node_commands(
             bin_dir=self.bin_dir,
             node_name=self.node_name,
@@ -489,6 +489,7 @@ class ControlPlane:
             kubelet_port=kubelet_port,
             kubelet_healthz_port=kubelet_healthz,
             kube_proxy_healthz_port=proxy_healthz,
+            kube_proxy_metrics_port=proxy_metrics,
         )
         self._spawn("kubelet", commands.kubelet)
         self._spawn("kube-proxy", commands.kube_proxy)

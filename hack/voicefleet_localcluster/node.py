@@ -214,7 +214,9 @@ def kubelet_config(
     }
 
 
-def kube_proxy_config(*, kubeconfig: Path, node_name: str, healthz_port: int) -> dict[str, Any]:
+def kube_proxy_config(
+    *, kubeconfig: Path, node_name: str, healthz_port: int, metrics_port: int
+) -> dict[str, Any]:
     """kube-proxy in iptables mode; conntrack sysctls left as the host has them."""
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
@@ -225,7 +227,7 @@ def kube_proxy_config(*, kubeconfig: Path, node_name: str, healthz_port: int) ->
         "hostnameOverride": node_name,
         "bindAddress": NODE_IP,
         "healthzBindAddress": f"127.0.0.1:{healthz_port}",
-        "metricsBindAddress": "127.0.0.1:0",
+        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
         "nodePortAddresses": [f"{NODE_IP}/32"],
         "conntrack": {
             "maxPerCore": 0,
@@ -704,6 +706,7 @@ def node_commands(
     kubelet_port: int,
     kubelet_healthz_port: int,
     kube_proxy_healthz_port: int,
+    kube_proxy_metrics_port: int,
 ) -> NodeCommands:
     """Write the kubelet's and kube-proxy's config files; return every node argv."""
     import yaml
@@ -730,6 +733,7 @@ def node_commands(
                 kubeconfig=kube_proxy_kubeconfig,
                 node_name=node_name,
                 healthz_port=kube_proxy_healthz_port,
+                metrics_port=kube_proxy_metrics_port,
             )
         )
     )
