@@ -168,6 +168,9 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
         server_env_names.MODEL: _model_argument(spec),
         server_env_names.PORT: str(SERVER_PORT),
         server_env_names.REQUEST_TIMEOUT_S: str(tuning.request_timeout_seconds),
+        server_env_names.DEFAULT_PRIORITY: tuning.default_priority,
+        server_env_names.PRIORITY_WAIT_TARGET_S: str(tuning.priority_wait_target_ms / 1000),
+        server_env_names.PRIORITY_RESERVED_WORKERS: str(tuning.priority_reserved_workers),
         server_env_names.TERMINATION_MESSAGE_PATH: termination.PATH,
         # at least one engine worker per GPU, or a GPU of the pod would sit idle
         server_env_names.WORKERS: str(max(tuning.workers, spec.resources.gpus)),

@@ -36,6 +36,8 @@ from voicefleet_api import engines
 from voicefleet_api import env as server_env
 from voicefleet_api.labels import is_reserved_label
 from voicefleet_operator.plain import plain_copy
+from voicefleet_api.priority import DEFAULT_PRIORITY, PRIORITIES
+from voicefleet_operator.plain import plain_copy
 
 __all__ = [
     "DEFAULT_GPU_IMAGE",
@@ -474,6 +476,9 @@ class ServerTuning(_Model):
     request_timeout_seconds: Annotated[int, _int(1, 3600)] = 120
     drain_grace_seconds: Annotated[int, _int(1, 3600)] = 30
     max_input_chars: Annotated[int, _int(1, 100_000)] = 4096
+    default_priority: Annotated[Str, AfterValidator(_one_of(PRIORITIES))] = DEFAULT_PRIORITY
+    priority_wait_target_ms: Annotated[int, _int(0, 3_600_000)] = 0
+    priority_reserved_workers: Annotated[int, _int(0, 64)] = 0
 
 
 class Autoscaling(_Model):
