@@ -294,3 +294,46 @@ def test_fetch_env_names_are_the_shared_contract_names() -> None:
         if f not in ("timeout_seconds", "termination_message_path")
     }
     assert fields == contract
+
+
+def test_the_signer_reproduces_aws_published_sigv4_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS's S3 documentation, "Signature Calculations ... Example: GET Object".
+
+    The signer reads the clock through its module's ``datetime``; the example's instant
+    is pinned there. The expected signature is the one the AWS page prints.
+    """
+    import datetime as real
+
+    import aws_request_signer
+
+    class Pinned(real.datetime):
+        @classmethod
+        def utcnow(cls) -> real.datetime:  # type: ignore[override]
+            return real.datetime(2013, 5, 24, 0, 0, 0)
+
+    class Clock:
+        datetime = Pinned
+
+    monkeypatch.setattr(aws_request_signer, "datetime", Clock)
+    signer = aws_request_signer.AwsRequestSigner(
+        "us-east-1", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "s3"
+    )
+    headers = signer.sign_with_headers(
+        "GET", "https://examplebucket.s3.amazonaws.com/test.txt", headers={"Range": "bytes=0-9"}
+    )
+    assert headers["Authorization"] == (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+    )
+    # What the fetcher sends for the same object without a Range: signed the same way.
+    ours = S3Target(
+        region="us-east-1",
+        access_key_id="AKIAIOSFODNN7EXAMPLE",
+        secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ).headers("https://examplebucket.s3.us-east-1.amazonaws.com/test.txt")
+    assert ours["x-amz-date"] == "20130524T000000Z"
+    assert ours["Authorization"].startswith(
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature="
+    )
