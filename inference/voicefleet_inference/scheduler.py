@@ -503,6 +503,8 @@ class Scheduler:
                     f"{priority} request refused: {verdict.reason}, about "
                     f"{queued_work:.1f} engine-seconds queued; retry later",
                     retry_after_s=retry_after_seconds(verdict.wait_s, 1),
+                    # A router can tell "full for everyone" from "full for this class".
+                    code=None if full else "priority_shed",
                 )
             if verdict.evict is not None:
                 evicted = self._queue.pop(verdict.evict)
@@ -524,6 +526,7 @@ class Scheduler:
                     f"{evicted_priority} request pushed out of the full queue by "
                     f"{priority} work; retry later",
                     retry_after_s=retry_after_seconds(verdict.wait_s, 1),
+                    code="priority_evicted",
                 )
             )
         return handle

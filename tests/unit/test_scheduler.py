@@ -431,6 +431,7 @@ async def test_critical_pushes_lower_classes_out_of_a_full_queue_with_a_429(rig_
         await collect(shed)
     assert http_status(pushed.value) == (429, "rate_limit_error")
     assert "pushed out" in str(pushed.value)
+    assert pushed.value.code == "priority_evicted"
     assert pushed.value.retry_after_s is not None
     crit2 = rig.scheduler.submit(req("Crit 2."), "critical")  # standard goes next
     with pytest.raises(QueueFull):
@@ -457,6 +458,7 @@ async def test_sheddable_is_refused_past_the_wait_target(rig_factory) -> None:
     with pytest.raises(QueueFull) as refused:
         rig.scheduler.submit(req("Shed."), "sheddable")
     assert "target" in str(refused.value)
+    assert refused.value.code == "priority_shed"
     assert refused.value.retry_after_s is not None
     assert refused.value.retry_after_s >= 2
     crit = rig.scheduler.submit(req("Crit."), "critical")
