@@ -35,7 +35,6 @@ import voicefleet_api
 from voicefleet_api import engines
 from voicefleet_api import env as server_env
 from voicefleet_api.labels import is_reserved_label
-from voicefleet_operator.plain import plain_copy
 from voicefleet_api.priority import DEFAULT_PRIORITY, PRIORITIES
 from voicefleet_operator.plain import plain_copy
 
