@@ -167,3 +167,23 @@ async def test_an_idle_connection_flood_is_capped_and_healthz_still_answers() ->
     assert took < 2
     closed = sum(1 for end in ends if end == b"")
     assert closed >= 200, closed
+
+
+async def test_bodies_in_memory_are_budgeted_over_all_requests() -> None:
+    """Each body under the cap, but together past the router's budget: refused before it
+    is read (a thousand concurrent 1 MB bodies are a gigabyte)."""
+    async with running_router(settings(max_buffered_body_bytes=1 << 20)) as (_, url):
+        _, writer = await open_raw(url)
+        writer.write(
+            b"POST /v1/audio/speech HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 900000\r\n\r\n{"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # its 900,000 bytes are reserved while it trickles
+        body = json.dumps({"model": "joe", "input": "x" * 899_000})
+        async with httpx.AsyncClient(timeout=30) as client:
+            refused = await client.post(url + SPEECH, content=body)
+        writer.close()
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "body_budget_full"
+    assert refused.headers["retry-after"] == "1"

@@ -39,6 +39,7 @@ from voicefleet_inference.requests_validation import (
 from voicefleet_inference.router.errors import (
     BadRequest,
     BodyTimeout,
+    NoPodAvailable,
     PayloadTooLarge,
     Unauthorized,
     VoiceNotFound,
@@ -81,6 +82,33 @@ def _voice_not_found(model: str, known: list[str]) -> VoiceNotFound:
     return VoiceNotFound(f"no voice named {excerpt(model)}; voices: {listed}", param="model")
 
 
+class BodyBudget:
+    """Bytes of request bodies the router has in memory at once, over all requests.
+
+    A body is counted from its first byte (its Content-Length reserved up front) until its
+    route returns (sent on, or refused). One client per request cannot pass the body cap,
+    but a thousand concurrent 1 MB bodies are a gigabyte, and parsing them all costs the
+    event loop a minute: past the budget a request is refused before it is read.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise NoPodAvailable(
+                f"the router is holding {self.used} bytes of request bodies (at most "
+                f"{self.limit}); retry shortly",
+                code="body_budget_full",
+                retry_after_s=1.0,
+            )
+        self.used += size
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     """The body as the pods decode it: the same checks, the same 400s (never a 500)."""
     try:
@@ -102,6 +130,7 @@ def create_app(
     discovery_error: Callable[[], str | None] = lambda: None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = 15.0,
+    max_buffered_body_bytes: int = 64 << 20,
 ) -> FastAPI:
     """The app; it starts nothing (the caller runs discovery and the scraper)."""
     app = FastAPI(title="VoiceFleet router", docs_url=None, redoc_url=None, openapi_url=None)
@@ -123,12 +152,28 @@ def create_app(
         ):
             raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
 
-    async def body_of(request: Request) -> bytes:
+    budget = BodyBudget(max_buffered_body_bytes)
+
+    async def body_of(request: Request, taken: list[int]) -> bytes:
+        try:
+            return await _read_body(request, taken)
+        except BodyTimeout as exc:
+            # A slow sender is closed on. A large one is not: closing with its bytes
+            # unread would reset the connection and could lose the 413 on the way; the
+            # server discards what still comes (no memory) until the request ends.
+            exc.close_connection = True
+            raise
+
+    async def _read_body(request: Request, taken: list[int]) -> bytes:
         """The body, counted as it streams in: refused as soon as it passes the cap (a
-        chunked body has no Content-Length to check first) or takes too long to arrive."""
+        chunked body has no Content-Length to check first), takes too long to arrive, or
+        would pass the router's budget; ``taken[0]`` is what it holds of the budget."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             raise PayloadTooLarge(f"request body over {max_body_bytes} bytes")
+        if declared and declared.isdigit():
+            budget.take(int(declared))
+            taken[0] += int(declared)
         parts: list[bytes] = []
         size = 0
         try:
@@ -137,6 +182,9 @@ def create_app(
                     size += len(part)
                     if size > max_body_bytes:
                         raise PayloadTooLarge(f"request body over {max_body_bytes} bytes")
+                    if size > taken[0]:
+                        budget.take(size - taken[0])
+                        taken[0] = size
                     parts.append(part)
         except TimeoutError:
             raise BodyTimeout(
@@ -152,7 +200,14 @@ def create_app(
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> Response:
         authorize(request)
-        raw = await body_of(request)
+        taken = [0]
+        try:
+            return await _speech(request, taken)
+        finally:
+            budget.give_back(taken[0])
+
+    async def _speech(request: Request, taken: list[int]) -> Response:
+        raw = await body_of(request, taken)
         payload = _json_object(raw)
         model = payload.get("model")
         if not isinstance(model, str) or not model.strip():
@@ -190,10 +245,17 @@ def create_app(
     @app.api_route("/voices/{namespace}/{name}/tts", methods=["GET", "POST"])
     async def tts(namespace: str, name: str, request: Request) -> Response:
         authorize(request)
+        taken = [0]
+        try:
+            return await _tts(namespace, name, request, taken)
+        finally:
+            budget.give_back(taken[0])
+
+    async def _tts(namespace: str, name: str, request: Request, taken: list[int]) -> Response:
         voice = fleet.voices.get(VoiceKey(namespace, name))
         if voice is None:
             raise _voice_not_found(f"{namespace}/{name}", sorted(str(k) for k in fleet.voices))
-        raw = await body_of(request) if request.method == "POST" else b""
+        raw = await body_of(request, taken) if request.method == "POST" else b""
         params: dict[str, Any] = dict(request.query_params)
         if raw:
             params.update(_json_object(raw))

@@ -55,6 +55,8 @@ class RouterError(ServiceError):
     status: ClassVar[int] = 500
     openai_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str] = "internal_error"
+    close_connection: bool = False
+    """Set on a refusal made before the body was read: the connection is closed after it."""
 
     def headers(self) -> dict[str, str]:
         out = {}
@@ -140,7 +142,10 @@ def error_response(path: str, exc: RouterError) -> JSONResponse:
         }
     else:
         body = {"message": exc.message}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers())
+    headers = exc.headers()
+    if exc.close_connection:
+        headers["Connection"] = "close"  # the rest of an unread body is not worth draining
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

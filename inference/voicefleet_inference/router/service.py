@@ -156,6 +156,7 @@ def build_router(
         discovery_error=discovery_error,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
+        max_buffered_body_bytes=settings.max_buffered_body_bytes,
     )
     service.app.add_middleware(WholeBodyForHttp10)
     service.app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)

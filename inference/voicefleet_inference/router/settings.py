@@ -109,6 +109,9 @@ class RouterSettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     """Largest request body; a longer one (chunked too) is refused with 413 as soon as it
     passes this, without reading the rest."""
+    max_buffered_body_bytes: int = Field(default=64 << 20, ge=1 << 20, le=1 << 36)
+    """Bytes of request bodies in memory at once over all requests (being read, held or
+    sent on); past it a request gets 503 + Retry-After before its body is read."""
     body_timeout_s: float = Field(default=15.0, gt=0.0, le=600.0)
     """Longest time a client may take to send its request body (slow senders get 408)."""
     max_connections: int = Field(default=0, ge=0, le=1_000_000)
