@@ -536,6 +536,11 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def _program(pid: int) -> str:
+    argv = _cmdline(pid)
+    return Path(argv[0]).name if argv else ""
+
+
 def node_processes() -> list[int]:
     """Live processes started for the node (containerd, shims, kubelet, kube-proxy)."""
     me = os.getpid()
@@ -605,16 +610,17 @@ def reset_node(*, kube_proxy: Path | None, log: Logger) -> None:
     """Remove everything a node (running, stopped or crashed) left on the host.
 
     Idempotent, and safe with nothing there: used by `down` and before every start.
-    The order matters: pods first (no process may hold a mount), containerd's records
-    while it still answers, then processes, mounts, network state, iptables, bridge.
+    The order matters: the kubelet, then pods (no process may hold a mount),
+    containerd's records while it still answers, then processes, mounts, network
+    state, iptables, bridge.
     """
+    # The kubelet first: alive, it would restart the pods killed next.
+    agents = [p for p in node_processes() if _program(p) in ("kubelet", "kube-proxy")]
+    _kill(agents, signal.SIGTERM)
+    _kill(_wait_gone(agents, 10.0), signal.SIGKILL)
     killed = kill_pod_processes()
     if killed:
         log(f"killed {killed} pod process(es)")
-    for name in ("kubelet", "kube-proxy"):
-        procs = [p for p in node_processes() if Path(_cmdline(p)[0]).name == name]
-        _kill(procs, signal.SIGTERM)
-        _kill(_wait_gone(procs, 10.0), signal.SIGKILL)
     if containerd_ready():
         remove_containers(log)
     leftovers = node_processes()
