@@ -39,6 +39,7 @@ from voicefleet_localcluster.testing import LocalCluster, wait_for
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "voicefleet"
 LOCAL_VALUES = REPO / "hack" / "local-values.yaml"
+REAL_NODE_VALUES = REPO / "hack" / "local-values-real.yaml"
 SAMPLE_VOICE = REPO / "crds" / "samples" / "en-us-joe.yaml"
 RELEASE = "voicefleet"
 RELEASE_NAMESPACE = "voicefleet-system"
@@ -249,7 +250,8 @@ def up(state_dir: Path, *, timeout: float = 600.0, say: Say = _say) -> int:
         return 1
     cluster = cluster_from_state(state)
     say(f"helm upgrade --install {RELEASE} charts/voicefleet (values: hack/local-values.yaml)")
-    helm_install(cluster, timeout=timeout)
+    values = [LOCAL_VALUES] + ([REAL_NODE_VALUES] if state.node == "real" else [])
+    helm_install(cluster, values=values, timeout=timeout)
     wait_deployments(
         cluster,
         RELEASE_NAMESPACE,
