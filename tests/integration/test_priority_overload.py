@@ -25,6 +25,8 @@ from serverprocs import ServerProc, metric, start_simulated, stop
 
 from voicefleet_inference.cost import REFERENCE_COST
 
+pytestmark = pytest.mark.slow
+
 CRITICAL_TEXT = "Your table for two is booked for seven tonight, see you then."
 SHEDDABLE_TEXT = " ".join(
     ["The keeper climbed the stairs once more and lit the great lamp above the sea."] * 10
