@@ -359,3 +359,47 @@ def test_the_server_lists_speakers_and_picks_one_by_voice(voice: Path, tmp_path:
         assert "accepted: default, alice, bob, carol (or a speaker number 0-2)" in error["message"]
     finally:
         stop(server)
+
+
+async def test_the_openai_sdk_picks_a_speaker_through_the_router(
+    voice: Path, tmp_path: Path
+) -> None:
+    """OpenAI's own SDK -> the router (static upstream) -> a real server on the trio voice."""
+    import io
+    import wave
+
+    import openai
+    from routerprocs import running_router
+
+    from voicefleet_inference.router.settings import RouterSettings
+
+    server = wait_ready(launch(tmp_path / "server.log", "--model", str(voice), "--workers", "1"))
+    try:
+        settings = RouterSettings(
+            static_upstreams=[f"trio={server.base_url}#xx_XX-trio-medium"],
+            poll_interval_s=0.1,
+        )
+        async with running_router(settings) as (_, url):
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+            async def speak(speaker: str) -> npt.NDArray[np.float64]:
+                answer = await client.audio.speech.create(
+                    model="trio",
+                    voice=speaker,
+                    input="Hello there.",
+                    response_format="wav",
+                )
+                with wave.open(io.BytesIO(answer.content)) as w:
+                    frames = w.readframes(w.getnframes())
+                return np.frombuffer(frames, dtype="<i2") / 32768.0
+
+            bob, carol = await speak("bob"), await speak("carol")
+            assert np.sqrt(np.mean(bob**2)) > 0.01, "speech, not silence"
+            n = min(bob.size, carol.size)
+            assert bob.size != carol.size or not np.allclose(bob[:n], carol[:n], atol=1e-3)
+            with pytest.raises(openai.BadRequestError) as refused:
+                await speak("dave")
+            assert "accepted: default, alice, bob, carol" in str(refused.value)
+            await client.close()
+    finally:
+        stop(server)
