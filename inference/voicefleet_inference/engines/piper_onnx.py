@@ -82,9 +82,7 @@ def expose_durations(model_path: Path) -> bytes:
         raise EngineError(
             f"{model_path}: expected one Ceil node (the VITS durations), found {len(ceils)}"
         )
-    durations = onnx.helper.make_tensor_value_info(
-        ceils[0].output[0], onnx.TensorProto.FLOAT, None
-    )
+    durations = onnx.helper.make_tensor_value_info(ceils[0].output[0], onnx.TensorProto.FLOAT, None)
     # Protobuf merges concatenated messages (repeated fields append), so a tiny model
     # holding only the extra output, appended to the file's bytes, adds it without
     # re-serializing the weights (a 60 MB copy).
