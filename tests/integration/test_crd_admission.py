@@ -249,7 +249,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "model-both",
         with_model({"bundled": "en_US-joe-medium", "volume": {**PVC, "path": "a.onnx"}}),
-        ["spec.model must set exactly one of bundled", "or volume"],
+        ["spec.model must set exactly one of bundled", "volume (a .onnx file", "or url"],
     ),
     ("model-neither", with_model({}), ["spec.model must set exactly one of bundled"]),
     ("model-missing", {"model": None}, ["spec.model: Required value"]),
