@@ -107,7 +107,12 @@ class S3Target:
             raise FetchError(termination.MODEL_FETCH_FAILED, f"{url}: not an s3://bucket/key url")
         bucket, key = found.group(1), quote(found.group(2), safe="/-_.~")
         if self.endpoint is not None:
-            return f"{self.endpoint.rstrip('/')}/{bucket}/{key}"
+            endpoint = self.endpoint.rstrip("/")
+            # httpx leaves a default port out of Host; the signature must cover the same.
+            for scheme, port in (("https://", ":443"), ("http://", ":80")):
+                if endpoint.startswith(scheme) and endpoint.endswith(port):
+                    endpoint = endpoint.removesuffix(port)
+            return f"{endpoint}/{bucket}/{key}"
         return f"https://{bucket}.s3.{self.region}.amazonaws.com/{key}"
 
     def headers(self, http_url: str) -> dict[str, str]:

@@ -198,6 +198,8 @@ def test_s3_urls_become_path_style_or_aws_virtual_hosted() -> None:
     assert (
         custom.http_url("s3://voices/en/a b.onnx") == "http://127.0.0.1:8333/voices/en/a%20b.onnx"
     )
+    default_port = S3Target(endpoint="https://minio.storage.svc:443")
+    assert default_port.http_url("s3://voices/x.onnx") == "https://minio.storage.svc/voices/x.onnx"
     aws = S3Target(region="eu-west-1")
     assert aws.http_url("s3://voices/x.onnx") == "https://voices.s3.eu-west-1.amazonaws.com/x.onnx"
     assert aws.headers("https://voices.s3.eu-west-1.amazonaws.com/x.onnx") == {}, "anonymous"
