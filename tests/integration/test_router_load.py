@@ -222,9 +222,14 @@ async def test_an_http10_client_of_a_stream_gets_a_whole_file_or_an_error(
         assert direct[0] == 200
         assert int(direct[1]["content-length"]) == len(direct[2])
 
-        async with running_router(static(slow)) as (_, url):
+        async with running_router(static(slow)) as (service, url):
             asking = asyncio.create_task(_http10(url, streamed))
-            await asyncio.sleep(1.0)  # its first sentence has started streaming
+            deadline = time.monotonic() + 30
+            while not service.metrics.registry.get_sample_value(  # the stream has started
+                "voicefleet_router_time_to_first_byte_seconds_count", {"voice": "default/joe"}
+            ):
+                assert time.monotonic() < deadline, "the stream never started"
+                await asyncio.sleep(0.02)
             slow.proc.send_signal(signal.SIGKILL)
             cut_status, _, cut_body = await asking
     finally:

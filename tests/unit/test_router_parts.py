@@ -164,7 +164,7 @@ voicefleet_queue_work_seconds{voice="en_US-joe-medium"} 2.75
 async def test_a_pod_without_load_endpoint_is_read_from_its_labelled_metrics_page() -> None:
     """An older server (no ``/load``) is read from ``/metrics`` by the contract reader: a
     labelled page is a busy pod, not a failed read (the operator reads it so too)."""
-    import httpx
+    import asyncio
 
     from voicefleet_inference.router.fleet import Fleet, PodInfo, VoiceInfo
     from voicefleet_inference.router.metrics import create_metrics
@@ -172,21 +172,42 @@ async def test_a_pod_without_load_endpoint_is_read_from_its_labelled_metrics_pag
 
     asked: list[str] = []
 
-    def fake_old_pod(request: httpx.Request) -> httpx.Response:  # fake at our own seam
-        asked.append(request.url.path)
-        if request.url.path == "/metrics":
-            return httpx.Response(200, text=LABELLED_POD_METRICS)
-        return httpx.Response(404)
+    async def fake_old_pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A fake pod at our own seam: a loopback socket answering like an older server."""
+        while not reader.at_eof():
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            path = head.split(b" ", 2)[1].decode()
+            asked.append(path)
+            body = LABELLED_POD_METRICS.encode() if path == "/metrics" else b"not found"
+            status = b"200 OK" if path == "/metrics" else b"404 Not Found"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        writer.close()
 
+    server = await asyncio.start_server(fake_old_pod, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     fleet = Fleet("ns", clock=lambda: 10.0)
     voice = VoiceKey("ns", "joe")
     fleet.upsert_voice(VoiceInfo(voice, "m", 1.0))
-    fleet.upsert_pod(PodInfo("ns", "joe-1", voice, "http://127.0.0.9:8080", ready=True))
+    fleet.upsert_pod(PodInfo("ns", "joe-1", voice, f"http://127.0.0.1:{port}", ready=True))
     metrics = create_metrics()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(fake_old_pod)) as client:
-        poller = LoadPoller(fleet, client, metrics, interval_s=0.1, after_s=0.5, timeout_s=0.2)
+    poller = LoadPoller(fleet, metrics, interval_s=0.1, after_s=0.5, timeout_s=2.0)
+    try:
         await poller.poll_once()
         await poller.poll_once()
+    finally:
+        await poller.close()
+        server.close()
     assert asked == ["/load", "/metrics"]
     state = fleet.pods["ns/joe-1"]
     assert (state.reported_work_s, state.reported_depth, state.reported_in_flight) == (2.75, 3, 1)

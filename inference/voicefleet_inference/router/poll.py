@@ -10,6 +10,10 @@ that cannot be connected to is marked unreachable for a moment.
 
 A pod whose server predates ``/load`` (404 during a rolling upgrade) is read from its
 ``/metrics`` page instead, through the same contract reader.
+
+Polls go through aiohttp (its HTTP parser is in C) rather than the proxy's httpx client:
+measured on this machine, a poll costs ~0.2 ms of CPU that way against ~1.7 ms, and idle
+polling is what a router with thousands of pods spends its time on.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import time
 from typing import Final
 
-import httpx
+import aiohttp
 
 from voicefleet_api import load
 from voicefleet_inference.router.fleet import Fleet
@@ -36,7 +40,6 @@ class LoadPoller:
     def __init__(
         self,
         fleet: Fleet,
-        client: httpx.AsyncClient,
         metrics: RouterMetrics,
         *,
         interval_s: float,
@@ -44,13 +47,28 @@ class LoadPoller:
         timeout_s: float,
     ) -> None:
         self._fleet = fleet
-        self._client = client
         self._metrics = metrics
         self._interval_s = interval_s
         self._after_s = after_s
         self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
         self._metrics_only: set[str] = set()
         fleet.on_pod_gone(lambda pod: self._metrics_only.discard(pod.key))
+
+    def _client(self) -> aiohttp.ClientSession:
+        """One session, made on first use (it needs the running loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                # Idle connections dropped before the pods' own keep-alive timeout (5 s).
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
+                trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     async def run(self) -> None:
         """Poll forever (cancel the task to stop)."""
@@ -70,22 +88,23 @@ class LoadPoller:
         legacy = key in self._metrics_only
         path = "/metrics" if legacy else load.LOAD_PATH
         try:
-            response = await self._client.get(base_url + path, timeout=self._timeout_s)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            async with self._client().get(base_url + path) as response:
+                status = response.status
+                text = await response.text() if status == 200 else ""
+        except aiohttp.ClientConnectorError as exc:
             self._metrics.scrape_errors_total.inc()
             self._fleet.mark(key, down_s=_DOWN_MARK_S)
             log.debug("load poll of %s: cannot connect (%r)", key, exc)
             return
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as exc:
             self._metrics.scrape_errors_total.inc()
             log.debug("load poll of %s failed: %r", key, exc)
             return
-        if response.status_code == 404 and not legacy:
+        if status == 404 and not legacy:
             self._metrics_only.add(key)  # an older server: read its /metrics from now on
             return
         report: load.PodLoad | None = None
-        if response.status_code == 200:
-            text = response.text
+        if status == 200:
             report = load.parse_metrics(text) if legacy else load.parse_load(text)
         if report is None:
             self._metrics.scrape_errors_total.inc()

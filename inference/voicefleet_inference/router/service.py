@@ -104,6 +104,7 @@ class RouterService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.poller.close()
         await self.client.aclose()
 
 
@@ -136,7 +137,6 @@ def build_router(
     )
     poller = LoadPoller(
         fleet,
-        client,
         metrics,
         interval_s=settings.poll_interval_s,
         after_s=settings.poll_after_s,
