@@ -14,7 +14,7 @@ TEST_WORKERS ?= auto
 
 PRODUCT_SRC := crds/voicefleet_api inference/voicefleet_inference operator/voicefleet_operator hack/voicefleet_localcluster
 
-.PHONY: help install lint typecheck unit test test-fast serve bench cluster-build cluster-up cluster-down clean up down chart-crds
+.PHONY: images help install lint typecheck unit test test-fast serve bench cluster-build cluster-up cluster-down clean up down chart-crds
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -71,6 +71,11 @@ up: install ## the whole stack on the local cluster: chart (operator, router) + 
 
 down: ## stop everything `make up` started (cluster, pods), leaving no process
 	@if [ -x $(BIN)/voicefleet-cluster ]; then $(BIN)/voicefleet-cluster stack-down; fi
+
+FLAVOR ?= cpu
+images: install ## server + control images from docker/ on a debootstrap Debian base, loaded into the node's containerd (FLAVOR=gpu: the CUDA server)
+	hack/images/install-deps.sh
+	$(BIN)/python -m voicefleet_localcluster.imagebuild --flavor $(FLAVOR)
 
 chart-crds: ## copy crds/*.yaml into the Helm chart (a test fails when the copy drifts)
 	$(PYTHON) hack/sync_chart_crds.py
