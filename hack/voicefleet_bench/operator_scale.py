@@ -1,22 +1,37 @@
-"""How fast voicefleet-operator reconciles 100 TTSVoices applied at once, and its memory then.
+"""How fast voicefleet-operator reconciles N TTSVoices applied at once, and at what cost.
 
-On a fresh local cluster (real kube-apiserver, controller-manager, scheduler, process
-kubelet): install the CRDs and the operator's RBAC, start `voicefleet-operator
---all-namespaces` as its ServiceAccount, wait until it is healthy and idle, then
-`kubectl apply` N voices in one request (replicas 0, so no pods start: this measures
-the operator, not model loading) and time until
+What it asks of the API server for them, and its memory then.
 
-- every voice's Deployment exists (and its Service, and its PodDisruptionBudget:
-  maxReplicas 3, so the operator makes all three objects), and
-- every voice's status has `observedGeneration` equal to its generation.
+For each N (default 100 and 1,000), on a fresh local cluster (real kube-apiserver,
+controller-manager, scheduler, node): install the CRDs and the operator's RBAC, start
+``voicefleet-operator --all-namespaces --standalone`` as its ServiceAccount, wait until
+it is healthy and idle, then ``kubectl apply --server-side`` N voices in one go
+(replicas 0, so no pods start: this measures the operator, not model loading) and time,
+from the start of the apply, until
 
-The operator's resident memory (VmRSS, and the peak VmHWM) is read from
-/proc/<pid>/status right after. Targets (issue 4): <= 30 s and <= 200 MB for 100.
+- every voice's Deployment, Service and PodDisruptionBudget exist (maxReplicas 3, so the
+  operator makes all three objects), and
+- every voice's status has ``observedGeneration`` equal to its generation.
+
+**Requests** are counted by the API server: a FlowSchema puts every request of the
+operator's ServiceAccount in a flow of its own, and
+``apiserver_flowcontrol_dispatched_requests_total`` for that flow is read from the API
+server's ``/metrics`` when the operator is idle before the apply and once it is quiet
+again after. ``apiserver_request_total`` gives the split by verb and resource (of every
+client; the operator is the only writer of TTSVoice status and the only server-side
+applier of Deployments, Services and PDBs).
+
+The operator's resident memory (``VmRSS``, and the peak ``VmHWM``) is read right after.
+Each run gives up after ``--seconds-per-voice`` x N (at least 120 s). Targets (issue 23):
+100 voices <= 5 s, 1,000 voices <= 60 s, RSS <= 300 MB after.
+
+``--operator-src DIR`` runs the operator from another checkout (its ``operator/`` and
+``crds/`` go first on ``PYTHONPATH``) for before/after figures with the same driver.
 
 Usage::
 
-    .venv/bin/python -m voicefleet_bench.operator_scale            # 100 voices
-    .venv/bin/python -m voicefleet_bench.operator_scale --voices 20 --json /tmp/scale.json
+    .venv/bin/python -m voicefleet_bench.operator_scale                 # 100 and 1,000
+    .venv/bin/python -m voicefleet_bench.operator_scale --voices 20 --no-doc
 """
 
 from __future__ import annotations
@@ -24,24 +39,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from voicefleet_bench import REPO
+from voicefleet_bench.machine import git_revision
 from voicefleet_bench.procs import free_port, memory_mb
+from voicefleet_bench.report import fmt, write_section
+from voicefleet_localcluster.kubeapi import KubeClient
+from voicefleet_localcluster.kubeconfig import load as load_kubeconfig
 from voicefleet_localcluster.procs import stop_process
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
 from voicefleet_operator.settings import DEFAULT_WORKERS
 
 OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
 NAMESPACE = "scale"
+SA_NAMESPACE, SA_NAME = "voicefleet-system", "voicefleet-operator"
+FLOW = "voicefleet-operator-bench"
+DOC = REPO / "docs" / "operator.md"
+SECTION = "operator-scale"
+KINDS = ("ttsvoices", "deployments", "services", "poddisruptionbudgets", "events")
+"""Resources whose request counts the table splits by verb."""
 
 
 def voices(count: int) -> str:
@@ -49,7 +75,7 @@ def voices(count: int) -> str:
         {
             "apiVersion": "voicefleet.io/v1alpha1",
             "kind": "TTSVoice",
-            "metadata": {"name": f"voice-{i:03d}", "namespace": NAMESPACE},
+            "metadata": {"name": f"voice-{i:04d}", "namespace": NAMESPACE},
             "spec": {
                 "replicas": 0,
                 "model": {"bundled": "en_US-joe-medium"},
@@ -59,27 +85,140 @@ def voices(count: int) -> str:
         }
         for i in range(count)
     ]
-    return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs})
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
 
 
-def count_done(cluster: LocalCluster, count: int) -> tuple[int, int, int]:
-    """(Deployments, PDBs, voices whose status caught up with their generation)."""
-    names = cluster.kubectl_run("get", "deployments,pdb", "-n", NAMESPACE, "-o", "name").stdout
-    deps = [n for n in names.split() if n.startswith("deployment")]
-    pdbs = [n for n in names.split() if n.startswith("poddisruptionbudget")]
-    items = cluster.get_json("ttsvoices", "-n", NAMESPACE)["items"]
+def flow_schema() -> dict[str, Any]:
+    """Every request of the operator's ServiceAccount, and nothing else, in one flow."""
+    return {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "FlowSchema",
+        "metadata": {"name": FLOW},
+        "spec": {
+            "matchingPrecedence": 100,
+            "priorityLevelConfiguration": {"name": "workload-high"},
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [
+                {
+                    "subjects": [
+                        {
+                            "kind": "ServiceAccount",
+                            "serviceAccount": {"namespace": SA_NAMESPACE, "name": SA_NAME},
+                        }
+                    ],
+                    "resourceRules": [
+                        {
+                            "verbs": ["*"],
+                            "apiGroups": ["*"],
+                            "resources": ["*"],
+                            "namespaces": ["*"],
+                            "clusterScope": True,
+                        }
+                    ],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                }
+            ],
+        },
+    }
+
+
+def _labels(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in text.split('",'):
+        key, _, value = part.partition('="')
+        out[key.strip()] = value.rstrip('"')
+    return out
+
+
+def counters(cluster: LocalCluster) -> tuple[int, Counter[str]]:
+    """(the operator's dispatched requests, every client's requests by 'VERB resource')."""
+    text = cluster.kubectl_run("get", "--raw", "/metrics").stdout
+    flow = 0
+    by_verb: Counter[str] = Counter()
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name not in (
+            "apiserver_flowcontrol_dispatched_requests_total",
+            "apiserver_request_total",
+        ):
+            continue
+        labels_text, _, value = rest.rpartition("} ")
+        labels = _labels(labels_text)
+        count = int(float(value))
+        if name.startswith("apiserver_flowcontrol"):
+            if labels.get("flow_schema") == FLOW:
+                flow += count
+        elif labels.get("resource") in KINDS:
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            by_verb[f"{labels.get('verb')} {labels.get('resource')}{sub}"] += count
+    return flow, by_verb
+
+
+def quiet_counters(
+    cluster: LocalCluster, quiet: float = 5.0, timeout: float = 120.0
+) -> tuple[int, Counter[str]]:
+    """The counters once the operator's count has not moved for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = counters(cluster)
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = counters(cluster)
+        if now[0] != last[0]:
+            since = time.monotonic()
+        last = now
+        if time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def _names(client: KubeClient, path: str) -> set[str]:
+    items = client.get(path, limit=100000).get("items") or []
+    return {str((item.get("metadata") or {}).get("name")) for item in items}
+
+
+def count_done(client: KubeClient) -> tuple[int, int, int, int]:
+    """(Deployments, Services, PDBs, voices whose status caught up with their generation)."""
+    ns = NAMESPACE
+    deployments = _names(client, f"/apis/apps/v1/namespaces/{ns}/deployments")
+    services = _names(client, f"/api/v1/namespaces/{ns}/services")
+    pdbs = _names(client, f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets")
+    items = client.get(f"/apis/voicefleet.io/v1alpha1/namespaces/{ns}/ttsvoices").get("items")
     observed = sum(
         1
-        for v in items
+        for v in items or []
         if (v.get("status") or {}).get("observedGeneration") == v["metadata"]["generation"]
     )
-    return len(deps), len(pdbs), observed
+    return len(deployments), len(services), len(pdbs), observed
 
 
-def run(count: int, workers: int | None) -> dict[str, Any]:
+def _operator_env(operator_src: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    if operator_src is not None:
+        paths = [str(operator_src / "operator"), str(operator_src / "crds")]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the operator until stopped (SIGINT makes it write ``out``)."""
+    spy = Path(sys.executable).parent / "py-spy"
+    argv = [str(spy), "record", "--pid", str(pid), "--rate", "50", "--subprocesses"]
+    argv += ["--format", "raw" if out.suffix == ".txt" else "flamegraph", "-o", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def run(
+    count: int,
+    workers: int | None,
+    seconds_per_voice: float,
+    operator_src: Path | None,
+    profile: Path | None = None,
+) -> dict[str, Any]:
     cluster = start_local_cluster(log=lambda line: print(f"[cluster] {line}", file=sys.stderr))
     work = Path(tempfile.mkdtemp(prefix="operator-scale-"))
     proc: subprocess.Popen[bytes] | None = None
+    client = KubeClient(load_kubeconfig(cluster.kubeconfig), timeout=60)
     try:
         cluster.kubectl_run(
             "apply",
@@ -91,11 +230,12 @@ def run(count: int, workers: int | None) -> dict[str, Any]:
         cluster.kubectl_run(
             "wait", "--for=condition=Established", "--timeout=60s", "crd/ttsvoices.voicefleet.io"
         )
-        cluster.kubectl_run("create", "namespace", "voicefleet-system")
+        cluster.kubectl_run("create", "namespace", SA_NAMESPACE)
         cluster.kubectl_run("create", "namespace", NAMESPACE)
         cluster.apply(cluster.operator_rbac())  # the chart's RBAC, the one source
+        cluster.apply(flow_schema())
         kubeconfig = cluster.service_account_kubeconfig(
-            "voicefleet-system", "voicefleet-operator", work / "sa.kubeconfig"
+            SA_NAMESPACE, SA_NAME, work / "sa.kubeconfig"
         )
         health = free_port()
         argv = [
@@ -109,63 +249,150 @@ def run(count: int, workers: int | None) -> dict[str, Any]:
         if workers is not None:
             argv.append(f"--workers={workers}")
         log_path = work / "operator.log"
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=_operator_env(operator_src)
+            )
         wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200,
-            timeout=30,
-            what="operator /healthz",
+            timeout=90,
+            what=f"operator /healthz (log {log_path})",
         )
-        time.sleep(2)  # let the initial listings settle, so the idle figure is idle
+        flow_before, verbs_before = quiet_counters(cluster, quiet=3.0)
         idle = memory_mb(proc.pid)
 
-        manifest = voices(count)
+        limit = max(120.0, seconds_per_voice * count)
+        spy = _profiler(proc.pid, profile) if profile is not None else None
         started = time.monotonic()
-        cluster.kubectl_run("apply", "-f", "-", input=manifest, timeout=120)
+        cluster.kubectl_run("apply", "--server-side", "-f", "-", input=voices(count), timeout=limit)
         applied = time.monotonic() - started
         first_all_deployments: float | None = None
         while True:
-            n_dep, n_pdb, n_obs = count_done(cluster, count)
+            n_dep, n_svc, n_pdb, n_obs = count_done(client)
             now = time.monotonic() - started
             if first_all_deployments is None and n_dep == count:
                 first_all_deployments = now
-            if n_dep == count and n_pdb == count and n_obs == count:
+            if n_dep == n_svc == n_pdb == n_obs == count:
                 break
-            if now > 300:
-                raise SystemExit(f"not done after 300 s: {n_dep} deployments, {n_obs} statuses")
-            time.sleep(0.5)
+            if now > limit:
+                raise SystemExit(
+                    f"{count} voices not done after {limit:.0f} s: {n_dep} Deployments, "
+                    f"{n_svc} Services, {n_pdb} PDBs, {n_obs} statuses (log {log_path})"
+                )
+            time.sleep(1.0)
         total = time.monotonic() - started
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         memory = memory_mb(proc.pid)
+        flow_after, verbs_after = quiet_counters(cluster)
+        verbs = {k: v for k, v in (verbs_after - verbs_before).most_common() if v}
         return {
             "voices": count,
             "apply_seconds": round(applied, 2),
             "all_deployments_seconds": round(first_all_deployments or total, 2),
             "all_reconciled_seconds": round(total, 2),
+            "limit_seconds": limit,
+            "operator_requests": flow_after - flow_before,
+            "operator_requests_per_voice": round((flow_after - flow_before) / count, 2),
+            "requests_by_verb": verbs,
             "rss_idle_mb": round(idle["VmRSS"], 1),
             "rss_after_mb": round(memory["VmRSS"], 1),
             "rss_peak_mb": round(memory["VmHWM"], 1),
             "workers": workers or DEFAULT_WORKERS,
             "cpus": os.cpu_count(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "load_average": Path("/proc/loadavg").read_text().split()[:3],
+            "revision": git_revision(("operator",)) if operator_src is None else str(operator_src),
         }
     finally:
+        client.close()
         if proc is not None:
             stop_process(proc, grace=20)
         cluster.stop()
 
 
+def table(results: list[dict[str, Any]], command: str, label: str) -> str:
+    rows = [
+        "| voices | `kubectl apply` returned | all Deployments exist | all reconciled "
+        "(objects + status) | operator requests (per voice) | RSS idle → after (peak) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r['voices']} | {fmt(r['apply_seconds'])} s | "
+            f"{fmt(r['all_deployments_seconds'])} s | **{fmt(r['all_reconciled_seconds'])} s** | "
+            f"{r['operator_requests']} ({fmt(r['operator_requests_per_voice'], 2)}) | "
+            f"{fmt(r['rss_idle_mb'], 0)} → **{fmt(r['rss_after_mb'], 0)} MB** "
+            f"({fmt(r['rss_peak_mb'], 0)}) |"
+        )
+    split = []
+    for r in results:
+        verbs = ", ".join(f"{k} {v}" for k, v in r["requests_by_verb"].items())
+        split.append(f"- {r['voices']} voices, every client's requests by verb: {verbs}")
+    loads = "; ".join(
+        f"{r['voices']} voices: operator from {r.get('revision', '?')}, load average "
+        f"{' '.join(r['load_average'])} at the end"
+        for r in results
+    )
+    return "\n".join(
+        [
+            f"{label} Measured by `{command}` ({os.cpu_count()} cores, shared with other "
+            f"work: compare ratios, not absolute times; {loads}).",
+            "",
+            *rows,
+            "",
+            *split,
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--voices", type=int, default=100)
+    parser.add_argument(
+        "--voices", type=int, nargs="+", default=[100, 1000], help="one run per count"
+    )
     parser.add_argument("--workers", type=int, default=None, help="operator --workers")
+    parser.add_argument(
+        "--seconds-per-voice",
+        type=float,
+        default=0.5,
+        help="give up after this many seconds per voice (at least 120 s)",
+    )
+    parser.add_argument(
+        "--operator-src", type=Path, help="run the operator from this checkout (before figures)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the operator from apply to done into this file (.svg flame graph, "
+        ".txt collapsed stacks); needs `pip install py-spy`",
+    )
+    parser.add_argument(
+        "--section",
+        default=SECTION,
+        help=f"the bench block of {DOC.relative_to(REPO)} to replace",
+    )
+    parser.add_argument("--label", default="", help="a sentence before the table")
+    parser.add_argument("--no-doc", action="store_true", help=f"do not write {DOC.name}")
     args = parser.parse_args()
-    result = run(args.voices, args.workers)
-    text = json.dumps(result, indent=2)
+    command = " ".join(["python -m voicefleet_bench.operator_scale", *sys.argv[1:]])
+    results = [
+        run(
+            n,
+            args.workers,
+            args.seconds_per_voice,
+            args.operator_src,
+            args.profile.with_stem(f"{args.profile.stem}-{n}") if args.profile else None,
+        )
+        for n in args.voices
+    ]
+    text = json.dumps(results, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+    if not args.no_doc:
+        write_section(DOC, args.section, table(results, command, args.label))
     return 0
 
 

@@ -57,6 +57,7 @@ from voicefleet_localcluster.procs import (
 SERVICE_CIDR = realnode.SERVICE_CIDR
 SERVICE_IP = realnode.KUBERNETES_SERVICE_IP
 NODE_KINDS = ("process", "real")
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def default_node_kind() -> str:
@@ -232,7 +233,8 @@ class ControlPlane:
         log_path = self.work_dir / "logs" / f"{name}.log"
         self.logs[name] = log_path
         env = {
-            "PATH": f"{self.bin_dir}:{self.python.parent}:/usr/local/bin:/usr/bin:/bin",
+            # sbin too: the real node's kubelet and kube-proxy run iptables, mount, ip.
+            "PATH": f"{self.bin_dir}:{self.python.parent}:{SYSTEM_PATH}",
             "HOME": str(Path.home()),
             "LANG": "C.UTF-8",
             MARKER_ENV: self.cluster_id,

@@ -59,6 +59,13 @@ def wait_for(
         time.sleep(interval)
 
 
+class CommandError(subprocess.CalledProcessError):
+    """A failed kubectl/helm run whose message carries its stderr (the actual reason)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or '').strip()[-2000:]}"
+
+
 def _dns_label(text: str, limit: int = 40) -> str:
     label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return label[:limit].strip("-") or "test"
@@ -121,9 +128,7 @@ class LocalCluster:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(
-                proc.returncode, argv, output=proc.stdout, stderr=proc.stderr
-            )
+            raise CommandError(proc.returncode, argv, output=proc.stdout, stderr=proc.stderr)
         return proc
 
     def kubectl_run(

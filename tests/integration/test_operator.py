@@ -2,8 +2,8 @@
 
 One operator process (the `voicefleet-operator` console script of this venv) serves
 the whole module; it authenticates with a token of the ServiceAccount the chart's RBAC
-templates make (``LocalCluster.operator_rbac``), so every test also proves that RBAC is enough. Pods run
-through the process kubelet with the real voicefleet-server. The operator's log is
+templates make (``LocalCluster.operator_rbac``), so every test also proves that RBAC is
+enough. Pods run through the process kubelet with the real voicefleet-server. The operator's log is
 printed (and its path kept) when a test fails.
 """
 

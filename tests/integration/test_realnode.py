@@ -1,0 +1,215 @@
+"""The real node: containers on kubelet + containerd + runc, Services, cluster DNS.
+
+What a runtime enforces is asserted as the kernel and containerd report it: the
+OOM killer's OOMKilled, containerd's own pull error, a read-only root filesystem,
+the termination message read from the container's file. Client pods are started
+with `kubectl run`, as a user would. Images are the node's own (busybox), built
+locally because no registry is reachable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from voicefleet_localcluster import node, nodeimages
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+BUSYBOX = nodeimages.BUSYBOX_IMAGE
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@pytest.fixture
+def real_namespace(real_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace on the real node's cluster, named after the test."""
+    with real_cluster.namespace(request.node.name) as name:
+        yield name
+
+
+def pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
+    """A one-container busybox pod, restricted securityContext, never restarted."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "securityContext": RESTRICTED,
+                    **container,
+                }
+            ],
+        },
+    }
+
+
+def terminated(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
+    """The container's terminated state, once there is one."""
+
+    def check() -> dict[str, Any] | None:
+        status = cluster.get_json("pod", name, "-n", ns)["status"]
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state", {}).get("terminated")
+            if state:
+                result: dict[str, Any] = state
+                return result
+        return None
+
+    return wait_for(check, timeout=120, interval=0.5, what=f"pod {name} to terminate")
+
+
+def test_node_is_real_ready_and_serves_dns(real_cluster: LocalCluster) -> None:
+    obj = real_cluster.get_json("node", real_cluster.node_name)
+    info = obj["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    assert info["kubeletVersion"].startswith("v1.34")
+    addresses = {a["type"]: a["address"] for a in obj["status"]["addresses"]}
+    assert addresses["InternalIP"] == node.NODE_IP
+    assert obj["status"]["capacity"]["nvidia.com/gpu"] == "4"
+    svc = real_cluster.get_json("service", "kube-dns", "-n", "kube-system")
+    assert svc["spec"]["clusterIP"] == node.DNS_SERVICE_IP
+    endpoints = real_cluster.get_json("endpoints", "kubernetes", "-n", "default")
+    assert endpoints["subsets"][0]["addresses"][0]["ip"] == node.NODE_IP
+
+
+def test_in_cluster_http_by_dns_name_from_a_kubectl_run_client(
+    real_cluster: LocalCluster, real_namespace: str
+) -> None:
+    ns = real_namespace
+    serve = "echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
+    web = pod("web", ["sh", "-c", serve], volumeMounts=[{"name": "www", "mountPath": "/www"}])
+    volumes = [{"name": "www", "emptyDir": {}}]
+    web_spec = web["spec"] | {"restartPolicy": "Always", "volumes": volumes}
+    real_cluster.apply(
+        [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": web_spec,
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            },
+        ],
+        namespace=ns,
+    )
+    wait_for(lambda: real_cluster.ready_pods(ns, "app=web"), timeout=120, what="web pod ready")
+    url = f"http://web.{ns}.svc.{node.CLUSTER_DOMAIN}/"
+    overrides = json.dumps({"spec": {"containers": [{"name": "client", "image": BUSYBOX,
+        "imagePullPolicy": "Never", "securityContext": RESTRICTED,
+        "command": ["wget", "-q", "-O", "-", url]}]}})  # fmt: skip
+    real_cluster.kubectl_run(
+        "run", "client", "-n", ns, f"--image={BUSYBOX}", "--restart=Never",
+        f"--overrides={overrides}",
+    )  # fmt: skip
+    state = terminated(real_cluster, ns, "client")
+    logs = real_cluster.kubectl_run("logs", "client", "-n", ns).stdout
+    assert state["exitCode"] == 0, logs
+    assert logs.strip().startswith("hello-from-web-"), logs
+    # ... and from the host, through kube-proxy, at the Service's ClusterIP.
+    cluster_ip = real_cluster.get_json("service", "web", "-n", ns)["spec"]["clusterIP"]
+    body = wait_for(
+        lambda: httpx.get(f"http://{cluster_ip}/", timeout=5).text, timeout=30, what="ClusterIP"
+    )
+    assert body.startswith("hello-from-web-")
+
+
+def test_the_kernel_oomkills_a_container_over_its_memory_limit(
+    real_cluster: LocalCluster, real_namespace: str
+) -> None:
+    ns = real_namespace
+    # `tail` keeps the last line of its input in memory; /dev/zero has no newline.
+    hog = pod(
+        "hog",
+        ["sh", "-c", "head -c 200m /dev/zero | tail"],
+        resources={"limits": {"memory": "40Mi"}, "requests": {"memory": "40Mi"}},
+    )
+    real_cluster.apply(hog, namespace=ns)
+    state = terminated(real_cluster, ns, "hog")
+    assert state["reason"] == "OOMKilled", state
+    assert state["exitCode"] == 137
+
+
+def test_a_missing_image_is_reported_with_containerds_pull_error(
+    real_cluster: LocalCluster, real_namespace: str
+) -> None:
+    ns = real_namespace
+    missing = pod("ghost", ["sh"], image=f"{nodeimages.REPOSITORY}/missing:1")
+    missing["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    real_cluster.apply(missing, namespace=ns)
+
+    def waiting() -> dict[str, Any] | None:
+        status = real_cluster.get_json("pod", "ghost", "-n", ns)["status"]
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state", {}).get("waiting") or {}
+            if state.get("reason") in ("ErrImagePull", "ImagePullBackOff") and state.get("message"):
+                result: dict[str, Any] = state
+                return result
+        return None
+
+    state = wait_for(waiting, timeout=120, interval=0.5, what="an image pull error")
+    assert (
+        "failed to pull and unpack image" in state["message"]
+        or "failed to resolve" in (state["message"])
+    ), state
+    assert f"{nodeimages.REPOSITORY}/missing:1" in state["message"]
+
+
+def test_a_read_only_root_filesystem_refuses_writes_but_an_emptydir_takes_them(
+    real_cluster: LocalCluster, real_namespace: str
+) -> None:
+    ns = real_namespace
+    script = "touch /oops 2>&1; touch /scratch/fine && echo scratch-ok; id -u"
+    writer = pod(
+        "writer",
+        ["sh", "-c", script],
+        volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
+    )
+    writer["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    real_cluster.apply(writer, namespace=ns)
+    state = terminated(real_cluster, ns, "writer")
+    logs = real_cluster.kubectl_run("logs", "writer", "-n", ns).stdout
+    assert state["exitCode"] == 0, logs
+    assert "Read-only file system" in logs
+    assert "scratch-ok" in logs
+    assert logs.split()[-1] == "65532"  # the image's non-root user
+
+
+def test_the_termination_message_comes_from_the_containers_file(
+    real_cluster: LocalCluster, real_namespace: str
+) -> None:
+    ns = real_namespace
+    script = "echo 'model file missing: /models/x.onnx' > /dev/termination-log; exit 3"
+    real_cluster.apply(pod("crasher", ["sh", "-c", script]), namespace=ns)
+    state = terminated(real_cluster, ns, "crasher")
+    assert state["exitCode"] == 3
+    assert state["message"].strip() == "model file missing: /models/x.onnx"
