@@ -36,7 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from voicefleet_inference.malloc_tuning import fix_malloc_thresholds
     from voicefleet_inference.server.runner import serve
+
+    fix_malloc_thresholds()
 
     last_words = (
         Path(settings.termination_message_path) if settings.termination_message_path else None

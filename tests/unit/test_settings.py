@@ -216,3 +216,10 @@ def test_engine_workers_take_the_listed_devices_in_turn(monkeypatch: pytest.Monk
         factory()
     assert created == ["cuda:0", "cuda:1", "cuda:0"]
     assert load_settings([], {}, cores=2).devices == ("cpu",)
+
+
+def test_glibc_takes_fixed_malloc_thresholds() -> None:
+    """The server's start fixes glibc's mmap/trim thresholds (docs/server.md, Memory)."""
+    from voicefleet_inference.malloc_tuning import fix_malloc_thresholds
+
+    assert fix_malloc_thresholds() is True

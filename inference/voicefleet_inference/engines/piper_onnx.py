@@ -82,7 +82,10 @@ def expose_durations(model_path: Path) -> bytes:
         raise EngineError(
             f"{model_path}: expected one Ceil node (the VITS durations), found {len(ceils)}"
         )
-    durations = onnx.helper.make_tensor_value_info(ceils[0].output[0], onnx.TensorProto.FLOAT, None)
+    durations_name = ceils[0].output[0]
+    # The parsed copy holds the weights a second time: gone before the bytes grow.
+    del model, ceils
+    durations = onnx.helper.make_tensor_value_info(durations_name, onnx.TensorProto.FLOAT, None)
     # Protobuf merges concatenated messages (repeated fields append), so a tiny model
     # holding only the extra output, appended to the file's bytes, adds it without
     # re-serializing the weights (a 60 MB copy).
@@ -158,6 +161,12 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
             session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EngineError(f"cannot load {self._model_path}: {exc}") from exc
+        del graph
+        # onnxruntime's Python wrapper keeps the bytes a session was made from for its whole
+        # life (only to rebuild it on a provider fallback we never enable): 60 MB per worker
+        # that a session made from a path does not hold. The native session has its own copy.
+        if getattr(session, "_model_bytes", None) is not None:
+            session._model_bytes = None
         self._durations_name = session.get_outputs()[-1].name
         return session
 
