@@ -49,6 +49,7 @@ __all__ = [
     "RESERVED_ENV_PREFIX",
     "Autoscaling",
     "EnvVar",
+    "FirstAudioTarget",
     "ModelDownload",
     "ModelSource",
     "PersistentVolumeClaimRef",
@@ -142,6 +143,17 @@ def _positive_number(high: float) -> Callable[[object], float]:
             raise _fail(f"must be a number, got {_kind(value)}")
         if not (math.isfinite(value) and 0 < value <= high):
             raise _fail(f"must be > 0 and <= {high:g}, got {value}")
+        return float(value)
+
+    return check
+
+
+def _number_in(low: float, high: float) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(f"must be a number, got {_kind(value)}")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise _fail(f"must be between {low:g} and {high:g}, got {value}")
         return float(value)
 
     return check
@@ -480,6 +492,25 @@ class ServerTuning(_Model):
     priority_reserved_workers: Annotated[int, _int(0, 64)] = 0
 
 
+class FirstAudioTarget(_Model):
+    """``spec.autoscaling.target``: first audio within a time for a share of requests.
+
+    Its presence switches the autoscaler from the work-seconds rule to the queueing model
+    (``scaling.decide``, ``queueing.replicas_for_first_audio``).
+    """
+
+    time_to_first_audio_seconds: Annotated[float, BeforeValidator(_positive_number(600))]
+    percentile: Annotated[float, BeforeValidator(_number_in(50, 99.99))] = 99.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _time_is_required(cls, data: object) -> object:
+        # Pydantic's own "Field required" would not name the field the way users read it.
+        if isinstance(data, Mapping) and data.get("timeToFirstAudioSeconds") is None:
+            raise _fail("is required", at="spec.autoscaling.target.timeToFirstAudioSeconds")
+        return data
+
+
 class Autoscaling(_Model):
     """``spec.autoscaling``: bounds and timings the autoscaler follows."""
 
@@ -493,6 +524,8 @@ class Autoscaling(_Model):
     cold_start_timeout_seconds: Annotated[int, _int(1, 3600)] = 120
     enabled: Bool = True
     """False: the autoscaler leaves spec.replicas alone (kubectl scale, an HPA)."""
+    target: FirstAudioTarget | None = None
+    """A first-audio latency target; ``None``: the work-seconds policy."""
 
 
 def _pod_labels(labels: dict[str, str]) -> dict[str, str]:

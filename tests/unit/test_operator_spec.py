@@ -115,12 +115,40 @@ def test_parser_defaults_equal_the_crd_defaults() -> None:
     assert "image" not in defaults
     assert spec.image is None
     for dotted, expected in defaults.items():
-        if dotted.startswith(("model.", "env.")):
-            continue  # readOnly (checked below) and env value, not reachable from a bare voice
+        if dotted.startswith(("model.", "env.", "autoscaling.target.")):
+            continue  # readOnly, env value, target (checked below): not in a bare voice
         value: Any = spec
         for part in dotted.split("."):
             value = getattr(value, snake(part))
         assert value == expected, dotted
+
+
+def test_first_audio_target_is_absent_by_default_and_takes_the_crd_percentile() -> None:
+    """No target: the work-seconds policy; a target without percentile gets the CRD's."""
+    defaults = _crd_defaults()
+    assert parse_voice(body()).spec.autoscaling.target is None
+    spec = parse_spec(
+        {"model": {"bundled": "x"}, "autoscaling": {"target": {"timeToFirstAudioSeconds": 0.3}}}
+    )
+    assert spec.autoscaling.target is not None
+    assert spec.autoscaling.target.time_to_first_audio_seconds == 0.3
+    assert spec.autoscaling.target.percentile == defaults["autoscaling.target.percentile"] == 99
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({}, "spec.autoscaling.target.timeToFirstAudioSeconds: is required"),
+        ({"timeToFirstAudioSeconds": 0}, "spec.autoscaling.target.timeToFirstAudioSeconds:"),
+        ({"timeToFirstAudioSeconds": 601}, "spec.autoscaling.target.timeToFirstAudioSeconds:"),
+        ({"timeToFirstAudioSeconds": 1, "percentile": 100}, "spec.autoscaling.target.percentile:"),
+        ({"timeToFirstAudioSeconds": 1, "percentile": 49}, "spec.autoscaling.target.percentile:"),
+        ("fast", "spec.autoscaling.target: must be an object"),
+    ],
+)
+def test_bad_first_audio_targets_name_the_field(target: object, message: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(message)):
+        parse_spec({"model": {"bundled": "x"}, "autoscaling": {"target": target}})
 
 
 def test_crd_default_of_pvc_read_only_and_env_value_match() -> None:
