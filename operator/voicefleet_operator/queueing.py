@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["erlang_c", "replicas_for_first_audio", "wait_exceeds"]
+__all__ = ["erlang_c", "replicas_for_first_audio", "share_within", "wait_exceeds"]
 
 
 def erlang_c(servers: int, offered: float) -> float:
@@ -79,3 +79,15 @@ def replicas_for_first_audio(
         if wait_exceeds(servers, rate, mean_service, scv, slack) <= allowed:
             return servers
     return max_replicas
+
+
+def share_within(
+    *, servers: int, rate: float, mean_service: float, scv: float, first_audio: float, target: float
+) -> float:
+    """Share of requests (0..1) whose first audio the model predicts within ``target``."""
+    slack = target - first_audio
+    if slack < 0:
+        return 0.0
+    if servers <= 0:
+        return 0.0 if rate > 0 else 1.0
+    return 1.0 - wait_exceeds(servers, rate, mean_service, scv, slack)

@@ -36,6 +36,18 @@ How it decides (docs/autoscaler.md has the long form):
   ``scale_down_delay`` seconds with ``down_headroom`` more work (so the next burst does
   not undo it), and only once that whole window was observed since the last scale (or
   since the operator started: a restart never shrinks at once).
+- **A first-audio target instead** (``Policy.first_audio_target``, from
+  ``spec.autoscaling.target``). Once the pods have served ``min_served`` requests in the
+  measuring window (:class:`ServiceMeasure`), ``need`` is the larger of the queueing
+  model's replicas (:func:`queueing.replicas_for_first_audio` on the measured arrival
+  rate, service-time mean and variability and start-to-first-audio time) and those a
+  backlog needs so the request held last starts within the target plus ``horizon``:
+  ``ceil(work / (target - first audio + horizon))`` (the model is stationary; a backlog
+  is not). It replaces ``work / target_work_seconds``; the evidence rule for a scale-up,
+  the down window and zero stay the same; a scale-up goes straight to ``need`` (the
+  model sizes it; no drain formula) and a scale-down keeps the window's peak ``need``
+  (the percentile is the headroom). Before enough requests were served the work rule
+  sizes the voice (``policy_name`` says which one decided).
 - **Zero.** With ``min_replicas`` 0 the replicas go once the voice has had no work and
   no held request for ``scale_to_zero_idle`` seconds: idle time alone decides, not
   ``scale_down_delay`` (a voice idle 5 s with a 300 s delay used to wait the 300 s),
@@ -50,18 +62,24 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from voicefleet_operator.queueing import replicas_for_first_audio, share_within
+
 __all__ = [
     "DEFAULT_HORIZON_SECONDS",
     "DEFAULT_PENDING_REQUEST_WORK_SECONDS",
     "DEFAULT_RATE_WINDOW_SECONDS",
     "DEFAULT_UP_SAMPLES",
+    "POLICY_FIRST_AUDIO",
+    "POLICY_WORK_SECONDS",
     "Decision",
     "Observation",
     "PodSample",
     "Policy",
     "ScalingState",
+    "ServiceMeasure",
     "decide",
     "estimate_work",
+    "first_audio_need",
 ]
 
 DEFAULT_UP_SAMPLES: Final = 2
@@ -79,6 +97,38 @@ On steady but noisy load the next window's peak beats the last one about half th
 so shrinking to the bare peak was undone by a scale-up within seconds (flapping). The
 figures behind the value are in docs/autoscaler.md (policies benchmark, "reversals").
 """
+
+
+DEFAULT_MIN_SERVED: Final = 20
+"""Requests served in the measuring window before a first-audio target sizes the voice
+(fewer give a mean and variability too noisy to trust; the work rule decides until then)."""
+POLICY_WORK_SECONDS: Final = "WorkSeconds"
+POLICY_FIRST_AUDIO: Final = "FirstAudioTarget"
+"""``status.autoscaling.policy`` values (contract with the CRD's enum)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceMeasure:
+    """What a voice's pods measured recently: the first-audio model's inputs and outcome.
+
+    Built by the loop from the pods' counters (``autoscaler_service``) and by the policy
+    simulation from its fleet; the decision only reads it.
+    """
+
+    arrival_rate: float
+    """Requests per second offered to the pods (accepted or refused)."""
+    mean_service: float
+    """Mean engine seconds per request, start to last chunk."""
+    scv: float
+    """Squared coefficient of variation of the engine seconds."""
+    start_to_first_audio: float
+    """Engine seconds from a request's start to its first audio, at the target percentile."""
+    served: int
+    """Requests the service figures come from."""
+    observed_within: float | None = None
+    """Share (0..1) of requests whose first audio met the target; None: none measured."""
+    observed_seconds: float | None = None
+    """Observed time to first audio at the target percentile; None: none measured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +157,8 @@ class Observation:
     """Pods created but not ready yet (not terminating, younger than the cold-start timeout)."""
     pending_requests: int = 0
     """Requests the router holds for this voice (no replica could take them)."""
+    service: ServiceMeasure | None = None
+    """Measured arrivals and service times (read only for voices with a first-audio target)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +179,11 @@ class Policy:
     """Engine-seconds one pod serves per second (its workers)."""
     down_headroom: float = DEFAULT_DOWN_HEADROOM
     """A scale-down keeps this share above the window's peak need (see the constant)."""
+    first_audio_target: float | None = None
+    """Seconds to first audio (``spec.autoscaling.target``); None: the work-seconds rule."""
+    first_audio_percentile: float = 0.99
+    """Share of requests (0..1) that should meet ``first_audio_target``."""
+    min_served: int = DEFAULT_MIN_SERVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +218,12 @@ class Decision:
     state: ScalingState = field(repr=False)
     arrival_rate: float = 0.0
     """Engine-seconds of work arriving per second, as measured over ``rate_window``."""
+    policy_name: str = POLICY_WORK_SECONDS
+    """Which rule sized ``need``: :data:`POLICY_WORK_SECONDS` or :data:`POLICY_FIRST_AUDIO`."""
+    model_replicas: int | None = None
+    """The queueing model's replicas (first-audio policy only), before backlog and rules."""
+    predicted_within: float | None = None
+    """Share (0..1) the model predicts meets the target with ``desired`` replicas."""
 
     @property
     def scales(self) -> bool:
@@ -228,6 +291,32 @@ def drain_size(work: float, rate: float, policy: Policy) -> int:
     )
 
 
+def first_audio_need(
+    work: float, measure: ServiceMeasure, policy: Policy
+) -> tuple[int, int] | None:
+    """``(model replicas, backlog replicas)`` for the first-audio target, or None.
+
+    None when the policy has no target or too few requests were measured to fit the
+    model. The backlog term: the request queued last starts within ``target - first
+    audio`` after the ``horizon`` new pods need (module doc).
+    """
+    target = policy.first_audio_target
+    if target is None or measure.served < policy.min_served:
+        return None
+    model = replicas_for_first_audio(
+        rate=measure.arrival_rate,
+        mean_service=measure.mean_service / policy.pod_work_rate,
+        scv=measure.scv,
+        first_audio=measure.start_to_first_audio,
+        target=target,
+        percentile=policy.first_audio_percentile,
+        max_replicas=policy.max_replicas,
+    )
+    slack = max(target - measure.start_to_first_audio, 0.1)
+    backlog = math.ceil(work / (slack + max(policy.horizon, 0.0)) - 1e-9) if work > 0 else 0
+    return model, backlog
+
+
 def _clamp(value: int, policy: Policy) -> int:
     return max(policy.min_replicas, min(value, policy.max_replicas))
 
@@ -243,12 +332,19 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
     if not known:
         busy = True  # unknown is not idle: never scale to zero on silence
     idle_since = None if busy else (state.idle_since if state.idle_since is not None else now)
-    need = math.ceil(work / policy.target_work_seconds - 1e-9) if work > 0 else 0
+    fitted = first_audio_need(work, obs.service, policy) if obs.service and known else None
+    if fitted is not None:
+        need = max(fitted)
+    else:
+        need = math.ceil(work / policy.target_work_seconds - 1e-9) if work > 0 else 0
     if obs.pending_requests > 0:
         need = max(need, 1)
-    roomy = max(
-        need, math.ceil(work * (1 + policy.down_headroom) / policy.target_work_seconds - 1e-9)
-    )
+    if fitted is not None:
+        roomy = need  # the percentile is the headroom
+    else:
+        roomy = max(
+            need, math.ceil(work * (1 + policy.down_headroom) / policy.target_work_seconds - 1e-9)
+        )
 
     window = max(policy.scale_down_delay, 0.0)
     history = deque(h for h in state.history if h[0] > now - window - 1e-9)
@@ -271,13 +367,49 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
         new = keep
         if desired != obs.replicas:
             new = replace(keep, last_scale_time=now, history=((now, need, roomy),) if known else ())
-        return Decision(desired, reason, message, work, depth, need, new, rate)
+        if fitted is None or obs.service is None or policy.first_audio_target is None:
+            return Decision(desired, reason, message, work, depth, need, new, rate)
+        m = obs.service
+        predicted = share_within(
+            servers=desired,
+            rate=m.arrival_rate,
+            mean_service=m.mean_service / policy.pod_work_rate,
+            scv=m.scv,
+            first_audio=m.start_to_first_audio,
+            target=policy.first_audio_target,
+        )
+        return Decision(
+            desired,
+            reason,
+            message,
+            work,
+            depth,
+            need,
+            new,
+            rate,
+            policy_name=POLICY_FIRST_AUDIO,
+            model_replicas=fitted[0],
+            predicted_within=predicted,
+        )
 
-    numbers = (
-        f"work {work:.1f}s over {len(obs.ready)} ready + {obs.starting} starting pods, "
-        f"{obs.pending_requests} held at the router, target {policy.target_work_seconds:g}s"
-        f"/replica -> need {need}; arriving {rate:.1f}s/s"
+    pods = (
+        f"{len(obs.ready)} ready + {obs.starting} starting pods, "
+        f"{obs.pending_requests} held at the router"
     )
+    if fitted is not None and obs.service is not None:
+        m = obs.service
+        numbers = (
+            f"first audio <= {policy.first_audio_target:g}s for "
+            f"{policy.first_audio_percentile:.4g} of requests: {m.arrival_rate:.2f} req/s, "
+            f"service {m.mean_service:.2f}s (scv {m.scv:.2f}), first audio after start "
+            f"{m.start_to_first_audio:.2f}s -> model {fitted[0]}, backlog {work:.1f}s over "
+            f"{pods} -> {fitted[1]}; need {need}"
+        )
+    else:
+        numbers = (
+            f"work {work:.1f}s over {pods}, target {policy.target_work_seconds:g}s"
+            f"/replica -> need {need}; arriving {rate:.1f}s/s"
+        )
     current = obs.replicas
 
     # Scale from zero: a held request cannot wait for a second sample.
@@ -296,21 +428,25 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
     growing = len(last) >= policy.up_samples and all(a > c for _, a, c in last)
     if need > current and (sustained or growing):
         ceiling = min(needs) if sustained else need
-        if growing and not obs.starting:  # a step: the window still holds the rate before it
-            rate = max(rate, sum(a for _, a, _ in last) / sum(dt for dt, _, _ in last))
-        size = drain_size(work, rate, policy)
-        target = _clamp(min(ceiling, size), policy)
-        if target > current:
-            return result(
-                target, "ScaleUp", f"{numbers}, drained by {size} within {policy.horizon:g}s"
-            )
-        if size <= current and current < policy.max_replicas:
-            return result(
-                current,
-                "Hold",
-                f"{numbers}; {current} replicas ({obs.starting} on the way) drain it within "
-                f"{policy.horizon:g}s",
-            )
+        if fitted is not None:  # the model sized it, the backlog term included
+            if _clamp(ceiling, policy) > current:
+                return result(_clamp(ceiling, policy), "ScaleUp", numbers)
+        else:
+            if growing and not obs.starting:  # a step: the window still holds the earlier rate
+                rate = max(rate, sum(a for _, a, _ in last) / sum(dt for dt, _, _ in last))
+            size = drain_size(work, rate, policy)
+            target = _clamp(min(ceiling, size), policy)
+            if target > current:
+                return result(
+                    target, "ScaleUp", f"{numbers}, drained by {size} within {policy.horizon:g}s"
+                )
+            if size <= current and current < policy.max_replicas:
+                return result(
+                    current,
+                    "Hold",
+                    f"{numbers}; {current} replicas ({obs.starting} on the way) drain it within "
+                    f"{policy.horizon:g}s",
+                )
 
     # Zero: idle time alone decides, whatever scaleDownDelay says (the idle clock lives in
     # status, so it also survives a restart); only a pod on its way holds it back.
@@ -338,8 +474,8 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
             return result(
                 target,
                 "ScaleDown",
-                f"{numbers}; peak need {peak} over {window:.0f}s "
-                f"(+{policy.down_headroom:.0%} work kept)",
+                f"{numbers}; peak need {peak} over {window:.0f}s"
+                + ("" if fitted is not None else f" (+{policy.down_headroom:.0%} work kept)"),
             )
     if current < policy.min_replicas or current > policy.max_replicas:
         return result(

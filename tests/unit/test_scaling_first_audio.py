@@ -1,0 +1,239 @@
+"""The first-audio target in the pure decision, over request-level traces (issue 22 item 2).
+
+``simulate`` is a small fleet of our own (a fake by design): Poisson arrivals, requests of
+0.3 s or 3 s of engine time (log-normal spread), each sent to the ready pod that frees up
+first, one request at a time per pod, pods ready ``cold_start`` seconds after being
+asked for. A request's first audio comes ``min(service, 0.3)`` after it starts. Each
+second the loop's inputs are built from what the fleet did (as the operator builds them
+from the pods' counters) and the real ``decide`` is called. The same traces run with the
+work-seconds rule, so a test that passes only with the target fails without it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from voicefleet_operator.queueing import replicas_for_first_audio
+from voicefleet_operator.scaling import (
+    POLICY_FIRST_AUDIO,
+    POLICY_WORK_SECONDS,
+    Observation,
+    PodSample,
+    Policy,
+    ScalingState,
+    ServiceMeasure,
+    decide,
+    first_audio_need,
+)
+
+TARGET_S = 1.0
+WORK = Policy(min_replicas=1, max_replicas=40, target_work_seconds=10, scale_down_delay=60)
+"""The work-seconds rule at the CRD's default target (10 work-seconds per replica)."""
+TARGETED = Policy(
+    min_replicas=1,
+    max_replicas=40,
+    target_work_seconds=10,
+    scale_down_delay=60,
+    first_audio_target=TARGET_S,
+    first_audio_percentile=0.99,
+)
+
+
+@dataclass
+class Outcome:
+    replicas: list[int]
+    reasons: list[str]
+    policies: list[str]
+    firsts: list[tuple[float, float]] = field(default_factory=list)
+    """``(arrival, seconds to first audio)`` per request that started."""
+    replica_seconds: float = 0.0
+
+    def met(self, since: float = 0.0) -> float:
+        mine = [f for at, f in self.firsts if at >= since]
+        return sum(1 for f in mine if f <= TARGET_S) / len(mine)
+
+    @property
+    def changes(self) -> int:
+        return sum(1 for a, b in zip(self.replicas, self.replicas[1:], strict=False) if a != b)
+
+
+def simulate(
+    rate: Callable[[float], float],
+    seconds: int,
+    policy: Policy,
+    *,
+    seed: int = 1,
+    replicas: int = 2,
+    cold_start: int = 5,
+    long_share: float = 0.15,
+) -> Outcome:
+    rng = random.Random(seed)
+    arrivals: list[tuple[float, float]] = []  # (time, service seconds)
+    t, peak = 0.0, 20.0
+    while True:  # thinning: Poisson with a time-varying rate
+        t += rng.expovariate(peak)
+        if t >= seconds:
+            break
+        if rng.random() * peak <= rate(t):
+            base = 3.0 if rng.random() < long_share else 0.3
+            arrivals.append((t, base * rng.lognormvariate(0, 0.3)))
+    pods: list[list[float]] = [[0.0, 0.0] for _ in range(replicas)]  # [ready at, free at]
+    started: list[tuple[float, float, float]] = []  # (start, service, first audio after start)
+    out = Outcome([], [], [])
+    state = ScalingState()
+    i = 0
+    for now in range(seconds):
+        for at, service in arrivals[i:]:
+            if at >= now:
+                break
+            i += 1
+            ready = [p for p in pods if p[0] <= at] or [min(pods, key=lambda p: p[0])]
+            pod = min(ready, key=lambda p: max(p[1], p[0]))
+            start = max(at, pod[1], pod[0])
+            pod[1] = start + service
+            first = min(service, 0.3)
+            started.append((start, service, first))
+            out.firsts.append((at, start - at + first))
+        ready = [p for p in pods if p[0] <= now]
+        window = [s for s in started if now - 120 <= s[0] < now]
+        services = [s for _, s, _ in window]
+        firsts = sorted(f for _, _, f in window)
+        measure = None
+        if services:
+            mean = sum(services) / len(services)
+            var = sum((s - mean) ** 2 for s in services) / len(services)
+            measure = ServiceMeasure(
+                arrival_rate=sum(1 for at, _ in arrivals[:i] if at >= now - 10) / 10,
+                mean_service=mean,
+                scv=var / mean**2,
+                start_to_first_audio=firsts[int(0.99 * (len(firsts) - 1))],
+                served=len(window),
+            )
+        obs = Observation(
+            now=float(now),
+            replicas=len(pods),
+            ready=tuple(PodSample(max(0.0, p[1] - now)) for p in ready),
+            starting=len(pods) - len(ready),
+            service=measure,
+        )
+        d = decide(obs, state, policy)
+        state = d.state
+        if d.desired > len(pods):
+            pods += [[now + cold_start, now + cold_start] for _ in range(d.desired - len(pods))]
+        elif d.desired < len(pods):
+            pods.sort(key=lambda p: (p[0] <= now, p[1]))  # not-ready, then least loaded go
+            pods = pods[len(pods) - d.desired :]
+        out.replicas.append(len(pods))
+        out.reasons.append(d.reason)
+        out.policies.append(d.policy_name)
+        out.replica_seconds += len(pods)
+    return out
+
+
+def step(t: float) -> float:
+    return 8.0 if 100 <= t < 400 else 1.0
+
+
+def test_a_step_meets_the_target_with_it_and_misses_it_without() -> None:
+    # 1 -> 8 requests/s at t=100 (about 5.6 busy servers), back at 400. After the step's
+    # transient (cold start 5 s) the target holds; the work-seconds rule at its default
+    # lets each pod carry 10 s of work, so first audio waits seconds on the same trace.
+    targeted = simulate(step, 600, TARGETED)
+    work = simulate(step, 600, WORK)
+    assert targeted.met(since=130) >= 0.99
+    assert work.met(since=130) < 0.9
+    assert max(targeted.replicas) <= 14  # sized, not maxed out (40)
+    first_up = next(t for t in range(100, 600) if targeted.replicas[t] > targeted.replicas[99])
+    assert first_up <= 104  # acted on within a few seconds of the step
+    assert targeted.replicas[-1] < max(targeted.replicas)  # and shrank after it
+    assert POLICY_FIRST_AUDIO in targeted.policies
+    assert set(work.policies) == {POLICY_WORK_SECONDS}
+
+
+def test_noisy_flat_load_meets_the_target_and_changes_rarely() -> None:
+    # 5 requests/s of mixed phrases and paragraphs for 15 minutes, three seeds.
+    for seed in (1, 2, 3):
+        targeted = simulate(lambda t: 5.0, 900, TARGETED, seed=seed, replicas=6)
+        work = simulate(lambda t: 5.0, 900, WORK, seed=seed, replicas=6)
+        assert targeted.met(since=60) >= 0.99, seed
+        assert work.met(since=60) < 0.95, seed
+        assert targeted.changes <= 15, (seed, targeted.replicas)  # 5-12 measured
+
+
+def test_a_tighter_percentile_costs_more_replicas() -> None:
+    p90 = replace(TARGETED, first_audio_percentile=0.9)
+    loose = simulate(lambda t: 5.0, 600, p90, replicas=6)
+    tight = simulate(lambda t: 5.0, 600, TARGETED, replicas=6)
+    assert loose.replica_seconds < tight.replica_seconds
+    assert loose.met(since=60) >= 0.9
+
+
+MEASURE = ServiceMeasure(
+    arrival_rate=8.0, mean_service=0.7, scv=2.0, start_to_first_audio=0.3, served=500
+)
+
+
+def obs(replicas: int, work: float, measure: ServiceMeasure | None, now: float) -> Observation:
+    return Observation(
+        now=now,
+        replicas=replicas,
+        ready=tuple(PodSample(work / replicas) for _ in range(replicas)),
+        service=measure,
+    )
+
+
+def test_the_need_is_the_model_or_the_backlog_whichever_is_larger() -> None:
+    model = replicas_for_first_audio(
+        rate=8.0,
+        mean_service=0.7,
+        scv=2.0,
+        first_audio=0.3,
+        target=TARGET_S,
+        percentile=0.99,
+        max_replicas=40,
+    )
+    assert first_audio_need(2.0, MEASURE, TARGETED) == (model, 1)
+    # 200 s of backlog: the request queued last must start within 0.7 s after the 10 s
+    # horizon, so ceil(200 / 10.7) = 19 replicas, more than the model's.
+    assert first_audio_need(200.0, MEASURE, TARGETED) == (model, 19)
+    d = decide(obs(2, 200.0, MEASURE, 10.0), ScalingState(), TARGETED)
+    assert d.need == 19
+    assert d.model_replicas == model
+
+
+def test_without_a_target_or_enough_requests_the_work_rule_decides() -> None:
+    assert first_audio_need(2.0, MEASURE, WORK) is None
+    few = ServiceMeasure(8.0, 0.7, 2.0, 0.3, served=TARGETED.min_served - 1)
+    assert first_audio_need(2.0, few, TARGETED) is None
+    d = decide(obs(2, 30.0, few, 10.0), ScalingState(), TARGETED)
+    assert (d.policy_name, d.need, d.model_replicas) == (POLICY_WORK_SECONDS, 3, None)
+
+
+def test_the_decision_reports_what_the_model_predicts_for_its_replicas() -> None:
+    state = ScalingState()
+    for now in (10.0, 11.0):  # two ticks agree: scale up
+        d = decide(obs(2, 2.0, MEASURE, now), state, TARGETED)
+        state = d.state
+    assert d.reason == "ScaleUp"
+    assert d.desired == d.model_replicas
+    assert d.policy_name == POLICY_FIRST_AUDIO
+    assert d.predicted_within is not None
+    assert d.predicted_within >= 0.99
+    assert "first audio <= 1s" in d.message
+
+
+def test_one_noisy_tick_never_scales_up() -> None:
+    d = decide(obs(2, 2.0, MEASURE, 10.0), ScalingState(), TARGETED)
+    assert d.reason != "ScaleUp"
+    assert d.desired == 2
+
+
+def test_a_target_below_the_engines_own_first_audio_runs_at_max() -> None:
+    slow = ServiceMeasure(1.0, 2.0, 1.0, start_to_first_audio=1.5, served=100)
+    assert first_audio_need(0.0, slow, TARGETED) == (TARGETED.max_replicas, 0)
+    assert math.isclose(
+        decide(obs(40, 0.0, slow, 10.0), ScalingState(), TARGETED).predicted_within or 0.0, 0.0
+    )
