@@ -103,6 +103,8 @@ def test_defaults_render_every_component(helm: Path) -> None:
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
     assert set(crds) == {
@@ -254,3 +256,37 @@ def test_monitoring_objects(helm: Path) -> None:
 
     panels = json.loads(dashboard["data"]["voicefleet.json"])["panels"]
     assert len(panels) == 6
+
+
+def test_admission_policy_binds_to_the_operators_service_account(helm: Path) -> None:
+    docs = render(helm, "operator.modelCacheDir=/var/cache/vf")
+    policy = by_kind(docs, "ValidatingAdmissionPolicy")[0]
+    binding = by_kind(docs, "ValidatingAdmissionPolicyBinding")[0]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == (
+        'request.userInfo.username == "system:serviceaccount:voicefleet-system:'
+        'vf-voicefleet-operator"'
+    )
+    rules = {
+        r["resources"][0]: set(r["operations"])
+        for r in policy["spec"]["matchConstraints"]["resourceRules"]
+    }
+    assert rules == {
+        "deployments": {"CREATE", "UPDATE", "DELETE"},
+        "services": {"CREATE", "UPDATE", "DELETE"},
+        "poddisruptionbudgets": {"CREATE", "UPDATE", "DELETE"},
+        "pods": {"UPDATE"},
+    }
+    hostpath = next(v for v in policy["spec"]["validations"] if "hostPath" in v["expression"])
+    assert 'v.hostPath.path == "/var/cache/vf"' in hostpath["expression"]
+    without_cache = by_kind(render(helm), "ValidatingAdmissionPolicy")[0]
+    hostpath = next(
+        v for v in without_cache["spec"]["validations"] if "hostPath" in v["expression"]
+    )
+    assert "v.hostPath.path ==" not in hostpath["expression"]
+    assert not by_kind(
+        render(helm, "operator.admissionPolicy.enabled=false"), "ValidatingAdmissionPolicy"
+    )
