@@ -14,6 +14,9 @@ that two readers can never disagree about what a pod said:
   router learn a pod's load from the answers it gets anyway, with no extra request.
 - **The compact load endpoint** (``GET /load``): the same one-line text as the header, so
   a poll costs a few dozen bytes instead of a rendered Prometheus page.
+- **Service counters** (``GET /metrics`` only): :func:`parse_counters`, the cumulative
+  counts a first-audio target's queueing model is fitted to (arrivals, service times,
+  first audio). Only voices with such a target are read this way.
 
 The compact form is ``work_s=1.250,depth=3,in_flight=1,seq=42,free=61``; ``free`` (the
 queue slots left before the pod answers 429) is optional. ``seq`` grows by one
@@ -34,8 +37,11 @@ from voicefleet_api import metric_names
 __all__ = [
     "LOAD_HEADER",
     "LOAD_PATH",
+    "Buckets",
+    "PodCounters",
     "PodLoad",
     "format_load",
+    "parse_counters",
     "parse_load",
     "parse_metrics",
     "router_pending",
@@ -151,6 +157,87 @@ def parse_metrics(text: str) -> PodLoad | None:
         max(0.0, total(metric_names.QUEUE_WORK_SECONDS)),
         max(0, int(total(metric_names.QUEUE_DEPTH))),
         max(0, int(total(metric_names.REQUESTS_IN_FLIGHT))),
+    )
+
+
+Buckets = tuple[tuple[float, float], ...]
+"""A histogram's cumulative buckets: ``(upper bound, count)`` in ascending bounds, ``inf``
+last."""
+
+
+class PodCounters(NamedTuple):
+    """A pod's cumulative service counters (since its process started)."""
+
+    offered: float
+    """Requests that reached admission: accepted or refused (429), any priority."""
+    served: float
+    """Requests that finished in an engine (``voicefleet_service_seconds_count``)."""
+    service_sum: float
+    """Their engine seconds, summed."""
+    service_squares: float
+    """Their engine seconds squared, summed."""
+    start_to_first_audio: Buckets
+    """``voicefleet_start_to_first_audio_seconds`` (no queueing in it)."""
+    first_audio: Buckets
+    """``voicefleet_time_to_first_audio_seconds`` (admission to first audio: the target's
+    own measure)."""
+
+
+_OUTCOMES_OFFERED: Final = ('outcome="accepted"', 'outcome="refused"')
+
+
+def _label(labels: str, name: str) -> str | None:
+    key = f'{name}="'
+    start = labels.find(key)
+    return None if start < 0 else labels[start + len(key) :].split('"', 1)[0]
+
+
+def _buckets(found: list[tuple[str, float]]) -> Buckets:
+    merged: dict[float, float] = {}
+    for labels, value in found:
+        le = _label(labels, "le")
+        try:
+            bound = float(le) if le is not None else math.nan
+        except ValueError:
+            continue
+        if not math.isnan(bound):
+            merged[bound] = merged.get(bound, 0.0) + value
+    return tuple(sorted(merged.items()))
+
+
+def parse_counters(text: str) -> PodCounters | None:
+    """A pod's service counters from its ``/metrics`` page; ``None`` from a server that
+    does not export service times (older than the first-audio target).
+
+    Like the gauges, every labelled series of a family is summed.
+    """
+    service = metric_names.SERVICE_SECONDS
+    names = (
+        f"{metric_names.PRIORITY_REQUESTS}_total",
+        f"{service}_count",
+        f"{service}_sum",
+        f"{metric_names.SERVICE_SECONDS_SQUARED}_total",
+        f"{metric_names.START_TO_FIRST_AUDIO_SECONDS}_bucket",
+        f"{metric_names.TIME_TO_FIRST_AUDIO_SECONDS}_bucket",
+    )
+    found = samples(text, names)
+    if not found[f"{service}_count"] or not found[f"{service}_sum"]:
+        return None
+
+    def total(name: str) -> float:
+        return sum(value for _, value in found[name])
+
+    return PodCounters(
+        offered=sum(
+            value
+            for labels, value in found[names[0]]
+            if any(o in labels for o in _OUTCOMES_OFFERED)
+        ),
+        served=total(names[1]),
+        service_sum=total(names[2]),
+        service_squares=total(names[3]),
+        start_to_first_audio=_buckets(found[names[4]]),
+        first_audio=_buckets(found[names[5]]),
     )
 
 

@@ -88,6 +88,9 @@ class Metrics:
     queue_work_seconds: Gauge
     request_duration_seconds: Histogram
     time_to_first_audio_seconds: Histogram
+    service_seconds: Histogram
+    service_seconds_squared_total: Counter
+    start_to_first_audio_seconds: Histogram
     batch_size: Histogram
     audio_seconds_total: Counter
     requests_total: Counter
@@ -124,6 +127,23 @@ def create_metrics() -> Metrics:
         time_to_first_audio_seconds=Histogram(
             names.TIME_TO_FIRST_AUDIO_SECONDS,
             "Admission to the first synthesized chunk of a request.",
+            buckets=_TTFA_BUCKETS,
+            registry=registry,
+        ),
+        service_seconds=Histogram(
+            names.SERVICE_SECONDS,
+            "Engine seconds of a request, from its start in a worker to its last chunk.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        ),
+        service_seconds_squared_total=Counter(
+            names.SERVICE_SECONDS_SQUARED,
+            "Sum of squared service seconds (their variability, for the autoscaler's model).",
+            registry=registry,
+        ),
+        start_to_first_audio_seconds=Histogram(
+            names.START_TO_FIRST_AUDIO_SECONDS,
+            "Seconds from a request's start in a worker to its first chunk (no queueing).",
             buckets=_TTFA_BUCKETS,
             registry=registry,
         ),

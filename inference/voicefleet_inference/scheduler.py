@@ -182,6 +182,7 @@ class _Job:
     state: str = "queued"  # queued -> running -> done
     cancelled: bool = False
     remaining_s: float = 0.0
+    started_at: float | None = None
     first_chunk_at: float | None = None
 
     def view(self, hold_sheddable: bool = False) -> Waiting:
@@ -634,6 +635,7 @@ class Scheduler:
                 if taken:
                     for job in taken:
                         job.state = "running"
+                        job.started_at = now
                     worker.running = taken
                     worker.last_progress_at = now
                     return taken
@@ -690,6 +692,9 @@ class Scheduler:
                     if job.first_chunk_at is None:
                         job.first_chunk_at = now
                         self._metrics.time_to_first_audio_seconds.observe(now - job.enqueued_at)
+                        self._metrics.start_to_first_audio_seconds.observe(
+                            now - (job.started_at or now)
+                        )
                     self._metrics.audio_seconds_total.inc(len(chunk.samples) / engine.sample_rate)
                     job.handle._post(chunk)
                 if chunk.is_last:
@@ -697,6 +702,9 @@ class Scheduler:
                         job.state = "done"
                     if not cancelled:
                         job.handle._post(_END)
+                        service = now - (job.started_at or now)
+                        self._metrics.service_seconds.observe(service)
+                        self._metrics.service_seconds_squared_total.inc(service * service)
                     open_jobs.discard(chunk.index)
                 if not open_jobs or all(batch[i].cancelled for i in open_jobs):
                     break  # everyone left is gone: stop computing for nobody

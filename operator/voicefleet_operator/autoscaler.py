@@ -11,7 +11,9 @@ per voice: a daemon needs a finalizer on its voice, and a finalizer strands the 
 2. takes every voice from the voice index (``autoscaler_status.index_voice``) and its
    pods from the pod index (``pods``): no API read per tick;
 3. reads every serving pod's load and the routers' held requests once
-   (``autoscaler_load``), all voices together;
+   (``autoscaler_load``), all voices together; the pods of a voice with a first-audio
+   target also give their service counters, turned into the model's inputs over recent
+   windows by ``autoscaler_service.ServiceWindows``;
 4. calls the pure :func:`scaling.decide` per voice;
 5. on a change: before a scale-down, annotates the serving pods with
    ``controller.kubernetes.io/pod-deletion-cost`` (their work in milliseconds, so the
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -41,6 +43,7 @@ from voicefleet_api.labels import POD_DELETION_COST_ANNOTATION
 from voicefleet_api.scale import ScaleError, ScaleResult, scale_voice
 from voicefleet_operator.autoscaler_load import HttpLoadSource, LoadConfig
 from voicefleet_operator.autoscaler_peering import NeverPaused, PeeringGate
+from voicefleet_operator.autoscaler_service import ServiceWindows
 from voicefleet_operator.autoscaler_status import (
     VoiceKey,
     VoiceView,
@@ -98,7 +101,11 @@ class SystemClock:
 class LoadSource(Protocol):
     """Where load comes from (``autoscaler_load.HttpLoadSource`` in the operator)."""
 
-    async def pod_samples(self, pods: Sequence[PodInfo], now: float) -> list[PodSample]: ...
+    async def pod_samples(
+        self, pods: Sequence[PodInfo], now: float, detailed: Collection[str] = ()
+    ) -> list[PodSample]:
+        """One sample per pod; those in ``detailed`` (uids) with their service counters."""
+        ...
 
     async def router_pending(self, routers: Sequence[PodInfo]) -> dict[str, int]: ...
 
@@ -160,6 +167,7 @@ class Autoscaler:
     gate: PauseGate
     clock: Clock = field(default_factory=SystemClock)
     _states: dict[VoiceKey, ScalingState] = field(default_factory=dict)
+    _service: ServiceWindows = field(default_factory=ServiceWindows)
     _last_status: dict[VoiceKey, float] = field(default_factory=dict)
     _paused: str | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -243,10 +251,20 @@ class Autoscaler:
         serving = {k: [p for p in ps if p.serving] for k, ps in mine.items()}
         flat = [p for ps in serving.values() for p in ps]
         router_pods = [p for store in (routers or {}).values() for p in store]
+        detailed = {
+            p.uid
+            for v in acting
+            if v.policy is not None and v.policy.first_audio_target is not None
+            for p in serving[v.key]
+        }
         samples, pending = await asyncio.gather(
-            self.load.pod_samples(flat, now), self.load.router_pending(router_pods)
+            self.load.pod_samples(flat, now, detailed), self.load.router_pending(router_pods)
         )
         self.load.retain(p.uid for p in flat)
+        self._service.retain(detailed)
+        for pod, sample in zip(flat, samples, strict=True):
+            if sample.counters is not None:
+                self._service.add(pod.uid, now, sample.counters)
         by_voice: dict[VoiceKey, list[PodSample]] = {}
         at = 0
         for key, ps in serving.items():
@@ -290,12 +308,19 @@ class Autoscaler:
             if p.starting and now - (parse_time(p.created) or now) < voice.cold_start
         )
         starting += max(0, voice.replicas - len(live))
+        target = voice.policy.first_audio_target
+        service = None
+        if target is not None:
+            service = self._service.measure(
+                (p.uid for p in serving), now, target, voice.policy.first_audio_percentile
+            )
         obs = Observation(
             now=now,
             replicas=voice.replicas,
             ready=tuple(samples),
             starting=starting,
             pending_requests=pending.get(f"{voice.namespace}/{voice.name}", 0),
+            service=service,
         )
         state = self._states.get(voice.key)
         if state is None:
@@ -395,7 +420,7 @@ class Autoscaler:
         scaled: bool,
         before: ScalingState,
     ) -> None:
-        patch = status_patch(decision, obs, scaled)
+        patch = status_patch(decision, obs, scaled, voice.policy)
         # "moved": turned idle or busy. The status we would write is compared with the one
         # the voice has, without the observation time, so a restarted operator facing an
         # unchanged voice writes nothing; changes are written at most every status_interval.

@@ -5,7 +5,9 @@ requests in flight) and, per voice, the requests the routers hold because no rep
 could take them. Both are parsed by :mod:`voicefleet_api.load`, the one reader of the
 load contract, so the router and the autoscaler cannot disagree about what a pod said.
 
-- **Pods**: ``GET /load``, a few dozen bytes instead of a rendered Prometheus page. A pod
+- **Pods**: ``GET /load``, a few dozen bytes instead of a rendered Prometheus page; pods
+  of a voice with a first-audio target are read from ``/metrics`` instead, whose service
+  counters (``load.parse_counters``) the queueing model is fitted to. A pod
   that answers 404 there is an older server: it is read from ``/metrics`` from then on
   (remembered per pod uid), so a rolling upgrade never blinds the autoscaler. A pod
   that does not answer keeps its last sample until it is ``stale_after`` old, then
@@ -20,8 +22,8 @@ thousands of pods queues its requests instead of opening thousands of sockets at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
@@ -60,10 +62,12 @@ def router_selector(selector: str) -> dict[str, str]:
     return out
 
 
-def _sample(found: load.PodLoad | None) -> PodSample:
+def _sample(found: load.PodLoad | None, counters: load.PodCounters | None = None) -> PodSample:
     if found is None:
         return PodSample(None)
-    return PodSample(found.work_s, queue_depth=found.depth, in_flight=found.in_flight)
+    return PodSample(
+        found.work_s, queue_depth=found.depth, in_flight=found.in_flight, counters=counters
+    )
 
 
 @dataclass
@@ -103,8 +107,16 @@ class HttpLoadSource:
         except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
             return None
 
-    async def _read_pod(self, pod: PodInfo) -> load.PodLoad | None:
+    async def _read_pod(self, pod: PodInfo, detailed: bool) -> PodSample:
         base = f"http://{pod.ip}:{self.config.pod_port}"
+        if detailed:
+            got = await self._get(base + "/metrics")
+            if got is None or got[0] != 200:
+                return PodSample(None)
+            return _sample(load.parse_metrics(got[1]), load.parse_counters(got[1]))
+        return _sample(await self._read_load(pod, base))
+
+    async def _read_load(self, pod: PodInfo, base: str) -> load.PodLoad | None:
         if pod.uid not in self._metrics_only:
             got = await self._get(base + load.LOAD_PATH)
             if got is None:
@@ -117,18 +129,23 @@ class HttpLoadSource:
         got = await self._get(base + "/metrics")
         return load.parse_metrics(got[1]) if got is not None and got[0] == 200 else None
 
-    async def pod_samples(self, pods: Sequence[PodInfo], now: float) -> list[PodSample]:
-        """One sample per pod, in order (a silent pod: its recent sample, else unanswered)."""
-        found = await asyncio.gather(*(self._read_pod(p) for p in pods))
+    async def pod_samples(
+        self, pods: Sequence[PodInfo], now: float, detailed: Collection[str] = ()
+    ) -> list[PodSample]:
+        """One sample per pod, in order (a silent pod: its recent sample, else unanswered).
+
+        Pods whose uid is in ``detailed`` are read from ``/metrics`` with their service
+        counters (a kept sample carries none: counters are never reused).
+        """
+        found = await asyncio.gather(*(self._read_pod(p, p.uid in detailed) for p in pods))
         out = []
-        for pod, reading in zip(pods, found, strict=True):
-            sample = _sample(reading)
+        for pod, sample in zip(pods, found, strict=True):
             if sample.answered:
                 self._kept[pod.uid] = _Kept(now, sample)
             else:
                 old = self._kept.get(pod.uid)
                 if old is not None and now - old.at <= self.config.stale_after:
-                    sample = old.sample
+                    sample = replace(old.sample, counters=None)
                 else:
                     self._kept.pop(pod.uid, None)
             out.append(sample)

@@ -17,13 +17,20 @@ from typing import Any, Final
 
 from voicefleet_api.crd import GROUP, KIND, VERSION
 from voicefleet_operator.plain import plain_copy
-from voicefleet_operator.scaling import Decision, Observation, Policy, ScalingState
+from voicefleet_operator.scaling import (
+    Decision,
+    Observation,
+    Policy,
+    ScalingState,
+    ServiceMeasure,
+)
 from voicefleet_operator.spec import SpecError, parse_voice
 
 __all__ = [
     "VOICE_INDEX_NAME",
     "VoiceKey",
     "VoiceView",
+    "first_audio_status",
     "index_voice",
     "parse_time",
     "rfc3339",
@@ -101,6 +108,8 @@ def voice_view(body: Mapping[str, Any]) -> VoiceView:
             target_work_seconds=a.target_work_seconds_per_replica,
             scale_down_delay=float(a.scale_down_delay_seconds),
             scale_to_zero_idle=float(a.scale_to_zero_idle_seconds),
+            first_audio_target=a.target.time_to_first_audio_seconds if a.target else None,
+            first_audio_percentile=a.target.percentile / 100 if a.target else 0.99,
         )
         enabled, cold_start = a.enabled, float(a.cold_start_timeout_seconds)
     return VoiceView(
@@ -146,7 +155,61 @@ def state_from_status(status: Mapping[str, Any]) -> ScalingState:
     )
 
 
-def status_patch(decision: Decision, obs: Observation, scaled: bool) -> dict[str, Any]:
+FIRST_AUDIO_FIELDS: Final = (
+    "targetSeconds",
+    "percentile",
+    "arrivalRate",
+    "meanServiceSeconds",
+    "serviceVariability",
+    "startToFirstAudioSeconds",
+    "servedRequests",
+    "modelReplicas",
+    "predictedWithinTarget",
+    "observedWithinTarget",
+    "observedSeconds",
+)
+"""Every field of ``status.autoscaling.firstAudio``, each written (null when unknown) so a
+merge patch never leaves an old value behind."""
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else round(100 * share, 2)
+
+
+def first_audio_status(
+    decision: Decision, service: ServiceMeasure | None, policy: Policy
+) -> dict[str, Any] | None:
+    """``status.autoscaling.firstAudio``: the model's inputs, prediction and the observed
+    first audio; None for a voice without a target (a merge patch then removes it)."""
+    if policy.first_audio_target is None:
+        return None
+    out: dict[str, Any] = dict.fromkeys(FIRST_AUDIO_FIELDS)  # null: removed (merge patch)
+    out |= {
+        "targetSeconds": policy.first_audio_target,
+        "percentile": round(100 * policy.first_audio_percentile, 2),
+    }
+    if service is not None:
+        out |= {
+            "arrivalRate": round(service.arrival_rate, 3),
+            "meanServiceSeconds": round(service.mean_service, 3),
+            "serviceVariability": round(service.scv, 3),
+            "startToFirstAudioSeconds": round(service.start_to_first_audio, 3),
+            "servedRequests": service.served,
+            "observedWithinTarget": _percent(service.observed_within),
+            "observedSeconds": (
+                None if service.observed_seconds is None else round(service.observed_seconds, 3)
+            ),
+        }
+    if decision.model_replicas is not None:
+        out["modelReplicas"] = decision.model_replicas
+    if decision.predicted_within is not None:
+        out["predictedWithinTarget"] = _percent(decision.predicted_within)
+    return out
+
+
+def status_patch(
+    decision: Decision, obs: Observation, scaled: bool, policy: Policy | None = None
+) -> dict[str, Any]:
     """The status fields the autoscaler owns, for one decision."""
     state = decision.state
     patch: dict[str, Any] = {
@@ -161,6 +224,10 @@ def status_patch(decision: Decision, obs: Observation, scaled: bool) -> dict[str
             "startingPods": obs.starting,
             "observedTime": rfc3339(obs.now),
             "idleSince": rfc3339(state.idle_since) if state.idle_since is not None else None,
+            "policy": decision.policy_name,
+            "firstAudio": (
+                first_audio_status(decision, obs.service, policy) if policy is not None else None
+            ),
         },
     }
     if scaled:
@@ -176,8 +243,19 @@ def status_differs(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
     for key, value in patch.items():
         if key == "autoscaling":
             current = status.get("autoscaling") or {}
-            if any(current.get(k) != v for k, v in value.items() if k != "observedTime"):
+            if any(
+                _stored(current.get(k)) != _stored(v)
+                for k, v in value.items()
+                if k != "observedTime"
+            ):
                 return True
         elif status.get(key) != value:
             return True
     return False
+
+
+def _stored(value: Any) -> Any:
+    """``value`` as a merge patch leaves it stored: nulls inside an object are removed."""
+    if isinstance(value, Mapping):
+        return {k: v for k, v in value.items() if v is not None}
+    return value

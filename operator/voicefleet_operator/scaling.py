@@ -62,6 +62,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from voicefleet_api.load import PodCounters
 from voicefleet_operator.queueing import replicas_for_first_audio, share_within
 
 __all__ = [
@@ -138,6 +139,8 @@ class PodSample:
     work_seconds: float | None
     queue_depth: int | None = None
     in_flight: int | None = None
+    counters: PodCounters | None = None
+    """Cumulative service counters, read only for voices with a first-audio target."""
 
     @property
     def answered(self) -> bool:

@@ -9,7 +9,8 @@ is the real code. ``HttpLoadSource`` is tested against real HTTP servers on loop
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -58,10 +59,23 @@ class FakeLoad:
         self.reads = 0
         self.retained: set[str] = set()
         self.closed = False
+        self.counters: dict[str, load.PodCounters] = {}
+        self.detailed: set[str] = set()
 
-    async def pod_samples(self, pods: Sequence[PodInfo], now: float) -> list[PodSample]:
+    async def pod_samples(
+        self, pods: Sequence[PodInfo], now: float, detailed: Collection[str] = ()
+    ) -> list[PodSample]:
         self.reads += 1
-        return [PodSample(self.work.get(p.uid, 0.0), 0, 0) for p in pods]
+        self.detailed = set(detailed)
+        return [
+            PodSample(
+                self.work.get(p.uid, 0.0),
+                0,
+                0,
+                counters=self.counters.get(p.uid) if p.uid in detailed else None,
+            )
+            for p in pods
+        ]
 
     async def router_pending(self, routers: Sequence[PodInfo]) -> dict[str, int]:
         return dict(self.pending)
@@ -226,6 +240,60 @@ def test_one_loop_scales_every_voice_from_the_indexes_and_reports() -> None:
     assert [p["autoscaling"]["lastScaleReason"] for p in scaled] == ["ScaleUp", "ScaleDown"]
     assert w.load.reads == 9  # one read of all pods per tick, not one per voice
     assert w.load.retained == {"busy-uid-0", "quiet-uid-0"}  # gone pods are forgotten
+
+
+def counters(t: float, rate: float, served_per_s: float) -> load.PodCounters:
+    """A pod's cumulative counters after ``t`` seconds: ``rate`` requests/s offered,
+    ``served_per_s`` served at 0.5 s each with first audio 0.1 s after start and 0.2 s
+    after admission (cumulative buckets on the server's own bounds)."""
+    served = served_per_s * t
+    bounds = (0.05, 0.1, 0.2, 0.5, 1.0, math.inf)
+    starts = tuple((b, served if b >= 0.1 else 0.0) for b in bounds)
+    firsts = tuple((b, served if b >= 0.2 else 0.0) for b in bounds)
+    return load.PodCounters(rate * t, served, 0.5 * served, 0.25 * served, starts, firsts)
+
+
+def test_a_voice_with_a_first_audio_target_is_read_in_detail_and_sized_by_the_model() -> None:
+    target = {"timeToFirstAudioSeconds": 0.3, "percentile": 99}
+
+    async def scenario() -> tuple[World, list[Any]]:
+        w = World()
+        w.put(body("fast", 1, {"minReplicas": 1, "maxReplicas": 20, "target": target}), pods=2)
+        w.put(body("plain", 1, AUTO), pods=1)
+        decided = []
+        for _ in range(8):  # 6 requests/s offered to each of two pods, 0.5 s each
+            for k in range(2):
+                w.load.counters[f"fast-uid-{k}"] = counters(w.clock.t - T0, 6.0, 2.0)
+            decided.append((await w.tick())[("ns", "fast")])
+        return w, decided
+
+    w, decided = asyncio.run(scenario())
+    assert w.load.detailed == {"fast-uid-0", "fast-uid-1"}  # only the target voice's pods
+    first = decided[0]
+    assert first.policy_name == "WorkSeconds"  # one reading is a baseline, nothing measured
+    last = decided[-1]
+    assert last.policy_name == "FirstAudioTarget"
+    # 12 requests/s of 0.5 s each: 6 erlangs; the model wants more than 6 replicas.
+    assert last.model_replicas is not None
+    assert 7 <= last.model_replicas <= 12
+    ups = [d for d in decided if d.reason == "ScaleUp"]
+    assert ups
+    assert ups[0].desired == ups[0].need
+    status = [p for name, p in w.actuator.statuses if name == "fast"][-1]["autoscaling"]
+    assert status["policy"] == "FirstAudioTarget"
+    fa = status["firstAudio"]
+    assert fa["targetSeconds"] == 0.3
+    assert fa["percentile"] == 99
+    assert fa["arrivalRate"] == pytest.approx(12.0)
+    assert fa["meanServiceSeconds"] == pytest.approx(0.5)
+    assert fa["serviceVariability"] == pytest.approx(0.0)
+    assert 0.05 < fa["startToFirstAudioSeconds"] <= 0.1
+    assert fa["observedWithinTarget"] == pytest.approx(100.0)
+    assert 0.1 < fa["observedSeconds"] <= 0.2
+    assert fa["predictedWithinTarget"] >= 99
+    plain = [p for name, p in w.actuator.statuses if name == "plain"][-1]["autoscaling"]
+    assert plain["policy"] == "WorkSeconds"
+    assert plain["firstAudio"] is None
 
 
 def test_paused_by_peering_the_loop_reads_and_writes_nothing_and_resumes_from_status() -> None:

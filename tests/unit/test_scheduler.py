@@ -375,6 +375,18 @@ async def test_metrics_follow_queued_and_completed_work(rig_factory) -> None:
     assert rig.sample("voicefleet_queue_work_seconds") == 0
     assert rig.sample("voicefleet_audio_seconds_total") == pytest.approx(3 * 2 * 0.1)
     assert rig.sample("voicefleet_time_to_first_audio_seconds_count") == 3
+    # The autoscaler's first-audio model reads service times without the queueing: the
+    # two queued requests waited behind the gate, so their first audio after admission
+    # took longer in sum than after their start.
+    assert rig.sample("voicefleet_service_seconds_count") == 3
+    assert rig.sample("voicefleet_start_to_first_audio_seconds_count") == 3
+    service = rig.sample("voicefleet_service_seconds_sum")
+    squares = rig.sample("voicefleet_service_seconds_squared_total")
+    assert service > 0
+    assert service**2 / 3 <= squares + 1e-12 <= service**2  # mean^2 <= E[x^2], x >= 0
+    assert rig.sample("voicefleet_start_to_first_audio_seconds_sum") < rig.sample(
+        "voicefleet_time_to_first_audio_seconds_sum"
+    )
 
 
 async def test_submit_before_load_is_not_ready() -> None:
