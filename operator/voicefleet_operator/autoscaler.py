@@ -460,6 +460,10 @@ def build_autoscaler(config: OperatorConfig, kube: Kube, identity: str) -> Autos
             stale_after=max(5.0, 3 * interval),
             router_urls=config.router_metrics_urls,
             router_port=config.router_metrics_port,
+            router_token=(
+                config.router_token.get_secret_value() if config.router_token is not None else None
+            ),
+            router_token_file=config.router_token_file,
         )
     )
     gate: PauseGate = NeverPaused()

@@ -13,7 +13,10 @@ load contract, so the router and the autoscaler cannot disagree about what a pod
   that does not answer keeps its last sample until it is ``stale_after`` old, then
   counts as "not answered" (the decision treats that as unknown, never as idle).
 - **Routers** (discovery): the ``--router-metrics-url`` list plus the serving pods of the
-  ``--router-pod-selector`` index, each read once per tick for all voices, and merged.
+  ``--router-pod-selector`` index (pods in ``--router-namespace`` only), each read once per
+  tick for all voices, and merged. Their ``/metrics`` is read with the bearer token of
+  ``--router-token`` (the chart's generated Secret) or ``--router-token-file``: the routers
+  refuse anyone else.
 
 All requests share one aiohttp session with a bounded connection pool, so a tick over
 thousands of pods queues its requests instead of opening thousands of sockets at once.
@@ -22,8 +25,10 @@ thousands of pods queues its requests instead of opening thousands of sockets at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Sequence
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import aiohttp
 
@@ -33,6 +38,8 @@ from voicefleet_operator.pods import PodInfo
 from voicefleet_operator.scaling import PodSample
 
 __all__ = ["ROUTER_INDEX_NAME", "HttpLoadSource", "LoadConfig", "router_selector"]
+
+log = logging.getLogger("voicefleet_operator.autoscaler")
 
 ROUTER_INDEX_NAME = "router_pods"
 """kwarg name of the optional index of router pods (``--router-pod-selector``)."""
@@ -47,6 +54,10 @@ class LoadConfig:
     pod_port: int = SERVER_PORT
     router_urls: tuple[str, ...] = ()
     router_port: int = SERVER_PORT
+    router_token: str | None = None
+    """The routers' ``/metrics`` bearer token; None (and no file): no Authorization header."""
+    router_token_file: Path | None = None
+    """Or a file holding it, read at every scrape (a rotated Secret is picked up)."""
     max_connections: int = 256
     """Concurrent requests of one tick (a fleet's pods are read in waves of this many)."""
 
@@ -84,6 +95,7 @@ class HttpLoadSource:
     _session: aiohttp.ClientSession | None = None
     _kept: dict[str, _Kept] = field(default_factory=dict)
     _metrics_only: set[str] = field(default_factory=set)
+    _said: set[str] = field(default_factory=set)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -99,10 +111,12 @@ class HttpLoadSource:
         if self._session is not None:
             await self._session.close()
 
-    async def _get(self, url: str) -> tuple[int, str] | None:
+    async def _get(
+        self, url: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, str] | None:
         """``(status, body)``, or None when the peer did not answer in time."""
         try:
-            async with self.session().get(url) as rsp:
+            async with self.session().get(url, headers=headers) as rsp:
                 return rsp.status, await rsp.text()
         except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
             return None
@@ -151,6 +165,24 @@ class HttpLoadSource:
             out.append(sample)
         return out
 
+    def _router_headers(self) -> dict[str, str] | None:
+        path = self.config.router_token_file
+        if path is None:
+            token = self.config.router_token
+            return {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self._say_once(f"cannot read the router token {path}: {exc}")
+            return None
+        return {"Authorization": f"Bearer {token}"} if token else None
+
+    def _say_once(self, message: str) -> None:
+        """A misconfiguration is logged once, not once a second."""
+        if message not in self._said:
+            self._said.add(message)
+            log.warning("autoscaler: %s", message)
+
     def retain(self, uids: Iterable[str]) -> None:
         """Forget every pod not in ``uids`` (gone pods must not pile up over days)."""
         keep = set(uids)
@@ -163,9 +195,17 @@ class HttpLoadSource:
         urls = list(self.config.router_urls) + [
             f"http://{p.ip}:{self.config.router_port}/metrics" for p in routers if p.serving
         ]
+        headers = self._router_headers() if urls else None
         merged: dict[str, int] = {}
-        for got in await asyncio.gather(*(self._get(u) for u in urls)):
-            if got is None or got[0] != 200:
+        for url, got in zip(
+            urls, await asyncio.gather(*(self._get(u, headers) for u in urls)), strict=True
+        ):
+            if got is None:
+                continue
+            if got[0] in (401, 403):
+                self._say_once(f"router {url} refused the scrape ({got[0]}): check the token")
+                continue
+            if got[0] != 200:
                 continue
             for voice, n in load.router_pending(got[1]).items():
                 merged[voice] = merged.get(voice, 0) + n

@@ -14,14 +14,23 @@ Keys are ``(namespace, voice name)``; each value is one frozen :class:`PodInfo`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from voicefleet_api.labels import POD_DELETION_COST_ANNOTATION, VOICE_LABEL
 from voicefleet_operator.plain import plain_copy
 
-__all__ = ["INDEX_NAME", "PodInfo", "PodKey", "index_pod", "pod_info", "pods_of"]
+__all__ = [
+    "INDEX_NAME",
+    "PodInfo",
+    "PodKey",
+    "index_pod",
+    "index_pod_any",
+    "pod_info",
+    "pods_of",
+    "router_indexer",
+]
 
 INDEX_NAME = "pods_by_voice"
 """The kwarg name kopf injects the index under (the id of :func:`index_pod`)."""
@@ -123,6 +132,23 @@ def index_pod_any(body: Mapping[str, Any], **_: Any) -> dict[PodKey, PodInfo]:
     meta: Mapping[str, Any] = body.get("metadata") or {}
     info = pod_info({**body, "metadata": {**meta, "labels": {VOICE_LABEL: "-"}}})
     return {} if info is None else {(info.namespace, info.name): info}
+
+
+def router_indexer(namespace: str) -> Callable[..., dict[PodKey, PodInfo]]:
+    """The router index's handler: :func:`index_pod_any` for pods in ``namespace`` only.
+
+    kopf watches pods in every namespace the operator serves; a label match alone would let
+    anyone who can create a pod anywhere pose as a router and feed the autoscaler held
+    requests (scaling voices up at will). Only the release's own namespace is trusted.
+    """
+
+    def index_router_pod(body: Mapping[str, Any], **_: Any) -> dict[PodKey, PodInfo]:
+        meta: Mapping[str, Any] = body.get("metadata") or {}
+        if meta.get("namespace") != namespace:
+            return {}
+        return index_pod_any(body)
+
+    return index_router_pod
 
 
 def pods_of(index: Mapping[PodKey, Iterable[PodInfo]], namespace: str, voice: str) -> list[PodInfo]:

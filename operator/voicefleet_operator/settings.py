@@ -12,13 +12,21 @@ assert the message without a process. Nothing parses at import.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -144,7 +152,16 @@ class OperatorConfig(BaseSettings):
         default=None, json_schema_extra=flag(metavar="K=V[,K=V]")
     )
     """Find router pods by these labels instead (or as well) and scrape each one's /metrics on
-    --router-metrics-port."""
+    --router-metrics-port; only pods in --router-namespace count."""
+    router_namespace: str | None = Field(default=None, json_schema_extra=flag(metavar="NS"))
+    """The one namespace whose pods --router-pod-selector may match (the chart's own): a pod
+    elsewhere that copies the routers' labels is never read, so it cannot scale voices."""
+    router_token: SecretStr | None = Field(default=None, json_schema_extra=flag(metavar="TOKEN"))
+    """Bearer token the routers require on /metrics (the chart sets it from its generated
+    Secret through VOICEFLEET_OPERATOR_ROUTER_TOKEN). Unset: no Authorization header."""
+    router_token_file: Path | None = Field(default=None, json_schema_extra=flag(metavar="PATH"))
+    """Or a file holding it (a mounted Secret), read at every scrape, so a rotated Secret is
+    picked up."""
     router_metrics_port: int = Field(
         default=DEFAULT_ROUTER_METRICS_PORT, json_schema_extra=flag(metavar="PORT")
     )
@@ -225,6 +242,13 @@ class OperatorConfig(BaseSettings):
             raise _usage(f"--router-pod-selector {value!r}: expected key=value[,key=value]")
         return value
 
+    @field_validator("router_namespace", mode="after")
+    @classmethod
+    def _router_namespace(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_LABEL.match(value):
+            raise _usage(f"--router-namespace {value!r} is not a valid namespace name")
+        return value
+
     @field_validator("router_metrics_port", mode="after")
     @classmethod
     def _router_metrics_port(cls, value: int) -> int:
@@ -238,6 +262,19 @@ class OperatorConfig(BaseSettings):
             raise _usage(f"--health-port and --metrics-port are both {self.health_port}")
         if self.peering is not None and self.standalone:
             raise _usage("--peering and --standalone exclude each other")
+        if self.router_token is not None and self.router_token_file is not None:
+            raise _usage("--router-token and --router-token-file exclude each other")
+        if self.router_pod_selector and self.router_namespace is None:
+            raise _usage(
+                "--router-pod-selector needs --router-namespace: router pods are trusted in "
+                "one namespace only, never by their labels across namespaces"
+            )
+        ns = self.router_namespace
+        if self.router_pod_selector and ns and self.namespaces and not _watched(ns, self):
+            raise _usage(
+                f"--router-namespace {ns} is not watched: add --namespace {ns} "
+                "(the operator sees pods only in the namespaces it watches)"
+            )
         return self
 
     @property
@@ -245,8 +282,18 @@ class OperatorConfig(BaseSettings):
         return not self.namespaces
 
     @property
+    def exact_namespaces(self) -> bool:
+        """Named namespaces without globs: kopf need not list or watch namespaces or CRDs
+        (what a Role-only install cannot do), so its scanning is turned off."""
+        return bool(self.namespaces) and not any("*" in ns for ns in self.namespaces)
+
+    @property
     def peering_name(self) -> str:
         return self.peering or DEFAULT_PEERING
+
+
+def _watched(namespace: str, config: OperatorConfig) -> bool:
+    return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in config.namespaces)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -62,6 +62,9 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.priority = config.priority
     settings.peering.standalone = config.standalone
     settings.peering.mandatory = config.peering is not None
+    # Named namespaces (the chart's namespaced mode): Roles grant no cluster-wide list of
+    # namespaces or CRDs, and nothing needs them; kopf would only log that it may not.
+    settings.scanning.disabled = config.exact_namespaces
     return settings
 
 
@@ -69,7 +72,8 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     """A fresh registry with every handler of the operator; nothing global is touched.
 
     ``config`` adds what depends on flags: the autoscaler loop and its voice index (unless
-    ``--autoscale-interval 0``) and the index of router pods (``--router-pod-selector``).
+    ``--autoscale-interval 0``) and the index of router pods (``--router-pod-selector``, in
+    ``--router-namespace`` only).
     Voices, Deployments, claims and pods are indexed so that handlers read nothing
     from the API server (see :mod:`voicefleet_operator.handlers`).
     """
@@ -124,7 +128,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             labels=router_selector(config.router_pod_selector),
             id=ROUTER_INDEX_NAME,
             registry=registry,
-        )(pods.index_pod_any)
+        )(pods.router_indexer(config.router_namespace or ""))
     return registry
 
 

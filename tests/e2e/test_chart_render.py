@@ -80,6 +80,9 @@ def test_lint_with_everything_enabled(helm: Path) -> None:
         ("operator.replicaz=2", "'replicaz' not allowed"),
         ("crds.install=maybe", "/crds/install"),
         ("operator.autoscaler.routerSelector=app in (a)", "/operator/autoscaler/routerSelector"),
+        ("rbac.scope=namespaces", "/rbac/watchNamespaces"),
+        ("rbac.scope=some", "/rbac/scope"),
+        ("rbac.watchNamespaces={Team_A}", "/rbac/watchNamespaces/0"),
     ],
 )
 def test_schema_refuses_bad_values_with_a_clear_message(
@@ -101,6 +104,7 @@ def test_defaults_render_every_component(helm: Path) -> None:
         "CustomResourceDefinition",
         "Deployment",
         "PodDisruptionBudget",
+        "Secret",
         "Service",
         "ServiceAccount",
         "ValidatingAdmissionPolicy",
@@ -289,4 +293,81 @@ def test_admission_policy_binds_to_the_operators_service_account(helm: Path) -> 
     assert "v.hostPath.path ==" not in hostpath["expression"]
     assert not by_kind(
         render(helm, "operator.admissionPolicy.enabled=false"), "ValidatingAdmissionPolicy"
+    )
+
+
+def container_of(docs: Sequence[dict[str, Any]], suffix: str) -> dict[str, Any]:
+    dep = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith(suffix))
+    container: dict[str, Any] = dep["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_namespaced_mode_renders_roles_only_in_the_watched_namespaces(helm: Path) -> None:
+    docs = render(helm, "rbac.scope=namespaces", "rbac.watchNamespaces={team-a,team-b}")
+    assert not by_kind(docs, "ClusterRole")
+    assert not by_kind(docs, "ClusterRoleBinding")
+    roles = {(d["metadata"]["name"], d["metadata"]["namespace"]) for d in by_kind(docs, "Role")}
+    # the operator also watches its own namespace: the routers it reads live there
+    assert roles == {
+        ("vf-voicefleet-operator", "team-a"),
+        ("vf-voicefleet-operator", "team-b"),
+        ("vf-voicefleet-operator", "voicefleet-system"),
+        ("vf-voicefleet-router", "team-a"),
+        ("vf-voicefleet-router", "team-b"),
+    }
+    for binding in by_kind(docs, "RoleBinding"):
+        assert binding["roleRef"]["kind"] == "Role"
+        (subject,) = binding["subjects"]
+        assert subject["namespace"] == "voicefleet-system"
+    operator = next(
+        d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "vf-voicefleet-operator"
+    )
+    resources = {r for rule in operator["rules"] for r in rule["resources"]}
+    assert "namespaces" not in resources
+    assert "customresourcedefinitions" not in resources
+    assert "clusterkopfpeerings" not in resources
+    args = operator_args(docs)
+    assert "--all-namespaces" not in args
+    assert [a for a in args if a.startswith("--namespace=")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+        "--namespace=voicefleet-system",
+    ]
+    router_args = container_of(docs, "router")["args"]
+    assert "--watch-namespaces=team-a,team-b" in router_args
+    # the admission policy is the same in every mode
+    assert by_kind(docs, "ValidatingAdmissionPolicy")
+
+
+def test_the_operator_trusts_routers_in_the_release_namespace_with_the_token(helm: Path) -> None:
+    docs = render(helm)
+    args = operator_args(docs)
+    assert "--router-namespace=voicefleet-system" in args
+    assert any(a.startswith("--router-pod-selector=") for a in args)
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["metadata"]["name"] == "vf-voicefleet-router-metrics-token"
+    refs = {}
+    for suffix in ("operator", "router"):
+        for env in container_of(docs, suffix)["env"]:
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs[env["name"]] = ref
+    token_ref = {"name": "vf-voicefleet-router-metrics-token", "key": "token"}
+    assert refs == {
+        "VOICEFLEET_OPERATOR_ROUTER_TOKEN": token_ref,
+        "VOICEFLEET_ROUTER_METRICS_TOKEN": token_ref,
+    }
+    router_pod = next(
+        d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("router")
+    )["spec"]["template"]["metadata"]
+    assert "prometheus.io/scrape" not in router_pod.get("annotations", {})
+    monitors = by_kind(render(helm, "monitoring.podMonitor.enabled=true"), "PodMonitor")
+    control = next(m for m in monitors if m["metadata"]["name"].endswith("control"))
+    router_endpoint = next(e for e in control["spec"]["podMetricsEndpoints"] if e["port"] == "http")
+    assert router_endpoint["authorization"]["credentials"] == token_ref
+    open_docs = render(helm, "router.metricsAuth.enabled=false")
+    assert not by_kind(open_docs, "Secret")
+    assert not any(
+        "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+        for e in container_of(open_docs, "operator")["env"]
     )

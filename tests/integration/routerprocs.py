@@ -28,11 +28,14 @@ async def running_router(
     *,
     api_client: Any | None = None,
     token: str | None = None,
+    metrics_token: str | None = None,
     seed: int = 0,
 ) -> AsyncIterator[tuple[RouterService, str]]:
     """A started router and its base URL; stopped (discovery, scraper, server) on exit."""
     port = free_port()
-    service = build_router(settings, token=token, rng=random.Random(seed))
+    service = build_router(
+        settings, token=token, metrics_token=metrics_token, rng=random.Random(seed)
+    )
     await service.start(api_client)
     server = uvicorn.Server(service.server_config("127.0.0.1", port, access_log=False))
     task = asyncio.create_task(server.serve())

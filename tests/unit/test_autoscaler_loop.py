@@ -450,6 +450,8 @@ def test_autoscaler_flags() -> None:
             "http://router.voicefleet-system.svc:8080/metrics",
             "--router-pod-selector",
             "app.kubernetes.io/name=voicefleet-router",
+            "--router-namespace",
+            "voicefleet-system",
         ]
     )
     assert config.autoscale_interval == 0.5

@@ -88,3 +88,36 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
   emptyDir:
     sizeLimit: 64Mi
 {{- end }}
+
+{{/* Whether the chart grants Roles in named namespaces instead of ClusterRoles. */}}
+{{- define "voicefleet.namespaced" -}}
+{{- if eq .Values.rbac.scope "namespaces" }}true{{ end }}
+{{- end }}
+
+{{/*
+The namespaces the operator watches in namespaced mode (a JSON list): rbac.watchNamespaces,
+plus the release namespace when the autoscaler looks for this release's routers there
+(kopf watches pods only in the operator's namespaces).
+*/}}
+{{- define "voicefleet.operator.namespaces" -}}
+{{- $list := .Values.rbac.watchNamespaces }}
+{{- if include "voicefleet.router.selector" . }}
+{{- $list = append $list .Release.Namespace }}
+{{- end }}
+{{- toJson (uniq $list) }}
+{{- end }}
+
+{{/* The namespaces the router serves in namespaced mode (a JSON list). */}}
+{{- define "voicefleet.router.namespaces" -}}
+{{- toJson (uniq .Values.rbac.watchNamespaces) }}
+{{- end }}
+
+{{/* The Secret holding the router's /metrics token (router/metrics-token.yaml). */}}
+{{- define "voicefleet.router.metricsSecret" -}}
+{{ include "voicefleet.router.fullname" . }}-metrics-token
+{{- end }}
+
+{{/* Whether the router requires a token on /metrics (and the operator sends it). */}}
+{{- define "voicefleet.router.metricsAuth" -}}
+{{- if and .Values.router.enabled .Values.router.metricsAuth.enabled }}true{{ end }}
+{{- end }}

@@ -8,7 +8,9 @@
 * ``/healthz``, ``/readyz`` (discovery has listed everything once), ``/metrics``.
 * ``/``: the playground page (``static/playground.html``).
 
-A configured bearer token guards ``/v1/`` and ``/voices/`` only: probes, metrics and the
+A configured bearer token guards ``/v1/`` and ``/voices/``; a second one, ``metrics_token``,
+guards ``/metrics`` (held requests per voice are what the operator scales from zero on, and
+the series name every voice: only the operator and Prometheus read them). Probes and the
 static page stay open (the page asks for the token if the API needs one).
 """
 
@@ -121,12 +123,26 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return payload
 
 
+def _require_bearer(request: Request, token: str | None) -> None:
+    """Nothing when ``token`` is None; else the request must carry it (compared in constant
+    time), or :class:`Unauthorized` (401)."""
+    if token is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    ):
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
 def create_app(
     fleet: Fleet,
     proxy: Proxy,
     metrics: RouterMetrics,
     *,
     token: str | None = None,
+    metrics_token: str | None = None,
     discovery_error: Callable[[], str | None] = lambda: None,
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = 15.0,
@@ -143,14 +159,7 @@ def create_app(
     app.add_exception_handler(ClientGone, on_client_gone)
 
     def authorize(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.encode()
-        ):
-            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+        _require_bearer(request, token)
 
     budget = BodyBudget(max_buffered_body_bytes)
 
@@ -290,7 +299,8 @@ def create_app(
         return JSONResponse(body, status_code=503)
 
     @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        _require_bearer(request, metrics_token)
         metrics.ready_pods.clear()  # voices that went away leave no series behind
         for key in fleet.voices:
             metrics.ready_pods.labels(str(key)).set(len(fleet.ready_pods(key)))

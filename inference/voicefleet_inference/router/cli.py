@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
         token = settings.token()
+        metrics_token = settings.scrape_token()
     except SettingsError as exc:
         print(f"voicefleet-router: error: {exc}", file=sys.stderr)
         return 2
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from voicefleet_inference.router.service import serve
 
     try:
-        return asyncio.run(serve(settings, token))
+        return asyncio.run(serve(settings, token, metrics_token))
     except ValueError as exc:  # a bad static upstream entry
         print(f"voicefleet-router: error: {exc}", file=sys.stderr)
         return 2

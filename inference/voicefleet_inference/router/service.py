@@ -109,7 +109,11 @@ class RouterService:
 
 
 def build_router(
-    settings: RouterSettings, *, token: str | None = None, rng: random.Random | None = None
+    settings: RouterSettings,
+    *,
+    token: str | None = None,
+    metrics_token: str | None = None,
+    rng: random.Random | None = None,
 ) -> RouterService:
     """Everything the router is made of, wired but not started."""
     fleet = Fleet(settings.namespace, stale_after_s=settings.stale_after_s)
@@ -153,6 +157,7 @@ def build_router(
         proxy,
         metrics,
         token=token,
+        metrics_token=metrics_token,
         discovery_error=discovery_error,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
@@ -181,9 +186,11 @@ def kube_api_client(settings: RouterSettings) -> Any:
         return config.new_client_from_config()  # type: ignore[no-untyped-call]
 
 
-async def serve(settings: RouterSettings, token: str | None) -> int:
+async def serve(
+    settings: RouterSettings, token: str | None, metrics_token: str | None = None
+) -> int:
     """Run until SIGTERM/SIGINT (exit 0)."""
-    service = build_router(settings, token=token)
+    service = build_router(settings, token=token, metrics_token=metrics_token)
     api_client = None if settings.static_upstreams else kube_api_client(settings)
     await service.start(api_client)
     limit_repeated_logs()

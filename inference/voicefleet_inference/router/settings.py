@@ -135,6 +135,11 @@ class RouterSettings(BaseSettings):
     """Bearer token required on /v1/ and /voices/ (e.g. from a Secret through the env)."""
     auth_token_file: Path | None = None
     """File holding the bearer token (a mounted Secret); read once at start."""
+    metrics_token: SecretStr | None = None
+    """Bearer token required on /metrics (the operator's autoscaler and Prometheus present
+    it); unset: /metrics is open. Independent of auth_token: scraping is not calling."""
+    metrics_token_file: Path | None = None
+    """File holding the /metrics token (the chart's generated Secret); read once at start."""
     log_level: str = "info"
     """One of debug, info, warning, error."""
 
@@ -155,6 +160,8 @@ class RouterSettings(BaseSettings):
     def _one_token_source(self) -> RouterSettings:
         if self.auth_token is not None and self.auth_token_file is not None:
             raise ValueError("set auth_token or auth_token_file, not both")
+        if self.metrics_token is not None and self.metrics_token_file is not None:
+            raise ValueError("set metrics_token or metrics_token_file, not both")
         if self.poll_after_s >= self.stale_after_s:
             raise ValueError(
                 "poll_after_s must be below stale_after_s (a pod is asked before it goes silent)"
@@ -170,19 +177,11 @@ class RouterSettings(BaseSettings):
 
     def token(self) -> str | None:
         """The bearer token clients must send, or ``None`` (no auth). Reads the file."""
-        if self.auth_token is not None:
-            return self.auth_token.get_secret_value() or None
-        if self.auth_token_file is not None:
-            try:
-                text = self.auth_token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise SettingsError(
-                    f"{ENV_PREFIX}AUTH_TOKEN_FILE: cannot read {self.auth_token_file}: {exc}"
-                ) from exc
-            if not text:
-                raise SettingsError(f"{ENV_PREFIX}AUTH_TOKEN_FILE: {self.auth_token_file} is empty")
-            return text
-        return None
+        return _read_token(self.auth_token, self.auth_token_file, "AUTH_TOKEN_FILE")
+
+    def scrape_token(self) -> str | None:
+        """The bearer token ``/metrics`` requires, or ``None`` (open). Reads the file."""
+        return _read_token(self.metrics_token, self.metrics_token_file, "METRICS_TOKEN_FILE")
 
     def summary(self) -> str:
         where = (
@@ -195,8 +194,23 @@ class RouterSettings(BaseSettings):
             f"poll={self.poll_interval_s * 1000:g}ms after {self.poll_after_s:g}s "
             f"stale={self.stale_after_s:g}s "
             f"attempts={self.max_attempts} held/voice={self.max_held_per_voice} "
-            f"auth={'on' if self.auth_token or self.auth_token_file else 'off'}"
+            f"auth={'on' if self.auth_token or self.auth_token_file else 'off'} "
+            f"metrics-auth={'on' if self.metrics_token or self.metrics_token_file else 'off'}"
         )
+
+
+def _read_token(value: SecretStr | None, path: Path | None, variable: str) -> str | None:
+    if value is not None:
+        return value.get_secret_value() or None
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{variable}: cannot read {path}: {exc}") from exc
+    if not text:
+        raise SettingsError(f"{ENV_PREFIX}{variable}: {path} is empty")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
