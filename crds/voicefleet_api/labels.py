@@ -40,6 +40,11 @@ PROMETHEUS_ANNOTATIONS: Final[dict[str, str]] = {
 """Pod annotations of the common Prometheus pod-discovery convention (scrape the server)."""
 
 
+VOICE_POD_SELECTOR: Final = f"{MANAGED_BY_LABEL}={MANAGED_BY},{VOICE_LABEL}"
+"""The label selector of every voice pod the operator made (any voice): what the router
+lists and watches, so it never receives other pods' specs (their env included)."""
+
+
 def selector_labels(voice_name: str) -> dict[str, str]:
     """The selector of a voice's pods: a fresh ``{"voicefleet.io/voice": name}``.
 

@@ -195,7 +195,9 @@ class KubeDiscovery:
                 {},
             )
         core = client.CoreV1Api(self._api)
-        selector = {"label_selector": labels.VOICE_LABEL}
+        # Only the operator's voice pods come back: the router's ServiceAccount may read
+        # every pod in its namespaces, but it asks for no other pod's spec or env.
+        selector = {"label_selector": labels.VOICE_POD_SELECTOR}
         if namespace is None:
             return core.list_pod_for_all_namespaces, (), selector
         return core.list_namespaced_pod, (namespace,), selector
