@@ -1,0 +1,145 @@
+"""The operator in the chart's namespaced mode, under its admission policy, as its own identity.
+
+Rendered by ``helm template --show-only`` with ``rbac.scope=namespaces``: Roles in the
+watched namespace and the release namespace, no ClusterRole, and the
+ValidatingAdmissionPolicy bound to this release's ServiceAccount. The real operator process
+runs with a bound token of that ServiceAccount and the flags the chart gives it
+(``--namespace`` per namespace), so this proves together that kopf starts without any
+cluster-wide permission, and that everything the operator really writes (kopf's adoption,
+server-side apply, the PDB) passes the policy, while a voice in an unwatched namespace is
+left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from operatorprocs import OPERATOR, Operator, free_port, scalable_voice
+
+from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASE = "nsop"
+SA_NAME = f"{RELEASE}-voicefleet-operator"
+TEMPLATES = (
+    "templates/operator/serviceaccount.yaml",
+    "templates/operator/rbac.yaml",
+    "templates/operator/admission-policy.yaml",
+)
+
+
+@dataclass(frozen=True)
+class Namespaced:
+    cluster: LocalCluster
+    release_ns: str
+    watched: str
+    unwatched: str
+    operator: Operator
+
+
+@pytest.fixture(scope="module")
+def namespaced(
+    local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Namespaced]:
+    cluster = local_cluster
+    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    established = (
+        "wait",
+        "--for=condition=Established",
+        "--timeout=5s",
+        "crd/ttsvoices.voicefleet.io",
+    )
+    wait_for(
+        lambda: cluster.kubectl_run(*established, check=False).returncode == 0,
+        timeout=60,
+        what="the TTSVoice CRD established",
+    )
+    release_ns = cluster.create_namespace("nsop-release")
+    watched = cluster.create_namespace("nsop-voices")
+    unwatched = cluster.create_namespace("nsop-elsewhere")
+    args = ["template", RELEASE, str(OPERATOR_CHART), "--namespace", release_ns]
+    args += ["--set", "rbac.scope=namespaces", "--set", f"rbac.watchNamespaces={{{watched}}}"]
+    for template in TEMPLATES:
+        args += ["--show-only", template]
+    rendered = cluster.helm_run(*args).stdout
+    assert "kind: ClusterRole" not in rendered
+    cluster.apply(rendered)
+    logs = tmp_path_factory.mktemp("nsop")
+    kubeconfig = cluster.service_account_kubeconfig(release_ns, SA_NAME, logs / "sa.kubeconfig")
+    health, metrics = free_port(), free_port()
+    operator = Operator(
+        argv=[
+            str(OPERATOR),
+            f"--namespace={watched}",
+            f"--namespace={release_ns}",
+            f"--kubeconfig={kubeconfig}",
+            f"--health-port={health}",
+            f"--metrics-port={metrics}",
+            "--standalone",
+        ],
+        log_path=logs / "operator.log",
+        health_port=health,
+        metrics_port=metrics,
+    )
+    operator.start(timeout=60)
+    try:
+        yield Namespaced(cluster, release_ns, watched, unwatched, operator)
+    finally:
+        operator.stop()
+        for ns in (watched, unwatched):
+            cluster.kubectl_run(
+                "delete", "ttsvoice", "--all", "-n", ns, "--wait=false", check=False
+            )
+        cluster.kubectl_run("delete", "--ignore-not-found", "-f", "-", input=rendered, check=False)
+        for ns in (watched, unwatched, release_ns):
+            cluster.delete_namespace(ns)
+
+
+def test_a_voice_in_a_watched_namespace_gets_its_objects_through_the_policy(
+    namespaced: Namespaced,
+) -> None:
+    cluster, ns = namespaced.cluster, namespaced.watched
+    cluster.apply(scalable_voice("nsvoice", replicas=0, max_replicas=3), namespace=ns)
+    for kind in ("service", "poddisruptionbudget", "deployment"):
+        wait_for(
+            lambda kind=kind: cluster.get_json(kind, "nsvoice", "-n", ns),
+            timeout=60,
+            what=f"the voice's {kind} (operator log {namespaced.operator.log_path})",
+        )
+    deployment = cluster.get_json("deployment", "nsvoice", "-n", ns)
+    (owner,) = deployment["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("TTSVoice", "nsvoice", True)
+    # no more PDB when maxReplicas drops to 1: the operator's delete passes the policy too
+    cluster.kubectl_run(
+        "patch", "ttsvoice", "nsvoice", "-n", ns, "--type=merge",
+        "-p", '{"spec": {"autoscaling": {"maxReplicas": 1}}}',
+    )  # fmt: skip
+    wait_for(
+        lambda: cluster.kubectl_run("get", "pdb", "nsvoice", "-n", ns, check=False).returncode != 0,
+        timeout=60,
+        what="the PDB deleted",
+    )
+    log = namespaced.operator.log()
+    assert "ValidatingAdmissionPolicy" not in log, log[-3000:]
+    assert "Not enough permissions" not in log, log[-3000:]
+    assert "Forbidden" not in log, log[-3000:]
+
+
+def test_a_voice_in_another_namespace_is_left_alone(namespaced: Namespaced) -> None:
+    cluster, ns = namespaced.cluster, namespaced.unwatched
+    cluster.apply(scalable_voice("outside", replicas=0), namespace=ns)
+    # a voice in the watched namespace, applied after it, is served: the operator is alive
+    cluster.apply(scalable_voice("inside", replicas=0), namespace=namespaced.watched)
+    wait_for(
+        lambda: cluster.get_json("deployment", "inside", "-n", namespaced.watched),
+        timeout=60,
+        what="the watched voice's Deployment",
+    )
+    assert cluster.kubectl_run("get", "deployment", "outside", "-n", ns, check=False).returncode
+    voice = cluster.get_json("ttsvoice", "outside", "-n", ns)
+    assert "status" not in voice or not voice["status"].get("conditions")
