@@ -30,14 +30,19 @@ first scale-up, p99 queueing delay (arrival to start of service), replica-second
 existing, starting ones included), the number of replica changes, reversals (a scale-up
 less than 60 s after a scale-down: flapping), and the most replicas asked for (overshoot).
 
-A second table (issue 22, item 2) puts a first-audio latency target beside the
-work-seconds policy: ``first audio p99 <= 1 s`` sizes the fleet with
-``voicefleet_operator.queueing`` (M/G/c from the measured arrival rate, mean and
-variability of service time and time to first audio), plus what the backlog needs to be
-served within the target, with the same 60 s scale-down delay; against it the
-work-seconds policy at the default-like 3 s target and tuned by hand (1 s). A request's
-first audio comes ``min(cost, 0.3 s)`` after it starts (its first sentence). Columns:
-share of requests whose first audio met 1 s, p99 time to first audio, replica-seconds.
+``first audio p99 <= 1 s`` is ``scaling.decide`` again, with the voice's first-audio
+target set (``spec.autoscaling.target``, issue 22 item 2), fed as the operator feeds it:
+the fleet records every request in the inference server's own metrics
+(``voicefleet_inference.metrics``: offered requests, service seconds and their squares,
+start-to-first-audio and time-to-first-audio histograms, observed when they happen); each
+tick the page is rendered, read by ``voicefleet_api.load.parse_counters`` and turned into
+the model's inputs by ``autoscaler_service.ServiceWindows``. The fleet is one "pod" to
+that reader (its counters are the sums the loop would add up over pods).
+
+A second table puts it beside the work-seconds policy at the default-like 3 s target and
+tuned by hand (1 s). A request's first audio comes ``min(cost, 0.3 s)`` after it starts
+(its first sentence). Columns: share of requests whose first audio met 1 s, p99 time to
+first audio, replica-seconds.
 
     .venv/bin/python -m voicefleet_bench.autoscaler_policies --output docs/autoscaler.md
 """
@@ -45,6 +50,7 @@ share of requests whose first audio met 1 s, p99 time to first audio, replica-se
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
 import random
 import statistics
@@ -55,13 +61,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from voicefleet_operator.queueing import replicas_for_first_audio
+from voicefleet_api.load import parse_counters
+from voicefleet_inference.metrics import Metrics, create_metrics
+from voicefleet_inference.metrics import render as render_metrics
+from voicefleet_operator.autoscaler_service import ServiceWindows
 from voicefleet_operator.scaling import (
-    DEFAULT_HORIZON_SECONDS,
     Observation,
     PodSample,
     Policy,
     ScalingState,
+    ServiceMeasure,
     decide,
 )
 
@@ -164,9 +173,13 @@ class Fleet:
     ups: list[float] = field(default_factory=list)
     first_audio: list[float] = field(default_factory=list)
     """Per started request: seconds from arrival to its first audio."""
-    arrived: deque[float] = field(default_factory=deque)
-    served: deque[tuple[float, float, float]] = field(default_factory=deque)
-    """``(started at, service seconds, seconds to first audio)``: what pods measure."""
+    first_audio_at: list[float] = field(default_factory=list)
+    """Per started request, in the same order: when it arrived."""
+    metrics: Metrics = field(default_factory=create_metrics)
+    """The inference server's own metrics, fed as its scheduler feeds them."""
+    events: list[tuple[float, int, float, float]] = field(default_factory=list)
+    """Heap of ``(when, kind, a, b)``: 0 first audio (start-to-first, admission-to-first),
+    1 done (service seconds); observed into ``metrics`` when their time comes."""
 
     @property
     def replicas(self) -> int:
@@ -183,7 +196,10 @@ class Fleet:
         self.waits.append(start - req.at)
         first = min(req.cost, SHORT_S)
         self.first_audio.append(start - req.at + first)
-        self.served.append((start, req.cost, first))
+        self.first_audio_at.append(req.at)
+        self.metrics.priority_requests_total.labels(priority="standard", outcome="accepted").inc()
+        heapq.heappush(self.events, (start + first, 0, first, start - t + first))
+        heapq.heappush(self.events, (start + req.cost, 1, req.cost, 0.0))
         return True
 
     def scale(self, desired: int, t: float) -> None:
@@ -202,6 +218,15 @@ class Fleet:
             p.draining = True
 
     def step(self, t: float) -> None:
+        m = self.metrics
+        while self.events and self.events[0][0] <= t:
+            _, kind, a, b = heapq.heappop(self.events)
+            if kind == 0:
+                m.start_to_first_audio_seconds.observe(a)
+                m.time_to_first_audio_seconds.observe(b)
+            else:
+                m.service_seconds.observe(a)
+                m.service_seconds_squared_total.inc(a * a)
         self.pods = [p for p in self.pods if not (p.draining and p.free_at <= t)]
         self.replica_seconds += DT * len(self.pods)
         while self.pending and self.assign(self.pending[0], t):
@@ -222,6 +247,9 @@ class Ours:
         self.state = ScalingState()
         self.policy = Policy(MIN_R, MAX_R, TARGET_WORK_S, scale_down_delay=self.scale_down_delay)
 
+    def measure(self, fleet: Fleet, t: float) -> ServiceMeasure | None:
+        return None  # the work-seconds rule reads none
+
     def tick(self, fleet: Fleet, t: float) -> int:
         ready = [p for p in fleet.pods if p.ready(t)]
         obs = Observation(
@@ -233,6 +261,7 @@ class Ours:
             ),
             starting=sum(1 for p in fleet.pods if not p.draining and t < p.ready_at),
             pending_requests=len(fleet.pending),
+            service=self.measure(fleet, t),
         )
         d = decide(obs, self.state, self.policy)
         self.state = d.state
@@ -254,58 +283,29 @@ class OursTuned(Ours):
         self.policy = Policy(MIN_R, MAX_R, 1.0, scale_down_delay=self.scale_down_delay)
 
 
-class FirstAudioTarget:
-    """Replicas from ``queueing.replicas_for_first_audio`` on measured rates (module doc)."""
+class FirstAudioTarget(Ours):
+    """``scaling.decide`` with a first-audio target, on the pods' metrics (module doc)."""
 
-    name = "first audio p99 <= 1 s (queueing model)"
-    interval = 1.0
-    rate_window = 10.0
-    service_window = 120.0
-    scale_down_delay = 60.0
+    name = "first audio p99 <= 1 s (scaling.decide, target set)"
 
     def __init__(self, mean_cost: float) -> None:
-        self.prior = mean_cost
-        self.wants: deque[tuple[float, int]] = deque()
-        self.since: float | None = None
+        super().__init__(mean_cost)
+        self.policy = Policy(
+            MIN_R,
+            MAX_R,
+            TARGET_WORK_S,
+            scale_down_delay=self.scale_down_delay,
+            first_audio_target=FIRST_AUDIO_TARGET_S,
+            first_audio_percentile=FIRST_AUDIO_PERCENTILE,
+        )
+        self.windows = ServiceWindows()
 
-    def tick(self, fleet: Fleet, t: float) -> int:
-        self.since = t if self.since is None else self.since
-        while fleet.arrived and fleet.arrived[0] < t - self.service_window:
-            fleet.arrived.popleft()
-        while fleet.served and fleet.served[0][0] < t - self.service_window:
-            fleet.served.popleft()
-        recent = sum(1 for a in fleet.arrived if a >= t - self.rate_window)
-        rate = recent / self.rate_window
-        costs = [c for _, c, _ in fleet.served]
-        mean = statistics.fmean(costs) if len(costs) >= 20 else self.prior
-        scv = statistics.pvariance(costs) / mean**2 if len(costs) >= 20 else 1.0
-        firsts = sorted(f for _, _, f in fleet.served)
-        first = firsts[int(FIRST_AUDIO_PERCENTILE * (len(firsts) - 1))] if firsts else SHORT_S
-        model = replicas_for_first_audio(
-            rate=rate,
-            mean_service=mean,
-            scv=scv,
-            first_audio=first,
-            target=FIRST_AUDIO_TARGET_S,
-            percentile=FIRST_AUDIO_PERCENTILE,
-            max_replicas=MAX_R,
-        )
-        # The model is stationary: a backlog (a step, a cold start) needs its own servers,
-        # enough that the last request held now starts within the target.
-        backlog = sum(p.work(t) for p in fleet.pods if p.ready(t)) + sum(
-            r.cost for r in fleet.pending
-        )
-        slack = max(FIRST_AUDIO_TARGET_S - first, 0.1)
-        drain = math.ceil(backlog / (slack + DEFAULT_HORIZON_SECONDS))  # as scaling's horizon
-        want = max(MIN_R, min(MAX_R, max(model, drain)))
-        self.wants.append((t, want))
-        while self.wants and self.wants[0][0] < t - self.scale_down_delay:
-            self.wants.popleft()
-        if want >= fleet.replicas:
-            return want
-        if t - self.since < self.scale_down_delay:  # a whole window observed first, as decide
-            return fleet.replicas
-        return max(w for _, w in self.wants)  # down only to the window's largest want
+    def measure(self, fleet: Fleet, t: float) -> ServiceMeasure | None:
+        counters = parse_counters(render_metrics(fleet.metrics).decode())
+        if counters is None:
+            return None
+        self.windows.add("fleet", t, counters)
+        return self.windows.measure(["fleet"], t, FIRST_AUDIO_TARGET_S, FIRST_AUDIO_PERCENTILE)
 
 
 def _active(fleet: Fleet, t: float) -> int:
@@ -389,7 +389,7 @@ class KpaLike:
         return max(MIN_R, min(MAX_R, desired))
 
 
-POLICIES = (Ours, OursDefault, HpaLike, KubeAiLike, KpaLike)
+POLICIES = (Ours, OursDefault, FirstAudioTarget, HpaLike, KubeAiLike, KpaLike)
 LATENCY_POLICIES = (Ours, OursTuned, FirstAudioTarget)
 LATENCY_TRACES = ("step", "noisy flat", "mix shift")
 
@@ -421,7 +421,9 @@ class Result:
         return count
 
 
-def simulate(trace: Trace, policy_cls: type, seed: int, cold_start: float) -> Result:
+def simulate(
+    trace: Trace, policy_cls: type, seed: int, cold_start: float, keep: list[Fleet] | None = None
+) -> Result:
     reqs = requests(trace, seed)
     mean_cost = SHORT_S * (1 - LONG_SHARE) + LONG_S * LONG_SHARE
     policy = policy_cls(mean_cost)
@@ -441,7 +443,6 @@ def simulate(trace: Trace, policy_cls: type, seed: int, cold_start: float) -> Re
         end = t + DT
         while i < len(reqs) and reqs[i].at < end:
             req = reqs[i]
-            fleet.arrived.append(req.at)
             if fleet.pending or not fleet.assign(req, req.at):
                 fleet.pending.append(req)
             i += 1
@@ -452,6 +453,8 @@ def simulate(trace: Trace, policy_cls: type, seed: int, cold_start: float) -> Re
             fleet.scale(policy.tick(fleet, t), t)
             next_tick += policy.interval
             timeline.append((t, fleet.replicas, sum(1 for p in fleet.pods if p.ready(t))))
+    if keep is not None:
+        keep.append(fleet)
     first_up = None
     if trace.step_at is not None:
         after = [u for u in fleet.ups if u >= trace.step_at]
@@ -542,6 +545,40 @@ def plot(path: Path, cold_start: float) -> None:
     fig.savefig(path, dpi=90)
 
 
+def plot_first_audio(path: Path, cold_start: float) -> None:
+    """Step trace, seed 0: replicas and the p99 first audio of each 10 s of arrivals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trace = TRACES[0]
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for cls in LATENCY_POLICIES:
+        fleet_box: list[Fleet] = []
+        r = simulate(trace, cls, 0, cold_start, keep=fleet_box)
+        fleet = fleet_box[0]
+        ts = [t for t, _, _ in r.timeline]
+        axes[0].step(ts, [n for _, n, _ in r.timeline], where="post", label=cls.name)
+        buckets: dict[int, list[float]] = {}
+        for at, f in zip(fleet.first_audio_at, fleet.first_audio, strict=True):
+            buckets.setdefault(int(at // 10) * 10, []).append(f)
+        xs = sorted(buckets)
+        p99 = [sorted(buckets[x])[int(0.99 * (len(buckets[x]) - 1))] for x in xs]
+        axes[1].step(xs, p99, where="post", label=cls.name)
+    axes[1].axhline(FIRST_AUDIO_TARGET_S, color="grey", linestyle="--", linewidth=1)
+    axes[1].set_yscale("log")
+    axes[0].set_ylabel("replicas asked for")
+    axes[1].set_ylabel("p99 first audio (s), per 10 s")
+    axes[1].set_xlabel("seconds (load step 0.5 -> 5 req/s at 60 s, back at 500 s)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"First-audio target vs work-seconds, step trace, seed 0, cold start {cold_start:g} s"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def render(table: dict[str, dict[str, dict[str, float]]], seeds: int, cold: float) -> str:
     def f(v: float, digits: int = 1) -> str:
         return "—" if math.isnan(v) else f"{v:.{digits}f}"
@@ -586,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold-start", type=float, default=15.0)
     p.add_argument("--output", type=Path, help="markdown file with the begin/end markers")
     p.add_argument("--plot", type=Path, default=Path("docs/autoscaler-policies-step.png"))
+    p.add_argument(
+        "--plot-first-audio", type=Path, default=Path("docs/autoscaler-first-audio-step.png")
+    )
     args = p.parse_args(argv)
     started = time.perf_counter()
     table = run(args.seeds, args.cold_start)
@@ -594,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     latency = render_latency(run_latency(args.seeds, args.cold_start), args.seeds, args.cold_start)
     print(latency)
     plot(args.plot, args.cold_start)
+    plot_first_audio(args.plot_first_audio, args.cold_start)
     print(f"plot: {args.plot}; {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.output is not None:
         doc = args.output.read_text()

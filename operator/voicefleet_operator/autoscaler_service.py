@@ -98,6 +98,8 @@ class ServiceWindows:
     """Recent readings of every pod's counters (see the module docstring)."""
 
     rate_window: float = 10.0
+    burst_window: float = 3.0
+    """The short window of ``ServiceMeasure.recent_arrival_rate`` (a step's first seconds)."""
     service_window: float = DEFAULT_SERVICE_WINDOW_SECONDS
     _history: dict[str, deque[tuple[float, PodCounters]]] = field(default_factory=dict)
 
@@ -117,11 +119,20 @@ class ServiceWindows:
         for uid in [u for u in self._history if u not in keep]:
             del self._history[uid]
 
+    @staticmethod
+    def _rate(kept: deque[tuple[float, PodCounters]], now: float, window: float) -> float:
+        """Offered requests per second since the oldest reading within ``window`` (else the
+        one before the last)."""
+        t1, last = kept[-1]
+        recent = [(t, r) for t, r in kept if now - window <= t < t1]
+        t0, base = recent[0] if recent else kept[-2]
+        return (last.offered - base.offered) / (t1 - t0) if t1 > t0 else 0.0
+
     def measure(
         self, uids: Iterable[str], now: float, target: float, percentile: float
     ) -> ServiceMeasure | None:
         """What the pods ``uids`` measured; None until one of them has two readings."""
-        rate = 0.0
+        rate = burst = 0.0
         served = total = squares = 0.0
         starts: Buckets = ()
         firsts: Buckets = ()
@@ -131,13 +142,10 @@ class ServiceWindows:
             if not kept or len(kept) < 2:
                 continue
             seen = True
-            t1, last = kept[-1]
+            last = kept[-1][1]
             base = kept[0][1]
-            # The rate's baseline: the oldest reading within rate_window, else the one before.
-            recent = [(t, r) for t, r in kept if now - self.rate_window <= t < t1]
-            t0r, rbase = recent[0] if recent else kept[-2]
-            if t1 > t0r:
-                rate += (last.offered - rbase.offered) / (t1 - t0r)
+            rate += self._rate(kept, now, self.rate_window)
+            burst += self._rate(kept, now, self.burst_window)
             served += last.served - base.served
             total += last.service_sum - base.service_sum
             squares += last.service_squares - base.service_squares
@@ -149,6 +157,7 @@ class ServiceWindows:
         scv = max(0.0, squares / served / mean**2 - 1.0) if mean > 0 else 1.0
         return ServiceMeasure(
             arrival_rate=max(0.0, rate),
+            recent_arrival_rate=max(0.0, burst),
             mean_service=mean,
             scv=scv,
             start_to_first_audio=quantile(starts, percentile) or 0.0,

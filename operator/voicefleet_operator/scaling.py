@@ -130,6 +130,8 @@ class ServiceMeasure:
     """Share (0..1) of requests whose first audio met the target; None: none measured."""
     observed_seconds: float | None = None
     """Observed time to first audio at the target percentile; None: none measured."""
+    recent_arrival_rate: float = 0.0
+    """Requests per second over the last few seconds only (used while the backlog grows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,15 +337,33 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
     if not known:
         busy = True  # unknown is not idle: never scale to zero on silence
     idle_since = None if busy else (state.idle_since if state.idle_since is not None else now)
-    fitted = first_audio_need(work, obs.service, policy) if obs.service and known else None
+    recent = [r for r in state.recent if now - policy.rate_window - 1e-9 <= r[0] < now]
+    if known:
+        recent.append((now, work, _per_pod(obs.ready)))
+    intervals = arrivals(tuple(recent), policy.pod_work_rate)
+    seconds = sum(dt for dt, _, _ in intervals)
+    rate = sum(a for _, a, _ in intervals) / seconds if seconds > 0 else 0.0
+    last = intervals[-policy.up_samples :]
+    growing = len(last) >= policy.up_samples and all(a > c for _, a, c in last)
+
+    service = obs.service
+    if service is not None and growing and service.recent_arrival_rate > service.arrival_rate:
+        # A step: the count over rate_window still holds the rate before it; the count over
+        # the last seconds does not (noisier, so only while the backlog grows).
+        service = replace(service, arrival_rate=service.recent_arrival_rate)
+    fitted = first_audio_need(work, service, policy) if service and known else None
     if fitted is not None:
         need = max(fitted)
     else:
         need = math.ceil(work / policy.target_work_seconds - 1e-9) if work > 0 else 0
     if obs.pending_requests > 0:
         need = max(need, 1)
-    if fitted is not None:
-        roomy = need  # the percentile is the headroom
+    if fitted is not None and service is not None:
+        # Room for down_headroom more arrivals and backlog, as the work rule keeps room
+        # for more work: on stationary noise the next window's peak beats the last one.
+        more = 1 + policy.down_headroom
+        busier = replace(service, arrival_rate=service.arrival_rate * more)
+        roomy = max(need, *(first_audio_need(work * more, busier, policy) or (0,)))
     else:
         roomy = max(
             need, math.ceil(work * (1 + policy.down_headroom) / policy.target_work_seconds - 1e-9)
@@ -351,13 +371,8 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
 
     window = max(policy.scale_down_delay, 0.0)
     history = deque(h for h in state.history if h[0] > now - window - 1e-9)
-    recent = [r for r in state.recent if now - policy.rate_window - 1e-9 <= r[0] < now]
     if known:
         history.append((now, need, roomy))
-        recent.append((now, work, _per_pod(obs.ready)))
-    intervals = arrivals(tuple(recent), policy.pod_work_rate)
-    seconds = sum(dt for dt, _, _ in intervals)
-    rate = sum(a for _, a, _ in intervals) / seconds if seconds > 0 else 0.0
     keep = ScalingState(
         observing_since=observing_since,
         last_scale_time=state.last_scale_time,
@@ -370,9 +385,9 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
         new = keep
         if desired != obs.replicas:
             new = replace(keep, last_scale_time=now, history=((now, need, roomy),) if known else ())
-        if fitted is None or obs.service is None or policy.first_audio_target is None:
+        if fitted is None or service is None or policy.first_audio_target is None:
             return Decision(desired, reason, message, work, depth, need, new, rate)
-        m = obs.service
+        m = service
         predicted = share_within(
             servers=desired,
             rate=m.arrival_rate,
@@ -399,8 +414,8 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
         f"{len(obs.ready)} ready + {obs.starting} starting pods, "
         f"{obs.pending_requests} held at the router"
     )
-    if fitted is not None and obs.service is not None:
-        m = obs.service
+    if fitted is not None and service is not None:
+        m = service
         numbers = (
             f"first audio <= {policy.first_audio_target:g}s for "
             f"{policy.first_audio_percentile:.4g} of requests: {m.arrival_rate:.2f} req/s, "
@@ -427,8 +442,6 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
     # replicas (those on the way included) drain within the horizon.
     needs = [n for _, n, _ in list(history)[-policy.up_samples :]]
     sustained = len(needs) >= policy.up_samples and min(needs) > current
-    last = intervals[-policy.up_samples :]
-    growing = len(last) >= policy.up_samples and all(a > c for _, a, c in last)
     if need > current and (sustained or growing):
         ceiling = min(needs) if sustained else need
         if fitted is not None:  # the model sized it, the backlog term included

@@ -111,6 +111,7 @@ def simulate(
                 scv=var / mean**2,
                 start_to_first_audio=firsts[int(0.99 * (len(firsts) - 1))],
                 served=len(window),
+                recent_arrival_rate=sum(1 for at, _ in arrivals[:i] if at >= now - 3) / 3,
             )
         obs = Observation(
             now=float(now),
@@ -223,6 +224,23 @@ def test_the_decision_reports_what_the_model_predicts_for_its_replicas() -> None
     assert d.predicted_within is not None
     assert d.predicted_within >= 0.99
     assert "first audio <= 1s" in d.message
+
+
+def test_while_the_backlog_grows_the_recent_rate_sizes_the_model() -> None:
+    # The 10 s count still says 2 requests/s, the last 3 s say 8, and the backlog grew over
+    # the last two intervals on 2 pods: the model is sized for 8.
+    calm = ServiceMeasure(2.0, 0.7, 2.0, 0.3, served=500, recent_arrival_rate=8.0)
+    state = ScalingState()
+    for now, work in ((10.0, 1.0), (11.0, 6.0), (12.0, 12.0)):
+        d = decide(obs(2, work, calm, now), state, TARGETED)
+        state = d.state
+    fitted = first_audio_need(12.0, replace(calm, arrival_rate=8.0), TARGETED)
+    assert fitted is not None
+    assert d.model_replicas == fitted[0]
+    assert d.model_replicas > (first_audio_need(12.0, calm, TARGETED) or (0, 0))[0]
+    # Without growth the recent count is noise: the 10 s rate stands.
+    flat = decide(obs(2, 1.0, calm, 10.0), ScalingState(), TARGETED)
+    assert flat.model_replicas == (first_audio_need(1.0, calm, TARGETED) or (0, 0))[0]
 
 
 def test_one_noisy_tick_never_scales_up() -> None:
