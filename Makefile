@@ -60,13 +60,13 @@ bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmar
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build
 
-cluster-up: cluster-build ## bare local control plane + process kubelet; kubeconfig at .cluster/kubeconfig
+cluster-up: cluster-build ## bare local control plane + the real node (VOICEFLEET_NODE=process: stand-in kubelet); kubeconfig at .cluster/kubeconfig
 	$(BIN)/voicefleet-cluster up
 
 cluster-down: ## stop the local control plane, leaving no process or temp data
 	@if [ -x $(BIN)/voicefleet-cluster ]; then $(BIN)/voicefleet-cluster down; fi
 
-up: install ## the whole stack on the local cluster: chart (operator, router) + sample voice, Ready; prints a curl
+up: install ## the whole stack on the local real node: images, chart (operator, router) + sample voice, Ready; prints a curl
 	$(BIN)/voicefleet-cluster stack-up
 
 down: ## stop everything `make up` started (cluster, pods), leaving no process

@@ -170,14 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build)
 
     state_help = "where state.json and kubeconfig live (default: ./.cluster)"
-    up = sub.add_parser("up", help="start control plane + process kubelet")
+    up = sub.add_parser("up", help="start the control plane and a node (the real one by default)")
     up.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
     up.add_argument("--node-name", default=DEFAULT_NODE)
     up.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu capacity of the node")
     up.add_argument(
         "--node",
         choices=NODE_KINDS,
-        default=default_node_kind(),
+        default=default_node_kind(fallback="real"),
         help="real: kubelet + containerd + runc, kube-proxy, CoreDNS (needs root); "
         "process: the stand-in kubelet running pods as host processes "
         "(default: $VOICEFLEET_NODE, else %(default)s)",

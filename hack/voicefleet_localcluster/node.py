@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from voicefleet_localcluster.procs import MARKER_ENV, alive
+
 NODE_ROOT = Path("/var/lib/voicefleet-node")
 NODE_RUN = Path("/run/voicefleet-node")
 CONTAINERD_ROOT = NODE_ROOT / "containerd"
@@ -546,6 +548,36 @@ def node_processes() -> list[int]:
     me = os.getpid()
     pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
     return [pid for pid in pids if pid != me and references_node(_cmdline(pid))]
+
+
+def owner_of_running_node() -> str | None:
+    """The cluster id of a live kubelet on this host whose API server still runs, if any.
+
+    One real node can run per host, and starting one clears what the last left; a node
+    whose control plane is alive belongs to somebody (a `make up`, a test session) and
+    is refused rather than torn down. A kubelet whose API server is gone is debris.
+    """
+    for pid in node_processes():
+        if _program(pid) != "kubelet":
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        marker = next((e for e in environ if e.startswith(f"{MARKER_ENV}=".encode())), None)
+        if marker is None:
+            continue
+        for other in Path("/proc").iterdir():
+            if not other.name.isdigit() or not alive(int(other.name)):
+                continue
+            if _program(int(other.name)) != "kube-apiserver":
+                continue
+            try:
+                if marker in Path(f"/proc/{other.name}/environ").read_bytes().split(b"\0"):
+                    return marker.decode().split("=", 1)[1]
+            except OSError:
+                continue
+    return None
 
 
 def _kill(pids: Iterable[int], sig: signal.Signals) -> None:

@@ -4,10 +4,10 @@
   started on first request, stopped at session end. Tests that never request it
   never start (or build) anything.
 - `cluster_namespace` (function): a fresh namespace, deleted after the test.
-- `real_cluster` (session): a cluster on the real node (kubelet + containerd + runc,
-  kube-proxy, CoreDNS). One real node can run per host, so one per session; when
-  `local_cluster` itself runs on the real node ($VOICEFLEET_NODE=real) both are the
-  same cluster.
+- `real_cluster` (module; session on the real node): a cluster on the real node
+  (kubelet + containerd + runc, kube-proxy, CoreDNS) with the project's images loaded.
+  One real node can run per host; when `local_cluster` itself runs on the real node
+  ($VOICEFLEET_NODE=real) both are the same cluster.
 
 Building on a fresh machine takes minutes. pytest-timeout counts fixture setup
 against the first test that requests the fixture, so the build runs during
@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
 
-from voicefleet_localcluster import binaries
+from voicefleet_localcluster import binaries, imagebuild
 from voicefleet_localcluster.controlplane import default_node_kind
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster
 
@@ -41,18 +42,36 @@ def _echo(config: pytest.Config, line: str) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark cluster tests, and build the binaries now if any selected test needs them."""
-    needs_cluster = False
+    needs_cluster = needs_real_node = False
+    real_by_default = default_node_kind() == "real"
     for item in items:
-        if any(f in getattr(item, "fixturenames", ()) for f in FIXTURES):
+        used = [f for f in FIXTURES if f in getattr(item, "fixturenames", ())]
+        if used:
             item.add_marker(pytest.mark.cluster)
             needs_cluster = True
+            needs_real_node |= "real_cluster" in used or real_by_default
     if needs_cluster and not config.option.collectonly:
         binaries.ensure_binaries(log=lambda line: _echo(config, line))
+    if needs_real_node and not config.option.collectonly:
+        # Pods on the real node are containers of our images: build (cached by recipe and
+        # layers) and load them now, as `make images` does, so no test waits on it.
+        imagebuild.build_all(
+            "cpu", load=True, refresh_base=False, log=lambda line: _echo(config, line)
+        )
 
 
-@pytest.fixture(scope="session")
+def _real_node_scope(fixture_name: str, config: pytest.Config) -> Literal["session", "module"]:
+    """Session-wide when every cluster test runs on the real node; else per module.
+
+    One real node can run per host. Per module, the node is gone before the next module
+    (e2e's `make up` among them) starts its own, since cluster tests run one at a time.
+    """
+    return "session" if default_node_kind() == "real" else "module"
+
+
+@pytest.fixture(scope=_real_node_scope)
 def real_cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
-    """The session's cluster on the real node (kubelet + containerd + runc)."""
+    """A cluster on the real node (kubelet + containerd + runc)."""
     gpus = int(os.environ.get("VOICEFLEET_KUBELET_GPUS", "4"))
     cluster = start_local_cluster(
         gpus=gpus, node="real", log=lambda line: _echo(pytestconfig, line)

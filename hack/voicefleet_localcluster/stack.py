@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from voicefleet_localcluster import binaries, preflight
+from voicefleet_localcluster import binaries, imagebuild, preflight
 from voicefleet_localcluster.cli import start_kept
 from voicefleet_localcluster.controlplane import (
     DEFAULT_NODE,
@@ -92,7 +92,7 @@ def ensure_cluster(state_dir: Path, *, say: Say = _say, timeout: float = 180.0) 
         state_file.unlink(missing_ok=True)
     say("Kubernetes binaries (built from Go modules on first use: several minutes)")
     bin_dir = binaries.ensure_binaries(log=say)
-    kind = default_node_kind()
+    kind = default_node_kind(fallback="real")
     if kind == "real":
         say("starting the local control plane and the real node (kubelet + containerd, ~30 s)")
     else:
@@ -249,8 +249,16 @@ def up(state_dir: Path, *, timeout: float = 600.0, say: Say = _say) -> int:
         say(str(exc))
         return 1
     cluster = cluster_from_state(state)
-    say(f"helm upgrade --install {RELEASE} charts/voicefleet (values: hack/local-values.yaml)")
+    if state.node == "real":
+        say("images: voicefleet-server and voicefleet-control from docker/ (make images)")
+        try:
+            imagebuild.build_all("cpu", load=True, refresh_base=False, log=say)
+        except imagebuild.ImageBuildError as exc:
+            say(f"error: {exc}")
+            return 1
     values = [LOCAL_VALUES] + ([REAL_NODE_VALUES] if state.node == "real" else [])
+    shown = ", ".join(str(v.relative_to(REPO)) for v in values)
+    say(f"helm upgrade --install {RELEASE} charts/voicefleet (values: {shown})")
     helm_install(cluster, values=values, timeout=timeout)
     wait_deployments(
         cluster,

@@ -127,6 +127,7 @@ def test_minimal_voice_gets_every_default(crds: LocalCluster, cluster_namespace:
             "requestTimeoutSeconds": 120,
             "drainGraceSeconds": 30,
             "maxInputChars": 4096,
+            "defaultPriority": "standard",
         },
         "autoscaling": {
             "minReplicas": 1,

@@ -525,7 +525,8 @@ def test_cli_up_and_down_leave_no_process_behind(
     state_dir = tmp_path / "state"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     up = subprocess.run(
-        [str(CLI), "up", f"--state-dir={state_dir}"],
+        # The process kubelet: a real node is one per host (its own tests: test_realnode).
+        [str(CLI), "up", "--node=process", f"--state-dir={state_dir}"],
         capture_output=True, text=True, timeout=180, env=env, check=False,
     )  # fmt: skip
     state = json.loads((state_dir / "state.json").read_text()) if up.returncode == 0 else {}

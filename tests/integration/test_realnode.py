@@ -73,7 +73,11 @@ def terminated(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
                 return result
         return None
 
-    return wait_for(check, timeout=120, interval=0.5, what=f"pod {name} to terminate")
+    try:
+        return wait_for(check, timeout=180, interval=0.5, what=f"pod {name} to terminate")
+    except AssertionError as exc:
+        described = cluster.kubectl_run("describe", "pod", name, "-n", ns, check=False)
+        raise AssertionError(f"{exc}\n{described.stdout[-3000:]}") from exc
 
 
 def test_node_is_real_ready_and_serves_dns(real_cluster: LocalCluster) -> None:
@@ -123,10 +127,19 @@ def test_in_cluster_http_by_dns_name_from_a_kubectl_run_client(
         namespace=ns,
     )
     wait_for(lambda: real_cluster.ready_pods(ns, "app=web"), timeout=120, what="web pod ready")
+    # From the host first, through kube-proxy, at the Service's ClusterIP: once that
+    # answers, kube-proxy has programmed the Service and the client's call cannot race it.
+    cluster_ip = real_cluster.get_json("service", "web", "-n", ns)["spec"]["clusterIP"]
+    body = wait_for(
+        lambda: httpx.get(f"http://{cluster_ip}/", timeout=5).text, timeout=60, what="ClusterIP"
+    )
+    assert body.startswith("hello-from-web-")
     url = f"http://web.{ns}.svc.{node.CLUSTER_DOMAIN}/"
+    # busybox's `wget -T` segfaults: `timeout` bounds each try instead.
+    fetch = f"timeout 10 wget -q -O - {url}"
     overrides = json.dumps({"spec": {"containers": [{"name": "client", "image": BUSYBOX,
         "imagePullPolicy": "Never", "securityContext": RESTRICTED,
-        "command": ["wget", "-q", "-O", "-", url]}]}})  # fmt: skip
+        "command": ["sh", "-c", f"{fetch} || {{ sleep 2; {fetch}; }}"]}]}})  # fmt: skip
     real_cluster.kubectl_run(
         "run", "client", "-n", ns, f"--image={BUSYBOX}", "--restart=Never",
         f"--overrides={overrides}",
@@ -135,12 +148,6 @@ def test_in_cluster_http_by_dns_name_from_a_kubectl_run_client(
     logs = real_cluster.kubectl_run("logs", "client", "-n", ns).stdout
     assert state["exitCode"] == 0, logs
     assert logs.strip().startswith("hello-from-web-"), logs
-    # ... and from the host, through kube-proxy, at the Service's ClusterIP.
-    cluster_ip = real_cluster.get_json("service", "web", "-n", ns)["spec"]["clusterIP"]
-    body = wait_for(
-        lambda: httpx.get(f"http://{cluster_ip}/", timeout=5).text, timeout=30, what="ClusterIP"
-    )
-    assert body.startswith("hello-from-web-")
 
 
 def test_the_kernel_oomkills_a_container_over_its_memory_limit(
