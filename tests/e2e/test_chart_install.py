@@ -175,6 +175,22 @@ def test_speech_through_the_router(installed: Installed) -> None:
     assert f"{installed.voices}/{VOICE}" in {m["id"] for m in models["data"]}
 
 
+def test_the_routers_metrics_want_the_releases_token(installed: Installed) -> None:
+    """The chart's generated Secret is what the router requires on /metrics (the operator
+    sends it: the scale-from-zero test below reads held requests through it)."""
+    import base64
+
+    secret = installed.cluster.get_json("secret", f"{ROUTER}-metrics-token", "-n", NAMESPACE)
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) == 48
+    for url in installed.router_urls():
+        anonymous = httpx.get(f"{url}/metrics", timeout=10)
+        assert anonymous.status_code == 401, anonymous.text
+        scraped = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200
+        assert "voicefleet_router_pending_requests" in scraped.text
+
+
 def test_an_unknown_voice_is_a_404_that_lists_the_voices(installed: Installed) -> None:
     url = installed.router_urls()[0]
     response = httpx.post(
