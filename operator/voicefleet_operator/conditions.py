@@ -15,7 +15,8 @@ UTC with a ``Z``, ``observedGeneration``), always in the order Ready, Progressin
 ``Progressing``
     True while the Deployment rolls out or scales: its controller has not observed its
     latest generation, fewer replicas are updated than wanted, old replicas are still
-    terminating, or updated ones are not yet available; also while the Deployment lags the
+    terminating (by the pods themselves: the Deployment stops counting a pod once it is
+    being deleted), or updated ones are not yet available; also while the Deployment lags the
     TTSVoice generation it should reflect. False with ``ProgressDeadlineExceeded`` when the
     Deployment gave up, ``Blocked`` when an operator problem stops reconciling, else
     ``RolloutComplete``.
@@ -83,6 +84,9 @@ class Problem:
     from_pods: bool = False
     """Reported by the voice's pods (a crash, a pull error, no node): the rollout cannot
     finish by itself, so ``Progressing`` is False (``Stalled``) rather than rolling on."""
+    transient: bool = False
+    """The pod may yet become ready by itself (one restart, not yet a crash loop by the
+    kubelet's count): ``Degraded`` says what happened, ``Progressing`` is not ``Stalled``."""
 
     def __post_init__(self) -> None:
         if len(self.reason) > 1024 or not _REASON.match(self.reason):
@@ -197,7 +201,10 @@ def _stale(voice: Voice, deployment: Mapping[str, Any]) -> bool:
 
 
 def _progressing(
-    voice: Voice, deployment: Mapping[str, Any] | None, problems: Sequence[Problem]
+    voice: Voice,
+    deployment: Mapping[str, Any] | None,
+    problems: Sequence[Problem],
+    terminating: int = 0,
 ) -> _Verdict:
     blocked = ", ".join(p.reason for p in problems)
     if deployment is None:
@@ -208,12 +215,16 @@ def _progressing(
     if deadline is not None:
         message = str(deadline.get("message") or "the Deployment exceeded its progress deadline")
         return _Verdict("False", "ProgressDeadlineExceeded", message)
-    stalled = ", ".join(p.reason for p in problems if p.from_pods)
+    stalled = ", ".join(p.reason for p in problems if p.from_pods and not p.transient)
     if stalled:
         return _Verdict("False", "Stalled", f"pods cannot become ready: {stalled} (see Degraded)")
     rolling = _rollout(voice, deployment)
     if rolling is not None:
         return _Verdict("True", "RollingOut", rolling)
+    if terminating:
+        # The Deployment counts a terminating pod as gone (its status no longer shows it),
+        # but the pod still holds its node's resources and may still answer requests.
+        return _Verdict("True", "RollingOut", f"{terminating} old pod(s) still terminating")
     if problems:
         return _Verdict("False", "Blocked", f"not reconciling until fixed: {blocked}")
     if _stale(voice, deployment):
@@ -286,6 +297,7 @@ def derive_status(
     now: datetime,
     *,
     starting: int = 0,
+    terminating: int = 0,
 ) -> dict[str, Any]:
     """The TTSVoice ``.status`` patch for what was observed (see the module docstring).
 
@@ -293,7 +305,8 @@ def derive_status(
     does not exist); ``problems`` what the operator detected on this pass;
     ``previous_conditions`` the object's current ``.status.conditions``; ``starting``
     how many pods are on their way but not ready (a healthy ``Degraded`` then says so
-    rather than "no problems observed"). Keys the
+    rather than "no problems observed"); ``terminating`` how many of the voice's pods are
+    still shutting down (``Progressing`` stays True until they are gone). Keys the
     autoscaler owns (``queueDepth``, ``queueWorkSeconds``, ``lastScaleTime``) are not
     touched. Same inputs give an identical dict, so an unchanged state patches nothing new.
     """
@@ -302,7 +315,7 @@ def derive_status(
     stamp = format_time(now)
     verdicts = {
         READY: _ready(voice, deployment, problems),
-        PROGRESSING: _progressing(voice, deployment, problems),
+        PROGRESSING: _progressing(voice, deployment, problems, terminating),
         DEGRADED: _degraded(deployment, problems, starting),
     }
     return {

@@ -13,7 +13,10 @@ reason, the exit code and termination message), so ``kubectl get ttsv`` and
 ``ModelFetchFailed``        the fetcher (init container) could not download a url model
 ``ModelDigestMismatch``     a downloaded model file has another sha256 than the spec names
 ``OOMKilled``               a container was killed for exceeding its memory limit
-``CrashLoopBackOff``        a container keeps exiting non-zero and is being restarted
+``CrashLoopBackOff``        a container keeps exiting non-zero: the kubelet says so (its
+                            waiting reason), or it has restarted more than once
+``ContainerRestarted``      a container exited once and runs again, not ready yet (a
+                            killed pod, a node hiccup); transient: cleared once ready
 ``ContainerTerminated``     a container exited non-zero (not, or not yet, restarted)
 ``ImagePullBackOff``        the image cannot be pulled (``ErrImagePull`` and back-off)
 ``Unschedulable``           the scheduler found no node (its message says why)
@@ -56,6 +59,7 @@ __all__ = [
 
 CRASH_LOOP: Final = "CrashLoopBackOff"
 TERMINATED: Final = "ContainerTerminated"
+RESTARTED: Final = "ContainerRestarted"
 IMAGE_PULL_BACKOFF: Final = "ImagePullBackOff"
 OOM_KILLED: Final = "OOMKilled"
 UNSCHEDULABLE: Final = "Unschedulable"
@@ -77,6 +81,7 @@ _ORDER: Final = (
     OOM_KILLED,
     CRASH_LOOP,
     TERMINATED,
+    RESTARTED,
     IMAGE_PULL_BACKOFF,
     "CreateContainerConfigError",
     "CreateContainerError",
@@ -97,6 +102,8 @@ class PodReport:
 
     problems: tuple[Problem, ...] = ()
     starting: int = 0
+    terminating: int = 0
+    """Pods being deleted (a rollout's old ones, a scale-down's): ``Progressing`` until gone."""
 
 
 def _one_line(text: str) -> str:
@@ -163,9 +170,18 @@ def _container_problem(status: Mapping[str, Any], memory: str | None) -> Problem
             f"container {name!r} was killed for exceeding its memory limit{within}"
             f"{restarted}; raise spec.resources.memory",
         )
-    if waiting_reason == CRASH_LOOP or (not current and restarts):
+    # The kubelet restarts a container the first time at once and backs off only from the
+    # second exit: one restart is one failure (a kill, an eviction's neighbour), not a loop.
+    if waiting_reason == CRASH_LOOP or (not current and restarts >= 2):
         return Problem(
             CRASH_LOOP, f"container {name!r} keeps failing{restarted}: {_terminated_text(term)}"
+        )
+    if not current and restarts:
+        return Problem(
+            RESTARTED,
+            f"container {name!r} restarted once after {_terminated_text(term)}; "
+            "waiting for it to become ready",
+            transient=True,
         )
     return Problem(TERMINATED, f"container {name!r} terminated: {_terminated_text(term)}")
 
@@ -205,7 +221,8 @@ def pod_report(pods: Iterable[PodInfo], *, memory: str | None = None) -> PodRepo
     state writes an identical status). Several pods with the same problem give one
     Problem whose message says how many.
     """
-    live = sorted((p for p in pods if not p.terminating), key=lambda p: p.name)
+    pods_seen = list(pods)
+    live = sorted((p for p in pods_seen if not p.terminating), key=lambda p: p.name)
     grouped: dict[str, list[Problem]] = {}
     starting = 0
     for pod in live:
@@ -220,8 +237,10 @@ def pod_report(pods: Iterable[PodInfo], *, memory: str | None = None) -> PodRepo
         message = same[0].message
         if len(same) > 1:
             message = f"{message} (and {len(same) - 1} more pod(s) alike)"
-        merged.append(Problem(reason, message, from_pods=True))
-    return PodReport(tuple(merged), starting)
+        transient = all(p.transient for p in same)
+        merged.append(Problem(reason, message, from_pods=True, transient=transient))
+    terminating = sum(1 for p in pods_seen if p.terminating)
+    return PodReport(tuple(merged), starting, terminating)
 
 
 def rejected_problem(kind: str, status: int, message: str) -> Problem:

@@ -138,7 +138,13 @@ def write_status(
         *report.problems,
     ]
     status = derive_status(
-        voice, deployment, found, previous, datetime.now(UTC), starting=report.starting
+        voice,
+        deployment,
+        found,
+        previous,
+        datetime.now(UTC),
+        starting=report.starting,
+        terminating=report.terminating,
     )
     deps.metrics.observe_voice(f"{voice.namespace}/{voice.name}", status)
     if all(current.get(key) == value for key, value in status.items()):

@@ -304,3 +304,69 @@ def test_pending_pods_never_read_as_no_problems() -> None:
     ]
     status = derive_status(VOICE, ready, (), [], NOW)
     assert conditions(status)["Degraded"] == ("False", "AsExpected", "no problems observed")
+
+
+def killed_once(*, waiting: str | None = None, restarts: int = 1) -> dict[str, Any]:
+    """What the kubelet shows after one SIGKILL (issue 18: a single `kill -9` of the server):
+    restarted at once, running again, not ready yet; the kill in lastState."""
+    state: dict[str, Any] = {"running": {"startedAt": "2026-11-27T17:00:04Z"}}
+    if waiting is not None:
+        state = {"waiting": {"reason": waiting, "message": "back-off 10s restarting"}}
+    return {
+        "restartCount": restarts,
+        "state": state,
+        "lastState": {"terminated": {"exitCode": 137, "reason": "Error"}},
+    }
+
+
+def test_a_single_restart_is_not_a_crash_loop() -> None:
+    problem = only(pod_report([pod(container=killed_once())]))
+    assert problem.reason == "ContainerRestarted"
+    assert problem.message == (
+        "container 'server' restarted once after exit code 137 (Error); "
+        "waiting for it to become ready"
+    )
+    assert problem.transient
+    got = conditions(derive_status(VOICE, DEPLOYMENT, (problem,), [], NOW))
+    assert got["Degraded"][:2] == ("True", "ContainerRestarted")
+    assert got["Progressing"][:2] == ("True", "RollingOut"), "not Stalled: it may recover"
+    # ready again: nothing to report, whatever the restart count
+    recovered = {**killed_once(), "ready": True}
+    assert pod_report([pod(container=recovered, ready=True)]).problems == ()
+
+
+@pytest.mark.parametrize(
+    "container",
+    [killed_once(waiting="CrashLoopBackOff"), killed_once(restarts=2)],
+    ids=["the-kubelet-says-so", "restarted-twice"],
+)
+def test_a_crash_loop_is_named_once_the_kubelet_backs_off(container: dict[str, Any]) -> None:
+    problem = only(pod_report([pod(container=container)]))
+    assert problem.reason == "CrashLoopBackOff"
+    assert not problem.transient
+
+
+def test_progressing_until_the_old_pods_are_gone() -> None:
+    """The Deployment says complete as soon as a pod is being deleted; the pod says not."""
+    done = copy.deepcopy(DEPLOYMENT)
+    done["metadata"]["annotations"]["voicefleet.io/voice-generation"] = str(VOICE.generation)
+    done["status"].update(readyReplicas=1, availableReplicas=1, unavailableReplicas=0)
+    done["status"]["conditions"] = [
+        {"type": "Available", "status": "True"},
+        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+    ]
+    new = {"ready": True, "state": {"running": {"startedAt": "2026-11-27T17:00:04Z"}}}
+    old = {"state": {"running": {"startedAt": "2026-11-27T16:00:00Z"}}}
+    report = pod_report(
+        [pod("v-new-1", ready=True, container=new), pod("v-old-1", container=old, deleting=True)]
+    )
+    assert report.terminating == 1
+    status = derive_status(VOICE, done, report.problems, [], NOW, terminating=report.terminating)
+    assert conditions(status)["Progressing"] == (
+        "True",
+        "RollingOut",
+        "1 old pod(s) still terminating",
+    )
+    gone = pod_report([pod("v-new-1", ready=True, container=new)])
+    status = derive_status(VOICE, done, gone.problems, [], NOW, terminating=gone.terminating)
+    assert conditions(status)["Progressing"][:2] == ("False", "RolloutComplete")
