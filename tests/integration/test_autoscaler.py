@@ -82,8 +82,11 @@ def scale_events(cluster: LocalCluster, ns: str, name: str) -> list[dict[str, An
 class Load:
     """`concurrency` client threads, each sending TEXT to a ready pod, round robin."""
 
-    def __init__(self, cluster: LocalCluster, ns: str, name: str, concurrency: int) -> None:
+    def __init__(
+        self, cluster: LocalCluster, ns: str, name: str, concurrency: int, text: str = TEXT
+    ) -> None:
         self.cluster, self.ns, self.name = cluster, ns, name
+        self.text = text
         self.concurrency = concurrency
         self.stop = threading.Event()
         self.ok = 0
@@ -111,7 +114,7 @@ class Load:
                 try:
                     rsp = client.post(
                         f"http://{ip}:8080/v1/audio/speech",
-                        json={"model": "en_US-joe-medium", "input": TEXT, "voice": "default"},
+                        json={"model": "en_US-joe-medium", "input": self.text, "voice": "default"},
                     )
                 except httpx.HTTPError as exc:
                     self.failed.append(f"{ip}: {exc!r}")
@@ -193,6 +196,80 @@ def test_load_scales_up_survives_an_operator_restart_and_comes_back_down(
     assert down
     # In one step or two as the work drains (Events list in no particular order).
     assert any("-> 1 replicas" in e["message"] for e in down), [e["message"] for e in down]
+
+
+SHORT = "Hello there, this is a short reply. It should start speaking at once, please."
+"""~80 characters, two sentences: about half a second of work on the simulated engine."""
+
+
+def test_a_first_audio_target_scales_up_where_work_seconds_would_not(
+    local_cluster: LocalCluster, cluster_namespace: str, autoscaling_operator: Operator
+) -> None:
+    # Six clients keep one pod busy with short requests: a few seconds of work in all,
+    # far below the default 10 work-s per replica, so the work rule holds 1 replica while
+    # requests queue for seconds before their first audio. The same voice with a target
+    # (first audio within 1 s for 99 %) is scaled up by the model on what the pod measured.
+    ns, name = cluster_namespace, "prompt"
+    base = {"minReplicas": 1, "maxReplicas": 4, "scaleDownDelaySeconds": 30}
+    local_cluster.apply(simulated_voice(name, replicas=1, autoscaling=base), namespace=ns)
+    selector = f"voicefleet.io/voice={name}"
+    wait_for(lambda: len(local_cluster.ready_pods(ns, selector)) == 1, timeout=60, what="1 pod")
+
+    def status() -> dict[str, Any]:
+        got: dict[str, Any] = local_cluster.get_json("ttsvoice", name, "-n", ns).get("status", {})
+        return got
+
+    with Load(local_cluster, ns, name, concurrency=6, text=SHORT) as load:
+        time.sleep(12)  # the work rule's turn: it sees ~3 work-seconds on one pod
+        assert spec_replicas(local_cluster, ns, name) == 1
+        assert status()["autoscaling"]["policy"] == "WorkSeconds"
+        assert "firstAudio" not in status()["autoscaling"]
+
+        target = {"timeToFirstAudioSeconds": 1.0, "percentile": 99}
+        local_cluster.apply(
+            simulated_voice(name, replicas=1, autoscaling={**base, "target": target}),
+            namespace=ns,
+        )
+        changed = time.monotonic()
+        try:
+            wait_for(lambda: spec_replicas(local_cluster, ns, name) >= 2, timeout=60, what=">= 2")
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}; status {status()}; {load.ok} ok") from exc
+        reacted = time.monotonic() - changed
+        up = [e for e in scale_events(local_cluster, ns, name) if e["reason"] == "ScaleUp"]
+        assert up
+        assert "first audio <= 1s" in up[0]["message"], up[0]["message"]
+        auto = status()["autoscaling"]
+        assert auto["policy"] == "FirstAudioTarget"
+        fa = auto["firstAudio"]
+        assert (fa["targetSeconds"], fa["percentile"]) == (1, 99)
+        assert fa["arrivalRate"] > 0.5
+        assert 0.1 < fa["meanServiceSeconds"] < 2.0
+        assert fa["servedRequests"] >= 20
+        assert fa["modelReplicas"] >= 2
+        assert fa["observedWithinTarget"] < 99  # one pod missed it: that is why it scaled
+        print(f"\nfirst-audio target: scaled after {reacted:.1f} s; status {fa}")
+
+        # The added pods take their share of the load: what the pods observe improves.
+        before = fa["observedWithinTarget"]
+        timeline = []
+        for _ in range(40):
+            load.refresh()
+            timeline.append(
+                (spec_replicas(local_cluster, ns, name), len(load.ips), status()["autoscaling"])
+            )
+            time.sleep(1)
+        after = timeline[-1][2]["firstAudio"]
+        print(
+            "replicas (asked, ready) each second:",
+            [(n, r) for n, r, _ in timeline],
+            f"\nobserved within target {before} % -> {after['observedWithinTarget']} %;",
+            f"status {after}",
+        )
+        assert after["observedWithinTarget"] > before + 20
+        assert max(r for _, r, _ in timeline) >= 2
+    assert load.failed == []
+    assert load.ok > 20
 
 
 def test_min_zero_scales_to_zero_after_idling(
