@@ -294,11 +294,18 @@ class ContainerRuntime:
             return
         cap = self.worker.kubelet.config.restart_backoff_cap
         ran_for = now - self.started_mono
-        delay = 0.0 if ran_for > 60 else restart_backoff(self.restart_count, cap)
+        # As the real kubelet: the first restart is immediate (there is no back-off entry
+        # yet), back-off and the CrashLoopBackOff reason only from the second exit on.
+        first = self.restart_count == 0
+        delay = 0.0 if ran_for > 60 or first else restart_backoff(self.restart_count - 1, cap)
         self.last_termination = self.termination
         self.state = "waiting"
-        self.waiting_reason = "CrashLoopBackOff"
-        self.waiting_message = f"back-off {delay:.0f}s restarting failed container"
+        if delay > 0:
+            self.waiting_reason = "CrashLoopBackOff"
+            self.waiting_message = f"back-off {delay:.0f}s restarting failed container"
+        else:
+            self.waiting_reason = "ContainerCreating"
+            self.waiting_message = ""
         self.next_start = now + delay
 
     def _termination_message(self, code: int) -> str:
