@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from voicefleet_api.termination import parse_message
@@ -71,6 +72,9 @@ _IMAGE_REASONS: Final = frozenset(
 _START_REASONS: Final = frozenset(
     {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 )
+LONG_RUN_SECONDS: Final = 600
+"""A container that ran this long before exiting is not crash-looping, whatever its restart
+count (the kubelet resets its back-off after 10 minutes as well)."""
 _BACKOFF_PREFIX: Final = "Back-off pulling image"
 _MAX_DETAIL: Final = 1024
 """Longest termination message or log tail quoted (the kubelet keeps up to 4 KiB)."""
@@ -117,6 +121,16 @@ def _terminated_text(term: Mapping[str, Any]) -> str:
     text = f"exit code {code} ({reason})"
     message = _one_line(str(term.get("message") or ""))
     return f"{text}: {message}" if message else text
+
+
+def _ran_for(term: Mapping[str, Any]) -> float:
+    """Seconds the terminated container ran (0 when the times are missing or unreadable)."""
+    try:
+        started = datetime.fromisoformat(str(term["startedAt"]).replace("Z", "+00:00"))
+        finished = datetime.fromisoformat(str(term["finishedAt"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return 0.0
+    return (finished - started).total_seconds()
 
 
 def _container_problem(status: Mapping[str, Any], memory: str | None) -> Problem | None:
@@ -171,15 +185,18 @@ def _container_problem(status: Mapping[str, Any], memory: str | None) -> Problem
             f"{restarted}; raise spec.resources.memory",
         )
     # The kubelet restarts a container the first time at once and backs off only from the
-    # second exit: one restart is one failure (a kill, an eviction's neighbour), not a loop.
-    if waiting_reason == CRASH_LOOP or (not current and restarts >= 2):
+    # second exit: one restart is one failure (a kill, an eviction's neighbour), not a loop;
+    # nor is a restart after a long run (the kubelet forgets its back-off by then).
+    looping = restarts >= 2 and _ran_for(term) < LONG_RUN_SECONDS
+    if waiting_reason == CRASH_LOOP or (not current and looping):
         return Problem(
             CRASH_LOOP, f"container {name!r} keeps failing{restarted}: {_terminated_text(term)}"
         )
     if not current and restarts:
+        again = "once" if restarts == 1 else f"after a long run ({restarts} restarts in all)"
         return Problem(
             RESTARTED,
-            f"container {name!r} restarted once after {_terminated_text(term)}; "
+            f"container {name!r} restarted {again} after {_terminated_text(term)}; "
             "waiting for it to become ready",
             transient=True,
         )

@@ -346,6 +346,19 @@ def test_a_crash_loop_is_named_once_the_kubelet_backs_off(container: dict[str, A
     assert not problem.transient
 
 
+def test_a_restart_after_a_long_run_is_not_a_crash_loop() -> None:
+    """Killed twice, a day apart: restartCount 2, but the last run lasted hours."""
+    container = killed_once(restarts=2)
+    container["lastState"]["terminated"].update(
+        startedAt="2026-11-27T09:00:00Z", finishedAt="2026-11-27T17:00:00Z"
+    )
+    problem = only(pod_report([pod(container=container)]))
+    assert problem.reason == "ContainerRestarted"
+    assert "after a long run (2 restarts in all)" in problem.message
+    container["lastState"]["terminated"].update(startedAt="2026-11-27T16:59:55Z")
+    assert only(pod_report([pod(container=container)])).reason == "CrashLoopBackOff"
+
+
 def test_progressing_until_the_old_pods_are_gone() -> None:
     """The Deployment says complete as soon as a pod is being deleted; the pod says not."""
     done = copy.deepcopy(DEPLOYMENT)
