@@ -331,3 +331,16 @@ def test_pods_only_voice_pod_metadata(setup: Setup) -> None:
     code, message = patch("voice-pod", image)
     assert code != 0, message
     assert "only the metadata of a voice pod" in message, message
+
+
+def test_the_policy_type_checks_without_warnings(setup: Setup) -> None:
+    """The API server type-checks every expression against the matched kinds' schemas;
+    a misspelt field would show as a warning here (and as a runtime error later)."""
+
+    def checked() -> dict[str, Any] | None:
+        policy = setup.cluster.get_json("validatingadmissionpolicy", SA_NAME)
+        status: dict[str, Any] = policy.get("status") or {}
+        return status if status.get("observedGeneration") else None
+
+    status = wait_for(checked, timeout=30, what="the policy type-checked")
+    assert not (status.get("typeChecking") or {}).get("expressionWarnings"), status
