@@ -44,7 +44,11 @@ def new_identity() -> str:
     if pod:
         return pod
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    return f"{getpass.getuser()}@{socket.gethostname()}/{now}/{secrets.token_hex(3)}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry, as in our images
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}/{now}/{secrets.token_hex(3)}"
 
 
 def _deadline(record: Mapping[str, Any]) -> float | None:

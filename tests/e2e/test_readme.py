@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from voicefleet_localcluster import binaries
+from voicefleet_localcluster import binaries, node
 from voicefleet_localcluster.controlplane import ClusterState
 from voicefleet_localcluster.procs import marked_processes
 
@@ -119,6 +119,8 @@ def test_readme_blocks_run_as_written(workdir: Path) -> None:
         # `make down` left no process of the cluster behind
         assert state is not None
         assert not marked_processes(state.cluster_id)  # control plane, kubelet and every pod
+        if state.node == "real":  # every container gone with its cgroup
+            assert not node.kubepods_cgroups()
         assert not (workdir / ".cluster" / "state.json").exists()
     finally:
         if server is not None and server.poll() is None:

@@ -86,3 +86,15 @@ def test_identity_follows_pod_id_like_kopf(monkeypatch: Any) -> None:
     assert new_identity() == "voicefleet-operator-abc"
     monkeypatch.delenv("POD_ID")
     assert new_identity() != new_identity()
+
+
+def test_identity_without_a_passwd_entry_uses_the_uid(monkeypatch: Any) -> None:
+    """Our images run as 65532, which has no passwd entry: getpass raises KeyError."""
+    import getpass
+
+    def no_entry() -> str:
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.delenv("POD_ID", raising=False)
+    monkeypatch.setattr(getpass, "getuser", no_entry)
+    assert new_identity().startswith("uid")
