@@ -698,13 +698,14 @@ class Scheduler:
                     self._metrics.audio_seconds_total.inc(len(chunk.samples) / engine.sample_rate)
                     job.handle._post(chunk)
                 if chunk.is_last:
+                    if not cancelled:  # observed before anyone can see the request done
+                        service = now - (job.started_at or now)
+                        self._metrics.service_seconds.observe(service)
+                        self._metrics.service_seconds_squared_total.inc(service * service)
                     with self._lock:
                         job.state = "done"
                     if not cancelled:
                         job.handle._post(_END)
-                        service = now - (job.started_at or now)
-                        self._metrics.service_seconds.observe(service)
-                        self._metrics.service_seconds_squared_total.inc(service * service)
                     open_jobs.discard(chunk.index)
                 if not open_jobs or all(batch[i].cancelled for i in open_jobs):
                     break  # everyone left is gone: stop computing for nobody
