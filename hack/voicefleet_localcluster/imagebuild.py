@@ -467,6 +467,20 @@ def load_into_node(built: Sequence[Built], log: Logger = say) -> None:
         )
 
 
+def _load_or_explain(built: Sequence[Built], log: Logger) -> None:
+    try:
+        load_into_node(built, log)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        log(f"not loaded into the node's containerd: {exc}")
+        log("load them later (the node's containerd must run):")
+        for image in built:
+            log(
+                f"  ctr -n k8s.io -a /run/voicefleet-node/containerd.sock images import "
+                f"{image.archive}"
+            )
+        raise ImageBuildError("images built but not loaded (see above)") from exc
+
+
 def manifest(built: Sequence[Built]) -> str:
     """What was built, for other tools: ref -> archive and image ID (JSON)."""
     return json.dumps(
@@ -491,19 +505,11 @@ def build_all(flavor: Flavor, *, load: bool, refresh_base: bool, log: Logger = s
             for spec in images.image_specs(flavor, images.version())
         ]
         (root / f"images-{flavor}.json").write_text(manifest(built))
-    if load:
-        try:
-            load_into_node(built, log)
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            log(f"not loaded into the node's containerd: {exc}")
-            log("load them later (the node's containerd must run):")
-            for image in built:
-                log(
-                    f"  ctr -n k8s.io -a /run/voicefleet-node/containerd.sock images import "
-                    f"{image.archive}"
-                )
-            raise ImageBuildError("images built but not loaded (see above)") from exc
-    else:
+        # Loading under the same lock: two builders at once (pytest-xdist's workers each
+        # collect) import one after the other, and the second finds the stamps current.
+        if load:
+            _load_or_explain(built, log)
+    if not load:
         log("not loading into containerd (--no-load); archives:")
         for image in built:
             log(f"  {image.archive}")

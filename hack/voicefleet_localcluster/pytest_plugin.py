@@ -28,6 +28,8 @@ from voicefleet_localcluster.controlplane import default_node_kind
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster
 
 FIXTURES = ("local_cluster", "real_cluster")
+IMAGE_ERROR = pytest.StashKey[str]()
+"""Why building or loading the images at collection failed, for the fixture to report."""
 
 
 def _echo(config: pytest.Config, line: str) -> None:
@@ -55,9 +57,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if needs_real_node and not config.option.collectonly:
         # Pods on the real node are containers of our images: build (cached by recipe and
         # layers) and load them now, as `make images` does, so no test waits on it.
-        imagebuild.build_all(
-            "cpu", load=True, refresh_base=False, log=lambda line: _echo(config, line)
-        )
+        # A failure fails the real-node tests (their fixture raises it), not the session.
+        try:
+            imagebuild.build_all(
+                "cpu", load=True, refresh_base=False, log=lambda line: _echo(config, line)
+            )
+        except imagebuild.ImageBuildError as exc:
+            config.stash[IMAGE_ERROR] = str(exc)
+            _echo(config, f"images not ready: {exc}")
 
 
 def _real_node_scope(fixture_name: str, config: pytest.Config) -> Literal["session", "module"]:
@@ -72,6 +79,8 @@ def _real_node_scope(fixture_name: str, config: pytest.Config) -> Literal["sessi
 @pytest.fixture(scope=_real_node_scope)
 def real_cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
     """A cluster on the real node (kubelet + containerd + runc)."""
+    if IMAGE_ERROR in pytestconfig.stash:
+        pytest.fail(f"the images for the real node: {pytestconfig.stash[IMAGE_ERROR]}")
     gpus = int(os.environ.get("VOICEFLEET_KUBELET_GPUS", "4"))
     cluster = start_local_cluster(
         gpus=gpus, node="real", log=lambda line: _echo(pytestconfig, line)

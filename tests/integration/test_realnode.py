@@ -10,11 +10,15 @@ locally because no registry is reachable.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from operatorprocs import OPERATOR, REPO, Operator, free_port, voice_manifest
 
 from voicefleet_localcluster import node, nodeimages
 from voicefleet_localcluster.testing import LocalCluster, wait_for
@@ -220,3 +224,118 @@ def test_the_termination_message_comes_from_the_containers_file(
     state = terminated(real_cluster, ns, "crasher")
     assert state["exitCode"] == 3
     assert state["message"].strip() == "model file missing: /models/x.onnx"
+
+
+def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_rollout(
+    real_cluster: LocalCluster, real_namespace: str, tmp_path: Path
+) -> None:
+    """The operator's pods in containers, called at the voice's Service (kube-proxy) while
+    it scales 2 -> 1 and then rolls out a new template: preStop, the server's drain and
+    the grace period keep every request answered. Each request opens its own connection,
+    as a client without keep-alive does (a kept-alive connection stays pinned to its pod
+    by conntrack, which is the client's retry problem, not the pod's)."""
+    ns = real_namespace
+    crds = REPO / "crds"
+    real_cluster.kubectl_run(
+        "apply", "-f", str(crds / "ttsvoices.yaml"), "-f", str(crds / "kopf-peering.yaml")
+    )
+    real_cluster.kubectl_run(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/ttsvoices.voicefleet.io"
+    )
+    health, metrics = free_port(), free_port()
+    operator = Operator(
+        argv=[
+            str(OPERATOR),
+            f"--namespace={ns}",
+            f"--kubeconfig={real_cluster.kubeconfig}",
+            f"--health-port={health}",
+            f"--metrics-port={metrics}",
+            "--standalone",
+        ],
+        log_path=tmp_path / "operator.log",
+        health_port=health,
+        metrics_port=metrics,
+    )
+    operator.start(timeout=90)
+    try:
+        real_cluster.apply(
+            voice_manifest(
+                "drain",
+                engine="simulated",
+                replicas=2,
+                resources={"cpu": "250m", "memory": "256Mi"},
+                server={"drainGraceSeconds": 5},
+                autoscaling={"enabled": False},
+            ),
+            namespace=ns,
+        )
+        selector = "voicefleet.io/voice=drain"
+        wait_for(
+            lambda: len(real_cluster.ready_pods(ns, selector)) == 2,
+            timeout=240,
+            what=f"two ready voice pods (operator log {operator.log_path})",
+        )
+        cluster_ip = real_cluster.get_json("service", "drain", "-n", ns)["spec"]["clusterIP"]
+        url = f"http://{cluster_ip}/v1/audio/speech"
+        body = {"model": "en_US-joe-medium", "input": "Keep talking.", "voice": "default"}
+
+        def answered() -> bool:
+            response = httpx.post(url, json=body, timeout=10)
+            assert response.status_code == 200, response.text[:300]
+            return True
+
+        wait_for(answered, timeout=60, what=f"speech at the Service {url}")
+
+        outcomes: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    with httpx.Client(timeout=30) as client:  # a new connection each time
+                        status = client.post(url, json=body).status_code
+                    outcomes.append(str(status))
+                except httpx.HTTPError as exc:
+                    outcomes.append(f"{type(exc).__name__}: {exc}")
+
+        workers = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        try:
+            time.sleep(2)
+            old = {p["metadata"]["name"] for p in real_cluster.pods(ns, selector)}
+            real_cluster.kubectl_run(
+                "patch", "ttsvoice", "drain", "-n", ns, "--type=merge",
+                "-p", json.dumps({"spec": {"replicas": 1}}),
+            )  # fmt: skip
+            wait_for(
+                lambda: len(real_cluster.pods(ns, selector)) == 1, timeout=120, what="scale to 1"
+            )
+            scaled_down = len(outcomes)
+            real_cluster.kubectl_run(
+                "patch", "ttsvoice", "drain", "-n", ns, "--type=merge",
+                "-p", json.dumps({"spec": {"server": {"maxQueue": 32}}}),
+            )  # fmt: skip
+
+            def rolled_out() -> bool:
+                pods = real_cluster.pods(ns, selector)
+                names = {p["metadata"]["name"] for p in pods}
+                return (
+                    len(pods) == 1
+                    and not names & old
+                    and bool(real_cluster.ready_pods(ns, selector))
+                )
+
+            wait_for(rolled_out, timeout=240, what="the rollout to replace the pod")
+            time.sleep(2)
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=60)
+    finally:
+        operator.stop()
+    failed = [o for o in outcomes if o != "200"]
+    print(f"\n{len(outcomes)} requests, {scaled_down} before the rollout, failed: {failed[:5]}")
+    assert scaled_down > 5, outcomes[:5]
+    assert len(outcomes) > 20, outcomes[:5]
+    assert not failed, f"{len(failed)} of {len(outcomes)} failed: {failed[:5]}"
