@@ -45,9 +45,12 @@ How it decides (docs/autoscaler.md has the long form):
   ``ceil(work / (target - first audio + horizon))`` (the model is stationary; a backlog
   is not). It replaces ``work / target_work_seconds``; the evidence rule for a scale-up,
   the down window and zero stay the same; a scale-up goes straight to ``need`` (the
-  model sizes it; no drain formula) and a scale-down keeps the window's peak ``need``
-  (the percentile is the headroom). Before enough requests were served the work rule
-  sizes the voice (``policy_name`` says which one decided).
+  model sizes it; no drain formula). While the backlog grows (a step) the rate is the
+  pods' count over the last seconds (``ServiceMeasure.recent_arrival_rate``): the longer
+  count still holds the rate before the step. A scale-down keeps the window's peak of
+  the need for ``down_headroom`` more arrivals and backlog (without it the need followed
+  the rate's noise and flapped; figures in docs/autoscaler.md). Before enough requests
+  were served the work rule sizes the voice (``policy_name`` says which one decided).
 - **Zero.** With ``min_replicas`` 0 the replicas go once the voice has had no work and
   no held request for ``scale_to_zero_idle`` seconds: idle time alone decides, not
   ``scale_down_delay`` (a voice idle 5 s with a 300 s delay used to wait the 300 s),
