@@ -39,8 +39,8 @@ typecheck: install ## mypy --strict on product code
 unit: install ## fast tests only (no servers, no cluster)
 	$(BIN)/pytest -q tests/unit
 
-test: install lint typecheck ## the full suite: lint, types, unit, integration (real servers, real control plane), e2e; in parallel
-	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
+test: install lint typecheck ## the full suite: lint, types, unit, integration (real servers, real control plane, real node), e2e; two streams side by side
+	hack/run-tests.sh
 
 test-fast: install ## inner loop: unit + single-server integration tests (no cluster, no benchmark driver), in parallel
 	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not cluster" --ignore=tests/integration/test_bench_smoke.py tests/unit tests/integration

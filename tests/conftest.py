@@ -1,11 +1,10 @@
 """Shared fixtures. The local-cluster fixtures live in voicefleet_localcluster.pytest_plugin;
 they start nothing unless a test requests `local_cluster` or `cluster_namespace`.
 
-Under pytest-xdist (`make test` runs `--dist loadgroup`), every test that needs the local
-cluster (the `cluster` marker, set at collection) and every end-to-end test (each runs the
-chart or `make up` on this host's one node) joins one `xdist_group`: they run in one worker,
-one after another, sharing its session cluster, while the server, router and unit tests run
-in the other workers.
+`make test` (hack/run-tests.sh) runs the tests marked `cluster` (set at collection: those
+using a cluster fixture, and every end-to-end test, since each runs the chart or `make up`
+on this host's one node) in one process, one at a time, and the server, router and unit
+tests in a second process beside it.
 """
 
 from __future__ import annotations
@@ -22,12 +21,19 @@ from voicefleet_localcluster.pytest_plugin import (  # noqa: F401  (fixtures, by
 )
 
 E2E = Path(__file__).resolve().parent / "e2e"
-CLUSTER_GROUP = "cluster"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark cluster tests (the plugin's hook), then put them and the e2e tests in one group."""
+    """Mark cluster tests (the plugin's hook), and the e2e tests with them: each runs the
+    chart or `make up` on this host's one node, so `make test` runs them all in its
+    cluster stream, one at a time (hack/run-tests.sh)."""
     pytest_plugin.pytest_collection_modifyitems(config, items)
     for item in items:
-        if item.get_closest_marker("cluster") is not None or item.path.is_relative_to(E2E):
-            item.add_marker(pytest.mark.xdist_group(CLUSTER_GROUP))
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build what the selected cluster tests need (the plugin's hook)."""
+    pytest_plugin.pytest_collection_finish(session)

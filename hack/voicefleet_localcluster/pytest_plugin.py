@@ -43,28 +43,34 @@ def _echo(config: pytest.Config, line: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark cluster tests, and build the binaries now if any selected test needs them."""
-    needs_cluster = needs_real_node = False
-    real_by_default = default_node_kind() == "real"
+    """Mark the tests that use a cluster fixture `cluster` (so `-m` can select them)."""
     for item in items:
-        used = [f for f in FIXTURES if f in getattr(item, "fixturenames", ())]
-        if used:
+        if any(f in getattr(item, "fixturenames", ()) for f in FIXTURES):
             item.add_marker(pytest.mark.cluster)
-            needs_cluster = True
-            needs_real_node |= "real_cluster" in used or real_by_default
-    if needs_cluster and not config.option.collectonly:
-        binaries.ensure_binaries(log=lambda line: _echo(config, line))
-    if needs_real_node and not config.option.collectonly:
-        # Pods on the real node are containers of our images: build (cached by recipe and
-        # layers) and load them now, as `make images` does, so no test waits on it.
-        # A failure fails the real-node tests (their fixture raises it), not the session.
-        try:
-            imagebuild.build_all(
-                "cpu", load=True, refresh_base=False, log=lambda line: _echo(config, line)
-            )
-        except imagebuild.ImageBuildError as exc:
-            config.stash[IMAGE_ERROR] = str(exc)
-            _echo(config, f"images not ready: {exc}")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries (and the images, for the real node) if a *selected* test needs
+    them: after `-m`/`-k` deselection, so a run without cluster tests builds nothing."""
+    config = session.config
+    if config.option.collectonly:
+        return
+    used = {f for item in session.items for f in FIXTURES if f in getattr(item, "fixturenames", ())}
+    if not used:
+        return
+    binaries.ensure_binaries(log=lambda line: _echo(config, line))
+    if "real_cluster" not in used and default_node_kind() != "real":
+        return
+    # Pods on the real node are containers of our images: build (cached by recipe and
+    # layers) and load them now, as `make images` does, so no test waits on it. A failure
+    # fails the real-node tests (their fixture raises it), not the session.
+    try:
+        imagebuild.build_all(
+            "cpu", load=True, refresh_base=False, log=lambda line: _echo(config, line)
+        )
+    except imagebuild.ImageBuildError as exc:
+        config.stash[IMAGE_ERROR] = str(exc)
+        _echo(config, f"images not ready: {exc}")
 
 
 def _real_node_scope(fixture_name: str, config: pytest.Config) -> Literal["session", "module"]:

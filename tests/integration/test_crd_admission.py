@@ -128,6 +128,8 @@ def test_minimal_voice_gets_every_default(crds: LocalCluster, cluster_namespace:
             "drainGraceSeconds": 30,
             "maxInputChars": 4096,
             "defaultPriority": "standard",
+            "priorityWaitTargetMs": 0,
+            "priorityReservedWorkers": 0,
         },
         "autoscaling": {
             "minReplicas": 1,
