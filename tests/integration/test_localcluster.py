@@ -707,6 +707,15 @@ def test_kubectl_logs_reads_the_container_output(
         "run", "talker", "-n", ns, "--image=python", "--restart=Never", "--command",
         "--", "python", "-c", script,
     )  # fmt: skip
+    # `logs -f` on a pod whose container has not started yet returns at once with nothing
+    # (it failed so once on a loaded machine): follow once the container runs (or ran).
+    wait_for(
+        lambda: (
+            local_cluster.get_json("pod", "talker", "-n", ns)["status"]["phase"]
+            in ("Running", "Succeeded")
+        ),
+        what="talker to start",
+    )
     followed = local_cluster.kubectl_run("logs", "-f", "talker", "-n", ns, timeout=60)
     assert followed.stdout.splitlines()[-1] == "line 19"  # -f ends when the container does
     wait_for(
