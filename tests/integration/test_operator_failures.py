@@ -67,7 +67,13 @@ CASES = {
             "no-image",
             {"image": "ghcr.io/nobody/no-such-server:1"},
             "ImagePullBackOff",
-            ('failed to pull image "ghcr.io/nobody/no-such-server:1"',),
+            # The operator's framing, then the runtime's own words quoting the image
+            # (containerd: 'failed to pull and unpack image "…"'; the process kubelet's
+            # imitation: 'failed to pull image "…"').
+            (
+                "cannot pull image 'ghcr.io/nobody/no-such-server:1'",
+                'image "ghcr.io/nobody/no-such-server:1"',
+            ),
             [{"op": "remove", "path": "/spec/image"}],
             within=30,
         ),
