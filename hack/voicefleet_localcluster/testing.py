@@ -186,6 +186,26 @@ class LocalCluster:
             args += ["--server-side"]
         return self.kubectl_run(*args, input=text)
 
+    def install_crds(self) -> None:
+        """Apply the repository's CRDs (server-side) and wait until TTSVoice is established.
+
+        A CRD just applied may have no conditions yet, which `kubectl wait` takes for an
+        error, so the wait is retried.
+        """
+        crds = Path(__file__).resolve().parents[2] / "crds"
+        self.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+        established = (
+            "wait",
+            "--for=condition=Established",
+            "--timeout=5s",
+            "crd/ttsvoices.voicefleet.io",
+        )
+        wait_for(
+            lambda: self.kubectl_run(*established, check=False).returncode == 0,
+            timeout=60,
+            what="the TTSVoice CRD established",
+        )
+
     def create_namespace(self, prefix: str = "test", *, labels: Mapping[str, str] = {}) -> str:
         """Create a uniquely named namespace and wait until pods can be created in it.
 

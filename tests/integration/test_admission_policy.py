@@ -64,19 +64,7 @@ def chart_objects(cluster: LocalCluster, namespace: str) -> str:
 @pytest.fixture(scope="module")
 def setup(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     cluster = local_cluster
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    established = (
-        "wait",
-        "--for=condition=Established",
-        "--timeout=5s",
-        "crd/ttsvoices.voicefleet.io",
-    )
-    # a CRD just applied may have no conditions yet, which `kubectl wait` takes for an error
-    wait_for(
-        lambda: cluster.kubectl_run(*established, check=False).returncode == 0,
-        timeout=60,
-        what="the TTSVoice CRD established",
-    )
+    cluster.install_crds()
     release_ns = cluster.create_namespace("vap-release")
     voice_ns = cluster.create_namespace("vap-voices")
     rendered = chart_objects(cluster, release_ns)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from operatorprocs import OPERATOR, Operator, free_port, scalable_voice
@@ -23,7 +22,6 @@ from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_f
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[2]
 RELEASE = "nsop"
 SA_NAME = f"{RELEASE}-voicefleet-operator"
 TEMPLATES = (
@@ -47,18 +45,7 @@ def namespaced(
     local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Namespaced]:
     cluster = local_cluster
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    established = (
-        "wait",
-        "--for=condition=Established",
-        "--timeout=5s",
-        "crd/ttsvoices.voicefleet.io",
-    )
-    wait_for(
-        lambda: cluster.kubectl_run(*established, check=False).returncode == 0,
-        timeout=60,
-        what="the TTSVoice CRD established",
-    )
+    cluster.install_crds()
     release_ns = cluster.create_namespace("nsop-release")
     watched = cluster.create_namespace("nsop-voices")
     unwatched = cluster.create_namespace("nsop-elsewhere")

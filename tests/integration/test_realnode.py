@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from operatorprocs import OPERATOR, REPO, Operator, free_port, voice_manifest
+from operatorprocs import OPERATOR, Operator, free_port, voice_manifest
 
 from voicefleet_localcluster import node, nodeimages
 from voicefleet_localcluster.testing import LocalCluster, wait_for
@@ -235,13 +235,7 @@ def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_roll
     as a client without keep-alive does (a kept-alive connection stays pinned to its pod
     by conntrack, which is the client's retry problem, not the pod's)."""
     ns = real_namespace
-    crds = REPO / "crds"
-    real_cluster.kubectl_run(
-        "apply", "-f", str(crds / "ttsvoices.yaml"), "-f", str(crds / "kopf-peering.yaml")
-    )
-    real_cluster.kubectl_run(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/ttsvoices.voicefleet.io"
-    )
+    real_cluster.install_crds()
     health, metrics = free_port(), free_port()
     operator = Operator(
         argv=[

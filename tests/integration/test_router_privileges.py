@@ -22,7 +22,7 @@ from routerprocs import running_router
 
 from voicefleet_api.labels import object_labels
 from voicefleet_inference.router.settings import RouterSettings
-from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
+from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -37,19 +37,7 @@ def router_identity(
 ) -> Iterator[tuple[str, str, Path]]:
     """(release namespace, voice namespace, the router's kubeconfig)."""
     cluster = local_cluster
-    cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    established = (
-        "wait",
-        "--for=condition=Established",
-        "--timeout=5s",
-        "crd/ttsvoices.voicefleet.io",
-    )
-    # a CRD just applied may have no conditions yet, which `kubectl wait` takes for an error
-    wait_for(
-        lambda: cluster.kubectl_run(*established, check=False).returncode == 0,
-        timeout=60,
-        what="the TTSVoice CRD established",
-    )
+    cluster.install_crds()
     release_ns = cluster.create_namespace("rtpriv-release")
     voice_ns = cluster.create_namespace("rtpriv-voices")
     args = ["template", RELEASE, str(OPERATOR_CHART), "--namespace", release_ns]
