@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -52,6 +53,7 @@ __all__ = [
     "TERMINATION_MARGIN_SECONDS",
     "BuildOptions",
     "build_deployment",
+    "build_network_policy",
     "build_pdb",
     "build_service",
     "server_env",
@@ -118,6 +120,10 @@ class BuildOptions:
     (onnxruntime import and a cold model cache on a busy node can take minutes)."""
     readiness_period_seconds: int = 2
     liveness_period_seconds: int = 10
+    network_policy_from: tuple[Mapping[str, Any], ...] | None = None
+    """The peers (NetworkPolicyPeer objects) a voice's pods accept connections from, as
+    the chart computes them (its routers, its operator, ``networkPolicy.voiceIngressFrom``);
+    ``None``: the operator writes no NetworkPolicy."""
 
 
 def service_endpoint(voice: Voice) -> str:
@@ -488,5 +494,35 @@ def build_pdb(voice: Voice) -> dict[str, Any] | None:
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector_labels(voice.name)},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def build_network_policy(voice: Voice, options: BuildOptions) -> dict[str, Any] | None:
+    """The voice's NetworkPolicy (``networking.k8s.io/v1``): only the given peers reach it.
+
+    Selects exactly the voice's pods (its selector label) and allows ingress on the server
+    port from ``options.network_policy_from`` only, so a pod elsewhere in the cluster cannot
+    bypass the router's authentication, admission and fairness by calling a pod or the
+    voice's Service. Egress is left alone (``policyTypes: [Ingress]``): a pod downloads
+    its model. Traffic from the pod's own node (kubelet probes) is allowed by every
+    enforcing implementation. ``None`` when policies are off; the chart writes the
+    peers once (docs/operations.md "Security").
+    """
+    if options.network_policy_from is None:
+        return None
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(voice),
+        "spec": {
+            "ingress": [
+                {
+                    "from": [copy.deepcopy(dict(peer)) for peer in options.network_policy_from],
+                    "ports": [{"port": SERVER_PORT, "protocol": "TCP"}],
+                }
+            ],
+            "podSelector": {"matchLabels": selector_labels(voice.name)},
+            "policyTypes": ["Ingress"],
         },
     }

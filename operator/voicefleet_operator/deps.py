@@ -66,6 +66,7 @@ class Deps:
                 default_image=config.default_image,
                 default_gpu_image=config.gpu_image,
                 model_cache_dir=config.model_cache_dir,
+                network_policy_from=config.network_policy_peers,
             ),
             identity=identity,
             autoscaler=build_autoscaler(config, kube, identity),

@@ -35,7 +35,12 @@ from typing import Any
 import kopf
 
 from voicefleet_api.labels import VOICE_LABEL
-from voicefleet_operator.builders import build_deployment, build_pdb, build_service
+from voicefleet_operator.builders import (
+    build_deployment,
+    build_network_policy,
+    build_pdb,
+    build_service,
+)
 from voicefleet_operator.conditions import (
     Problem,
     derive_status,
@@ -183,17 +188,19 @@ def _refusal(kind: str, error: KubeError) -> Refusal | None:
 def apply_owned(
     deps: Deps, body: Mapping[str, Any], voice: Voice
 ) -> tuple[dict[str, Any] | None, list[Refusal]]:
-    """Server-side apply the Service, the PDB (or delete it), then the Deployment.
+    """Server-side apply the NetworkPolicy (when policies are on), the Service, the PDB (or
+    delete it), then the Deployment: the policy first, so no pod serves unprotected.
 
     Each object is applied even when an earlier one was refused (a full Service range
     must not keep the pods from running). Returns the Deployment as stored (None when
     it was refused) and the refusals, which are remembered for this generation, so
     status refreshes keep reporting them; a fully applied generation clears them.
     """
+    policy = build_network_policy(voice, deps.options)
     service = build_service(voice)
     pdb = build_pdb(voice)
     deployment = build_deployment(voice, deps.options)
-    owned = [obj for obj in (service, pdb, deployment) if obj is not None]
+    owned = [obj for obj in (policy, service, pdb, deployment) if obj is not None]
     kopf.adopt(owned, owner=kopf_body(body))
     refusals: list[Refusal] = []
 
@@ -207,6 +214,8 @@ def apply_owned(
             refusals.append(refused)
             return None
 
+    if policy is not None:
+        one(policy)
     one(service)
     if pdb is not None:
         one(pdb)

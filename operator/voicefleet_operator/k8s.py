@@ -158,12 +158,13 @@ class Kube:
         self._apps = k8s_client.AppsV1Api(self.api)
         self._core = k8s_client.CoreV1Api(self.api)
         self._policy = k8s_client.PolicyV1Api(self.api)
+        self._networking = k8s_client.NetworkingV1Api(self.api)
         self._custom = k8s_client.CustomObjectsApi(self.api)
 
     # --- owned objects: server-side apply ---------------------------------
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply one Deployment, Service or PodDisruptionBudget.
+        """Server-side apply one Deployment, Service, PodDisruptionBudget or NetworkPolicy.
 
         Apply (not create/replace) makes a re-run a no-op: the API server merges
         our fields under the manager "voicefleet-operator" and bumps nothing when
@@ -178,6 +179,7 @@ class Kube:
             "Deployment": self._apps.patch_namespaced_deployment,
             "Service": self._core.patch_namespaced_service,
             "PodDisruptionBudget": self._policy.patch_namespaced_pod_disruption_budget,
+            "NetworkPolicy": self._networking.patch_namespaced_network_policy,
         }
         if kind not in methods:
             raise ValueError(f"k8s.apply does not handle kind {kind!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import random
 import re
 from collections.abc import Sequence
@@ -166,6 +167,11 @@ class OperatorConfig(BaseSettings):
         default=DEFAULT_ROUTER_METRICS_PORT, json_schema_extra=flag(metavar="PORT")
     )
     """Port of the router pods' /metrics."""
+    network_policy_from: str | None = Field(default=None, json_schema_extra=flag(metavar="JSON"))
+    """Write a NetworkPolicy next to each voice's Deployment: its pods accept connections
+    (on the server port) only from these peers, a JSON list of NetworkPolicyPeer objects
+    (the chart passes its router, its operator and networkPolicy.voiceIngressFrom). Unset:
+    no policy is written."""
 
     @field_validator("namespaces", mode="after")
     @classmethod
@@ -256,6 +262,18 @@ class OperatorConfig(BaseSettings):
             raise _usage(f"--router-metrics-port must be 1..65535, got {value}")
         return value
 
+    @field_validator("network_policy_from", mode="after")
+    @classmethod
+    def _network_policy_from(cls, value: str | None) -> str | None:
+        if value is not None:
+            _peers(value)
+        return value
+
+    @property
+    def network_policy_peers(self) -> tuple[dict[str, Any], ...] | None:
+        """``--network-policy-from`` parsed (checked at startup), or None: no policies."""
+        return None if self.network_policy_from is None else _peers(self.network_policy_from)
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> OperatorConfig:
         if self.health_port is not None and self.health_port == self.metrics_port:
@@ -290,6 +308,30 @@ class OperatorConfig(BaseSettings):
     @property
     def peering_name(self) -> str:
         return self.peering or DEFAULT_PEERING
+
+
+_PEER_KEYS: Final = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
+
+
+def _peers(text: str) -> tuple[dict[str, Any], ...]:
+    """The NetworkPolicyPeer list of ``--network-policy-from``, shape-checked.
+
+    An empty list is refused: a policy with no peers isolates the pods from the router
+    too, which is never what turning policies on means.
+    """
+    try:
+        peers = json.loads(text)
+    except ValueError as exc:
+        raise _usage(f"--network-policy-from is not JSON: {exc}") from None
+    if not isinstance(peers, list) or not peers:
+        raise _usage("--network-policy-from must be a non-empty JSON list of NetworkPolicyPeer")
+    for peer in peers:
+        if not isinstance(peer, dict) or not peer or not set(peer) <= _PEER_KEYS:
+            raise _usage(
+                f"--network-policy-from: {json.dumps(peer)[:200]} is not a NetworkPolicyPeer "
+                f"(an object of {', '.join(sorted(_PEER_KEYS))})"
+            )
+    return tuple(peers)
 
 
 def _watched(namespace: str, config: OperatorConfig) -> bool:

@@ -6,6 +6,7 @@ test_chart_install.py). The binary is the pinned Helm built by the local cluster
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from voicefleet_localcluster import binaries
+from voicefleet_operator.settings import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "voicefleet"
@@ -31,12 +33,16 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def render(helm: Path, *sets: str, show_only: str | None = None) -> list[dict[str, Any]]:
+def render(
+    helm: Path, *sets: str, show_only: str | None = None, set_json: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     # No --kube-version: the pinned Helm is stamped with the Kubernetes version it
     # links (binaries.helm_kube_version), as Helm's own release build does.
     args = ["template", "vf", str(CHART), "--namespace", "voicefleet-system"]
     for item in sets:
         args += ["--set", item]
+    for item in set_json:
+        args += ["--set-json", item]
     if show_only:
         args += ["--show-only", show_only]
     proc = run_helm(helm, *args)
@@ -103,6 +109,7 @@ def test_defaults_render_every_component(helm: Path) -> None:
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "Secret",
         "Service",
@@ -219,6 +226,13 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
     operator = rules(docs, "operator")
     assert operator[("", "pods")] == {"get", "list", "watch", "patch"}
     assert operator[("voicefleet.io", "ttsvoices")] == {"get", "list", "watch", "patch"}
+    # the per-voice NetworkPolicy is applied like the Service, never watched
+    assert operator[("networking.k8s.io", "networkpolicies")] == {
+        "get",
+        "create",
+        "patch",
+        "delete",
+    }
     everything = set().union(*operator.values())
     assert "*" not in everything
     assert "escalate" not in everything
@@ -282,6 +296,7 @@ def test_admission_policy_binds_to_the_operators_service_account(helm: Path) -> 
         "deployments": {"CREATE", "UPDATE", "DELETE"},
         "services": {"CREATE", "UPDATE", "DELETE"},
         "poddisruptionbudgets": {"CREATE", "UPDATE", "DELETE"},
+        "networkpolicies": {"CREATE", "UPDATE", "DELETE"},
         "pods": {"UPDATE"},
     }
     hostpath = next(v for v in policy["spec"]["validations"] if "hostPath" in v["expression"])
@@ -371,3 +386,122 @@ def test_the_operator_trusts_routers_in_the_release_namespace_with_the_token(hel
         "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
         for e in container_of(open_docs, "operator")["env"]
     )
+
+
+# -- NetworkPolicies: only the router (and the operator) reach the voice pods ---------------
+
+RELEASE_NS = {"matchLabels": {"kubernetes.io/metadata.name": "voicefleet-system"}}
+ROUTER_PEER = {
+    "namespaceSelector": RELEASE_NS,
+    "podSelector": {
+        "matchLabels": {
+            "app.kubernetes.io/instance": "vf",
+            "app.kubernetes.io/name": "voicefleet-router",
+        }
+    },
+}
+OPERATOR_PEER = {
+    "namespaceSelector": RELEASE_NS,
+    "podSelector": {
+        "matchLabels": {
+            "app.kubernetes.io/instance": "vf",
+            "app.kubernetes.io/name": "voicefleet-operator",
+        }
+    },
+}
+
+
+def voice_peers(docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The peers the operator writes into each voice's NetworkPolicy (None: no flag)."""
+    flags = [a for a in operator_args(docs) if a.startswith("--network-policy-from=")]
+    if not flags:
+        return None
+    (flag,) = flags
+    peers: list[dict[str, Any]] = json.loads(flag.split("=", 1)[1])
+    return peers
+
+
+def pod_labels(docs: Sequence[dict[str, Any]], suffix: str) -> dict[str, str]:
+    dep = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith(suffix))
+    labels: dict[str, str] = dep["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_voice_pods_accept_only_this_releases_router_and_operator(helm: Path) -> None:
+    docs = render(helm)
+    assert voice_peers(docs) == [ROUTER_PEER, OPERATOR_PEER]
+    # the selectors match the pods the chart runs (their template labels) ...
+    for peer, suffix in ((ROUTER_PEER, "router"), (OPERATOR_PEER, "operator")):
+        labels = pod_labels(docs, suffix)
+        assert peer["podSelector"]["matchLabels"].items() <= labels.items()
+    # ... and what the operator's flag parser accepts
+    flag = next(a for a in operator_args(docs) if a.startswith("--network-policy-from="))
+    config = parse_args(["-A", flag])
+    assert config.network_policy_peers == (ROUTER_PEER, OPERATOR_PEER)
+
+
+def test_voice_ingress_allow_list_is_added_and_the_router_left_out_when_disabled(
+    helm: Path,
+) -> None:
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    docs = render(
+        helm,
+        "router.enabled=false",
+        set_json=[f"networkPolicy.voiceIngressFrom={json.dumps([prometheus])}"],
+    )
+    assert voice_peers(docs) == [OPERATOR_PEER, prometheus]
+    assert not by_kind(docs, "NetworkPolicy")  # no router, no router policy
+
+
+def test_network_policies_off(helm: Path) -> None:
+    docs = render(helm, "networkPolicy.enabled=false")
+    assert voice_peers(docs) is None
+    assert not by_kind(docs, "NetworkPolicy")
+
+
+def test_router_policy_admits_the_cluster_by_default_and_anyone_with_an_empty_list(
+    helm: Path,
+) -> None:
+    (policy,) = by_kind(render(helm), "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == "voicefleet-system"
+    assert policy["spec"]["podSelector"]["matchLabels"] == ROUTER_PEER["podSelector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # every pod of every namespace, on the router's port only
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"namespaceSelector": {}}], "ports": [{"port": 8080, "protocol": "TCP"}]}
+    ]
+    (anyone,) = by_kind(
+        render(helm, "router.port=9000", set_json=["networkPolicy.routerIngressFrom=[]"]),
+        "NetworkPolicy",
+    )
+    assert anyone["spec"]["ingress"] == [{"ports": [{"port": 9000, "protocol": "TCP"}]}]
+
+
+def test_namespaced_mode_passes_the_same_peers(helm: Path) -> None:
+    """In both scopes the operator writes the voices' policies: one mechanism, and it
+    follows each voice into whatever namespace it lives in (globs included)."""
+    docs = render(helm, "rbac.scope=namespaces", "rbac.watchNamespaces={team-a}")
+    assert voice_peers(docs) == [ROUTER_PEER, OPERATOR_PEER]
+    operator = next(
+        d
+        for d in by_kind(docs, "Role")
+        if d["metadata"]["name"] == "vf-voicefleet-operator"
+        and d["metadata"]["namespace"] == "team-a"
+    )
+    assert any("networkpolicies" in r["resources"] for r in operator["rules"])
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ('[{"podSelektor": {}}]', "/networkPolicy/voiceIngressFrom/0"),
+        ("[{}]", "/networkPolicy/voiceIngressFrom/0"),
+        ('[{"ipBlock": {}}]', "/networkPolicy/voiceIngressFrom/0/ipBlock"),
+    ],
+)
+def test_schema_refuses_a_malformed_peer(helm: Path, value: str, complaint: str) -> None:
+    proc = run_helm(
+        helm, "template", "vf", str(CHART), "--set-json", f"networkPolicy.voiceIngressFrom={value}"
+    )
+    assert proc.returncode != 0
+    assert complaint in proc.stderr, proc.stderr

@@ -5,7 +5,8 @@ The chart's ServiceAccount, RBAC and policy are rendered by ``helm template --sh
 policy binds to this module's ServiceAccount only. Requests are made with a bound token of
 that ServiceAccount: the RBAC allows each of them (cluster scope), so a refusal can come
 only from the policy, and its message is checked. What passes is the operator's own work:
-the builders' Deployment, Service and PDB of a real TTSVoice, adopted as kopf adopts them.
+the builders' Deployment, Service, PDB and NetworkPolicy of a real TTSVoice, adopted as kopf
+adopts them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import pytest
 import yaml
 
 from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
-from voicefleet_operator.builders import BuildOptions, build_deployment, build_pdb, build_service
+from voicefleet_operator.builders import (
+    BuildOptions,
+    build_deployment,
+    build_network_policy,
+    build_pdb,
+    build_service,
+)
 from voicefleet_operator.spec import parse_voice
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -36,6 +43,14 @@ TEMPLATES = (
     "templates/operator/rbac.yaml",
     "templates/operator/admission-policy.yaml",
 )
+PEERS = (
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vap-release"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "voicefleet-router"}},
+    },
+)
+"""What the chart passes as --network-policy-from (the peers' content is not the policy's
+business; which pods the NetworkPolicy selects is)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,9 @@ def voice_objects(setup: Setup, options: BuildOptions) -> list[dict[str, Any]]:
     pdb = build_pdb(voice)
     assert pdb is not None
     built = [build_service(voice), pdb, build_deployment(voice, options)]
+    policy = build_network_policy(voice, options)
+    if policy is not None:
+        built.append(policy)
     return [adopted(obj, setup.voice) for obj in built]
 
 
@@ -168,7 +186,10 @@ def test_a_kube_system_deployment_is_refused_for_the_operator_only(setup: Setup)
 
 def test_the_operators_own_objects_pass(setup: Setup) -> None:
     """The builders' objects for a real TTSVoice (the hostPath model cache included)."""
-    objects = voice_objects(setup, BuildOptions(model_cache_dir=CACHE_DIR))
+    objects = voice_objects(
+        setup, BuildOptions(model_cache_dir=CACHE_DIR, network_policy_from=PEERS)
+    )
+    assert [obj["kind"] for obj in objects][-1] == "NetworkPolicy"
     refused_until_in_force(setup, plain_deployment(setup.voice_ns, "in-force"))
     for obj in objects:
         code, out = apply_as_operator(setup, obj)
@@ -255,6 +276,22 @@ def test_labels_and_owner_are_both_required(setup: Setup) -> None:
     exposed["spec"]["type"] = "NodePort"
     message = refused_until_in_force(setup, exposed)
     assert "only ClusterIP Services without externalIPs" in message, message
+
+
+def test_a_network_policy_selects_only_its_own_voices_pods(setup: Setup) -> None:
+    """A policy that selected other pods (or every pod) could open them to anyone: a
+    stolen operator token may write only the voice's own, selecting exactly its pods."""
+    policy = voice_objects(setup, BuildOptions(network_policy_from=PEERS))[3]
+    for selector in ({}, {"matchLabels": {"app": "database"}},
+                     {"matchLabels": {"voicefleet.io/voice": "another-voice"}}):  # fmt: skip
+        wider = copy.deepcopy(policy)
+        wider["spec"]["podSelector"] = selector
+        message = refused_until_in_force(setup, wider)
+        assert "NetworkPolicies that select exactly the pods of their own voice" in message
+        assert f"networkpolicies {setup.voice_ns}/en-us-joe" in message, message
+    unowned = copy.deepcopy(policy)
+    del unowned["metadata"]["ownerReferences"]
+    assert "owned by a TTSVoice" in refused_until_in_force(setup, unowned)
 
 
 def test_the_operator_may_not_take_over_an_existing_object(setup: Setup) -> None:

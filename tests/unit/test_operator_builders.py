@@ -20,6 +20,7 @@ from voicefleet_operator.builders import (
     GPU_TOLERATION,
     BuildOptions,
     build_deployment,
+    build_network_policy,
     build_pdb,
     build_service,
     server_env,
@@ -598,6 +599,46 @@ def test_pdb_only_when_more_than_one_replica_may_run(max_replicas: int, wanted: 
 def test_default_voice_gets_a_pdb() -> None:
     """maxReplicas defaults to 3, so a plain voice may run several pods."""
     assert build_pdb(voice()) is not None
+
+
+ROUTER_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "voicefleet-system"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "voicefleet-router"}},
+}
+
+
+def test_no_network_policy_unless_the_operator_is_given_peers() -> None:
+    assert build_network_policy(voice(), OPTS) is None
+
+
+def test_network_policy_admits_only_the_given_peers_to_the_server_port() -> None:
+    options = BuildOptions(network_policy_from=(ROUTER_PEER, {"ipBlock": {"cidr": "10.0.0.0/8"}}))
+    v = voice(podLabels={"team": "x"})
+    policy = build_network_policy(v, options)
+    assert policy is not None
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert policy["metadata"] == {"labels": LABELS, "name": "joe", "namespace": "voices"}
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": {"voicefleet.io/voice": "joe"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [ROUTER_PEER, {"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                "ports": [{"port": 8080, "protocol": "TCP"}],
+            }
+        ],
+    }
+    # It selects exactly the Deployment's pods, on the port they serve on.
+    template = build_deployment(v, options)["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert all(
+        labels.get(k) == val for k, val in policy["spec"]["podSelector"]["matchLabels"].items()
+    )
+    assert template["spec"]["containers"][0]["ports"][0]["containerPort"] == 8080
+    # A copy: mutating the result never reaches the options shared by every voice.
+    policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["x"] = "y"
+    assert "x" not in ROUTER_PEER["podSelector"]["matchLabels"]
+    assert build_network_policy(v, options) == build_network_policy(v, options)
 
 
 def test_service_endpoint() -> None:

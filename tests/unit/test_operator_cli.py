@@ -6,6 +6,7 @@ the flags or the kubeconfig are wrong.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,16 @@ def test_every_flag_lands_in_the_config() -> None:
     assert config.verbose
 
 
+def test_network_policy_peers_from_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_args(["-A"]).network_policy_peers is None
+    peers = [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"a": "b"}}}]
+    assert parse_args(
+        ["-A", f"--network-policy-from={json.dumps(peers)}"]
+    ).network_policy_peers == (peers[0],)
+    monkeypatch.setenv("VOICEFLEET_OPERATOR_NETWORK_POLICY_FROM", json.dumps(peers))
+    assert parse_args(["-A"]).network_policy_peers == (peers[0],)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -83,6 +94,10 @@ def test_every_flag_lands_in_the_config() -> None:
         (["-A", "--health-port=abc"], "invalid int value"),
         (["-A", "--default-image= "], "--default-image must not be empty"),
         (["-A", "--bogus"], "unrecognized arguments: --bogus"),
+        (["-A", "--network-policy-from=[{"], "--network-policy-from is not JSON"),
+        (["-A", "--network-policy-from=[]"], "must be a non-empty JSON list"),
+        (["-A", '--network-policy-from=[{"podSelektor": {}}]'], "is not a NetworkPolicyPeer"),
+        (["-A", "--network-policy-from=[1]"], "is not a NetworkPolicyPeer"),
     ],
 )
 def test_bad_flags_say_what_to_fix(argv: list[str], message: str) -> None:

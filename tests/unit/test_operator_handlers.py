@@ -6,6 +6,7 @@ against a real kube-apiserver in tests/integration/test_operator*.py.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -145,6 +146,26 @@ def test_a_new_voice_costs_three_applies_and_one_status_write(
     # The Deployment's watch event (the index now holds it) derives the same status: no write.
     handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
     assert kube.count("patch-status") == 1
+
+
+def test_with_network_policies_on_the_policy_is_applied_before_anything_serves(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    """The chart's --network-policy-from: one more apply per reconcile, and it comes first,
+    so no voice pod ever runs without the policy that keeps other pods off it."""
+    peers = ({"podSelector": {"matchLabels": {"app": "router"}}},)
+    deps = dataclasses.replace(deps, options=BuildOptions(network_policy_from=peers))
+    body = cluster.add(_voice())
+    handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    assert [call for call in kube.calls if call[0] == "apply"] == [
+        ("apply", "NetworkPolicy", "joe"),
+        ("apply", "Service", "joe"),
+        ("apply", "PodDisruptionBudget", "joe"),
+        ("apply", "Deployment", "joe"),
+    ]
+    policy = kube.objects[("NetworkPolicy", NS, "joe")]
+    assert policy["spec"]["ingress"][0]["from"] == [dict(p) for p in peers]
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "TTSVoice"
 
 
 def test_replicas_written_on_the_deployment_are_restored_to_the_voices(

@@ -121,3 +121,22 @@ plus the release namespace when the autoscaler looks for this release's routers 
 {{- define "voicefleet.router.metricsAuth" -}}
 {{- if and .Values.router.enabled .Values.router.metricsAuth.enabled }}true{{ end }}
 {{- end }}
+
+{{/*
+The peers voice pods accept connections from (a JSON list of NetworkPolicyPeer), the one
+place they are written: this release's router and operator pods, selected by their labels
+in the release namespace only (a pod elsewhere copying the labels is never a peer), then
+networkPolicy.voiceIngressFrom. The operator gets it as --network-policy-from and writes
+it into each voice's NetworkPolicy (operator/voicefleet_operator/builders.py).
+*/}}
+{{- define "voicefleet.voicePeers" -}}
+{{- $ns := dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace) }}
+{{- $peers := list }}
+{{- if .Values.router.enabled }}
+{{- $router := dict "matchLabels" (include "voicefleet.selectorLabels" (list . "router") | fromYaml) }}
+{{- $peers = append $peers (dict "namespaceSelector" $ns "podSelector" $router) }}
+{{- end }}
+{{- $operator := dict "matchLabels" (include "voicefleet.selectorLabels" (list . "operator") | fromYaml) }}
+{{- $peers = append $peers (dict "namespaceSelector" $ns "podSelector" $operator) }}
+{{- toJson (concat $peers .Values.networkPolicy.voiceIngressFrom) }}
+{{- end }}
