@@ -19,11 +19,9 @@ Flow of one request::
   from the queued work-seconds. The engine's cost model estimates each request's
   engine-seconds there; the sum over waiting and running requests is
   ``voicefleet_queue_work_seconds``.
-* Priority (``critical``, ``standard``, ``sheddable``): the queue is kept in priority
-  order, FIFO within a class, so a free worker takes the most important work first.
-  The pure ``batching.admit`` decides admission: past the wait target sheddable work
-  is refused first, then standard; critical work is refused only by a full queue with
-  nothing less important in it to push out (the pushed-out request gets the 429).
+* Priority (``critical``, ``standard``, ``sheddable``): the queue is a
+  :class:`~voicefleet_inference.admission.PriorityQueue`, kept in priority order, FIFO
+  within a class; that module decides who gets in and whom a newcomer pushes out.
 * Batching is decided by the pure ``batching.plan_batch``: take up to
   ``max_batch_size`` requests, waiting at most ``batch_window_s`` after the oldest one
   arrived.
@@ -50,15 +48,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from voicefleet_api.priority import DEFAULT_PRIORITY, PRIORITIES, rank
-from voicefleet_inference.batching import (
-    Queued,
-    Waiting,
-    admit,
-    holds_sheddable,
-    plan_batch,
-    retry_after_seconds,
-)
+from voicefleet_api.priority import DEFAULT_PRIORITY, rank
+from voicefleet_inference.admission import PriorityQueue
+from voicefleet_inference.batching import Waiting, holds_sheddable, plan_batch
 from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import (
     AudioChunk,
@@ -72,22 +64,15 @@ from voicefleet_inference.errors import (
     Draining,
     InvalidRequest,
     NotReady,
-    QueueFull,
     RequestTimeout,
     ServiceError,
     ShuttingDown,
     SynthesisFailed,
 )
 from voicefleet_inference.metrics import (
-    OUTCOME_ACCEPTED,
-    OUTCOME_EVICTED,
-    OUTCOME_REFUSED,
     REJECT_CLIENT_GONE,
     REJECT_DRAINING,
-    REJECT_EVICTED,
     REJECT_NOT_READY,
-    REJECT_QUEUE_FULL,
-    REJECT_SHED,
     REJECT_SHUTDOWN,
     REJECT_TIMEOUT,
     Metrics,
@@ -290,7 +275,7 @@ class _Worker:
 
 
 class Scheduler:
-    """Admission, bounded FIFO queue, ``workers`` engine threads, dynamic batching, drain.
+    """Admission, bounded priority queue, ``workers`` engine threads, dynamic batching, drain.
 
     Lifecycle: ``start()`` spawns the workers (each creates and loads its engine);
     :meth:`is_ready` turns true when all are loaded; ``submit()`` from the event loop;
@@ -305,7 +290,9 @@ class Scheduler:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._queue: list[_Job] = []
+        self._queue: PriorityQueue[_Job] = PriorityQueue(
+            metrics, config.workers, config.max_queue, config.wait_target_s
+        )
         self._workers = [_Worker(i) for i in range(config.workers)]
         self._info: EngineInfo | None = None
         self._cost: CostModel | None = None
@@ -336,7 +323,7 @@ class Scheduler:
         """Tell workers to exit once their current batch is done; fail anything queued."""
         with self._wakeup:
             self._stopping = True
-            leftover, self._queue = self._queue, []
+            leftover = self._queue.clear()
             self._wakeup.notify_all()
         for job in leftover:
             self._fail(job, ShuttingDown("server is shutting down"), REJECT_SHUTDOWN)
@@ -364,7 +351,7 @@ class Scheduler:
             await asyncio.sleep(poll_s)
         abandoned = 0
         with self._wakeup:
-            leftover, self._queue = self._queue, []
+            leftover = self._queue.clear()
             running = [job for w in self._workers for job in w.running if job.state != "done"]
         for job in leftover:
             abandoned += 1
@@ -431,7 +418,7 @@ class Scheduler:
     def work_seconds(self) -> float:
         """Estimated engine-seconds waiting plus still to do for running requests."""
         with self._lock:
-            queued = sum(j.cost_s for j in self._queue)
+            queued = self._queue.work_s()
             running = self._running_work_locked()
         return queued + running
 
@@ -481,55 +468,14 @@ class Scheduler:
             rank=job_rank,
         )
         handle._job = job
-        evicted: _Job | None = None
-        with self._wakeup:
-            verdict = admit(
-                [Queued(j.rank, j.cost_s) for j in self._queue],
-                job_rank,
-                self._running_work_locked(),
-                self.config.workers,
-                self.config.max_queue,
-                self.config.wait_target_s,
-            )
-            if not verdict.accept:
-                full = verdict.reason.startswith("queue is full")
-                self._metrics.rejected_total.labels(
-                    reason=REJECT_QUEUE_FULL if full else REJECT_SHED
-                ).inc()
-                self._metrics.priority_requests_total.labels(
-                    priority=priority, outcome=OUTCOME_REFUSED
-                ).inc()
-                queued_work = sum(j.cost_s for j in self._queue)
-                raise QueueFull(
-                    f"{priority} request refused: {verdict.reason}, about "
-                    f"{queued_work:.1f} engine-seconds queued; retry later",
-                    retry_after_s=retry_after_seconds(verdict.wait_s, 1),
-                    # A router can tell "full for everyone" from "full for this class".
-                    code=None if full else "priority_shed",
-                )
-            if verdict.evict is not None:
-                evicted = self._queue.pop(verdict.evict)
-                evicted.state = "done"
-                evicted.cancelled = True
-            self._queue.insert(verdict.position, job)
+        with self._wakeup:  # raises QueueFull, counted, when refused
+            admitted = self._queue.admit(job, self._running_work_locked())
+            if admitted.evicted is not None:
+                admitted.evicted.state = "done"
+                admitted.evicted.cancelled = True
             self._wakeup.notify()
-        self._metrics.priority_requests_total.labels(
-            priority=priority, outcome=OUTCOME_ACCEPTED
-        ).inc()
-        if evicted is not None:
-            evicted_priority = PRIORITIES[evicted.rank]
-            self._metrics.rejected_total.labels(reason=REJECT_EVICTED).inc()
-            self._metrics.priority_requests_total.labels(
-                priority=evicted_priority, outcome=OUTCOME_EVICTED
-            ).inc()
-            evicted.handle._post(
-                QueueFull(
-                    f"{evicted_priority} request pushed out of the full queue by "
-                    f"{priority} work; retry later",
-                    retry_after_s=retry_after_seconds(verdict.wait_s, 1),
-                    code="priority_evicted",
-                )
-            )
+        if admitted.evicted is not None and admitted.notice is not None:
+            admitted.evicted.handle._post(admitted.notice)
         return handle
 
     def _cancel(self, job: _Job, *, timed_out: bool) -> None:
@@ -540,8 +486,7 @@ class Scheduler:
                 return
             job.cancelled = True
             if job.state == "queued":
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(job)
+                self._queue.remove(job)
                 job.state = "done"
                 self._wakeup.notify_all()  # a worker waiting on the batch window re-plans
         self._metrics.rejected_total.labels(reason=reason).inc()
@@ -598,7 +543,7 @@ class Scheduler:
             )
             if others_alive or self._stopping:
                 return
-            leftover, self._queue = self._queue, []
+            leftover = self._queue.clear()
         for job in leftover:
             self._fail(job, NotReady("no engine worker is running"), REJECT_NOT_READY)
 
@@ -621,9 +566,7 @@ class Scheduler:
                 )
                 expired = [self._queue[i] for i in plan.expired]
                 taken = [self._queue[i] for i in plan.take]
-                gone = set(plan.take) | set(plan.expired) | set(plan.dropped)
-                if gone:
-                    self._queue = [j for i, j in enumerate(self._queue) if i not in gone]
+                self._queue.drop(set(plan.take) | set(plan.expired) | set(plan.dropped))
                 for job in expired:
                     job.state = "done"
                     job.handle._post(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from voicefleet_api.priority import PRIORITIES, rank
-from voicefleet_inference.batching import Queued, admit, insert_at
+from voicefleet_inference.admission import Queued, admit, insert_at
 from voicefleet_inference.errors import InvalidRequest
 from voicefleet_inference.server.validation import parse_priority
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scheduler_fakes import SENTENCE_SAMPLES, FakeBehaviour, FakeFactory
 
-from voicefleet_inference.batching import Waiting, plan_batch, retry_after_seconds
+from voicefleet_inference.admission import retry_after_seconds
+from voicefleet_inference.batching import Waiting, plan_batch
 from voicefleet_inference.engines.base import SynthesisRequest
 from voicefleet_inference.errors import (
     Draining,
