@@ -9,6 +9,7 @@ machine-readable name; ``retry_after_s`` is set where waiting and retrying can h
 
     ServiceError
     ├── InvalidRequest        a parameter is missing, mistyped or out of range
+    ├── Unauthorized          the pod requires a bearer token the request did not carry
     ├── PayloadTooLarge       the request is larger than any valid one could be
     ├── QueueFull             the bounded queue is full (retry_after_s set)
     ├── Unavailable           this replica cannot take requests now (retry_after_s set)
@@ -35,6 +36,7 @@ __all__ = [
     "ServiceError",
     "ShuttingDown",
     "SynthesisFailed",
+    "Unauthorized",
     "Unavailable",
 ]
 
@@ -63,6 +65,12 @@ class InvalidRequest(ServiceError):
     """A parameter is missing, mistyped, out of range or unsupported; ``param`` names it."""
 
     default_code = "invalid_value"
+
+
+class Unauthorized(ServiceError):
+    """No bearer token, or a wrong one, where the server requires one (``auth_token``)."""
+
+    default_code = "unauthorized"
 
 
 class PayloadTooLarge(ServiceError):

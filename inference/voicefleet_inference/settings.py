@@ -20,7 +20,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -174,6 +181,10 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(1024, ge=0, le=1_000_000)
     """HTTP requests in progress at most, beyond it 503 + Retry-After (probes, metrics
     and /load exempt; 0: no limit); the queue bounds synthesis on its own."""
+    auth_token: SecretStr | None = Field(None, json_schema_extra=flag(metavar="TOKEN"))
+    """Bearer token required on /v1/ and /tts (401 without it; probes, /metrics and /load
+    stay open): pod-side auth where NetworkPolicy is not enforced. The operator sets the
+    voice's own token through the environment; a flag would show in the process list."""
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Lower] = Field(
         "info", json_schema_extra=flag(metavar="LEVEL")
     )

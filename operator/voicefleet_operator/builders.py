@@ -19,10 +19,10 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from voicefleet_api import engines, termination
+from voicefleet_api import engines, podauth, termination
 from voicefleet_api import env as server_env_names
 from voicefleet_api.labels import (
     PROMETHEUS_ANNOTATIONS,
@@ -120,6 +120,9 @@ class BuildOptions:
     (onnxruntime import and a cold model cache on a busy node can take minutes)."""
     readiness_period_seconds: int = 2
     liveness_period_seconds: int = 10
+    pod_token_key: str | None = field(default=None, repr=False)
+    """The key each voice's pod token is derived from (:mod:`voicefleet_api.podauth`);
+    ``None``: the pods take requests without a token (the chart's ``voiceAuth``)."""
     network_policy_from: tuple[Mapping[str, Any], ...] | None = None
     """The peers (NetworkPolicyPeer objects) a voice's pods accept connections from, as
     the chart computes them (its routers, its operator, ``networkPolicy.voiceIngressFrom``);
@@ -188,11 +191,18 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
     return dict(sorted(env.items()))
 
 
-def _container_env(spec: VoiceSpec) -> list[dict[str, Any]]:
+def _container_env(voice: Voice, options: BuildOptions) -> list[dict[str, Any]]:
+    spec = voice.spec
     env: list[dict[str, Any]] = [
         {"name": server_env_names.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     ]
-    env.extend({"name": k, "value": v} for k, v in server_env(spec).items())
+    values = server_env(spec)
+    if options.pod_token_key is not None:
+        # The voice's own token, not the key: readable in the Deployment, it opens this
+        # voice only (voicefleet_api.podauth says why).
+        token = podauth.pod_token(options.pod_token_key, voice.namespace, voice.name)
+        values = dict(sorted({**values, server_env_names.AUTH_TOKEN: token}.items()))
+    env.extend({"name": k, "value": v} for k, v in values.items())
     taken = {item["name"] for item in env}
     # User variables come last and keep their order: a value may refer to an earlier one.
     env.extend(
@@ -344,7 +354,7 @@ def _container(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     startup_period = 2
     return {
         "command": list(options.command),
-        "env": _container_env(spec),
+        "env": _container_env(voice, options),
         "image": _image(spec, options),
         "imagePullPolicy": spec.image_pull_policy,
         "lifecycle": {"preStop": {"sleep": {"seconds": options.pre_stop_sleep_seconds}}},

@@ -67,6 +67,9 @@ class Deps:
                 default_gpu_image=config.gpu_image,
                 model_cache_dir=config.model_cache_dir,
                 network_policy_from=config.network_policy_peers,
+                pod_token_key=(
+                    config.pod_token_key.get_secret_value() if config.pod_token_key else None
+                ),
             ),
             identity=identity,
             autoscaler=build_autoscaler(config, kube, identity),

@@ -167,6 +167,10 @@ class OperatorConfig(BaseSettings):
         default=DEFAULT_ROUTER_METRICS_PORT, json_schema_extra=flag(metavar="PORT")
     )
     """Port of the router pods' /metrics."""
+    pod_token_key: SecretStr | None = Field(default=None, json_schema_extra=flag(metavar="KEY"))
+    """Key of the voice pods' bearer tokens (the chart sets it from its Secret through
+    VOICEFLEET_OPERATOR_POD_TOKEN_KEY): each voice's pods require their own token, derived
+    from it, on /v1/ and /tts; the router derives the same. Unset: pods require none."""
     network_policy_from: str | None = Field(default=None, json_schema_extra=flag(metavar="JSON"))
     """Write a NetworkPolicy next to each voice's Deployment: its pods accept connections
     (on the server port) only from these peers, a JSON list of NetworkPolicyPeer objects

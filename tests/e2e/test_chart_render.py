@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from voicefleet_inference.router.settings import RouterSettings
 from voicefleet_localcluster import binaries
 from voicefleet_operator.settings import parse_args
 
@@ -505,3 +506,36 @@ def test_schema_refuses_a_malformed_peer(helm: Path, value: str, complaint: str)
     )
     assert proc.returncode != 0
     assert complaint in proc.stderr, proc.stderr
+
+
+def env_names(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_voice_auth_gives_the_key_to_the_operator_and_router_only(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    off = render(helm)
+    assert not [s for s in by_kind(off, "Secret") if s["metadata"]["name"].endswith("voice-auth")]
+    assert "VOICEFLEET_OPERATOR_POD_TOKEN_KEY" not in env_names(container_of(off, "operator"))
+    docs = render(helm, "voiceAuth.enabled=true")
+    (secret,) = [
+        s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == "vf-voicefleet-voice-auth"
+    ]
+    assert secret["metadata"]["namespace"] == "voicefleet-system"
+    assert len(secret["data"]["key"]) >= 48
+    for suffix, variable in (
+        ("operator", "VOICEFLEET_OPERATOR_POD_TOKEN_KEY"),
+        ("router", "VOICEFLEET_ROUTER_POD_TOKEN_KEY"),
+    ):
+        ref = env_names(container_of(docs, suffix))[variable]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "vf-voicefleet-voice-auth", "key": "key"}
+    # both read it under the names their settings know
+    monkeypatch.setenv("VOICEFLEET_OPERATOR_POD_TOKEN_KEY", "k1")
+    monkeypatch.setenv("VOICEFLEET_ROUTER_POD_TOKEN_KEY", "k2")
+    operator_key = parse_args(["-A"]).pod_token_key
+    router_key = RouterSettings().pod_token_key
+    assert operator_key is not None
+    assert operator_key.get_secret_value() == "k1"
+    assert router_key is not None
+    assert router_key.get_secret_value() == "k2"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import voicefleet_api
+from voicefleet_api import podauth
 from voicefleet_api.labels import selector_labels
 from voicefleet_inference.settings import build_parser, load_settings
 from voicefleet_localcluster.podspec import resolve_env, resolve_port
@@ -639,6 +640,25 @@ def test_network_policy_admits_only_the_given_peers_to_the_server_port() -> None
     policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["x"] = "y"
     assert "x" not in ROUTER_PEER["podSelector"]["matchLabels"]
     assert build_network_policy(v, options) == build_network_policy(v, options)
+
+
+def test_pod_token_only_with_a_key_and_it_is_the_voices_own() -> None:
+    def env_of(options: BuildOptions) -> dict[str, str]:
+        spec = build_deployment(voice(), options)["spec"]["template"]["spec"]
+        pod = {"metadata": {"name": "joe-abc", "namespace": "voices"}, "spec": spec}
+        server = spec["containers"][0]
+        return resolve_env(server, pod, base_env={}, pod_ip="127.0.0.7", host_ip="127.0.0.1")
+
+    assert "VOICEFLEET_AUTH_TOKEN" not in env_of(OPTS)
+    keyed = BuildOptions(pod_token_key="k3y")
+    token = env_of(keyed)["VOICEFLEET_AUTH_TOKEN"]
+    assert token == podauth.pod_token("k3y", "voices", "joe")
+    assert "k3y" not in json.dumps(build_deployment(voice(), keyed))  # the key never leaves
+    assert "k3y" not in repr(keyed)
+    # the server reads it as its auth token
+    settings = load_settings([], environ=env_of(keyed))
+    assert settings.auth_token is not None
+    assert settings.auth_token.get_secret_value() == token
 
 
 def test_service_endpoint() -> None:

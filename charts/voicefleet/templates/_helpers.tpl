@@ -140,3 +140,8 @@ it into each voice's NetworkPolicy (operator/voicefleet_operator/builders.py).
 {{- $peers = append $peers (dict "namespaceSelector" $ns "podSelector" $operator) }}
 {{- toJson (concat $peers .Values.networkPolicy.voiceIngressFrom) }}
 {{- end }}
+
+{{/* The Secret holding the key of the voice pods' tokens (operator/voice-auth.yaml). */}}
+{{- define "voicefleet.voiceAuthSecret" -}}
+{{ include "voicefleet.fullname" . }}-voice-auth
+{{- end }}

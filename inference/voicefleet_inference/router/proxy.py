@@ -35,7 +35,7 @@ import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from voicefleet_api import load
+from voicefleet_api import load, podauth
 from voicefleet_inference.router.choice import Hold, Reject, Route, decide
 from voicefleet_inference.router.errors import (
     AllPodsFull,
@@ -209,6 +209,7 @@ class Proxy:
         max_held_bytes: int = 64 << 20,
         sample_above: int = 8,
         rng: random.Random | None = None,
+        pod_token_key: str | None = None,
     ) -> None:
         self.fleet = fleet
         self.client = client
@@ -225,6 +226,7 @@ class Proxy:
         self._turn = 0
         self._held: dict[str, int] = {}
         self._header_reports = metrics.load_reports_total.labels("header")
+        self._pod_token_key = pod_token_key
 
     def held(self, voice: str) -> int:
         return self._held.get(voice, 0)
@@ -410,8 +412,12 @@ class Proxy:
             return _Failed("error")
         pod_name = state.info.name
         url = state.info.base_url + upstream.path + (f"?{upstream.query}" if upstream.query else "")
+        headers = dict(upstream.headers)
+        if self._pod_token_key is not None:
+            token = podauth.pod_token(self._pod_token_key, voice.key.namespace, voice.key.name)
+            headers["authorization"] = f"{podauth.SCHEME} {token}"
         request = self.client.build_request(
-            upstream.method, url, content=upstream.body, headers=dict(upstream.headers)
+            upstream.method, url, content=upstream.body, headers=headers
         )
         flight = self.fleet.begin(pod_key, upstream.cost_s)
         try:

@@ -138,6 +138,9 @@ def build_router(
         max_held_bytes=settings.max_held_bytes,
         sample_above=settings.sample_above,
         rng=rng,
+        pod_token_key=(
+            settings.pod_token_key.get_secret_value() if settings.pod_token_key else None
+        ),
     )
     poller = LoadPoller(
         fleet,

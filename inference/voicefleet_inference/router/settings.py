@@ -138,6 +138,10 @@ class RouterSettings(BaseSettings):
     metrics_token: SecretStr | None = None
     """Bearer token required on /metrics (the operator's autoscaler and Prometheus present
     it); unset: /metrics is open. Independent of auth_token: scraping is not calling."""
+    pod_token_key: SecretStr | None = None
+    """Key of the voice pods' bearer tokens (the chart's ``voiceAuth`` Secret): each request
+    to a pod carries that voice's token, derived from it (``voicefleet_api.podauth``).
+    Unset: pods are called without one."""
     metrics_token_file: Path | None = None
     """File holding the /metrics token (the chart's generated Secret); read once at start."""
     log_level: str = "info"

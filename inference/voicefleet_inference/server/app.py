@@ -32,7 +32,7 @@ from voicefleet_inference.metrics import CONTENT_TYPE, Metrics, render
 from voicefleet_inference.scheduler import Scheduler
 from voicefleet_inference.server import gptsovits_routes, openai_routes
 from voicefleet_inference.server.errors import install_error_handlers
-from voicefleet_inference.server.guard import ErrorGuard, HeadAsGet
+from voicefleet_inference.server.guard import BearerAuth, ErrorGuard, HeadAsGet
 from voicefleet_inference.server.openapi import build_openapi
 from voicefleet_inference.settings import Settings
 
@@ -192,6 +192,8 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
 
     # add_middleware puts each one outside the previous: the guard's 500s are counted.
     app.add_middleware(ErrorGuard)
+    if settings.auth_token is not None:  # inside the metrics: refusals are counted
+        app.add_middleware(BearerAuth, token=settings.auth_token.get_secret_value())
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(HeadAsGet)
     app.add_middleware(WholeBodyForHttp10)

@@ -3,9 +3,10 @@
 :func:`install_error_handlers` maps every domain error (and FastAPI's own 404/405/validation
 errors, and anything unexpected) to a response in the shape of the route that failed:
 OpenAI's ``{"error": {"message", "type", "param", "code"}}`` under ``/v1/``, GPT-SoVITS
-api_v2's ``{"message": ...}`` everywhere else. Statuses: 400 invalid request, 413 too
-large, 429 queue full and 503 unavailable (both with Retry-After), 504 timeout, 500
-synthesis failed, 499 client gone (never seen by the client; counted only).
+api_v2's ``{"message": ...}`` everywhere else. Statuses: 400 invalid request, 401 no or
+wrong bearer token (with ``WWW-Authenticate``), 413 too large, 429 queue full and 503
+unavailable (both with Retry-After), 504 timeout, 500 synthesis failed, 499 client gone
+(never seen by the client; counted only).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from voicefleet_api import podauth
 from voicefleet_inference.errors import (
     ClientDisconnected,
     InvalidRequest,
@@ -29,12 +31,14 @@ from voicefleet_inference.errors import (
     RequestTimeout,
     ServiceError,
     SynthesisFailed,
+    Unauthorized,
     Unavailable,
 )
 
 __all__ = [
     "allowed_methods",
     "error_body",
+    "error_response",
     "http_status",
     "install_error_handlers",
     "response_headers",
@@ -45,6 +49,7 @@ log = logging.getLogger("voicefleet.server")
 
 _HTTP: Final[dict[type[ServiceError], tuple[int, str]]] = {
     InvalidRequest: (400, "invalid_request_error"),
+    Unauthorized: (401, "authentication_error"),
     PayloadTooLarge: (413, "invalid_request_error"),
     QueueFull: (429, "rate_limit_error"),
     Unavailable: (503, "server_error"),
@@ -65,7 +70,10 @@ def http_status(exc: ServiceError) -> tuple[int, str]:
 
 
 def response_headers(exc: ServiceError) -> dict[str, str]:
-    """``Retry-After`` (whole seconds, at least 1) where the error carries one."""
+    """``Retry-After`` (whole seconds, at least 1) where the error carries one;
+    ``WWW-Authenticate`` on a 401 (RFC 9110 requires it)."""
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": f'{podauth.SCHEME} realm="voicefleet"'}
     if exc.retry_after_s is None:
         return {}
     return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
@@ -84,12 +92,16 @@ def error_body(
     return {"message": message}
 
 
-def _response(request: Request, exc: ServiceError) -> JSONResponse:
+def error_response(path: str, exc: ServiceError) -> JSONResponse:
+    """The response for a domain error on ``path``: status, body and headers as mapped here
+    (also for the ASGI edge, where no route ran: the bearer check, ``server/guard.py``)."""
     status, openai_type = http_status(exc)
-    body = error_body(
-        request.url.path, exc.message, openai_type=openai_type, param=exc.param, code=exc.code
-    )
+    body = error_body(path, exc.message, openai_type=openai_type, param=exc.param, code=exc.code)
     return JSONResponse(body, status_code=status, headers=response_headers(exc))
+
+
+def _response(request: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(request.url.path, exc)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -1,4 +1,4 @@
-"""Two thin ASGI wrappers at the edge of the app: the last-resort guard and HEAD.
+"""Thin ASGI wrappers at the edge of the app: the last-resort guard, HEAD, the bearer check.
 
 :class:`ErrorGuard` sits just outside the routes' own error handling: every domain error
 has been mapped by then (``server/errors.py``), so what reaches it is a bug. It answers
@@ -11,20 +11,27 @@ is what a client must see for a cut-off stream.
 :class:`HeadAsGet` serves ``HEAD`` wherever ``GET`` is (RFC 9110 says a server should):
 the route sees ``GET``, and uvicorn, which still knows the request was ``HEAD``, sends
 the headers without the body.
+
+:class:`BearerAuth` refuses a request to a guarded route (``/v1/…``, ``/tts``) without the
+pod's token before anything reads its body: 401 with the cause, mapped where every domain
+error is (``server/errors.py``). Probes, ``/metrics`` and ``/load`` stay open (the kubelet,
+the autoscaler and the router's load poll carry no token).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from voicefleet_inference.errors import ClientDisconnected, ServiceError
-from voicefleet_inference.server.errors import error_body, http_status
+from voicefleet_api import podauth
+from voicefleet_inference.errors import ClientDisconnected, ServiceError, Unauthorized
+from voicefleet_inference.server.errors import error_body, error_response, http_status
 
-__all__ = ["ErrorGuard", "HeadAsGet"]
+__all__ = ["BearerAuth", "ErrorGuard", "HeadAsGet", "requires_token"]
 
 log = logging.getLogger("voicefleet.server")
 
@@ -75,3 +82,37 @@ class HeadAsGet:
         if scope["type"] == "http" and scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
         await self.app(scope, receive, send)
+
+
+def requires_token(path: str) -> bool:
+    """Whether ``path`` is guarded by the pod's token: the OpenAI routes and ``/tts``."""
+    return path.startswith("/v1/") or path == "/tts"
+
+
+class BearerAuth:
+    """``Authorization: Bearer <token>`` on guarded routes, compared in constant time."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"{podauth.SCHEME.lower()} {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not requires_token(str(scope.get("path", ""))):
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                given = value
+                break
+        scheme, _, credentials = given.partition(b" ")
+        presented = scheme.lower() + b" " + credentials.strip()
+        if hmac.compare_digest(presented, self.expected):
+            await self.app(scope, receive, send)
+            return
+        cause = "no bearer token" if not given else "a wrong bearer token"
+        error = Unauthorized(
+            f"this voice pod requires its bearer token (Authorization: Bearer <token>); the "
+            f"request carried {cause}. Call the voice through the VoiceFleet router."
+        )
+        await error_response(str(scope["path"]), error)(scope, receive, send)
