@@ -14,8 +14,9 @@ Nothing is read from the API server on either path: kopf's indexes
 (:mod:`voicefleet_operator.indexes`) hold the voices, Deployments, PVCs and pods, and
 the status we last wrote is remembered. A new voice therefore costs its writes
 only: three server-side applies (Service, PodDisruptionBudget or its deletion,
-Deployment), one status patch, and kopf's own bookkeeping patch on the voice
-(docs/operator.md counts them; tests/integration/test_operator_requests.py keeps it so).
+Deployment; four with a NetworkPolicy when policies are on), one status patch, and
+kopf's own bookkeeping patch on the voice (docs/operator.md counts them;
+tests/integration/test_operator_requests.py keeps it so).
 
 Handlers are plain ``def``: kopf runs them in its thread pool
 (``settings.execution.max_workers``), where the blocking client calls belong. How
