@@ -32,14 +32,10 @@ from pathlib import Path
 
 import httpx
 
+from voicefleet_bench.procs import free_port, router_under
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -55,24 +51,11 @@ def memory_mb(pid: int) -> tuple[float, float]:
 def router(args: argparse.Namespace, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     dead = free_port()
-    env = {**os.environ}
-    if args.pythonpath:
-        env["PYTHONPATH"] = args.pythonpath
+    argv, env = router_under(
+        args.python, args.pythonpath, port, "--static-upstreams", f"joe=http://{HOST}:{dead}"
+    )
     proc = subprocess.Popen(
-        [
-            args.python,
-            "-c",
-            "import sys; from voicefleet_inference.router.cli import main; sys.exit(main())",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--static-upstreams",
-            f"joe=http://{HOST}:{dead}",
-            "--log-level",
-            "warning",
-            *extra,
-        ],
+        [*argv, *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(args.log, "ab"),  # noqa: SIM115 - the process owns it

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -28,10 +26,9 @@ from typing import Any
 
 import httpx
 
-from voicefleet_bench import REPO
-from voicefleet_bench.procs import free_port
-from voicefleet_localcluster.procs import stop_process
-from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
+from voicefleet_bench.cluster import operator_stage
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.voices import simulated_voice
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 12
 NS = "bench"
@@ -40,24 +37,17 @@ SELECTOR = f"voicefleet.io/voice={NAME}"
 
 
 def voice() -> dict[str, Any]:
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": NAME, "namespace": NS},
-        "spec": {
-            "replicas": 1,
-            "engine": "simulated",
-            "model": {"bundled": "en_US-joe-medium"},
-            "resources": {"cpu": "100m", "memory": "256Mi"},
-            "server": {"workers": 1, "maxQueue": 256, "drainGraceSeconds": 60},
-            "autoscaling": {
-                "minReplicas": 1,
-                "maxReplicas": 4,
-                "targetWorkSecondsPerReplica": 4,
-                "scaleDownDelaySeconds": 20,
-            },
+    return simulated_voice(
+        NAME,
+        replicas=1,
+        server={"workers": 1, "maxQueue": 256, "drainGraceSeconds": 60},
+        autoscaling={
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "targetWorkSecondsPerReplica": 4,
+            "scaleDownDelaySeconds": 20,
         },
-    }
+    )
 
 
 class Clients:
@@ -119,31 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=Path("docs/autoscaler-cluster-step.png"))
     p.add_argument("--step-seconds", type=float, default=60)
     args = p.parse_args(argv)
-    cluster = start_local_cluster(log=lambda line: print(line, file=sys.stderr))
-    op: subprocess.Popen[bytes] | None = None
-    try:
-        cluster.kubectl_run("apply", "-f", str(REPO / "crds" / "ttsvoices.yaml"))
-        cluster.kubectl_run(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/ttsvoices.voicefleet.io"
-        )
-        cluster.kubectl_run("create", "namespace", NS)
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        log = open("/tmp/autoscaler-cluster-operator.log", "wb")  # noqa: SIM115
-        op = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "voicefleet-operator"),
-                f"--namespace={NS}",
-                f"--kubeconfig={cluster.kubeconfig}",
-                f"--health-port={free_port()}",
-                f"--metrics-port={free_port()}",
-                "--standalone",
-                "--autoscale-interval=1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        cluster.apply(voice())
+    log = Path("/tmp/autoscaler-cluster-operator.log")
+    with operator_stage(NS, log, "--autoscale-interval=1") as cluster:
+        cluster.apply(voice(), namespace=NS)
         wait_for(lambda: len(cluster.ready_pods(NS, SELECTOR)) == 1, timeout=90, what="1 pod")
         clients = Clients(cluster)
         clients.start(10)
@@ -168,10 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         events = cluster.get_json(
             "events", "-n", NS, "--field-selector", f"involvedObject.name={NAME}"
         )["items"]
-    finally:
-        if op is not None:
-            stop_process(op, grace=20)
-        cluster.stop()
     first_up = next((t for t, d, _ in timeline if t >= step_at and d > 1), None)
     ready_lat = []
     for i, (t, d, _) in enumerate(timeline):

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -36,10 +34,9 @@ from typing import Any
 
 import httpx
 
-from voicefleet_bench import REPO
-from voicefleet_bench.procs import free_port
-from voicefleet_localcluster.procs import stop_process
-from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
+from voicefleet_bench.cluster import operator_stage
+from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.voices import simulated_voice
 
 NS = "bench"
 TEXT = "Hello there, this is a short reply. It should start speaking at once, please."
@@ -52,24 +49,12 @@ POLICIES: dict[str, dict[str, Any]] = {
 
 
 def voice(name: str, policy: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": 1,
-            "engine": "simulated",
-            "model": {"bundled": "en_US-joe-medium"},
-            "resources": {"cpu": "100m", "memory": "256Mi"},
-            "server": {"workers": 1, "maxQueue": 256, "drainGraceSeconds": 60},
-            "autoscaling": {
-                "minReplicas": 1,
-                "maxReplicas": 6,
-                "scaleDownDelaySeconds": 30,
-                **policy,
-            },
-        },
-    }
+    return simulated_voice(
+        name,
+        replicas=1,
+        server={"workers": 1, "maxQueue": 256, "drainGraceSeconds": 60},
+        autoscaling={"minReplicas": 1, "maxReplicas": 6, "scaleDownDelaySeconds": 30, **policy},
+    )
 
 
 def arrivals(seed: int, low: float, high: float, step: float) -> list[float]:
@@ -134,7 +119,7 @@ def run_policy(
     cluster: LocalCluster, label: str, name: str, policy: dict[str, Any], times: list[float]
 ) -> dict[str, Any]:
     selector = f"voicefleet.io/voice={name}"
-    cluster.apply(voice(name, policy))
+    cluster.apply(voice(name, policy), namespace=NS)
     wait_for(lambda: len(cluster.ready_pods(NS, selector)) == 1, timeout=120, what="1 pod")
     pods = Pods(cluster, selector)
     results: list[tuple[float | None, str]] = []
@@ -199,39 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     times = arrivals(args.seed, args.low, args.high, args.step_seconds)
-    cluster = start_local_cluster(log=lambda line: print(line, file=sys.stderr))
-    op: subprocess.Popen[bytes] | None = None
     out: list[dict[str, Any]] = []
-    try:
-        cluster.kubectl_run("apply", "-f", str(REPO / "crds" / "ttsvoices.yaml"))
-        cluster.kubectl_run(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/ttsvoices.voicefleet.io"
-        )
-        cluster.kubectl_run("create", "namespace", NS)
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        log = open("/tmp/autoscaler-cluster-first-audio-operator.log", "wb")  # noqa: SIM115
-        op = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "voicefleet-operator"),
-                f"--namespace={NS}",
-                f"--kubeconfig={cluster.kubeconfig}",
-                f"--health-port={free_port()}",
-                f"--metrics-port={free_port()}",
-                "--standalone",
-                "--autoscale-interval=1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    log = Path("/tmp/autoscaler-cluster-first-audio-operator.log")
+    with operator_stage(NS, log, "--autoscale-interval=1") as cluster:
         for k, (label, policy) in enumerate(POLICIES.items()):
             result = run_policy(cluster, label, f"policy{k}", policy, times)
             print(json.dumps(result), flush=True)
             out.append(result)
-    finally:
-        if op is not None:
-            stop_process(op, grace=20)
-        cluster.stop()
     print(f"{len(times)} requests per policy; seed {args.seed}")
     print("| policy | first audio within 1 s | p99 first audio (s) | replica-seconds | peak |")
     print("|---|---|---|---|---|")

@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +53,11 @@ from voicefleet_bench import REPO
 from voicefleet_bench.machine import git_revision
 from voicefleet_bench.procs import free_port, memory_mb
 from voicefleet_bench.report import fmt, write_section
+from voicefleet_localcluster.flowcontrol import service_account_flow, settled_counts
 from voicefleet_localcluster.kubeapi import KubeClient
 from voicefleet_localcluster.kubeconfig import load as load_kubeconfig
 from voicefleet_localcluster.procs import stop_process
-from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
+from voicefleet_localcluster.testing import start_local_cluster, wait_for
 from voicefleet_operator.settings import DEFAULT_WORKERS
 
 OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
@@ -86,90 +86,6 @@ def voices(count: int) -> str:
         for i in range(count)
     ]
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
-
-
-def flow_schema() -> dict[str, Any]:
-    """Every request of the operator's ServiceAccount, and nothing else, in one flow."""
-    return {
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
-        "kind": "FlowSchema",
-        "metadata": {"name": FLOW},
-        "spec": {
-            "matchingPrecedence": 100,
-            "priorityLevelConfiguration": {"name": "workload-high"},
-            "distinguisherMethod": {"type": "ByUser"},
-            "rules": [
-                {
-                    "subjects": [
-                        {
-                            "kind": "ServiceAccount",
-                            "serviceAccount": {"namespace": SA_NAMESPACE, "name": SA_NAME},
-                        }
-                    ],
-                    "resourceRules": [
-                        {
-                            "verbs": ["*"],
-                            "apiGroups": ["*"],
-                            "resources": ["*"],
-                            "namespaces": ["*"],
-                            "clusterScope": True,
-                        }
-                    ],
-                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-                }
-            ],
-        },
-    }
-
-
-def _labels(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.split('",'):
-        key, _, value = part.partition('="')
-        out[key.strip()] = value.rstrip('"')
-    return out
-
-
-def counters(cluster: LocalCluster) -> tuple[int, Counter[str]]:
-    """(the operator's dispatched requests, every client's requests by 'VERB resource')."""
-    text = cluster.kubectl_run("get", "--raw", "/metrics").stdout
-    flow = 0
-    by_verb: Counter[str] = Counter()
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name not in (
-            "apiserver_flowcontrol_dispatched_requests_total",
-            "apiserver_request_total",
-        ):
-            continue
-        labels_text, _, value = rest.rpartition("} ")
-        labels = _labels(labels_text)
-        count = int(float(value))
-        if name.startswith("apiserver_flowcontrol"):
-            if labels.get("flow_schema") == FLOW:
-                flow += count
-        elif labels.get("resource") in KINDS:
-            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
-            by_verb[f"{labels.get('verb')} {labels.get('resource')}{sub}"] += count
-    return flow, by_verb
-
-
-def quiet_counters(
-    cluster: LocalCluster, quiet: float = 5.0, timeout: float = 120.0
-) -> tuple[int, Counter[str]]:
-    """The counters once the operator's count has not moved for ``quiet`` seconds."""
-    deadline = time.monotonic() + timeout
-    last = counters(cluster)
-    since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        now = counters(cluster)
-        if now[0] != last[0]:
-            since = time.monotonic()
-        last = now
-        if time.monotonic() - since >= quiet:
-            break
-    return last
 
 
 def _names(client: KubeClient, path: str) -> set[str]:
@@ -233,7 +149,7 @@ def run(
         cluster.kubectl_run("create", "namespace", SA_NAMESPACE)
         cluster.kubectl_run("create", "namespace", NAMESPACE)
         cluster.apply(cluster.operator_rbac())  # the chart's RBAC, the one source
-        cluster.apply(flow_schema())
+        cluster.apply(service_account_flow(FLOW, SA_NAMESPACE, SA_NAME))
         kubeconfig = cluster.service_account_kubeconfig(
             SA_NAMESPACE, SA_NAME, work / "sa.kubeconfig"
         )
@@ -258,7 +174,9 @@ def run(
             timeout=90,
             what=f"operator /healthz (log {log_path})",
         )
-        flow_before, verbs_before = quiet_counters(cluster, quiet=3.0)
+        flow_before, verbs_before = settled_counts(
+            cluster, FLOW, quiet=3.0, timeout=120.0, kinds=KINDS
+        )
         idle = memory_mb(proc.pid)
 
         limit = max(120.0, seconds_per_voice * count)
@@ -285,7 +203,9 @@ def run(
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
         memory = memory_mb(proc.pid)
-        flow_after, verbs_after = quiet_counters(cluster)
+        flow_after, verbs_after = settled_counts(
+            cluster, FLOW, quiet=5.0, timeout=120.0, kinds=KINDS
+        )
         verbs = {k: v for k, v in (verbs_after - verbs_before).most_common() if v}
         return {
             "voices": count,

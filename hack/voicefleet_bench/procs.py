@@ -37,6 +37,20 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
+def router_under(
+    python: str, pythonpath: str, port: int, *flags: str
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of ``voicefleet-router`` on loopback ``port``, run by the
+    interpreter ``python`` with ``pythonpath`` (when set) first: another checkout, e.g. an
+    older commit from ``git archive``, for before/after figures with one driver."""
+    env = {**os.environ}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    main = "import sys; from voicefleet_inference.router.cli import main; sys.exit(main())"
+    argv = [python, "-c", main, "--host", HOST, "--port", str(port), "--log-level", "warning"]
+    return [*argv, *flags], env
+
+
 def exit_cleanly_on_sigterm() -> None:
     """SIGTERM raises SystemExit, so ``finally`` blocks stop every started process."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import httpx
 
-HOST = "127.0.0.1"
+from voicefleet_bench.procs import HOST, free_port, router_under
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,33 +94,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 async def measure(args: argparse.Namespace, pods: int) -> dict[str, object]:
     fake = FakePods(pods)
     await fake.start()
     port = free_port()
-    env = {**os.environ}
-    if args.pythonpath:
-        env["PYTHONPATH"] = args.pythonpath
-    upstreams = [f"joe=http://{HOST}:{p}" for p in fake.ports]
+    upstreams = [f"--static-upstreams=joe=http://{HOST}:{p}" for p in fake.ports]
+    argv, env = router_under(args.python, args.pythonpath, port, *upstreams)
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for by polling
-        [
-            args.python,
-            "-c",
-            "import sys; from voicefleet_inference.router.cli import main; sys.exit(main())",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *(f"--static-upstreams={u}" for u in upstreams),
-        ],
+        argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -13,10 +13,11 @@ The helpers here are shared with tests/e2e so both install the chart one way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from voicefleet_localcluster.controlplane import (
     ClusterState,
     ControlPlane,
     default_node_kind,
+    free_ports,
     stop_cluster,
 )
 from voicefleet_localcluster.preflight import PreflightError
@@ -166,6 +168,49 @@ def helm_install(
     for item in set_values:
         args += ["--set", item]
     return cluster.helm_run(*args, timeout=timeout).stdout
+
+
+@contextlib.contextmanager
+def release_for_test(
+    cluster: LocalCluster,
+    *,
+    release: str,
+    namespace: str,
+    voice_namespaces: Sequence[str],
+    set_values: Sequence[str] = (),
+) -> Iterator[str]:
+    """The chart installed for a test (local values plus ``set_values``), its operator and
+    router ready; yields Helm's output. Removed on the way out, voices first.
+
+    The operator pod shares the host's network on the local node, so its ports are ones
+    nobody holds. Voices go first, while the operator still runs: kopf's finalizer on each
+    voice (it stops the voice's autoscaler daemon) is removed only by a running operator.
+    """
+    health, metrics = free_ports(2)
+    try:
+        output = helm_install(
+            cluster,
+            release=release,
+            namespace=namespace,
+            values=(LOCAL_VALUES,),
+            set_values=(
+                *set_values,
+                f"operator.healthPort={health}",
+                f"operator.metricsPort={metrics}",
+            ),
+        )
+        deployments = [f"{release}-voicefleet-operator", f"{release}-voicefleet-router"]
+        wait_deployments(cluster, namespace, deployments, timeout=180, say=print)
+        yield output
+    finally:
+        for ns in voice_namespaces:
+            cluster.kubectl_run(
+                "delete", "ttsvoice", "--all", "-n", ns, "--timeout=60s", check=False
+            )
+        cluster.helm_run(
+            "uninstall", release, "-n", namespace, "--wait", "--timeout=90s", check=False
+        )
+        cluster.kubectl_run("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _deployment_ready(cluster: LocalCluster, namespace: str, name: str) -> bool:

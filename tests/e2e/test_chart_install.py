@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from voicefleet_localcluster import stack
-from voicefleet_localcluster.controlplane import free_ports
 from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.voices import simulated_voice
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "vfe2e"
@@ -62,43 +62,27 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
     voices = cluster.create_namespace(
         "vfe2e-voices", labels={"pod-security.kubernetes.io/enforce": "restricted"}
     )
-    health, metrics = free_ports(2)
+    # the chart's defaults for what this test checks: two routers (and their PDB), CRDs
+    # removed with the release (so "nothing left" can be checked)
+    release = stack.release_for_test(
+        cluster,
+        release=RELEASE,
+        namespace=NAMESPACE,
+        voice_namespaces=[voices],
+        set_values=("router.replicas=2", "crds.keep=false"),
+    )
     try:
-        output = stack.helm_install(
-            cluster,
-            release=RELEASE,
-            namespace=NAMESPACE,
-            values=(stack.LOCAL_VALUES,),
-            # the chart's defaults for what this test checks: two routers (and their PDB),
-            # CRDs removed with the release (so "nothing left" can be checked)
-            set_values=(
-                "router.replicas=2",
-                "crds.keep=false",
-                # the operator pod shares the host's network here: ports nobody holds
-                f"operator.healthPort={health}",
-                f"operator.metricsPort={metrics}",
-            ),
-        )
-        stack.wait_deployments(cluster, NAMESPACE, [OPERATOR, ROUTER], timeout=180, say=print)
-        cluster.kubectl_run("apply", "-n", voices, "-f", str(stack.SAMPLE_VOICE))
-        wait_for(
-            lambda: stack.voice_ready(cluster, voices, VOICE),
-            timeout=180,
-            interval=0.5,
-            what="sample voice Ready",
-        )
-        yield Installed(cluster, voices, output)
+        with release as output:
+            cluster.kubectl_run("apply", "-n", voices, "-f", str(stack.SAMPLE_VOICE))
+            wait_for(
+                lambda: stack.voice_ready(cluster, voices, VOICE),
+                timeout=180,
+                interval=0.5,
+                what="sample voice Ready",
+            )
+            yield Installed(cluster, voices, output)
     finally:
-        # voices first, while the operator still runs: kopf's finalizer on each voice (it
-        # stops the voice's autoscaler daemon) is only removed by a running operator
-        cluster.kubectl_run(
-            "delete", "ttsvoice", "--all", "-n", voices, "--timeout=60s", check=False
-        )
-        cluster.helm_run(
-            "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=90s", check=False
-        )
         cluster.delete_namespace(voices)
-        cluster.kubectl_run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
 def test_components_run_as_pods_under_the_charts_service_accounts(installed: Installed) -> None:
@@ -257,23 +241,12 @@ def test_playground_speaks_in_a_real_browser(installed: Installed, tmp_path: Pat
     assert shot.stat().st_size > 10_000
 
 
-def simulated_voice(name: str, **autoscaling: int) -> dict[str, Any]:
-    """A TTSVoice on the simulated engine: the real voice's cost model, no model loaded."""
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": name},
-        "spec": {
-            "engine": "simulated",
-            "model": {"bundled": "en_US-joe-medium"},
-            "resources": {"cpu": "100m", "memory": "256Mi"},
-            "server": {"maxQueue": 256},
-            "autoscaling": autoscaling,
-        },
-    }
+def queued_voice(name: str, **autoscaling: int) -> dict[str, Any]:
+    """A simulated voice with room in its queue for the load below."""
+    return simulated_voice(name, server={"maxQueue": 256}, autoscaling=autoscaling)
 
 
-SIMULATED_VOICE = simulated_voice(
+SIMULATED_VOICE = queued_voice(
     "load",
     minReplicas=1,
     maxReplicas=3,
@@ -334,7 +307,7 @@ def test_load_through_the_router_scales_the_voice_up_and_back_down(installed: In
     cluster.kubectl_run("delete", "ttsvoice", "load", "-n", ns, "--wait=false")
 
 
-ZERO_VOICE = simulated_voice(
+ZERO_VOICE = queued_voice(
     "zero",
     minReplicas=0,
     maxReplicas=2,

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from voicefleet_localcluster import stack
-from voicefleet_localcluster.controlplane import free_ports
 from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.voices import simulated_voice
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,24 +38,17 @@ class Installed:
 
 def zero_voice(name: str) -> dict[str, Any]:
     """A TTSVoice on the simulated engine that idles at zero replicas."""
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": name},
-        "spec": {
-            "engine": "simulated",
-            "replicas": 0,
-            "model": {"bundled": "en_US-joe-medium"},
-            "resources": {"cpu": "100m", "memory": "256Mi"},
-            "autoscaling": {
-                "minReplicas": 0,
-                "maxReplicas": 2,
-                "scaleDownDelaySeconds": 2,
-                "scaleToZeroIdleSeconds": 3,
-                "coldStartTimeoutSeconds": 120,
-            },
+    return simulated_voice(
+        name,
+        replicas=0,
+        autoscaling={
+            "minReplicas": 0,
+            "maxReplicas": 2,
+            "scaleDownDelaySeconds": 2,
+            "scaleToZeroIdleSeconds": 3,
+            "coldStartTimeoutSeconds": 120,
         },
-    }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,35 +56,24 @@ def installed(local_cluster: LocalCluster) -> Iterator[Installed]:
     cluster = local_cluster
     watched = cluster.create_namespace("vfns-voices")
     unwatched = cluster.create_namespace("vfns-elsewhere")
-    health, metrics = free_ports(2)
+    release = stack.release_for_test(
+        cluster,
+        release=RELEASE,
+        namespace=NAMESPACE,
+        voice_namespaces=[watched, unwatched],
+        set_values=(
+            "rbac.scope=namespaces",
+            f"rbac.watchNamespaces={{{watched}}}",
+            f"router.defaultNamespace={watched}",
+            "router.replicas=1",
+        ),
+    )
     try:
-        stack.helm_install(
-            cluster,
-            release=RELEASE,
-            namespace=NAMESPACE,
-            values=(stack.LOCAL_VALUES,),
-            set_values=(
-                "rbac.scope=namespaces",
-                f"rbac.watchNamespaces={{{watched}}}",
-                f"router.defaultNamespace={watched}",
-                "router.replicas=1",
-                f"operator.healthPort={health}",
-                f"operator.metricsPort={metrics}",
-            ),
-        )
-        stack.wait_deployments(cluster, NAMESPACE, [OPERATOR, ROUTER], timeout=180, say=print)
-        yield Installed(cluster, watched, unwatched)
+        with release:
+            yield Installed(cluster, watched, unwatched)
     finally:
         for ns in (watched, unwatched):
-            cluster.kubectl_run(
-                "delete", "ttsvoice", "--all", "-n", ns, "--timeout=60s", check=False
-            )
-        cluster.helm_run(
-            "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=90s", check=False
-        )
-        for ns in (watched, unwatched):
             cluster.delete_namespace(ns)
-        cluster.kubectl_run("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
 def test_the_release_grants_nothing_cluster_wide(installed: Installed) -> None:

@@ -14,8 +14,7 @@ from operatorprocs import (
     SA_NAME,
     SA_NAMESPACE,
     Operator,
-    free_port,
-    operator_argv,
+    new_operator,
 )
 
 from voicefleet_localcluster.testing import LocalCluster
@@ -48,12 +47,8 @@ def sa_kubeconfig(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPath
 def operator(
     sa_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Operator]:
-    health, metrics = free_port(), free_port()
-    op = Operator(
-        argv=operator_argv(sa_kubeconfig, health, metrics, priority=100),
-        log_path=tmp_path_factory.mktemp("operator-log") / "operator.log",
-        health_port=health,
-        metrics_port=metrics,
+    op = new_operator(
+        sa_kubeconfig, tmp_path_factory.mktemp("operator-log") / "operator.log", priority=100
     )
     failed_before = request.session.testsfailed
     op.start()

@@ -7,9 +7,11 @@ folder's ``conftest.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from serverprocs import free_port as free_port  # one free_port for every test h
 
 from voicefleet_localcluster.procs import stop_process
 from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.voices import voice_manifest as voice_manifest  # one builder
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
@@ -71,19 +74,31 @@ class Operator:
         return self.log_path.read_text(errors="replace")
 
 
-def operator_argv(
-    kubeconfig: Path, health: int, metrics: int, *, priority: int, extra: list[str] | None = None
-) -> list[str]:
-    return [
+def new_operator(
+    kubeconfig: Path,
+    log_path: Path,
+    *,
+    namespaces: Sequence[str] = (),
+    priority: int | None = None,
+    extra: Sequence[str] = (),
+) -> Operator:
+    """An operator, not yet started, on free ports: watching ``namespaces`` (none: all of
+    them), in the test peering at ``priority`` (``None``: standalone), with ``extra`` flags."""
+    health, metrics = free_port(), free_port()
+    scope = [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
+    peering = (
+        ["--standalone"] if priority is None else [f"--peering={PEERING}", f"--priority={priority}"]
+    )
+    argv = [
         str(OPERATOR),
-        "--all-namespaces",
+        *scope,
         f"--kubeconfig={kubeconfig}",
         f"--health-port={health}",
         f"--metrics-port={metrics}",
-        f"--peering={PEERING}",
-        f"--priority={priority}",
-        *(extra or []),
+        *peering,
+        *extra,
     ]
+    return Operator(argv, log_path, health, metrics)
 
 
 def voice(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
@@ -115,22 +130,19 @@ def exists(cluster: LocalCluster, ns: str, *what: str) -> bool:
     return cluster.kubectl_run("get", *what, "-n", ns, check=False).returncode == 0
 
 
-def voice_manifest(name: str, **spec: Any) -> dict[str, Any]:
-    """A TTSVoice ``name`` with ``spec`` (camelCase keys; the bundled voice unless ``model``)."""
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": name},
-        "spec": {"model": {"bundled": "en_US-joe-medium"}, **spec},
-    }
-
-
 def scalable_voice(name: str, *, replicas: int = 0, max_replicas: int = 3) -> dict[str, Any]:
     return voice_manifest(
         name,
         replicas=replicas,
         resources={"cpu": "250m", "memory": "512Mi"},
         autoscaling={"minReplicas": 0, "maxReplicas": max_replicas},
+    )
+
+
+def merge_patch(cluster: LocalCluster, ns: str, name: str, patch: dict[str, Any]) -> None:
+    """``kubectl patch --type=merge`` of the voice ``ns/name``."""
+    cluster.kubectl_run(
+        "patch", "ttsvoice", name, "-n", ns, "--type=merge", "-p", json.dumps(patch)
     )
 
 

@@ -9,7 +9,6 @@ Delays in the test voices are seconds, not minutes, to keep the module fast.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from operatorprocs import Operator, exists, free_port, operator_argv, voice_manifest
+from operatorprocs import Operator, exists, merge_patch, new_operator, voice_manifest
 
 from voicefleet_localcluster.testing import LocalCluster, WaitTimeout, wait_for
 
@@ -33,20 +32,11 @@ def autoscaling_operator(
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[Operator]:
-    health, metrics = free_port(), free_port()
-    op = Operator(
-        argv=operator_argv(
-            sa_kubeconfig,
-            health,
-            metrics,
-            priority=100,
-            extra=["--autoscale-interval=0.5", "--standalone", "--verbose"],
-        ),
-        log_path=tmp_path_factory.mktemp("autoscaler-log") / "operator.log",
-        health_port=health,
-        metrics_port=metrics,
+    op = new_operator(
+        sa_kubeconfig,
+        tmp_path_factory.mktemp("autoscaler-log") / "operator.log",
+        extra=["--autoscale-interval=0.5", "--verbose"],
     )
-    op.argv = [a for a in op.argv if not a.startswith("--peering")]
     failed_before = request.session.testsfailed
     op.start()
     try:
@@ -353,16 +343,7 @@ def test_voices_carry_no_finalizer_lose_an_old_one_and_outlive_a_stopped_operato
 
     # Migration: a voice an older operator left with its finalizer loses it on start.
     autoscaling_operator.stop()
-    local_cluster.kubectl_run(
-        "patch",
-        "ttsvoice",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"metadata": {"finalizers": [OLD_FINALIZER]}}),
-    )
+    merge_patch(local_cluster, ns, name, {"metadata": {"finalizers": [OLD_FINALIZER]}})
     autoscaling_operator.start(timeout=120)
     wait_for(
         lambda: finalizers(local_cluster, ns, name) == [],

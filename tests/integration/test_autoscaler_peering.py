@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operatorprocs import PEERING, Operator, free_port, operator_argv
+from operatorprocs import PEERING, Operator, new_operator
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.voices import simulated_voice
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -24,23 +25,12 @@ IDLE_SECONDS = 3
 
 
 def idle_voice(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "voicefleet.io/v1alpha1",
-        "kind": "TTSVoice",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "engine": "simulated",
-            "model": {"bundled": "en_US-joe-medium"},
-            "resources": {"cpu": "100m", "memory": "256Mi"},
-            "server": {"workers": 1},
-            "autoscaling": {
-                "minReplicas": 0,
-                "maxReplicas": 2,
-                "scaleToZeroIdleSeconds": IDLE_SECONDS,
-            },
-        },
-    }
+    return simulated_voice(
+        name,
+        replicas=1,
+        server={"workers": 1},
+        autoscaling={"minReplicas": 0, "maxReplicas": 2, "scaleToZeroIdleSeconds": IDLE_SECONDS},
+    )
 
 
 def live_peers(cluster: LocalCluster) -> int:
@@ -56,14 +46,8 @@ def test_the_loop_pauses_behind_a_higher_priority_peer_and_resumes_when_it_leave
     tmp_path: Path,
 ) -> None:
     ns, name = cluster_namespace, "peer-idle"
-    health, metrics = free_port(), free_port()
-    higher = Operator(
-        argv=operator_argv(
-            sa_kubeconfig, health, metrics, priority=200, extra=["--autoscale-interval=0"]
-        ),
-        log_path=tmp_path / "higher.log",
-        health_port=health,
-        metrics_port=metrics,
+    higher = new_operator(
+        sa_kubeconfig, tmp_path / "higher.log", priority=200, extra=["--autoscale-interval=0"]
     )
     higher.start()
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operatorprocs import OPERATOR, Operator, free_port, voice_manifest
+from operatorprocs import Operator, new_operator, voice_manifest
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
@@ -80,21 +80,10 @@ def router_ns(local_cluster: LocalCluster) -> Iterator[str]:
 def trusting_operator(
     sa_kubeconfig: Path, router_ns: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    health, metrics = free_port(), free_port()
-    op = Operator(
-        argv=[
-            str(OPERATOR),
-            "--all-namespaces",
-            f"--kubeconfig={sa_kubeconfig}",
-            f"--health-port={health}",
-            f"--metrics-port={metrics}",
-            "--standalone",
-            f"--router-pod-selector={SELECTOR}",
-            f"--router-namespace={router_ns}",
-        ],
-        log_path=tmp_path_factory.mktemp("trust") / "operator.log",
-        health_port=health,
-        metrics_port=metrics,
+    op = new_operator(
+        sa_kubeconfig,
+        tmp_path_factory.mktemp("trust") / "operator.log",
+        extra=[f"--router-pod-selector={SELECTOR}", f"--router-namespace={router_ns}"],
     )
     op.start(timeout=60)
     try:

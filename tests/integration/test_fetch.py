@@ -110,6 +110,8 @@ class FileServer:
     """What the HTTPS server serves, and its own log of every request (path, status)."""
 
     files: dict[str, bytes]
+    ca: Path
+    """The private CA that signed the server's certificate (PEM)."""
     base: str = ""
     log: list[tuple[str, int]] = field(default_factory=list)
     stall: threading.Event = field(default_factory=threading.Event)
@@ -171,8 +173,8 @@ def voice_files() -> dict[str, bytes]:
 def https_server(
     pki: tuple[Path, Path, Path], voice_files: dict[str, bytes]
 ) -> Iterator[FileServer]:
-    _, cert, key = pki
-    state = FileServer(files=dict(voice_files))
+    ca, cert, key = pki
+    state = FileServer(files=dict(voice_files), ca=ca)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -218,31 +220,29 @@ def fetch(tmp_path: Path, env: dict[str, str], *flags: str, timeout: float = 60)
     return Run(done.returncode, done.stderr, words.read_text().strip() if words.exists() else "")
 
 
-def joe_env(
-    server: FileServer, voice_files: dict[str, bytes], dest: Path, ca: Path
-) -> dict[str, str]:
+def joe_env(server: FileServer, dest: Path) -> dict[str, str]:
+    """The fetcher's environment for the bundled voice from ``server`` into ``dest``."""
     return {
         "VOICEFLEET_FETCH_URL": f"{server.base}/voices/joe.onnx",
-        "VOICEFLEET_FETCH_SHA256": sha(voice_files["/voices/joe.onnx"]),
-        "VOICEFLEET_FETCH_CONFIG_SHA256": sha(voice_files["/voices/joe.onnx.json"]),
+        "VOICEFLEET_FETCH_SHA256": sha(server.files["/voices/joe.onnx"]),
+        "VOICEFLEET_FETCH_CONFIG_SHA256": sha(server.files["/voices/joe.onnx.json"]),
         "VOICEFLEET_FETCH_DEST": str(dest),
-        "VOICEFLEET_FETCH_CA_PEM": ca.read_text(),
+        "VOICEFLEET_FETCH_CA_PEM": server.ca.read_text(),
     }
 
 
 def test_fetches_both_files_and_a_second_run_downloads_nothing(
-    tmp_path: Path,
-    https_server: FileServer,
-    voice_files: dict[str, bytes],
-    pki: tuple[Path, Path, Path],
+    tmp_path: Path, https_server: FileServer
 ) -> None:
     dest = tmp_path / "cache" / "key" / "joe.onnx"
-    env = joe_env(https_server, voice_files, dest, pki[0])
+    env = joe_env(https_server, dest)
 
     first = fetch(tmp_path, env)
     assert first.code == 0, first.stderr
-    assert dest.read_bytes() == voice_files["/voices/joe.onnx"]
-    assert dest.with_name("joe.onnx.json").read_bytes() == voice_files["/voices/joe.onnx.json"]
+    assert dest.read_bytes() == https_server.files["/voices/joe.onnx"]
+    assert (
+        dest.with_name("joe.onnx.json").read_bytes() == https_server.files["/voices/joe.onnx.json"]
+    )
     assert https_server.log == [("/voices/joe.onnx", 200), ("/voices/joe.onnx.json", 200)]
     assert sorted(p.name for p in dest.parent.iterdir()) == ["joe.onnx", "joe.onnx.json"]
     # What the server does with VOICEFLEET_MODEL=<dest>: the model is named after the file.
@@ -255,18 +255,13 @@ def test_fetches_both_files_and_a_second_run_downloads_nothing(
     assert "not downloaded" in second.stderr
 
 
-def test_wrong_digest_keeps_nothing_and_says_so(
-    tmp_path: Path,
-    https_server: FileServer,
-    voice_files: dict[str, bytes],
-    pki: tuple[Path, Path, Path],
-) -> None:
+def test_wrong_digest_keeps_nothing_and_says_so(tmp_path: Path, https_server: FileServer) -> None:
     dest = tmp_path / "m" / "joe.onnx"
-    env = joe_env(https_server, voice_files, dest, pki[0])
+    env = joe_env(https_server, dest)
     env["VOICEFLEET_FETCH_SHA256"] = "0" * 64
     run = fetch(tmp_path, env)
     assert run.code == 1
-    actual = sha(voice_files["/voices/joe.onnx"])
+    actual = sha(https_server.files["/voices/joe.onnx"])
     assert run.last_words.startswith(f"ModelDigestMismatch: {https_server.base}/voices/joe.onnx:")
     assert actual in run.last_words
     assert "0" * 64 in run.last_words
@@ -275,26 +270,20 @@ def test_wrong_digest_keeps_nothing_and_says_so(
 
 
 def test_a_cached_file_with_another_digest_is_replaced(
-    tmp_path: Path,
-    https_server: FileServer,
-    voice_files: dict[str, bytes],
-    pki: tuple[Path, Path, Path],
+    tmp_path: Path, https_server: FileServer
 ) -> None:
     dest = tmp_path / "m" / "joe.onnx"
     dest.parent.mkdir()
     dest.write_bytes(b"tampered")
-    run = fetch(tmp_path, joe_env(https_server, voice_files, dest, pki[0]))
+    run = fetch(tmp_path, joe_env(https_server, dest))
     assert run.code == 0, run.stderr
-    assert dest.read_bytes() == voice_files["/voices/joe.onnx"]
+    assert dest.read_bytes() == https_server.files["/voices/joe.onnx"]
 
 
 def test_missing_object_is_a_fetch_failure_naming_the_url(
-    tmp_path: Path,
-    https_server: FileServer,
-    voice_files: dict[str, bytes],
-    pki: tuple[Path, Path, Path],
+    tmp_path: Path, https_server: FileServer
 ) -> None:
-    env = joe_env(https_server, voice_files, tmp_path / "m" / "gone.onnx", pki[0])
+    env = joe_env(https_server, tmp_path / "m" / "gone.onnx")
     env["VOICEFLEET_FETCH_URL"] = f"{https_server.base}/voices/gone.onnx"
     run = fetch(tmp_path, env)
     assert run.code == 1
@@ -304,13 +293,10 @@ def test_missing_object_is_a_fetch_failure_naming_the_url(
 
 
 def test_bearer_token_is_sent_and_a_refused_one_is_reported_but_never_printed(
-    tmp_path: Path,
-    https_server: FileServer,
-    voice_files: dict[str, bytes],
-    pki: tuple[Path, Path, Path],
+    tmp_path: Path, https_server: FileServer
 ) -> None:
     dest = tmp_path / "m" / "joe.onnx"
-    env = joe_env(https_server, voice_files, dest, pki[0])
+    env = joe_env(https_server, dest)
     env["VOICEFLEET_FETCH_URL"] = f"{https_server.base}/private/voices/joe.onnx"
 
     refused = fetch(tmp_path, {**env, "VOICEFLEET_FETCH_TOKEN": "wrong-token-9e2"})
@@ -324,16 +310,11 @@ def test_bearer_token_is_sent_and_a_refused_one_is_reported_but_never_printed(
     allowed = fetch(tmp_path, {**env, "VOICEFLEET_FETCH_TOKEN": TOKEN})
     assert allowed.code == 0, allowed.stderr
     assert TOKEN not in allowed.stderr
-    assert dest.read_bytes() == voice_files["/voices/joe.onnx"]
+    assert dest.read_bytes() == https_server.files["/voices/joe.onnx"]
 
 
-def test_an_untrusted_certificate_is_refused(
-    tmp_path: Path,
-    https_server: FileServer,
-    voice_files: dict[str, bytes],
-    pki: tuple[Path, Path, Path],
-) -> None:
-    env = joe_env(https_server, voice_files, tmp_path / "m" / "joe.onnx", pki[0])
+def test_an_untrusted_certificate_is_refused(tmp_path: Path, https_server: FileServer) -> None:
+    env = joe_env(https_server, tmp_path / "m" / "joe.onnx")
     del env["VOICEFLEET_FETCH_CA_PEM"]  # the system CAs do not know our private CA
     run = fetch(tmp_path, env)
     assert run.code == 1
@@ -341,14 +322,9 @@ def test_an_untrusted_certificate_is_refused(
     assert "CERTIFICATE_VERIFY_FAILED" in run.last_words
 
 
-def test_a_stalled_download_times_out(
-    tmp_path: Path,
-    https_server: FileServer,
-    voice_files: dict[str, bytes],
-    pki: tuple[Path, Path, Path],
-) -> None:
+def test_a_stalled_download_times_out(tmp_path: Path, https_server: FileServer) -> None:
     dest = tmp_path / "m" / "joe.onnx"
-    env = joe_env(https_server, voice_files, dest, pki[0])
+    env = joe_env(https_server, dest)
     env["VOICEFLEET_FETCH_URL"] = f"{https_server.base}/stall/joe.onnx"
     started = time.monotonic()
     run = fetch(tmp_path, env, "--timeout-seconds", "1")

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from serverprocs import free_port
 
-from voicefleet_localcluster import imagebuild, images, node
+from voicefleet_localcluster import imagebuild, images, node, stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -268,12 +268,7 @@ def test_the_server_image_speaks_on_a_read_only_root_as_65532(
     assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
     response = httpx.post(
         f"{base}/v1/audio/speech",
-        json={
-            "model": "en_US-joe-medium",
-            "input": "Hello from a container.",
-            "voice": "default",
-            "response_format": "wav",
-        },
+        json=stack.speech_request("en_US-joe-medium", "Hello from a container."),
         timeout=120,
     )
     assert response.status_code == 200, response.text

@@ -10,7 +10,6 @@ printed (and its path kept) when a test fails.
 from __future__ import annotations
 
 import io
-import json
 import wave
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,14 @@ from operatorprocs import (
     condition,
     events_for,
     exists,
-    free_port,
-    operator_argv,
+    merge_patch,
+    new_operator,
     owned_by,
     scalable_voice,
     voice,
 )
 
+from voicefleet_localcluster import stack
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -71,12 +71,7 @@ def test_sample_becomes_ready_voice_that_speaks_then_rolls_on_update_and_survive
     )[0]
     rsp = httpx.post(
         f"http://{pod['status']['podIP']}:8080/v1/audio/speech",
-        json={
-            "model": "en_US-joe-medium",
-            "input": "Hello from the cluster.",
-            "voice": "default",
-            "response_format": "wav",
-        },
+        json=stack.speech_request("en_US-joe-medium", "Hello from the cluster."),
         timeout=60,
     )
     assert rsp.status_code == 200, rsp.text
@@ -102,16 +97,7 @@ def test_sample_becomes_ready_voice_that_speaks_then_rolls_on_update_and_survive
 
     # An update rolls the Deployment: new template generation, a second ReplicaSet.
     before = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
-    local_cluster.kubectl_run(
-        "patch",
-        "ttsvoice",
-        "en-us-joe",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"server": {"maxQueue": 32}}}),
-    )
+    merge_patch(local_cluster, ns, "en-us-joe", {"spec": {"server": {"maxQueue": 32}}})
 
     def rolled() -> dict[str, Any] | None:
         d = local_cluster.get_json("deployment", "en-us-joe", "-n", ns)
@@ -260,16 +246,7 @@ def test_scale_subresource_drives_replicas_pdb_follows_max_and_delete_collects_e
     # maxReplicas down to 1: the disruption budget is no longer wanted and goes.
     local_cluster.apply(scalable_voice("shrinks"), namespace=ns)
     wait_for(lambda: exists(local_cluster, ns, "pdb", "shrinks"), timeout=30, what="PDB")
-    local_cluster.kubectl_run(
-        "patch",
-        "ttsvoice",
-        "shrinks",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"autoscaling": {"maxReplicas": 1}}}),
-    )
+    merge_patch(local_cluster, ns, "shrinks", {"spec": {"autoscaling": {"maxReplicas": 1}}})
     wait_for(lambda: not exists(local_cluster, ns, "pdb", "shrinks"), timeout=30, what="PDB gone")
     assert exists(local_cluster, ns, "deploy", "shrinks")
     assert operator.proc is not None
@@ -306,15 +283,8 @@ def test_missing_pvc_is_degraded_with_a_warning_event_not_a_crash(
 
     # The claim appears: the voice recovers at once (no pods: replicas 0 keeps the
     # process kubelet from running a server whose model file is not really there).
-    local_cluster.kubectl_run(
-        "patch",
-        "ttsvoice",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"replicas": 0, "autoscaling": {"minReplicas": 0}}}),
+    merge_patch(
+        local_cluster, ns, name, {"spec": {"replicas": 0, "autoscaling": {"minReplicas": 0}}}
     )
     claim = {
         "apiVersion": "v1",
@@ -363,13 +333,7 @@ def test_two_operators_peer_only_the_higher_priority_acts_and_the_other_takes_ov
     tmp_path: Path,
 ) -> None:
     ns = cluster_namespace
-    health, metrics = free_port(), free_port()
-    second = Operator(
-        argv=operator_argv(sa_kubeconfig, health, metrics, priority=50),
-        log_path=tmp_path / "second.log",
-        health_port=health,
-        metrics_port=metrics,
-    )
+    second = new_operator(sa_kubeconfig, tmp_path / "second.log", priority=50)
     second.start()
     try:
         wait_for(lambda: len(peers(local_cluster)) == 2, timeout=30, what="two peers registered")
@@ -390,16 +354,7 @@ def test_two_operators_peer_only_the_higher_priority_acts_and_the_other_takes_ov
         wait_for(
             lambda: "Resuming operations" in second.log(), timeout=30, what="the second to resume"
         )
-        local_cluster.kubectl_run(
-            "patch",
-            "ttsvoice",
-            "peered",
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            json.dumps({"spec": {"server": {"maxQueue": 7}}}),
-        )
+        merge_patch(local_cluster, ns, "peered", {"spec": {"server": {"maxQueue": 7}}})
 
         def env_has_queue_7() -> bool:
             d = local_cluster.get_json("deployment", "peered", "-n", ns)

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 # The module's operator comes from conftest.py, its helpers from operatorprocs (same RBAC).
-from operatorprocs import Operator, condition, events_for, voice
+from operatorprocs import Operator, condition, events_for, voice, voice_manifest
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
@@ -170,24 +170,9 @@ def observe(cluster: LocalCluster, ns: str, case: Case, applied_at: float) -> Se
 def broken(local_cluster: LocalCluster, operator: Operator) -> Iterator[Broken]:
     """Every broken voice applied in one `kubectl apply`, observed Degraded, then fixed."""
     with local_cluster.namespace("failures") as ns:
-        items = [
-            {
-                "apiVersion": "voicefleet.io/v1alpha1",
-                "kind": "TTSVoice",
-                "metadata": {"name": case.name},
-                "spec": {**BASE, **case.spec},
-            }
-            for case in CASES.values()
-        ]
+        items = [voice_manifest(case.name, **{**BASE, **case.spec}) for case in CASES.values()]
         applied_at = time.time()
-        local_cluster.kubectl_run(
-            "apply",
-            "-n",
-            ns,
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
-        )
+        local_cluster.apply(items, namespace=ns)
         seen = {"bad-toleration": observe(local_cluster, ns, CASES["bad-toleration"], applied_at)}
         rejected_at, rejected_before = time.monotonic(), rejected_count(operator)
         for case in CASES.values():

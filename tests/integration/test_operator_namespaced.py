@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from operatorprocs import OPERATOR, Operator, free_port, scalable_voice
+from operatorprocs import Operator, merge_patch, new_operator, scalable_voice
 
 from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
 
@@ -58,21 +58,7 @@ def namespaced(
     cluster.apply(rendered)
     logs = tmp_path_factory.mktemp("nsop")
     kubeconfig = cluster.service_account_kubeconfig(release_ns, SA_NAME, logs / "sa.kubeconfig")
-    health, metrics = free_port(), free_port()
-    operator = Operator(
-        argv=[
-            str(OPERATOR),
-            f"--namespace={watched}",
-            f"--namespace={release_ns}",
-            f"--kubeconfig={kubeconfig}",
-            f"--health-port={health}",
-            f"--metrics-port={metrics}",
-            "--standalone",
-        ],
-        log_path=logs / "operator.log",
-        health_port=health,
-        metrics_port=metrics,
-    )
+    operator = new_operator(kubeconfig, logs / "operator.log", namespaces=[watched, release_ns])
     operator.start(timeout=60)
     try:
         yield Namespaced(cluster, release_ns, watched, unwatched, operator)
@@ -102,10 +88,7 @@ def test_a_voice_in_a_watched_namespace_gets_its_objects_through_the_policy(
     (owner,) = deployment["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("TTSVoice", "nsvoice", True)
     # no more PDB when maxReplicas drops to 1: the operator's delete passes the policy too
-    cluster.kubectl_run(
-        "patch", "ttsvoice", "nsvoice", "-n", ns, "--type=merge",
-        "-p", '{"spec": {"autoscaling": {"maxReplicas": 1}}}',
-    )  # fmt: skip
+    merge_patch(cluster, ns, "nsvoice", {"spec": {"autoscaling": {"maxReplicas": 1}}})
     wait_for(
         lambda: cluster.kubectl_run("get", "pdb", "nsvoice", "-n", ns, check=False).returncode != 0,
         timeout=60,

@@ -12,8 +12,6 @@ raise it only with a reason written there.
 
 from __future__ import annotations
 
-import re
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +19,16 @@ from typing import Any
 
 import pytest
 from operatorprocs import (
-    OPERATOR,
     SA_NAME,
     SA_NAMESPACE,
     Operator,
     condition,
-    free_port,
+    new_operator,
     scalable_voice,
     voice,
 )
 
+from voicefleet_localcluster.flowcontrol import service_account_flow, settled_counts
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -44,43 +42,9 @@ reconciled and again when the Deployment controller has observed it (2), and the
 autoscaler loop's first report on the voice (1); no reads."""
 
 
-def _dispatched(cluster: LocalCluster) -> int:
-    """The operator's requests so far, from the API server's own metrics."""
-    text = cluster.kubectl_run("get", "--raw", "/metrics").stdout
-    total = 0
-    for line in text.splitlines():
-        if line.startswith("apiserver_flowcontrol_dispatched_requests_total{") and (
-            f'flow_schema="{FLOW}"' in line
-        ):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
-
-
-def _by_verb(cluster: LocalCluster) -> Counter[str]:
-    """Every client's requests by verb and resource (to say what a failing count was)."""
-    text = cluster.kubectl_run("get", "--raw", "/metrics").stdout
-    out: Counter[str] = Counter()
-    for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        key = f"{labels.get('verb')} {labels.get('resource')}/{labels.get('subresource', '')}"
-        out[key] += int(float(line.rsplit(" ", 1)[1]))
-    return out
-
-
-def _settled(cluster: LocalCluster, quiet: float = 4.0, timeout: float = 60.0) -> int:
-    """The count once it has not moved for ``quiet`` seconds (the operator is idle)."""
-    deadline = time.monotonic() + timeout
-    last, since = _dispatched(cluster), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = _dispatched(cluster)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return now
-    raise AssertionError(f"the operator never went quiet (still at {last} requests)")
+def _settled(cluster: LocalCluster) -> tuple[int, Counter[str]]:
+    """The operator's requests so far and every client's by verb, once it is idle."""
+    return settled_counts(cluster, FLOW, quiet=4.0, timeout=60.0)
 
 
 @pytest.fixture(scope="module")
@@ -99,53 +63,13 @@ def counted_operator(
 ) -> Iterator[Operator]:
     """The operator as its ServiceAccount, standalone (no peering heartbeats in the
     count), with its requests in a flow of their own."""
-    local_cluster.apply(
-        {
-            "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
-            "kind": "FlowSchema",
-            "metadata": {"name": FLOW},
-            "spec": {
-                "matchingPrecedence": 100,
-                "priorityLevelConfiguration": {"name": "workload-high"},
-                "distinguisherMethod": {"type": "ByUser"},
-                "rules": [
-                    {
-                        "subjects": [
-                            {
-                                "kind": "ServiceAccount",
-                                "serviceAccount": {"namespace": SA_NAMESPACE, "name": SA_NAME},
-                            }
-                        ],
-                        "resourceRules": [
-                            {
-                                "verbs": ["*"],
-                                "apiGroups": ["*"],
-                                "resources": ["*"],
-                                "namespaces": ["*"],
-                                "clusterScope": True,
-                            }
-                        ],
-                        "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-                    }
-                ],
-            },
-        }
-    )
-    health, metrics = free_port(), free_port()
-    op = Operator(
-        argv=[
-            str(OPERATOR),
-            # Only this module's namespaces: voices other modules leave behind (their
-            # namespaces still terminating) would otherwise add work to the count.
-            f"--namespace={counted_namespace}",
-            f"--kubeconfig={sa_kubeconfig}",
-            f"--health-port={health}",
-            f"--metrics-port={metrics}",
-            "--standalone",
-        ],
-        log_path=tmp_path_factory.mktemp("operator-requests") / "operator.log",
-        health_port=health,
-        metrics_port=metrics,
+    local_cluster.apply(service_account_flow(FLOW, SA_NAMESPACE, SA_NAME))
+    op = new_operator(
+        sa_kubeconfig,
+        tmp_path_factory.mktemp("operator-requests") / "operator.log",
+        # Only this module's namespace: voices other modules leave behind (their
+        # namespaces still terminating) would otherwise add work to the count.
+        namespaces=[counted_namespace],
     )
     op.start(timeout=90)
     try:
@@ -177,10 +101,11 @@ def test_a_new_voice_costs_a_fixed_small_number_of_requests_and_reads_nothing(
     _new_voice(local_cluster, ns, "warmup")  # first-use costs (discovery, connections) out
     costs = []
     for name in ("first", "second", "third"):
-        before, verbs = _settled(local_cluster), _by_verb(local_cluster)
+        before, verbs = _settled(local_cluster)
         _new_voice(local_cluster, ns, name)
-        costs.append(_settled(local_cluster) - before)
-        print(f"\n{name}: {costs[-1]} requests; all clients: {_by_verb(local_cluster) - verbs}")
+        after, verbs_after = _settled(local_cluster)
+        costs.append(after - before)
+        print(f"\n{name}: {costs[-1]} requests; all clients: {verbs_after - verbs}")
     assert costs == [REQUESTS_PER_NEW_VOICE] * 3, costs
 
 
@@ -196,7 +121,7 @@ def test_a_burst_of_deployment_events_costs_no_reads(
     Deployment on each event: 20 GETs more)."""
     ns = counted_namespace
     _new_voice(local_cluster, ns, "churn")
-    before, verbs = _settled(local_cluster), _by_verb(local_cluster)
+    before, verbs = _settled(local_cluster)
     for i in range(10):
         local_cluster.kubectl_run(
             "annotate",
@@ -207,8 +132,8 @@ def test_a_burst_of_deployment_events_costs_no_reads(
             f"test.voicefleet.io/poke={i}",
             "--overwrite",
         )
-    cost = _settled(local_cluster) - before
-    moved = _by_verb(local_cluster) - verbs
+    after, verbs_after = _settled(local_cluster)
+    cost, moved = after - before, verbs_after - verbs
     status_writes = moved["PATCH ttsvoices/status"]  # only the operator writes voice status
     print(f"\n10 Deployment events: {cost} operator requests, {status_writes} status writes")
     assert cost == status_writes, f"{cost} requests, {status_writes} status writes: {moved}"

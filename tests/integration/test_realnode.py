@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from operatorprocs import OPERATOR, Operator, free_port, voice_manifest
+from operatorprocs import new_operator, voice_manifest
 
 from voicefleet_localcluster import node, nodeimages
 from voicefleet_localcluster.testing import LocalCluster, wait_for
@@ -236,20 +236,7 @@ def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_roll
     by conntrack, which is the client's retry problem, not the pod's)."""
     ns = real_namespace
     real_cluster.install_crds()
-    health, metrics = free_port(), free_port()
-    operator = Operator(
-        argv=[
-            str(OPERATOR),
-            f"--namespace={ns}",
-            f"--kubeconfig={real_cluster.kubeconfig}",
-            f"--health-port={health}",
-            f"--metrics-port={metrics}",
-            "--standalone",
-        ],
-        log_path=tmp_path / "operator.log",
-        health_port=health,
-        metrics_port=metrics,
-    )
+    operator = new_operator(real_cluster.kubeconfig, tmp_path / "operator.log", namespaces=[ns])
     operator.start(timeout=90)
     try:
         real_cluster.apply(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from rawconn import idle_flood, open_raw, slow_loris
 from routerprocs import running_router
 from serverprocs import free_port
 
@@ -29,11 +30,6 @@ def settings(**extra: object) -> RouterSettings:
     """One voice ``joe`` whose only pod listens nowhere (these tests never reach a pod)."""
     dead = f"http://127.0.0.1:{free_port()}"
     return RouterSettings(static_upstreams=[f"joe={dead}"], **extra)  # type: ignore[arg-type]
-
-
-async def open_raw(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = url.removeprefix("http://").split(":")
-    return await asyncio.open_connection(host, int(port))
 
 
 async def status_of(reader: asyncio.StreamReader) -> int:
@@ -125,26 +121,7 @@ async def test_slow_loris_connections_are_closed_within_the_header_timeout() -> 
     """Heads sent a byte at a time never finish; each connection is closed once the head
     is late (500 of them stayed open for 90 s before)."""
     async with running_router(settings(header_timeout_s=1.0)) as (_, url):
-        conns = [await open_raw(url) for _ in range(50)]
-
-        async def trickle(writer: asyncio.StreamWriter) -> None:
-            writer.write(b"GET /healthz HTTP/1.1\r\nHo")
-            while not writer.is_closing():
-                await asyncio.sleep(0.2)
-                writer.write(b"s")
-                await writer.drain()
-
-        trickling = [asyncio.create_task(trickle(w)) for _, w in conns]
-        started = time.monotonic()
-        ends = await asyncio.gather(
-            *(asyncio.wait_for(r.read(), 10) for r, _ in conns), return_exceptions=True
-        )
-        waited = time.monotonic() - started
-        for task in trickling:
-            task.cancel()
-        await asyncio.gather(*trickling, return_exceptions=True)
-        for _, writer in conns:
-            writer.close()
+        ends, waited = await slow_loris(url)
     assert all(end == b"" for end in ends), ends
     assert waited < 5
 
@@ -153,19 +130,9 @@ async def test_an_idle_connection_flood_is_capped_and_healthz_still_answers() ->
     """Past the cap, a new connection closes the oldest one that never sent a request: a
     flood of idle sockets cannot lock the kubelet's probe out (20,000 exhausted it)."""
     async with running_router(settings(max_connections=100, header_timeout_s=60.0)) as (_, url):
-        idle = [await open_raw(url) for _ in range(300)]
-        async with httpx.AsyncClient(timeout=5) as client:
-            started = time.monotonic()
-            health = await client.get(url + "/healthz")
-            took = time.monotonic() - started
-        ends = await asyncio.gather(
-            *(asyncio.wait_for(r.read(), 1.0) for r, _ in idle), return_exceptions=True
-        )
-        for _, writer in idle:
-            writer.close()
-    assert health.status_code == 200
+        health, took, closed = await idle_flood(url, 300, read_s=1.0)
+    assert health == 200
     assert took < 2
-    closed = sum(1 for end in ends if end == b"")
     assert closed >= 200, closed
 
 
