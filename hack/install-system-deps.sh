@@ -7,6 +7,7 @@
 #             cluster's real node (kubelet -> containerd -> runc, CNI bridge, kube-proxy).
 #   umoci, gcc + libc6-dev (static libc): the node's locally built pause image.
 #   busybox-static: the tiny image test pods run (no registry is reachable).
+#   ipset: kube-router's firewall (NetworkPolicy on the real node) keeps its sets with it.
 set -euo pipefail
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
@@ -21,6 +22,7 @@ if [ "$(uname -s)" = Linux ]; then
   command -v gcc >/dev/null 2>&1 || need+=(gcc)
   [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)
   [ -x /bin/busybox ] || need+=(busybox-static)
+  command -v ipset >/dev/null 2>&1 || need+=(ipset)
 fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -37,6 +37,7 @@ K8S_MODULE_DIR = HACK_DIR / "k8s"
 HELM_MODULE_DIR = K8S_MODULE_DIR / "helm"
 COREDNS_MODULE_DIR = K8S_MODULE_DIR / "coredns"
 PROMTOOL_MODULE_DIR = K8S_MODULE_DIR / "promtool"
+KUBE_ROUTER_MODULE_DIR = K8S_MODULE_DIR / "kube-router"
 
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 HELM_MODULE = "helm.sh/helm/v3"
@@ -44,6 +45,8 @@ COREDNS_MODULE = "github.com/coredns/coredns"
 CLIENT_GO_MODULE = "k8s.io/client-go"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMTOOL_PACKAGE = "github.com/prometheus/prometheus/cmd/promtool"
+KUBE_ROUTER_MODULE = "github.com/cloudnativelabs/kube-router/v2"
+KUBE_ROUTER_PACKAGE = f"{KUBE_ROUTER_MODULE}/cmd/kube-router"
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,15 @@ def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]
 # Kubernetes binaries (whose build is the slow one) and vice versa.
 
 
+def _pin_digest(module_dir: Path) -> str:
+    """Digest of a tool module's go.mod and go.sum: any pin change names a new cache dir."""
+    digest = hashlib.sha256()
+    for path in (module_dir / "go.mod", module_dir / "go.sum"):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def promtool_versions(module_dir: Path = PROMTOOL_MODULE_DIR) -> tuple[str, str]:
     """(Prometheus release, digest of the pin files) for the promtool cache key.
 
@@ -407,11 +419,7 @@ def promtool_versions(module_dir: Path = PROMTOOL_MODULE_DIR) -> tuple[str, str]
     module = module_version(mod, PROMETHEUS_MODULE)
     match = re.fullmatch(r"v0\.(\d)(\d\d)\.(\d+)", module)
     release = f"v{match.group(1)}.{int(match.group(2))}.{match.group(3)}" if match else module
-    digest = hashlib.sha256()
-    for path in (module_dir / "go.mod", module_dir / "go.sum"):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return release, digest.hexdigest()[:10]
+    return release, _pin_digest(module_dir)
 
 
 def promtool_path(module_dir: Path = PROMTOOL_MODULE_DIR) -> Path:
@@ -420,37 +428,37 @@ def promtool_path(module_dir: Path = PROMTOOL_MODULE_DIR) -> Path:
     return cache_root() / f"promtool-{release}-{digest}" / "bin" / "promtool"
 
 
-def ensure_promtool(log: Callable[[str], None] = _default_log) -> Path:
-    """Return the promtool binary, building it first when missing (atomic, locked)."""
-    target = promtool_path()
+@dataclass(frozen=True)
+class GoTool:
+    """A tool built on first use from its own pinned module dir into its own cache dir."""
+
+    name: str
+    release: str
+    package: str
+    module_dir: Path
+    target: Path
+    ldflags: str
+    tags: str = ""
+
+
+def _ensure_tool(tool: GoTool, log: Callable[[str], None]) -> Path:
+    """Return the tool's binary, building it first when missing (atomic, locked)."""
+    target = tool.target
     if os.access(target, os.X_OK):
         return target
-    release, _ = promtool_versions()
     with _locked(target.parent.parent / "build.lock"):
         if os.access(target, os.X_OK):
             return target
         go = find_go(log)
         target.parent.mkdir(parents=True, exist_ok=True)
-        log(f"building promtool {release} from its Go module (first run: minutes on 2 cores)")
+        log(f"building {tool.name} {tool.release} from its Go module (first run: minutes)")
         started = time.monotonic()
-        partial = target.with_name(f".promtool.partial-{os.getpid()}")
-        flags = f"-s -w -X github.com/prometheus/common/version.Version={release.lstrip('v')}"
+        partial = target.with_name(f".{tool.name}.partial-{os.getpid()}")
+        tags = ["-tags", tool.tags] if tool.tags else []
+        argv = [go, "build", "-buildvcs=false", *tags, "-ldflags", tool.ldflags]
         proc = subprocess.run(
-            [
-                go,
-                "build",
-                "-buildvcs=false",
-                # Prometheus's own build tag: leave out the cloud service-discovery
-                # plugins (AWS, Azure, GCE …), most of the build, which rule tests never use.
-                "-tags",
-                "remove_all_sd",
-                "-ldflags",
-                flags,
-                "-o",
-                str(partial),
-                PROMTOOL_PACKAGE,
-            ],
-            cwd=PROMTOOL_MODULE_DIR,
+            [*argv, "-o", str(partial), tool.package],
+            cwd=tool.module_dir,
             capture_output=True,
             text=True,
             check=False,
@@ -459,9 +467,61 @@ def ensure_promtool(log: Callable[[str], None] = _default_log) -> Path:
         if proc.returncode != 0:
             partial.unlink(missing_ok=True)
             raise RuntimeError(
-                f"go build {PROMTOOL_PACKAGE} failed (exit {proc.returncode}):\n"
-                f"{proc.stderr[-4000:]}"
+                f"go build {tool.package} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
             )
         partial.rename(target)
-        log(f"promtool built in {time.monotonic() - started:.0f}s -> {target}")
+        log(f"{tool.name} built in {time.monotonic() - started:.0f}s -> {target}")
     return target
+
+
+def ensure_promtool(log: Callable[[str], None] = _default_log) -> Path:
+    """Return the promtool binary, building it first when missing (atomic, locked)."""
+    release, _ = promtool_versions()
+    return _ensure_tool(
+        GoTool(
+            name="promtool",
+            release=release,
+            package=PROMTOOL_PACKAGE,
+            module_dir=PROMTOOL_MODULE_DIR,
+            target=promtool_path(),
+            ldflags=f"-s -w -X github.com/prometheus/common/version.Version={release.lstrip('v')}",
+            # Prometheus's own build tag: leave out the cloud service-discovery plugins
+            # (AWS, Azure, GCE …), most of the build, which rule tests never use.
+            tags="remove_all_sd",
+        ),
+        log,
+    )
+
+
+# -- kube-router ------------------------------------------------------------------------------
+# The real node's NetworkPolicy enforcement (its firewall controller only: iptables + ipset;
+# node.py runs it). Its own module and cache dir, like promtool's.
+
+
+def kube_router_versions(module_dir: Path = KUBE_ROUTER_MODULE_DIR) -> tuple[str, str]:
+    """(kube-router release, digest of the pin files) for the kube-router cache key."""
+    release = module_version((module_dir / "go.mod").read_text(), KUBE_ROUTER_MODULE)
+    return release, _pin_digest(module_dir)
+
+
+def kube_router_path(module_dir: Path = KUBE_ROUTER_MODULE_DIR) -> Path:
+    """Where kube-router for this pin lives (whether or not it is built yet)."""
+    release, digest = kube_router_versions(module_dir)
+    return cache_root() / f"kube-router-{release}-{digest}" / "bin" / "kube-router"
+
+
+def ensure_kube_router(log: Callable[[str], None] = _default_log) -> Path:
+    """Return the kube-router binary, building it first when missing (atomic, locked)."""
+    release, _ = kube_router_versions()
+    return _ensure_tool(
+        GoTool(
+            name="kube-router",
+            release=release,
+            package=KUBE_ROUTER_PACKAGE,
+            module_dir=KUBE_ROUTER_MODULE_DIR,
+            target=kube_router_path(),
+            # what `kube-router --version` prints
+            ldflags=f"-s -w -X {KUBE_ROUTER_MODULE}/pkg/version.Version={release}",
+        ),
+        log,
+    )

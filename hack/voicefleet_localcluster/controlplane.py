@@ -215,6 +215,8 @@ class ControlPlane:
                 "organizations": ["system:nodes"],
             },
         }
+        if self.node == "real":
+            leaves["kube-router"] = {"common_name": realnode.KUBE_ROUTER_USER}
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {
                 name: pool.submit(pki.issue, ca, directory, name, **spec)
@@ -260,6 +262,8 @@ class ControlPlane:
         machine cannot run the real node, ClusterStartError when a component fails."""
         if self.node == "real":
             preflight.check()
+            # Built on first use (minutes), before the start's deadline runs.
+            binaries.ensure_kube_router(self.log)
         t0 = time.monotonic()
         try:
             state = self._start(timeout)
@@ -303,8 +307,15 @@ class ControlPlane:
             ("scheduler", "system:kube-scheduler"),
             ("kubelet", f"system:node:{self.node_name}"),
             ("kube-proxy", "system:kube-proxy"),
+            ("kube-router", realnode.KUBE_ROUTER_USER),
         ):
+            if name not in certs:
+                continue
             path = self.work_dir / f"{name}.kubeconfig"
+            if name == "kube-router":
+                # In NODE_RUN: a process naming a node dir is how a crashed node's
+                # leftovers are found (`realnode.references_node`), kube-router's too.
+                path = realnode.KUBE_ROUTER_KUBECONFIG
             self._kubeconfig(server, ca, certs[name], user).write(path)
             kubeconfigs[name] = str(path)
         pki_dir = self.work_dir / "pki"
@@ -508,7 +519,8 @@ class ControlPlane:
         self._spawn("kube-proxy", commands.kube_proxy)
 
     def _finish_real_node(self, client: KubeClient, deadline: float) -> None:
-        """Advertise the GPU count, then cluster DNS (CoreDNS) up and answering."""
+        """Advertise the GPU count; kube-router's RBAC and CoreDNS applied; kube-router's
+        firewall (NetworkPolicy) started; then cluster DNS (CoreDNS) up and answering."""
         if self.gpus > 0:
             # A node-level extended resource, as the Kubernetes docs advertise one: the
             # scheduler counts it; no device plugin is involved.
@@ -517,7 +529,10 @@ class ControlPlane:
                 {"status": {"capacity": {"nvidia.com/gpu": str(self.gpus)}}},
             )
         image = nodeimages.coredns_image(binaries.read_versions().coredns)
-        manifests = yaml.safe_dump_all(realnode.coredns_manifests(image))
+        # kube-router's read-only RBAC with CoreDNS: one apply, before kube-router starts.
+        manifests = yaml.safe_dump_all(
+            [*realnode.kube_router_rbac(), *realnode.coredns_manifests(image)]
+        )
         proc = subprocess.run(
             [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", "apply", "-f", "-"],
             input=manifests,
@@ -528,6 +543,17 @@ class ControlPlane:
         )
         if proc.returncode != 0:
             raise ClusterStartError(f"applying CoreDNS failed: {proc.stderr.strip()}")
+        (health_port,) = free_ports(1)
+        self._spawn(
+            "kube-router",
+            realnode.kube_router_command(
+                binaries.ensure_kube_router(self.log),
+                kubeconfig=realnode.KUBE_ROUTER_KUBECONFIG,
+                node_name=self.node_name,
+                health_port=health_port,
+            ),
+        )
+        self._await("kube-router", deadline, realnode.firewall_ready)
         self._await("coredns", deadline, lambda: _deployment_available(client, "coredns"))
 
     def _await(self, name: str, deadline: float, check: Callable[[], bool]) -> None:
@@ -612,7 +638,7 @@ def stop_cluster(
     With `keep_logs`, the logs dir survives (start failures) and its path is returned.
     """
     stages = (
-        ["kubelet", "kube-proxy"],
+        ["kubelet", "kube-proxy", "kube-router"],
         ["kube-scheduler", "kube-controller-manager"],
         ["kube-apiserver"],
         ["etcd"],

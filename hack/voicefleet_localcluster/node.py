@@ -1,4 +1,5 @@
-"""The local cluster's real node: kubelet + containerd + runc, CNI bridge, kube-proxy, CoreDNS.
+"""The local cluster's real node: kubelet + containerd + runc, CNI bridge, kube-proxy, CoreDNS,
+and kube-router's firewall, which enforces NetworkPolicy.
 
 One real node per host: the kubelet, containerd, CNI and iptables all use host-wide
 names, so the node lives in fixed places rather than in a cluster's temp dir:
@@ -19,6 +20,13 @@ node's InternalIP and where the API server listens (so pods reach it through the
 `kubernetes` Service); Services get 198.19.0.0/16 (65k ClusterIPs). Pods have no
 default route and a FORWARD guard rejects anything they send outside 198.18.0.0/15,
 so no pod traffic leaves the host.
+
+NetworkPolicy is enforced by kube-router's network-policy controller alone (built from its
+Go module, `binaries.ensure_kube_router`; no routing, no service proxy: kube-proxy stays
+the proxy): iptables chains `KUBE-ROUTER-*`, `KUBE-POD-FW-*`, `KUBE-NWPLCY-*` and ipsets
+`KUBE-SRC-*`/`KUBE-DST-*`. Pods talk over one bridge, so `net.bridge.bridge-nf-call-iptables`
+is set to 1: bridged pod-to-pod traffic then passes the iptables FORWARD chain, where those
+rules are (without it, same-node pods would bypass every policy).
 
 Everything here is either a pure renderer (configs, cleanup plans: unit-tested) or a
 thin edge that runs `ip`, `iptables`, `ctr` and `umount`.
@@ -64,8 +72,18 @@ KUBERNETES_SERVICE_IP = "198.19.0.1"
 DNS_SERVICE_IP = "198.19.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 GUARD_CHAIN = "VOICEFLEET-NODE"
-# Chains the kubelet, kube-proxy and the CNI plugins create; removed on teardown.
+# Chains the kubelet, kube-proxy, kube-router and the CNI plugins create; removed on
+# teardown (kube-router's: KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*).
 OWNED_CHAIN_PREFIXES = ("KUBE-", "CNI-", GUARD_CHAIN)
+# ipsets kube-router's firewall creates (TMP-* while it swaps a set's contents); destroyed
+# on teardown once no rule refers to them.
+OWNED_IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "TMP-", "inet6:KUBE-")
+BRIDGE_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+KUBE_ROUTER_KUBECONFIG = NODE_RUN / "kube-router.kubeconfig"
+KUBE_ROUTER_USER = "system:kube-router"
+"""The identity kube-router's kubeconfig carries (a client certificate)."""
+KUBE_ROUTER_READY_CHAIN = "KUBE-ROUTER-FORWARD"
+"""kube-router creates this filter chain when its firewall starts: the node waits for it."""
 
 Logger = Callable[[str], None]
 
@@ -239,6 +257,71 @@ def kube_proxy_config(
         },
         "iptables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
     }
+
+
+def kube_router_rbac() -> list[dict[str, Any]]:
+    """Read-only access for kube-router's firewall: what it watches, nothing else.
+
+    Its controller starts informers for pods, namespaces, NetworkPolicies (what a policy
+    is made of), and services, endpoints, endpoint slices and nodes (its shared informer
+    factory syncs them all before the firewall starts).
+    """
+    name = "voicefleet:kube-router"
+    read = ["get", "list", "watch"]
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "namespaces", "services", "endpoints", "nodes"],
+                    "verbs": read,
+                },
+                {
+                    "apiGroups": ["networking.k8s.io"],
+                    "resources": ["networkpolicies"],
+                    "verbs": read,
+                },
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBE_ROUTER_USER}
+            ],
+        },
+    ]
+
+
+def kube_router_command(
+    binary: Path, *, kubeconfig: Path, node_name: str, health_port: int
+) -> list[str]:
+    """kube-router as the node's NetworkPolicy firewall only (kube-proxy stays the proxy)."""
+    return [
+        str(binary),
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        f"--kubeconfig={kubeconfig}",
+        f"--hostname-override={node_name}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--health-port={health_port}",
+        "--metrics-port=0",
+        # Policies apply on every pod, policy and namespace event; the periodic full
+        # resync is only a safety net.
+        "--iptables-sync-period=1m",
+        "--v=1",
+    ]
 
 
 COREDNS_PORT = 1053  # unprivileged inside the pod; the Service maps 53 to it
@@ -429,6 +512,17 @@ def iptables_cleanup(save_text: str) -> list[list[str]]:
     return jumps + flushes + deletes
 
 
+def ipset_cleanup(names_text: str) -> list[list[str]]:
+    """`ipset` argument lists that destroy our sets, from `ipset list -n`.
+
+    Run after the iptables cleanup: a set still referenced by a rule cannot be destroyed.
+    Sets of other programs are never touched.
+    """
+    names = [line.strip() for line in names_text.splitlines() if line.strip()]
+    ours = [name for name in names if name.startswith(OWNED_IPSET_PREFIXES)]
+    return [["destroy", name] for name in ours]
+
+
 def mounts_under(mounts_text: str, roots: Sequence[Path]) -> list[str]:
     """Mount points (from /proc/self/mounts) at or below any root, deepest first."""
     found = []
@@ -525,9 +619,35 @@ def prepare_network(log: Logger) -> None:
     if not saved.exists():
         saved.write_text(forward.read_text())
     forward.write_text("1\n")
+    # Bridged pod-to-pod frames through iptables: where NetworkPolicy is enforced.
+    if not BRIDGE_NF_CALL_IPTABLES.exists():
+        _run(["modprobe", "br_netfilter"], check=False)
+    if not BRIDGE_NF_CALL_IPTABLES.exists():
+        raise RuntimeError(
+            f"{BRIDGE_NF_CALL_IPTABLES} missing: NetworkPolicy cannot be enforced between pods "
+            "on the bridge (a kernel with CONFIG_BRIDGE_NETFILTER, or `modprobe br_netfilter`)"
+        )
+    saved_bridge = NODE_ROOT / "bridge-nf-call-iptables.orig"
+    if not saved_bridge.exists():
+        saved_bridge.write_text(BRIDGE_NF_CALL_IPTABLES.read_text())
+    BRIDGE_NF_CALL_IPTABLES.write_text("1\n")
     for args in guard_rules():
         _run(["iptables", "-w", *args])
-    log(f"bridge {BRIDGE} {NODE_IP}/16 up; Services {SERVICE_CIDR} routed to it")
+    log(
+        f"bridge {BRIDGE} {NODE_IP}/16 up (bridged traffic through iptables); "
+        f"Services {SERVICE_CIDR} routed to it"
+    )
+
+
+def firewall_ready() -> bool:
+    """kube-router's firewall has started: its forward chain exists."""
+    proc = subprocess.run(
+        ["iptables", "-w", "-S", KUBE_ROUTER_READY_CHAIN],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return proc.returncode == 0
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -647,7 +767,9 @@ def reset_node(*, kube_proxy: Path | None, log: Logger) -> None:
     state, iptables, bridge.
     """
     # The kubelet first: alive, it would restart the pods killed next.
-    agents = [p for p in node_processes() if _program(p) in ("kubelet", "kube-proxy")]
+    agents = [
+        p for p in node_processes() if _program(p) in ("kubelet", "kube-proxy", "kube-router")
+    ]
     _kill(agents, signal.SIGTERM)
     _kill(_wait_gone(agents, 10.0), signal.SIGKILL)
     killed = kill_pod_processes()
@@ -690,12 +812,20 @@ def reset_node(*, kube_proxy: Path | None, log: Logger) -> None:
         saved = _run(["iptables-save", "-t", table], check=False)
         for args in iptables_cleanup(saved):
             _run(["iptables", "-w", *args], check=False)
+    if shutil.which("ipset"):
+        for args in ipset_cleanup(_run(["ipset", "list", "-n"], check=False)):
+            _run(["ipset", *args], check=False)
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         _run(["ip", "link", "delete", BRIDGE], check=False)
     saved_forward = NODE_ROOT / "ip_forward.orig"
     if saved_forward.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(saved_forward.read_text())
         saved_forward.unlink()
+    saved_bridge = NODE_ROOT / "bridge-nf-call-iptables.orig"
+    if saved_bridge.exists():
+        with contextlib.suppress(OSError):
+            BRIDGE_NF_CALL_IPTABLES.write_text(saved_bridge.read_text())
+        saved_bridge.unlink()
     reap_orphans()
 
 
@@ -718,7 +848,9 @@ def reap_orphans() -> None:
         fields = stat[stat.rfind(")") + 2 :].split()
         if fields[0] == "Z" and int(fields[1]) == me:
             comm = stat[stat.find("(") + 1 : stat.rfind(")")]
-            if comm.startswith(("containerd", "runc", "pause", "kubelet", "kube-proxy")):
+            if comm.startswith(
+                ("containerd", "runc", "pause", "kubelet", "kube-proxy", "kube-rou")
+            ):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
 

@@ -57,6 +57,7 @@ REQUIRED_PROGRAMS = {
     "iptables": "iptables",
     "iptables-save": "iptables",
     "conntrack": "conntrack",
+    "ipset": "ipset",
     "ip": "iproute2",
     "umoci": "umoci",
     "gcc": "gcc",

@@ -216,3 +216,74 @@ def test_cache_key_covers_link_flags_and_the_node_binaries() -> None:
         coredns=versions.coredns,
     )
     assert other.cache_key != versions.cache_key
+
+
+# -- kube-router: the node's NetworkPolicy firewall -------------------------------------------
+
+ROUTER_SAVE = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:KUBE-ROUTER-FORWARD - [0:0]
+:KUBE-POD-FW-ABCDEF - [0:0]
+:KUBE-NWPLCY-XYZ - [0:0]
+-A FORWARD -m comment --comment "kube-router netpol" -j KUBE-ROUTER-FORWARD
+-A KUBE-ROUTER-FORWARD -d 198.18.0.7/32 -m physdev --physdev-is-bridged -j KUBE-POD-FW-ABCDEF
+-A KUBE-POD-FW-ABCDEF -m set --match-set KUBE-SRC-ABC src -j KUBE-NWPLCY-XYZ
+COMMIT
+"""
+
+
+def test_teardown_removes_kube_routers_chains_then_its_ipsets_only() -> None:
+    plan = node.iptables_cleanup(ROUTER_SAVE)
+    assert plan[0] == [
+        "-t", "filter", "-D", "FORWARD", "-m", "comment", "--comment", "kube-router netpol",
+        "-j", "KUBE-ROUTER-FORWARD",
+    ]  # fmt: skip
+    for chain in ("KUBE-ROUTER-FORWARD", "KUBE-POD-FW-ABCDEF", "KUBE-NWPLCY-XYZ"):
+        assert ["-t", "filter", "-X", chain] in plan
+    names = "KUBE-SRC-ABC\nKUBE-DST-DEF\nTMP-QWERTY\ninet6:KUBE-SRC-X\nweave-allowed\nf2b-sshd\n"
+    assert node.ipset_cleanup(names) == [
+        ["destroy", "KUBE-SRC-ABC"],
+        ["destroy", "KUBE-DST-DEF"],
+        ["destroy", "TMP-QWERTY"],
+        ["destroy", "inet6:KUBE-SRC-X"],
+    ]
+    assert node.ipset_cleanup("") == []
+
+
+def test_kube_router_runs_the_firewall_only_as_its_own_reader() -> None:
+    argv = node.kube_router_command(
+        Path("/cache/kube-router"), kubeconfig=node.KUBE_ROUTER_KUBECONFIG, node_name="n1",
+        health_port=4321,
+    )  # fmt: skip
+    assert argv[0] == "/cache/kube-router"
+    for flag in (
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        "--hostname-override=n1",
+        f"--service-cluster-ip-range={node.SERVICE_CIDR}",
+        "--health-port=4321",
+    ):
+        assert flag in argv
+    # found again by a later reset even if its session crashed: it names a node dir
+    assert node.references_node(argv)
+    role, binding = node.kube_router_rbac()
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert verbs == {"get", "list", "watch"}
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert {"pods", "namespaces", "networkpolicies"} <= resources
+    assert "secrets" not in resources
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": node.KUBE_ROUTER_USER}
+    ]
+
+
+def test_kube_router_pin_names_its_cache() -> None:
+    release, digest = binaries.kube_router_versions()
+    assert release.startswith("v2.")
+    path = binaries.kube_router_path()
+    assert path.name == "kube-router"
+    assert path.parent.parent.name == f"kube-router-{release}-{digest}"
+    assert path.parent.parent.parent == binaries.cache_root()
