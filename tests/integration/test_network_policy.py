@@ -1,0 +1,183 @@
+"""NetworkPolicy on the real node: only the router (and the operator) reach a voice's pods.
+
+The real node enforces NetworkPolicy with kube-router's firewall (iptables + ipset, started
+beside kube-proxy by voicefleet_localcluster.node). The operator runs as a process with the
+peers the chart gives it (`--network-policy-from`, rendered by `helm template` for a
+release in its own namespace), so what is enforced is what a `helm install` would write.
+Clients are `kubectl run` pods of the node's busybox calling the voice pod's IP directly
+(no Service, no router): from another namespace the call is refused; from a pod carrying
+the router's labels in the release namespace it is answered; the router's labels copied
+into another namespace are refused. Deleting the policy opens the pod again, so the
+refusals are the policy's and not the network's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from operatorprocs import OPERATOR, Operator, free_port, voice_manifest
+
+from voicefleet_localcluster import node, nodeimages
+from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+BUSYBOX = nodeimages.BUSYBOX_IMAGE
+RELEASE = "vf"
+VOICE = "guarded"
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+ROUTER_LABELS = {
+    "app.kubernetes.io/name": "voicefleet-router",
+    "app.kubernetes.io/instance": RELEASE,
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    cluster: LocalCluster
+    release: str
+    voices: str
+    outside: str
+    pod_ip: str
+
+
+def chart_peers(cluster: LocalCluster, release_ns: str) -> str:
+    """The `--network-policy-from` the chart gives its operator for this release."""
+    rendered = cluster.helm_run(
+        "template", RELEASE, str(OPERATOR_CHART), "--namespace", release_ns,
+        "--show-only", "templates/operator/deployment.yaml",
+    ).stdout  # fmt: skip
+    deployment: dict[str, Any] = yaml.safe_load(rendered)
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    (flag,) = [a for a in args if a.startswith("--network-policy-from=")]
+    return flag
+
+
+@pytest.fixture(scope="module")
+def setup(real_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    cluster = real_cluster
+    # The node as this module needs it: bridged frames through iptables, firewall up.
+    assert node.BRIDGE_NF_CALL_IPTABLES.read_text().strip() == "1"
+    assert node.firewall_ready(), "kube-router's firewall chain is missing"
+    cluster.install_crds()
+    log_dir = tmp_path_factory.mktemp("netpol")
+    with (
+        cluster.namespace("np-release") as release,
+        cluster.namespace("np-voices") as voices,
+        cluster.namespace("np-outside") as outside,
+    ):
+        health, metrics = free_port(), free_port()
+        operator = Operator(
+            argv=[
+                str(OPERATOR),
+                f"--namespace={voices}",
+                f"--kubeconfig={cluster.kubeconfig}",
+                f"--health-port={health}",
+                f"--metrics-port={metrics}",
+                "--standalone",
+                "--autoscale-interval=0",
+                chart_peers(cluster, release),
+            ],
+            log_path=log_dir / "operator.log",
+            health_port=health,
+            metrics_port=metrics,
+        )
+        operator.start(timeout=90)
+        try:
+            cluster.apply(
+                voice_manifest(
+                    VOICE,
+                    engine="simulated",
+                    replicas=1,
+                    resources={"cpu": "250m", "memory": "256Mi"},
+                    autoscaling={"enabled": False},
+                ),
+                namespace=voices,
+            )
+            selector = f"voicefleet.io/voice={VOICE}"
+            pods = wait_for(
+                lambda: cluster.ready_pods(voices, selector),
+                timeout=240,
+                what=f"a ready voice pod (operator log {operator.log_path})",
+            )
+            yield Setup(cluster, release, voices, outside, pods[0]["status"]["podIP"])
+        finally:
+            operator.stop()
+
+
+def call_pod(setup: Setup, namespace: str, name: str, labels: dict[str, str]) -> tuple[bool, str]:
+    """A `kubectl run` client calling the voice pod's IP: (answered, its log).
+
+    Up to three tries two seconds apart, each bounded by `timeout 10` (busybox's own
+    `wget -T` segfaults): a new client's address reaches kube-router's allow sets a
+    moment after the pod starts, and only a pod refused every time counts as refused.
+    """
+    url = f"http://{setup.pod_ip}:8080/v1/models"
+    fetch = f"timeout 10 wget -q -O - {url}"
+    script = f"for i in 1 2 3; do {fetch} && exit 0; echo REFUSED $i; sleep 2; done; exit 1"
+    overrides = json.dumps({"spec": {"containers": [{"name": "client", "image": BUSYBOX,
+        "imagePullPolicy": "Never", "securityContext": RESTRICTED,
+        "command": ["sh", "-c", script]}]}})  # fmt: skip
+    cluster = setup.cluster
+    cluster.kubectl_run(
+        "run", name, "-n", namespace, f"--image={BUSYBOX}", "--restart=Never",
+        f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}",
+        f"--overrides={overrides}",
+    )  # fmt: skip
+
+    def finished() -> dict[str, Any] | None:
+        status = cluster.get_json("pod", name, "-n", namespace)["status"]
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state", {}).get("terminated")
+            if state:
+                result: dict[str, Any] = state
+                return result
+        return None
+
+    state = wait_for(finished, timeout=120, what=f"client {namespace}/{name} to finish")
+    log = cluster.kubectl_run("logs", name, "-n", namespace).stdout
+    return state["exitCode"] == 0, log
+
+
+def test_the_operator_wrote_the_voices_policy_from_the_charts_peers(setup: Setup) -> None:
+    policy = setup.cluster.get_json("networkpolicy", VOICE, "-n", setup.voices)
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "TTSVoice"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"voicefleet.io/voice": VOICE}}
+    peers = policy["spec"]["ingress"][0]["from"]
+    release_ns = {"matchLabels": {"kubernetes.io/metadata.name": setup.release}}
+    assert {"namespaceSelector": release_ns, "podSelector": {"matchLabels": ROUTER_LABELS}} in (
+        peers
+    )
+
+
+def test_a_pod_of_another_namespace_is_refused_and_the_routers_pod_answered(
+    setup: Setup,
+) -> None:
+    answered, log = call_pod(setup, setup.outside, "outsider", {"app": "client"})
+    assert not answered, f"a pod of another namespace reached the voice pod:\n{log}"
+    assert log.count("REFUSED") == 3, log
+    answered, log = call_pod(setup, setup.release, "router", ROUTER_LABELS)
+    assert answered, f"a pod with the router's labels in the release namespace was refused:\n{log}"
+    assert '"en_US-joe-medium"' in log or '"data"' in log, log
+    # The labels alone are not trusted: the same pod in another namespace is refused.
+    answered, log = call_pod(setup, setup.outside, "impostor", ROUTER_LABELS)
+    assert not answered, f"the router's labels opened the pod from another namespace:\n{log}"
+
+
+def test_without_the_policy_the_same_call_is_answered(setup: Setup) -> None:
+    """The control: the refusals above are the policy's, not a network that drops all."""
+    setup.cluster.kubectl_run("delete", "networkpolicy", VOICE, "-n", setup.voices)
+    answered, log = call_pod(setup, setup.outside, "outsider-open", {"app": "client"})
+    assert answered, f"with no policy the pod should answer anyone:\n{log}"
