@@ -9,6 +9,8 @@ schema. tests/integration/test_crd_admission.py checks the same manifest on a re
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,11 +27,18 @@ SAMPLES = sorted((REPO / "crds" / "samples").glob("*.yaml"))
 Schema = Mapping[str, Any]
 
 
-def load_crd() -> dict[str, Any]:
+@functools.cache
+def _parsed_crd() -> dict[str, Any]:
+    """The manifest parsed once per run (PyYAML's pure-Python parse took ~0.1 s a test)."""
     docs = [d for d in yaml.safe_load_all(CRD_PATH.read_text()) if d]
     assert len(docs) == 1, "crds/ttsvoices.yaml holds exactly one object"
     crd: dict[str, Any] = docs[0]
     return crd
+
+
+def load_crd() -> dict[str, Any]:
+    """A fresh copy of the manifest: a test may change what it got."""
+    return copy.deepcopy(_parsed_crd())
 
 
 def version(crd: Mapping[str, Any]) -> dict[str, Any]:
