@@ -53,8 +53,12 @@ RUN --mount=type=secret,id=pip-ca,required=false set -eu; \
     /opt/voicefleet/bin/pip uninstall -q -y setuptools 2>/dev/null || true; \
     site=$(/opt/voicefleet/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
     echo /opt/voicefleet/app > "$site/voicefleet-app.pth"; \
+    # Bytecode now, since the root filesystem is read-only at run time. A wheel may ship
+    # files that are not Python 3.11 (templates, other versions' code; the CUDA torch
+    # wheels do): never importable, so they are listed and left as source.
     /opt/voicefleet/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
-        /opt/voicefleet/lib >/dev/null; \
+        /opt/voicefleet/lib \
+        || echo "compileall: the files listed above stay uncompiled (not valid Python 3.11)"; \
     rm -rf /tmp/voicefleet-build /root/.cache
 
 FROM deps AS build

@@ -32,6 +32,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(E2E):
             item.add_marker(pytest.mark.cluster)
+    # Tests that start a node of their own (`make up`, the CLI) run before any test starts
+    # the session's cluster: one real node can run per host. Stable: the rest keep order.
+    items.sort(key=lambda item: item.get_closest_marker("own_node") is None)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

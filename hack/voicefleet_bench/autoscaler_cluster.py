@@ -1,10 +1,10 @@
 """The autoscaler for real: a load step on a local cluster with `simulated` pods.
 
-Starts a fresh local control plane (process kubelet), the operator (`--autoscale-interval
+Starts a fresh local cluster (the real node), the operator (`--autoscale-interval
 1`), and one `simulated` TTSVoice (minReplicas 1, maxReplicas 4, target 4 work-seconds,
 scaleDownDelaySeconds 20). Then: 20 s of light load (1 client), a step to 10 clients for
 60 s, back to 1 client for 60 s (through the scale-down). Every request goes to a ready
-pod's loopback address (round robin over the pods ready at that moment, refreshed every
+pod's IP (round robin over the pods ready at that moment, refreshed every
 0.5 s), as a router would.
 
 Reported: decision latency (load step -> first ScaleUp), pod-ready latency (each scale-up

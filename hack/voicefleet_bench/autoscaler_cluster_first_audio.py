@@ -1,6 +1,6 @@
 """A first-audio target against the work-seconds policy, on a local cluster, on one trace.
 
-Starts a fresh local control plane (process kubelet) and the operator
+Starts a fresh local cluster (the real node) and the operator
 (``--autoscale-interval 1``); then, one after the other, one ``simulated`` TTSVoice per
 policy (minReplicas 1, maxReplicas 6, ``scaleDownDelaySeconds`` 30, one worker per pod):
 

@@ -42,8 +42,6 @@ def label(pid: int) -> str:
     except OSError:
         return "?"
     words = [a.decode(errors="replace") for a in argv if a]
-    if "kubelet" in words:
-        return "process kubelet"
     for word in words:
         name = Path(word).name
         if name.startswith(("kube-", "etcd", "voicefleet-")):

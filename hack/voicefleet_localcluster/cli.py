@@ -1,4 +1,4 @@
-"""`voicefleet-cluster build|up|down|status|kubelet` — the developer entry points.
+"""`voicefleet-cluster build|up|down|status|stack-up|stack-down` — the developer entry points.
 
 `up` starts a cluster whose processes outlive this command (they run in their
 own sessions) and records them in `<state-dir>/state.json`; `down` reads that
@@ -8,7 +8,6 @@ file back. The admin kubeconfig goes to `<state-dir>/kubeconfig`.
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -17,11 +16,9 @@ from pathlib import Path
 from voicefleet_localcluster import binaries, preflight
 from voicefleet_localcluster.controlplane import (
     DEFAULT_NODE,
-    NODE_KINDS,
     ClusterStartError,
     ClusterState,
     ControlPlane,
-    default_node_kind,
     stop_cluster,
 )
 from voicefleet_localcluster.preflight import PreflightError
@@ -60,15 +57,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         kubeconfig_path=state_dir / "kubeconfig",
         node_name=args.node_name,
         gpus=args.gpus,
-        node=args.node,
     )
     try:
-        if plane.node == "real":
-            preflight.check()  # before forking: the error belongs to this command
-            state = start_kept(plane, state_file, args.timeout)
-        else:
-            state = plane.start(timeout=args.timeout)
-            state.save(state_file)
+        preflight.check()  # before forking: the error belongs to this command
+        state = start_kept(plane, state_file, args.timeout)
     except (ClusterStartError, PreflightError, RuntimeError) as exc:
         _say(str(exc))
         return 1
@@ -137,32 +129,10 @@ def cmd_promtool(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_kubelet(args: argparse.Namespace) -> int:
-    from voicefleet_localcluster.kubelet import KubeletConfig, run_kubelet
-
-    versions = binaries.read_versions()
-    config = KubeletConfig(
-        kubeconfig=args.kubeconfig,
-        node_name=args.node_name,
-        root_dir=args.root_dir,
-        cluster_id=args.cluster_id,
-        path_prefix=args.path_prefix,
-        gpus=args.gpus,
-        cpu=args.cpu,
-        memory=args.memory,
-        max_pods=args.max_pods,
-        kubernetes_version=versions.kubernetes,
-        port=args.port,
-        serving_cert=args.serving_cert,
-        serving_key=args.serving_key,
-    )
-    return run_kubelet(config)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voicefleet-cluster",
-        description="Local Kubernetes built from Go modules, with a process kubelet.",
+        description="Local Kubernetes built from Go modules, on a real node (kubelet, containerd).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -170,18 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build)
 
     state_help = "where state.json and kubeconfig live (default: ./.cluster)"
-    up = sub.add_parser("up", help="start the control plane and a node (the real one by default)")
+    up = sub.add_parser(
+        "up",
+        help="start the control plane and the node: kubelet + containerd + runc, kube-proxy, "
+        "CoreDNS (needs root)",
+    )
     up.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
     up.add_argument("--node-name", default=DEFAULT_NODE)
     up.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu capacity of the node")
-    up.add_argument(
-        "--node",
-        choices=NODE_KINDS,
-        default=default_node_kind(fallback="real"),
-        help="real: kubelet + containerd + runc, kube-proxy, CoreDNS (needs root); "
-        "process: the stand-in kubelet running pods as host processes "
-        "(default: $VOICEFLEET_NODE, else %(default)s)",
-    )
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     up.set_defaults(func=cmd_up)
 
@@ -208,20 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     promtool = sub.add_parser("promtool", help="build promtool (cached); print its path")
     promtool.set_defaults(func=cmd_promtool)
 
-    kubelet = sub.add_parser("kubelet", help="run the process kubelet (started by `up`)")
-    kubelet.add_argument("--kubeconfig", type=Path, required=True)
-    kubelet.add_argument("--node-name", default=DEFAULT_NODE)
-    kubelet.add_argument("--root-dir", type=Path, required=True)
-    kubelet.add_argument("--cluster-id", default=secrets.token_hex(6))
-    kubelet.add_argument("--path-prefix", type=Path, default=Path(sys.executable).parent)
-    kubelet.add_argument("--gpus", type=int, default=4)
-    kubelet.add_argument("--cpu", default="32")
-    kubelet.add_argument("--memory", default="128Gi")
-    kubelet.add_argument("--max-pods", type=int, default=110)
-    kubelet.add_argument("--port", type=int, default=0, help="HTTPS port for `kubectl logs`")
-    kubelet.add_argument("--serving-cert", type=Path, help="enables the `kubectl logs` endpoint")
-    kubelet.add_argument("--serving-key", type=Path)
-    kubelet.set_defaults(func=cmd_kubelet)
     return parser
 
 

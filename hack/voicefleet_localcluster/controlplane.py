@@ -1,16 +1,13 @@
-"""Start and stop one local cluster: etcd, kube-apiserver, controller-manager, scheduler, kubelet.
-
-Two kinds of node: `process` (the stand-in kubelet running pods as host processes)
-and `real` (the real kubelet on containerd + runc with CNI, kube-proxy and CoreDNS;
-see `node`). With the real node the API server listens on the node address
-198.18.0.1, so pods reach it through the `kubernetes` Service.
+"""Start and stop one local cluster: etcd, kube-apiserver, controller-manager, scheduler, and
+the real node (the kubelet on containerd + runc with CNI, kube-proxy, kube-router's
+firewall and CoreDNS; see `node`). The API server listens on the node address 198.18.0.1,
+so pods reach it through the `kubernetes` Service. One node runs per host.
 
 Layout of a cluster's work dir (a fresh temp dir, removed on stop):
 
     pki/        CA, serving and client certificates, service-account keys
     etcd/       etcd's data dir
     logs/       one log file per component
-    kubelet/    the process kubelet's pod dirs (container logs)
     *.kubeconfig
 
 All components start at once (the controller-manager, scheduler and kubelet
@@ -23,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -33,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +52,7 @@ from voicefleet_localcluster.procs import (
 # RFC 2544 benchmarking range: cannot collide with a real network (see `node`).
 SERVICE_CIDR = realnode.SERVICE_CIDR
 SERVICE_IP = realnode.KUBERNETES_SERVICE_IP
-NODE_KINDS = ("process", "real")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def default_node_kind(fallback: str = "process") -> str:
-    """`$VOICEFLEET_NODE` when set, else `fallback`.
-
-    `make up` falls back to the real node (what users run); the test fixtures to the
-    process kubelet, except the real-node tests, until every cluster test runs in
-    containers (docs/localcluster.md says which still do not).
-    """
-    kind = os.environ.get("VOICEFLEET_NODE", fallback)
-    if kind not in NODE_KINDS:
-        raise ValueError(f"VOICEFLEET_NODE must be one of {NODE_KINDS}, not {kind!r}")
-    return kind
 
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -121,7 +103,9 @@ class ClusterState:
     ports: dict[str, int] = field(default_factory=dict)
     pod_logs_dir: str = ""
     started_seconds: float = 0.0
-    node: str = "process"
+    owns_node: bool = True
+    """False for a start the one-node-per-host guard refused: stopping it must leave the
+    node (another cluster's) alone."""
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +119,8 @@ class ClusterState:
         data: dict[str, Any] = json.loads(path.read_text())
         for key in ("work_dir", "kubeconfig", "bin_dir"):
             data[key] = Path(data[key])
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # a file an older checkout wrote may carry more
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _print(line: str) -> None:
@@ -153,19 +138,13 @@ class ControlPlane:
         work_root: Path | None = None,
         node_name: str = DEFAULT_NODE,
         gpus: int = 4,
-        python: Path | None = None,
         log: Logger = _print,
-        node: str | None = None,
     ) -> None:
-        node = node or default_node_kind()
-        if node not in NODE_KINDS:
-            raise ValueError(f"node must be one of {NODE_KINDS}, not {node!r}")
-        self.node = node
         self.bin_dir = bin_dir
         self.node_name = node_name
         self.gpus = gpus
-        self.python = python or Path(sys.executable)
         self.log = log
+        self.owns_node = False  # until the one-node-per-host guard lets this start pass
         self.cluster_id = secrets.token_hex(6)
         root = work_root or Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
@@ -214,9 +193,8 @@ class ControlPlane:
                 "common_name": f"system:node:{self.node_name}",
                 "organizations": ["system:nodes"],
             },
+            "kube-router": {"common_name": realnode.KUBE_ROUTER_USER},
         }
-        if self.node == "real":
-            leaves["kube-router"] = {"common_name": realnode.KUBE_ROUTER_USER}
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {
                 name: pool.submit(pki.issue, ca, directory, name, **spec)
@@ -240,8 +218,8 @@ class ControlPlane:
         log_path = self.work_dir / "logs" / f"{name}.log"
         self.logs[name] = log_path
         env = {
-            # sbin too: the real node's kubelet and kube-proxy run iptables, mount, ip.
-            "PATH": f"{self.bin_dir}:{self.python.parent}:{SYSTEM_PATH}",
+            # sbin too: the node's kubelet and kube-proxy run iptables, mount, ip.
+            "PATH": f"{self.bin_dir}:{SYSTEM_PATH}",
             "HOME": str(Path.home()),
             "LANG": "C.UTF-8",
             MARKER_ENV: self.cluster_id,
@@ -260,10 +238,9 @@ class ControlPlane:
     def start(self, *, timeout: float = 120.0) -> ClusterState:
         """Start everything; raises PreflightError (before touching anything) when the
         machine cannot run the real node, ClusterStartError when a component fails."""
-        if self.node == "real":
-            preflight.check()
-            # Built on first use (minutes), before the start's deadline runs.
-            binaries.ensure_kube_router(self.log)
+        preflight.check()
+        # Built on first use (minutes), before the start's deadline runs.
+        binaries.ensure_kube_router(self.log)
         t0 = time.monotonic()
         try:
             state = self._start(timeout)
@@ -287,16 +264,14 @@ class ControlPlane:
         return state
 
     def _start(self, timeout: float) -> ClusterState:
-        real = self.node == "real"
         deadline = time.monotonic() + timeout
-        if real:
-            self._prepare_real_node()
+        self._prepare_real_node()
         (self.work_dir / "etcd").mkdir(mode=0o700)
-        for sub in ("logs", "kubelet", "kcm-certs", "scheduler-certs", "apiserver-certs"):
+        for sub in ("logs", "kcm-certs", "scheduler-certs", "apiserver-certs"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
         certs = self._pki()
         etcd_port, peer_port, api_port, kcm_port, sched_port, kubelet_port = free_ports(6)
-        api_host = realnode.NODE_IP if real else "127.0.0.1"
+        api_host = realnode.NODE_IP
         server = f"https://{api_host}:{api_port}"
         ca = certs["ca"]
         admin = self._kubeconfig(server, ca, certs["admin"], "admin")
@@ -309,8 +284,6 @@ class ControlPlane:
             ("kube-proxy", "system:kube-proxy"),
             ("kube-router", realnode.KUBE_ROUTER_USER),
         ):
-            if name not in certs:
-                continue
             path = self.work_dir / f"{name}.kubeconfig"
             if name == "kube-router":
                 # In NODE_RUN: a process naming a node dir is how a crashed node's
@@ -356,10 +329,6 @@ class ControlPlane:
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
-                # Process-kubelet pod IPs are loopback addresses, which the endpoint
-                # reconciler refuses for the `kubernetes` Service; the real node's pods
-                # reach the API server through that Service (the default lease reconciler).
-                *([] if real else ["--endpoint-reconciler-type=none"]),
                 # `kubectl logs` goes through the API server to the kubelet's log endpoint.
                 f"--kubelet-client-certificate={certs['apiserver-kubelet-client'].cert}",
                 f"--kubelet-client-key={certs['apiserver-kubelet-client'].key}",
@@ -368,10 +337,7 @@ class ControlPlane:
                 "--profiling=false",
             ],
         )
-        if real:
-            self._start_real_node(certs, kubeconfigs, kubelet_port, deadline)
-        else:
-            self._spawn_process_kubelet(certs, kubeconfigs, kubelet_port)
+        self._start_real_node(certs, kubeconfigs, kubelet_port, deadline)
         self.state = ClusterState(
             cluster_id=self.cluster_id,
             work_dir=self.work_dir,
@@ -389,10 +355,8 @@ class ControlPlane:
                 "kube-scheduler": sched_port,
                 "kubelet": kubelet_port,
             },
-            pod_logs_dir=str(
-                realnode.KUBELET_HOST_DIRS[0] if real else self.work_dir / "kubelet" / "pods"
-            ),
-            node=self.node,
+            pod_logs_dir=str(realnode.KUBELET_HOST_DIRS[0]),
+            owns_node=self.owns_node,
         )
         client = KubeClient(admin, timeout=5.0)
         try:
@@ -442,33 +406,10 @@ class ControlPlane:
             ):
                 self._await(name, deadline, lambda p=port: _https_ok(p))  # type: ignore[misc]
             self._await("kubelet", deadline, lambda: _node_ready(client, self.node_name))
-            if real:
-                self._finish_real_node(client, deadline)
+            self._finish_real_node(client, deadline)
         finally:
             client.close()
         return self.state
-
-    def _spawn_process_kubelet(
-        self, certs: dict[str, pki.KeyPair], kubeconfigs: dict[str, str], kubelet_port: int
-    ) -> None:
-        self._spawn(
-            "kubelet",
-            [
-                str(self.python),
-                "-m",
-                "voicefleet_localcluster",
-                "kubelet",
-                f"--kubeconfig={kubeconfigs['kubelet']}",
-                f"--node-name={self.node_name}",
-                f"--root-dir={self.work_dir / 'kubelet'}",
-                f"--cluster-id={self.cluster_id}",
-                f"--gpus={self.gpus}",
-                f"--path-prefix={self.python.parent}",
-                f"--port={kubelet_port}",
-                f"--serving-cert={certs['kubelet-serving'].cert}",
-                f"--serving-key={certs['kubelet-serving'].key}",
-            ],
-        )
 
     # -- the real node ---------------------------------------------------------------------
 
@@ -480,6 +421,7 @@ class ControlPlane:
                 f"a real node already runs on this host for local cluster {owner} (one per "
                 "host): stop it first (`make down`, or the test session that started it)"
             )
+        self.owns_node = True
         become_subreaper()
         self.log("clearing whatever an earlier node left on this host")
         realnode.reset_node(kube_proxy=self.bin_dir / "kube-proxy", log=self.log)
@@ -585,7 +527,7 @@ class ControlPlane:
             bin_dir=self.bin_dir,
             node_name=self.node_name,
             pids={name: proc.pid for name, proc in self.procs.items()},
-            node=self.node,
+            owns_node=self.owns_node,
         )
         kept = stop_cluster(state, keep_logs=keep_logs, log=self.log)
         for proc in self.procs.values():
@@ -652,7 +594,7 @@ def stop_cluster(
             and has_marker(state.pids[name], state.cluster_id)
         ]
         terminate_groups(pids, grace=25.0 if "kubelet" in stage else 10.0)
-        if "kubelet" in stage and state.node == "real":
+        if "kubelet" in stage and state.owns_node:
             # The node's pods, containerd, mounts, netns, iptables and bridge go before
             # the control plane, so nothing is left for a later start to trip over.
             t0 = time.monotonic()

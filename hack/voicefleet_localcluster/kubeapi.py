@@ -1,4 +1,4 @@
-"""A deliberately small Kubernetes REST client for the process kubelet and the launcher.
+"""A deliberately small Kubernetes REST client for the launcher (readiness checks, patches).
 
 The kubelet needs a handful of verbs (get, create, merge-patch, delete, list+watch)
 on plain JSON. Going straight to the REST API with httpx keeps every request

@@ -920,3 +920,14 @@ def node_commands(
         ],
         kube_proxy=[str(bin_dir / "kube-proxy"), f"--config={proxy_yaml}", "--v=1"],
     )
+
+
+def task_pid(container_id: str) -> int:
+    """The host pid of a running container's process, as containerd's task list has it
+    (a container ID as the pod status carries it, `containerd://` prefix or not)."""
+    wanted = container_id.removeprefix("containerd://")
+    for line in ctr("tasks", "ls").splitlines()[1:]:
+        task, pid, *_ = line.split()
+        if task == wanted:
+            return int(pid)
+    raise LookupError(f"no running task for container {wanted}")

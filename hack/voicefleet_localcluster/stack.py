@@ -7,7 +7,7 @@ until it is Ready, checks that speech comes back through the router, writes the
 router's base URL to `<state-dir>/router-url` and prints how to call it. Every
 step that can take long prints a progress line first.
 
-`down` stops the cluster (every pod process with it) and removes what `up` wrote.
+`down` stops the cluster (every container with it) and removes what `up` wrote.
 The helpers here are shared with tests/e2e so both install the chart one way.
 """
 
@@ -30,8 +30,6 @@ from voicefleet_localcluster.controlplane import (
     ClusterStartError,
     ClusterState,
     ControlPlane,
-    default_node_kind,
-    free_ports,
     stop_cluster,
 )
 from voicefleet_localcluster.preflight import PreflightError
@@ -41,14 +39,12 @@ from voicefleet_localcluster.testing import LocalCluster, wait_for
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "voicefleet"
 LOCAL_VALUES = REPO / "hack" / "local-values.yaml"
-REAL_NODE_VALUES = REPO / "hack" / "local-values-real.yaml"
 SAMPLE_VOICE = REPO / "crds" / "samples" / "en-us-joe.yaml"
 RELEASE = "voicefleet"
 RELEASE_NAMESPACE = "voicefleet-system"
 SAMPLE_NAME = "en-us-joe"
 SAMPLE_NAMESPACE = "default"
 ROUTER_SELECTOR = "app.kubernetes.io/name=voicefleet-router"
-ROUTER_PORT = 8080
 ROUTER_URL_FILE = "router-url"
 
 Say = Callable[[str], None]
@@ -94,23 +90,12 @@ def ensure_cluster(state_dir: Path, *, say: Say = _say, timeout: float = 180.0) 
         state_file.unlink(missing_ok=True)
     say("Kubernetes binaries (built from Go modules on first use: several minutes)")
     bin_dir = binaries.ensure_binaries(log=say)
-    kind = default_node_kind(fallback="real")
-    if kind == "real":
-        say("starting the local control plane and the real node (kubelet + containerd, ~30 s)")
-    else:
-        say("starting the local control plane and the process kubelet (~10 s)")
+    say("starting the local control plane and the real node (kubelet + containerd, ~30 s)")
     plane = ControlPlane(
-        bin_dir=bin_dir,
-        kubeconfig_path=state_dir / "kubeconfig",
-        node_name=DEFAULT_NODE,
-        node=kind,
+        bin_dir=bin_dir, kubeconfig_path=state_dir / "kubeconfig", node_name=DEFAULT_NODE
     )
-    if kind == "real":
-        preflight.check()
-        state = start_kept(plane, state_file, timeout)
-    else:
-        state = plane.start(timeout=timeout)
-        state.save(state_file)
+    preflight.check()
+    state = start_kept(plane, state_file, timeout)
     say(f"control plane up in {state.started_seconds:.1f}s at {state.server}")
     return state
 
@@ -182,23 +167,11 @@ def release_for_test(
     """The chart installed for a test (local values plus ``set_values``), its operator and
     router ready; yields Helm's output. Removed on the way out, voices first.
 
-    The operator pod shares the host's network on the local node, so its ports are ones
-    nobody holds. Voices go first, while the operator still runs: kopf's finalizer on each
+    Voices go first, while the operator still runs: kopf's finalizer on each
     voice (it stops the voice's autoscaler daemon) is removed only by a running operator.
     """
-    health, metrics = free_ports(2)
     try:
-        output = helm_install(
-            cluster,
-            release=release,
-            namespace=namespace,
-            values=(LOCAL_VALUES,),
-            set_values=(
-                *set_values,
-                f"operator.healthPort={health}",
-                f"operator.metricsPort={metrics}",
-            ),
-        )
+        output = helm_install(cluster, release=release, namespace=namespace, set_values=set_values)
         deployments = [f"{release}-voicefleet-operator", f"{release}-voicefleet-router"]
         wait_deployments(cluster, namespace, deployments, timeout=180, say=print)
         yield output
@@ -246,18 +219,14 @@ def voice_ready(cluster: LocalCluster, namespace: str, name: str) -> bool:
 def router_url(cluster: LocalCluster, namespace: str = RELEASE_NAMESPACE) -> str:
     """Base URL of the router, reachable from the host, once a router pod is ready.
 
-    On the real node: the router Service's ClusterIP, which kube-proxy routes from the
-    host too (what a user reaches in-cluster). The process kubelet has no Service
-    routing, so there it is a ready router pod's own address.
+    The router Service's ClusterIP, which kube-proxy routes from the host too (what a
+    user reaches in-cluster).
     """
     pods = cluster.ready_pods(namespace, ROUTER_SELECTOR)
     if not pods:
         raise LookupError(f"no ready router pod in {namespace}")
-    if cluster.state.node == "real":
-        spec = cluster.get_json("service", f"{RELEASE}-router", "-n", namespace)["spec"]
-        return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}"
-    ip = sorted(str(p["status"]["podIP"]) for p in pods)[0]
-    return f"http://{ip}:{ROUTER_PORT}"
+    spec = cluster.get_json("service", f"{RELEASE}-router", "-n", namespace)["spec"]
+    return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}"
 
 
 def speech_request(model: str, text: str) -> dict[str, Any]:
@@ -294,17 +263,15 @@ def up(state_dir: Path, *, timeout: float = 600.0, say: Say = _say) -> int:
         say(str(exc))
         return 1
     cluster = cluster_from_state(state)
-    if state.node == "real":
-        say("images: voicefleet-server and voicefleet-control from docker/ (make images)")
-        try:
-            imagebuild.build_all("cpu", load=True, refresh_base=False, log=say)
-        except imagebuild.ImageBuildError as exc:
-            say(f"error: {exc}")
-            return 1
-    values = [LOCAL_VALUES] + ([REAL_NODE_VALUES] if state.node == "real" else [])
-    shown = ", ".join(str(v.relative_to(REPO)) for v in values)
+    say("images: voicefleet-server and voicefleet-control from docker/ (make images)")
+    try:
+        imagebuild.build_all("cpu", load=True, refresh_base=False, log=say)
+    except imagebuild.ImageBuildError as exc:
+        say(f"error: {exc}")
+        return 1
+    shown = LOCAL_VALUES.relative_to(REPO)
     say(f"helm upgrade --install {RELEASE} charts/voicefleet (values: {shown})")
-    helm_install(cluster, values=values, timeout=timeout)
+    helm_install(cluster, timeout=timeout)
     wait_deployments(
         cluster,
         RELEASE_NAMESPACE,

@@ -22,7 +22,6 @@ import yaml
 
 from voicefleet_localcluster import binaries
 from voicefleet_localcluster.controlplane import ClusterState, ControlPlane
-from voicefleet_localcluster.kubelet import LOG_PATH_ANNOTATION
 
 T = TypeVar("T")
 Manifest = str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -295,10 +294,8 @@ class LocalCluster:
         return path
 
     def pod_log(self, namespace: str, pod: str) -> str:
-        """The first container's output (the kubelet records the path in an annotation)."""
-        obj = self.get_json("pod", pod, "-n", namespace)
-        path = obj["metadata"].get("annotations", {}).get(LOG_PATH_ANNOTATION)
-        return Path(path).read_text(errors="replace") if path else ""
+        """The pod's first container's output, as `kubectl logs` reads it from the kubelet."""
+        return self.kubectl_run("logs", pod, "-n", namespace, check=False).stdout
 
     def stop(self) -> None:
         if self.plane is not None:
@@ -309,18 +306,15 @@ def start_local_cluster(
     *,
     gpus: int = 4,
     log: Callable[[str], None] | None = None,
-    timeout: float = 120.0,
-    node: str | None = None,
+    timeout: float = 300.0,
 ) -> LocalCluster:
     """Build the binaries if missing, start a cluster in a fresh temp dir, return it.
 
-    `node`: "real" (kubelet + containerd) or "process"; None follows $VOICEFLEET_NODE.
+    The timeout covers a first start, which packs and imports the node's own images.
     """
     say = log or (lambda line: None)
     bin_dir = binaries.ensure_binaries(log=say)
-    kwargs: dict[str, Any] = {"bin_dir": bin_dir, "gpus": gpus, "node": node}
-    if node == "real":
-        timeout = max(timeout, 300.0)  # first start packs and imports the node's images
+    kwargs: dict[str, Any] = {"bin_dir": bin_dir, "gpus": gpus}
     if log is not None:
         kwargs["log"] = log
     plane = ControlPlane(**kwargs)

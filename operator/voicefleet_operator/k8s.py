@@ -71,8 +71,7 @@ def make_api_client(kubeconfig: Path | None, *, pool_size: int = 32) -> k8s_clie
     """Build an API client from an explicit kubeconfig, else in-cluster, else $KUBECONFIG.
 
     The explicit path wins so a developer can point a local operator anywhere;
-    in-cluster comes next (a real pod); `$KUBECONFIG`/`~/.kube/config` last, which
-    is also how the process kubelet hands a pod its ServiceAccount token.
+    in-cluster comes next (a real pod); `$KUBECONFIG`/`~/.kube/config` last.
     The connection pool is sized to the handler thread pool so parallel
     reconciles do not queue on urllib3 connections.
     """

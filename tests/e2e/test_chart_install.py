@@ -3,7 +3,7 @@
 One install per module (the fixture below): the release namespace enforces the Pod
 Security Standard "restricted" (the API server's own PodSecurity admission refuses
 any pod that falls short), the operator and the router run as pods under the
-chart's ServiceAccounts (the process kubelet hands each pod a token issued for its
+chart's ServiceAccounts (the kubelet mounts a token issued for each pod's
 ServiceAccount), and the sample voice is served through the router. The last tests
 take a permission away from the operator, then uninstall and check nothing is left.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from voicefleet_localcluster import stack
+from voicefleet_localcluster import node, stack
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 from voicefleet_localcluster.voices import simulated_voice
 
@@ -94,11 +94,24 @@ def test_components_run_as_pods_under_the_charts_service_accounts(installed: Ins
         assert pods, f"no ready {name} pod"
         for pod in pods:
             assert pod["spec"]["serviceAccountName"] == account
-            # the process kubelet's stand-in for the token mount: a kubeconfig whose token
-            # the API server issued for this pod's ServiceAccount
-            log_dir = Path(pod["metadata"]["annotations"]["voicefleet.io/log-dir"])
-            config = json.loads((log_dir / "serviceaccount" / "kubeconfig").read_text())
-            user = config["users"][0]["name"]
+            # the token the kubelet mounted in the container is one the API server
+            # issued for the chart's ServiceAccount
+            token = cluster.kubectl_run(
+                "exec", "-n", NAMESPACE, pod["metadata"]["name"], "--",
+                "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            ).stdout  # fmt: skip
+            review = {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token.strip()},
+            }
+            reviewed = json.loads(
+                cluster.kubectl_run(
+                    "create", "-o", "json", "-f", "-", input=json.dumps(review)
+                ).stdout
+            )
+            assert reviewed["status"]["authenticated"], reviewed["status"]
+            user = reviewed["status"]["user"]["username"]
             assert user == f"system:serviceaccount:{NAMESPACE}:{account}"
     routers = cluster.ready_pods(NAMESPACE, "app.kubernetes.io/name=voicefleet-router")
     assert len(routers) == 2
@@ -392,13 +405,13 @@ def test_a_removed_permission_is_reported_on_the_voice(installed: Installed) -> 
 
 def test_uninstall_leaves_nothing(installed: Installed) -> None:
     cluster = installed.cluster
-    pids = [
-        int(str(status["containerID"]).removeprefix("process://"))
+    containers = [
+        str(status["containerID"]).removeprefix("containerd://")
         for pod in cluster.pods(NAMESPACE)
         for status in pod["status"].get("containerStatuses") or []
-        if str(status.get("containerID", "")).startswith("process://")
+        if status.get("containerID")
     ]
-    assert pids, "no operator/router processes recorded"
+    assert containers, "no operator/router containers recorded"
     cluster.kubectl_run("delete", "ttsvoice", "--all", "-n", installed.voices, "--wait=true")
     cluster.helm_run("uninstall", RELEASE, "-n", NAMESPACE, "--wait", timeout=180)
 
@@ -424,9 +437,9 @@ def test_uninstall_leaves_nothing(installed: Installed) -> None:
         return names
 
     wait_for(lambda: not leftovers(), timeout=90, what="nothing left of the release")
-    # and no process of it either: the kubelet stopped every pod it ran for the release
+    # and no running container of it either: the kubelet stopped every one of the release
     wait_for(
-        lambda: not [pid for pid in pids if Path(f"/proc/{pid}").exists()],
-        timeout=30,
-        what="the operator and router processes to exit",
+        lambda: not set(containers) & set(node.ctr("tasks", "ls", "-q").split()),
+        timeout=60,
+        what="the operator's and router's containers to stop",
     )

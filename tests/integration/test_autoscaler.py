@@ -1,4 +1,4 @@
-"""The autoscaler on the real control plane, with `simulated` pods through the process kubelet.
+"""The autoscaler on the real control plane, with `simulated` pods in containers on the node.
 
 The operator runs as its least-privilege ServiceAccount (fixtures from conftest.py),
 ticking every 0.5 s. Voices use the `simulated` engine: real voicefleet-server

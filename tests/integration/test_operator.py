@@ -3,7 +3,7 @@
 One operator process (the `voicefleet-operator` console script of this venv) serves
 the whole module; it authenticates with a token of the ServiceAccount the chart's RBAC
 templates make (``LocalCluster.operator_rbac``), so every test also proves that RBAC is
-enough. Pods run through the process kubelet with the real voicefleet-server. The operator's log is
+enough. Pods are containers of the server image on the real node. The operator's log is
 printed (and its path kept) when a test fails.
 """
 
@@ -281,8 +281,8 @@ def test_missing_pvc_is_degraded_with_a_warning_event_not_a_crash(
     )
     assert operator.healthy()
 
-    # The claim appears: the voice recovers at once (no pods: replicas 0 keeps the
-    # process kubelet from running a server whose model file is not really there).
+    # The claim appears: the voice recovers at once (no pods: replicas 0 keeps the node
+    # from running a server whose model file is not really there).
     merge_patch(
         local_cluster, ns, name, {"spec": {"replicas": 0, "autoscaling": {"minReplicas": 0}}}
     )

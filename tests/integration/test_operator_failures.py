@@ -67,12 +67,10 @@ CASES = {
             "no-image",
             {"image": "ghcr.io/nobody/no-such-server:1"},
             "ImagePullBackOff",
-            # The operator's framing, then the runtime's own words quoting the image
-            # (containerd: 'failed to pull and unpack image "…"'; the process kubelet's
-            # imitation: 'failed to pull image "…"').
+            # The operator's framing, then containerd's own words quoting the image.
             (
                 "cannot pull image 'ghcr.io/nobody/no-such-server:1'",
-                'image "ghcr.io/nobody/no-such-server:1"',
+                'failed to pull and unpack image "ghcr.io/nobody/no-such-server:1"',
             ),
             [{"op": "remove", "path": "/spec/image"}],
             within=30,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from operatorprocs import Operator, condition, voice, voice_manifest
 
+from voicefleet_localcluster import node
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -42,8 +43,10 @@ def ready(cluster: LocalCluster, ns: str) -> bool:
 
 
 def server_pid(pod: dict[str, Any]) -> int:
+    """The host pid of the server's container (a SIGKILL from outside, as the kernel's
+    OOM killer or a crash would end it; PID 1 inside ignores a kill from within)."""
     (status,) = pod["status"]["containerStatuses"]
-    return int(status["containerID"].removeprefix("process://"))
+    return node.task_pid(status["containerID"])
 
 
 def test_a_single_kill_is_a_restart_and_a_rollout_lasts_until_the_old_pod_is_gone(

@@ -36,9 +36,9 @@ RESTRICTED = {
 
 
 @pytest.fixture
-def real_namespace(real_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+def real_namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace on the real node's cluster, named after the test."""
-    with real_cluster.namespace(request.node.name) as name:
+    with local_cluster.namespace(request.node.name) as name:
         yield name
 
 
@@ -84,29 +84,29 @@ def terminated(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
         raise AssertionError(f"{exc}\n{described.stdout[-3000:]}") from exc
 
 
-def test_node_is_real_ready_and_serves_dns(real_cluster: LocalCluster) -> None:
-    obj = real_cluster.get_json("node", real_cluster.node_name)
+def test_node_is_real_ready_and_serves_dns(local_cluster: LocalCluster) -> None:
+    obj = local_cluster.get_json("node", local_cluster.node_name)
     info = obj["status"]["nodeInfo"]
     assert info["containerRuntimeVersion"].startswith("containerd://")
     assert info["kubeletVersion"].startswith("v1.34")
     addresses = {a["type"]: a["address"] for a in obj["status"]["addresses"]}
     assert addresses["InternalIP"] == node.NODE_IP
     assert obj["status"]["capacity"]["nvidia.com/gpu"] == "4"
-    svc = real_cluster.get_json("service", "kube-dns", "-n", "kube-system")
+    svc = local_cluster.get_json("service", "kube-dns", "-n", "kube-system")
     assert svc["spec"]["clusterIP"] == node.DNS_SERVICE_IP
-    endpoints = real_cluster.get_json("endpoints", "kubernetes", "-n", "default")
+    endpoints = local_cluster.get_json("endpoints", "kubernetes", "-n", "default")
     assert endpoints["subsets"][0]["addresses"][0]["ip"] == node.NODE_IP
 
 
 def test_in_cluster_http_by_dns_name_from_a_kubectl_run_client(
-    real_cluster: LocalCluster, real_namespace: str
+    local_cluster: LocalCluster, real_namespace: str
 ) -> None:
     ns = real_namespace
     serve = "echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"
     web = pod("web", ["sh", "-c", serve], volumeMounts=[{"name": "www", "mountPath": "/www"}])
     volumes = [{"name": "www", "emptyDir": {}}]
     web_spec = web["spec"] | {"restartPolicy": "Always", "volumes": volumes}
-    real_cluster.apply(
+    local_cluster.apply(
         [
             {
                 "apiVersion": "apps/v1",
@@ -130,10 +130,10 @@ def test_in_cluster_http_by_dns_name_from_a_kubectl_run_client(
         ],
         namespace=ns,
     )
-    wait_for(lambda: real_cluster.ready_pods(ns, "app=web"), timeout=120, what="web pod ready")
+    wait_for(lambda: local_cluster.ready_pods(ns, "app=web"), timeout=120, what="web pod ready")
     # From the host first, through kube-proxy, at the Service's ClusterIP: once that
     # answers, kube-proxy has programmed the Service and the client's call cannot race it.
-    cluster_ip = real_cluster.get_json("service", "web", "-n", ns)["spec"]["clusterIP"]
+    cluster_ip = local_cluster.get_json("service", "web", "-n", ns)["spec"]["clusterIP"]
     body = wait_for(
         lambda: httpx.get(f"http://{cluster_ip}/", timeout=5).text, timeout=60, what="ClusterIP"
     )
@@ -144,18 +144,18 @@ def test_in_cluster_http_by_dns_name_from_a_kubectl_run_client(
     overrides = json.dumps({"spec": {"containers": [{"name": "client", "image": BUSYBOX,
         "imagePullPolicy": "Never", "securityContext": RESTRICTED,
         "command": ["sh", "-c", f"{fetch} || {{ sleep 2; {fetch}; }}"]}]}})  # fmt: skip
-    real_cluster.kubectl_run(
+    local_cluster.kubectl_run(
         "run", "client", "-n", ns, f"--image={BUSYBOX}", "--restart=Never",
         f"--overrides={overrides}",
     )  # fmt: skip
-    state = terminated(real_cluster, ns, "client")
-    logs = real_cluster.kubectl_run("logs", "client", "-n", ns).stdout
+    state = terminated(local_cluster, ns, "client")
+    logs = local_cluster.kubectl_run("logs", "client", "-n", ns).stdout
     assert state["exitCode"] == 0, logs
     assert logs.strip().startswith("hello-from-web-"), logs
 
 
 def test_the_kernel_oomkills_a_container_over_its_memory_limit(
-    real_cluster: LocalCluster, real_namespace: str
+    local_cluster: LocalCluster, real_namespace: str
 ) -> None:
     ns = real_namespace
     # `tail` keeps the last line of its input in memory; /dev/zero has no newline.
@@ -164,22 +164,22 @@ def test_the_kernel_oomkills_a_container_over_its_memory_limit(
         ["sh", "-c", "head -c 200m /dev/zero | tail"],
         resources={"limits": {"memory": "40Mi"}, "requests": {"memory": "40Mi"}},
     )
-    real_cluster.apply(hog, namespace=ns)
-    state = terminated(real_cluster, ns, "hog")
+    local_cluster.apply(hog, namespace=ns)
+    state = terminated(local_cluster, ns, "hog")
     assert state["reason"] == "OOMKilled", state
     assert state["exitCode"] == 137
 
 
 def test_a_missing_image_is_reported_with_containerds_pull_error(
-    real_cluster: LocalCluster, real_namespace: str
+    local_cluster: LocalCluster, real_namespace: str
 ) -> None:
     ns = real_namespace
     missing = pod("ghost", ["sh"], image=f"{nodeimages.REPOSITORY}/missing:1")
     missing["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
-    real_cluster.apply(missing, namespace=ns)
+    local_cluster.apply(missing, namespace=ns)
 
     def waiting() -> dict[str, Any] | None:
-        status = real_cluster.get_json("pod", "ghost", "-n", ns)["status"]
+        status = local_cluster.get_json("pod", "ghost", "-n", ns)["status"]
         for container in status.get("containerStatuses") or []:
             state = container.get("state", {}).get("waiting") or {}
             if state.get("reason") in ("ErrImagePull", "ImagePullBackOff") and state.get("message"):
@@ -196,7 +196,7 @@ def test_a_missing_image_is_reported_with_containerds_pull_error(
 
 
 def test_a_read_only_root_filesystem_refuses_writes_but_an_emptydir_takes_them(
-    real_cluster: LocalCluster, real_namespace: str
+    local_cluster: LocalCluster, real_namespace: str
 ) -> None:
     ns = real_namespace
     script = "touch /oops 2>&1; touch /scratch/fine && echo scratch-ok; id -u"
@@ -206,9 +206,9 @@ def test_a_read_only_root_filesystem_refuses_writes_but_an_emptydir_takes_them(
         volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
     )
     writer["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
-    real_cluster.apply(writer, namespace=ns)
-    state = terminated(real_cluster, ns, "writer")
-    logs = real_cluster.kubectl_run("logs", "writer", "-n", ns).stdout
+    local_cluster.apply(writer, namespace=ns)
+    state = terminated(local_cluster, ns, "writer")
+    logs = local_cluster.kubectl_run("logs", "writer", "-n", ns).stdout
     assert state["exitCode"] == 0, logs
     assert "Read-only file system" in logs
     assert "scratch-ok" in logs
@@ -216,18 +216,18 @@ def test_a_read_only_root_filesystem_refuses_writes_but_an_emptydir_takes_them(
 
 
 def test_the_termination_message_comes_from_the_containers_file(
-    real_cluster: LocalCluster, real_namespace: str
+    local_cluster: LocalCluster, real_namespace: str
 ) -> None:
     ns = real_namespace
     script = "echo 'model file missing: /models/x.onnx' > /dev/termination-log; exit 3"
-    real_cluster.apply(pod("crasher", ["sh", "-c", script]), namespace=ns)
-    state = terminated(real_cluster, ns, "crasher")
+    local_cluster.apply(pod("crasher", ["sh", "-c", script]), namespace=ns)
+    state = terminated(local_cluster, ns, "crasher")
     assert state["exitCode"] == 3
     assert state["message"].strip() == "model file missing: /models/x.onnx"
 
 
 def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_rollout(
-    real_cluster: LocalCluster, real_namespace: str, tmp_path: Path
+    local_cluster: LocalCluster, real_namespace: str, tmp_path: Path
 ) -> None:
     """The operator's pods in containers, called at the voice's Service (kube-proxy) while
     it scales 2 -> 1 and then rolls out a new template: preStop, the server's drain and
@@ -235,11 +235,11 @@ def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_roll
     as a client without keep-alive does (a kept-alive connection stays pinned to its pod
     by conntrack, which is the client's retry problem, not the pod's)."""
     ns = real_namespace
-    real_cluster.install_crds()
-    operator = new_operator(real_cluster.kubeconfig, tmp_path / "operator.log", namespaces=[ns])
+    local_cluster.install_crds()
+    operator = new_operator(local_cluster.kubeconfig, tmp_path / "operator.log", namespaces=[ns])
     operator.start(timeout=90)
     try:
-        real_cluster.apply(
+        local_cluster.apply(
             voice_manifest(
                 "drain",
                 engine="simulated",
@@ -252,11 +252,11 @@ def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_roll
         )
         selector = "voicefleet.io/voice=drain"
         wait_for(
-            lambda: len(real_cluster.ready_pods(ns, selector)) == 2,
+            lambda: len(local_cluster.ready_pods(ns, selector)) == 2,
             timeout=240,
             what=f"two ready voice pods (operator log {operator.log_path})",
         )
-        cluster_ip = real_cluster.get_json("service", "drain", "-n", ns)["spec"]["clusterIP"]
+        cluster_ip = local_cluster.get_json("service", "drain", "-n", ns)["spec"]["clusterIP"]
         url = f"http://{cluster_ip}/v1/audio/speech"
         body = {"model": "en_US-joe-medium", "input": "Keep talking.", "voice": "default"}
 
@@ -284,27 +284,27 @@ def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_roll
             worker.start()
         try:
             time.sleep(2)
-            old = {p["metadata"]["name"] for p in real_cluster.pods(ns, selector)}
-            real_cluster.kubectl_run(
+            old = {p["metadata"]["name"] for p in local_cluster.pods(ns, selector)}
+            local_cluster.kubectl_run(
                 "patch", "ttsvoice", "drain", "-n", ns, "--type=merge",
                 "-p", json.dumps({"spec": {"replicas": 1}}),
             )  # fmt: skip
             wait_for(
-                lambda: len(real_cluster.pods(ns, selector)) == 1, timeout=120, what="scale to 1"
+                lambda: len(local_cluster.pods(ns, selector)) == 1, timeout=120, what="scale to 1"
             )
             scaled_down = len(outcomes)
-            real_cluster.kubectl_run(
+            local_cluster.kubectl_run(
                 "patch", "ttsvoice", "drain", "-n", ns, "--type=merge",
                 "-p", json.dumps({"spec": {"server": {"maxQueue": 32}}}),
             )  # fmt: skip
 
             def rolled_out() -> bool:
-                pods = real_cluster.pods(ns, selector)
+                pods = local_cluster.pods(ns, selector)
                 names = {p["metadata"]["name"] for p in pods}
                 return (
                     len(pods) == 1
                     and not names & old
-                    and bool(real_cluster.ready_pods(ns, selector))
+                    and bool(local_cluster.ready_pods(ns, selector))
                 )
 
             wait_for(rolled_out, timeout=240, what="the rollout to replace the pod")

@@ -1,7 +1,7 @@
 """The router on the real local control plane: voices the operator created, by name.
 
 The operator runs as in ``test_operator.py`` (same conftest fixtures: its own ServiceAccount, real
-kube-apiserver, process kubelet). The router runs in the test's event loop, built as
+kube-apiserver, the real node). The router runs in the test's event loop, built as
 ``voicefleet-router`` builds it, and discovers everything by watching TTSVoices and pods
 with the admin kubeconfig. The voice uses the ``simulated`` engine: this test is about
 following replicas as they come and go under load, and three real CPU pods would only

@@ -1,5 +1,5 @@
 """Builders: what a TTSVoice becomes (Deployment, Service, PDB), checked field by field,
-with the server's own settings loader and the process kubelet's env resolution as judges."""
+with the server's own settings loader and Kubernetes' env rules (kube_env) as judges."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
+from kube_env import resolve_env, resolve_port
 
 import voicefleet_api
 from voicefleet_api import podauth
 from voicefleet_api.labels import selector_labels
 from voicefleet_inference.settings import build_parser, load_settings
-from voicefleet_localcluster.podspec import resolve_env, resolve_port
 from voicefleet_operator.builders import (
     GPU_TOLERATION,
     BuildOptions,
@@ -77,7 +77,7 @@ def env_list(v: Voice) -> list[dict[str, Any]]:
 
 
 def kubelet_env(v: Voice, pod_ip: str = "127.0.0.7") -> dict[str, str]:
-    """The container's environment as the process kubelet resolves it (Kubernetes rules)."""
+    """The container's environment as a kubelet resolves it (Kubernetes rules)."""
     pod = {"metadata": {"name": "joe-abc", "namespace": "voices"}, "spec": pod_spec(v)}
     return resolve_env(container(v), pod, base_env={}, pod_ip=pod_ip, host_ip="127.0.0.1")
 

@@ -1,17 +1,11 @@
-"""Pure translation of a Pod's container spec into a local process: argv, env, ports.
-
-This is the "image → local command" mapping of the process kubelet. Images are
-never pulled; the container's `command` (or, when it is absent, the last path
-segment of the image name without tag or digest, e.g.
-`ghcr.io/acme/voicefleet-server:0.1` → `voicefleet-server`) is looked up on a PATH
-that starts with the project virtualenv's bin dir. Variable expansion and the
-downward API follow the kubelet's rules so manifests behave as on a real node.
+"""Kubernetes' rules for a container's environment and named ports, as a judge for the
+operator's builders: the env the kubelet would hand the server is fed to the server's own
+settings loader. A test helper (the kubelet's behaviour restated at our seam), not product.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +19,7 @@ Lookup = Callable[[str, str], Mapping[str, str] | None]
 
 
 class UnsupportedSpec(ValueError):
-    """A field the process kubelet cannot honour; surfaces as a container error."""
+    """A field this judge does not model."""
 
 
 def expand(value: str, env: Mapping[str, str]) -> str:
@@ -42,16 +36,6 @@ def expand(value: str, env: Mapping[str, str]) -> str:
         return env[name] if name and name in env else match.group(0)
 
     return _REFERENCE.sub(replace, value)
-
-
-def image_command(image: str) -> str:
-    """The executable an image maps to: its last path segment without tag or digest."""
-    ref = image.split("@", 1)[0]
-    last = ref.rsplit("/", 1)[-1]
-    name = last.split(":", 1)[0]
-    if not name:
-        raise UnsupportedSpec(f"cannot derive a command from image {image!r}")
-    return name
 
 
 def field_value(pod: JsonDict, field_path: str, *, pod_ip: str, host_ip: str) -> str:
@@ -142,13 +126,6 @@ def resolve_env(
     return env
 
 
-def container_argv(container: JsonDict, env: Mapping[str, str]) -> list[str]:
-    """`command` + `args` expanded against env; the image stands in for a missing command."""
-    command = container.get("command") or [image_command(str(container.get("image", "")))]
-    args = container.get("args") or []
-    return [expand(str(part), env) for part in [*command, *args]]
-
-
 def resolve_port(port: int | str, container: JsonDict) -> int:
     """A probe/hook port: a number, a numeric string, or a named containerPort."""
     if isinstance(port, int):
@@ -159,92 +136,3 @@ def resolve_port(port: int | str, container: JsonDict) -> int:
         if entry.get("name") == port:
             return int(entry["containerPort"])
     raise UnsupportedSpec(f"container {container.get('name')!r} has no port named {port!r}")
-
-
-# -- images, termination messages and memory limits: the kubelet's rules, pure ---------------
-
-PRELOADED_IMAGES = frozenset({"busybox", "alpine", "debian", "ubuntu"})
-"""Base images the node "has" although no executable carries their name: their containers
-always give a `command`, run from the host's tools (`sh`, `sleep`, …)."""
-PRELOADED_PREFIXES = ("ghcr.io/voicefleet/",)
-"""The project's own images (built from this checkout, e.g. `voicefleet-control`, which
-holds several console scripts): present whatever their name, as after `kind load`."""
-DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-TERMINATION_MESSAGE_MAX_BYTES = 4096
-"""What the kubelet keeps of the termination-message file."""
-FALLBACK_LOG_LINES = 80
-FALLBACK_LOG_BYTES = 2048
-"""With `FallbackToLogsOnError`, the kubelet quotes at most this much of the log tail."""
-
-_MEMORY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E|m)?$")
-_MEMORY_FACTORS = {
-    None: 1.0,
-    "m": 1e-3,
-    "k": 1e3,
-    "K": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2.0**10,
-    "Mi": 2.0**20,
-    "Gi": 2.0**30,
-    "Ti": 2.0**40,
-    "Pi": 2.0**50,
-    "Ei": 2.0**60,
-}
-
-
-def image_pull_error(image: str, policy: str, path: str) -> tuple[str, str] | None:
-    """`(reason, message)` when the node cannot "pull" `image`; None when it can.
-
-    The process kubelet's image store is the PATH: an image is present when the
-    executable it maps to (see `image_command`) is on it, or it is preloaded (a base
-    image, or one of the project's own). A missing image fails as a real node's would:
-    `ErrImagePull`, or `ErrImageNeverPull` under `imagePullPolicy: Never`; the caller
-    backs off between tries (`ImagePullBackOff`).
-    """
-    try:
-        command = image_command(image)
-    except UnsupportedSpec:
-        return "InvalidImageName", f'Failed to apply default image tag "{image}": invalid reference'
-    if image.startswith(PRELOADED_PREFIXES) or command in PRELOADED_IMAGES:
-        return None
-    if shutil.which(command, path=path) is not None:
-        return None
-    if policy == "Never":
-        return (
-            "ErrImageNeverPull",
-            f'Container image "{image}" is not present with pull policy of Never',
-        )
-    return (
-        "ErrImagePull",
-        f'failed to pull image "{image}": not found: no executable "{command}" on the '
-        "node's PATH (the process kubelet runs an image as the command its name ends in)",
-    )
-
-
-def termination_message(written: bytes, log_tail: bytes, policy: str, exit_code: int) -> str:
-    """What goes into `lastState.terminated.message`, by the kubelet's rules.
-
-    The file the container wrote wins (first 4096 bytes). When it is empty, the
-    policy is `FallbackToLogsOnError` and the container failed, the end of its log
-    (last 80 lines, at most 2048 bytes) stands in.
-    """
-    text = written[:TERMINATION_MESSAGE_MAX_BYTES].decode(errors="replace")
-    if text.strip() or policy != "FallbackToLogsOnError" or exit_code == 0:
-        return text
-    lines = log_tail.splitlines(keepends=True)[-FALLBACK_LOG_LINES:]
-    tail = b"".join(lines)[-FALLBACK_LOG_BYTES:]
-    return tail.decode(errors="replace")
-
-
-def memory_bytes(quantity: object) -> int | None:
-    """A memory quantity ("512Mi", "1G", 1048576) in bytes; None when absent or unparsable."""
-    if quantity is None:
-        return None
-    found = _MEMORY.match(str(quantity).strip())
-    if found is None:
-        return None
-    return int(float(found.group(1)) * _MEMORY_FACTORS[found.group(2)])
