@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kube_env import resolve_env
 
 from voicefleet_inference.settings import load_settings
-from voicefleet_localcluster.podspec import resolve_env
 from voicefleet_operator.builders import BuildOptions, build_deployment
 from voicefleet_operator.spec import SpecError, parse_voice
 
