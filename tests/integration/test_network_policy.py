@@ -22,8 +22,9 @@ import pytest
 import yaml
 from operatorprocs import OPERATOR, Operator, free_port, voice_manifest
 
-from voicefleet_localcluster import node, nodeimages
+from voicefleet_localcluster import node, nodeimages, stack
 from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
+from voicefleet_localcluster.voices import simulated_voice
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -117,20 +118,13 @@ def setup(real_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) 
             operator.stop()
 
 
-def call_pod(setup: Setup, namespace: str, name: str, labels: dict[str, str]) -> tuple[bool, str]:
-    """A `kubectl run` client calling the voice pod's IP: (answered, its log).
-
-    Up to three tries two seconds apart, each bounded by `timeout 10` (busybox's own
-    `wget -T` segfaults): a new client's address reaches kube-router's allow sets a
-    moment after the pod starts, and only a pod refused every time counts as refused.
-    """
-    url = f"http://{setup.pod_ip}:8080/v1/models"
-    fetch = f"timeout 10 wget -q -O - {url}"
-    script = f"for i in 1 2 3; do {fetch} && exit 0; echo REFUSED $i; sleep 2; done; exit 1"
+def run_client(
+    cluster: LocalCluster, namespace: str, name: str, labels: dict[str, str], script: str
+) -> tuple[bool, str]:
+    """A `kubectl run` busybox pod running ``script``: (exit code 0, its log)."""
     overrides = json.dumps({"spec": {"containers": [{"name": "client", "image": BUSYBOX,
         "imagePullPolicy": "Never", "securityContext": RESTRICTED,
         "command": ["sh", "-c", script]}]}})  # fmt: skip
-    cluster = setup.cluster
     cluster.kubectl_run(
         "run", name, "-n", namespace, f"--image={BUSYBOX}", "--restart=Never",
         f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}",
@@ -146,9 +140,28 @@ def call_pod(setup: Setup, namespace: str, name: str, labels: dict[str, str]) ->
                 return result
         return None
 
-    state = wait_for(finished, timeout=120, what=f"client {namespace}/{name} to finish")
+    state = wait_for(finished, timeout=150, what=f"client {namespace}/{name} to finish")
     log = cluster.kubectl_run("logs", name, "-n", namespace).stdout
     return state["exitCode"] == 0, log
+
+
+def tries(command: str, word: str) -> str:
+    """Up to three tries two seconds apart, each bounded by `timeout` (busybox's own
+    `wget -T` segfaults); prints ``<word>-OK`` on success, ``<word>-REFUSED`` per failure.
+
+    A new client's address reaches kube-router's allow sets a moment after the pod starts,
+    so one failure is not a refusal: only a pod refused every time counts as refused.
+    """
+    return (
+        f"{word}=1; for i in 1 2 3; do if {command}; then echo {word}-OK; {word}=0; break; "
+        f"fi; echo {word}-REFUSED; sleep 2; done"
+    )
+
+
+def call_pod(setup: Setup, namespace: str, name: str, labels: dict[str, str]) -> tuple[bool, str]:
+    """A client calling the voice pod's IP directly: (answered, its log)."""
+    fetch = f"timeout 10 wget -q -O - http://{setup.pod_ip}:8080/v1/models"
+    return run_client(setup.cluster, namespace, name, labels, f"{tries(fetch, 'POD')}; exit $POD")
 
 
 def test_the_operator_wrote_the_voices_policy_from_the_charts_peers(setup: Setup) -> None:
@@ -167,7 +180,7 @@ def test_a_pod_of_another_namespace_is_refused_and_the_routers_pod_answered(
 ) -> None:
     answered, log = call_pod(setup, setup.outside, "outsider", {"app": "client"})
     assert not answered, f"a pod of another namespace reached the voice pod:\n{log}"
-    assert log.count("REFUSED") == 3, log
+    assert log.count("POD-REFUSED") == 3, log
     answered, log = call_pod(setup, setup.release, "router", ROUTER_LABELS)
     assert answered, f"a pod with the router's labels in the release namespace was refused:\n{log}"
     assert '"en_US-joe-medium"' in log or '"data"' in log, log
@@ -181,3 +194,62 @@ def test_without_the_policy_the_same_call_is_answered(setup: Setup) -> None:
     setup.cluster.kubectl_run("delete", "networkpolicy", VOICE, "-n", setup.voices)
     answered, log = call_pod(setup, setup.outside, "outsider-open", {"app": "client"})
     assert answered, f"with no policy the pod should answer anyone:\n{log}"
+
+
+# -- the chart itself: helm install, the operator in a pod, the real router -------------------
+
+CHART_RELEASE = "vfnp"
+
+
+def test_helm_install_enforces_the_same_the_router_answers_a_pod_in_another_namespace_does_not(
+    real_cluster: LocalCluster, setup: Setup
+) -> None:
+    """`helm install` with the chart's defaults (namespaced, so that its operator and this
+    module's process operator never watch the same voices): the voice's policy is written
+    by the operator pod, the real router reaches the voice pod through it, and a client
+    pod of another namespace is answered by the router's Service (its policy admits every
+    pod) but refused by the voice pod itself."""
+    cluster = real_cluster
+    release_ns = f"{CHART_RELEASE}-system"
+    with (
+        cluster.namespace("vfnp-voices") as voices,
+        stack.release_for_test(
+            cluster,
+            release=CHART_RELEASE,
+            namespace=release_ns,
+            voice_namespaces=[voices],
+            set_values=(
+                "router.replicas=1",
+                "rbac.scope=namespaces",
+                f"rbac.watchNamespaces={{{voices}}}",
+                f"router.defaultNamespace={voices}",
+            ),
+        ),
+    ):
+        cluster.apply(
+            simulated_voice("charted", replicas=1, autoscaling={"enabled": False}),
+            namespace=voices,
+        )
+        pods = wait_for(
+            lambda: cluster.ready_pods(voices, "voicefleet.io/voice=charted"),
+            timeout=240,
+            what="the chart's operator to bring up the voice",
+        )
+        policy = cluster.get_json("networkpolicy", "charted", "-n", voices)
+        assert policy["spec"]["podSelector"] == {"matchLabels": {"voicefleet.io/voice": "charted"}}
+        pod_ip = pods[0]["status"]["podIP"]
+        router = f"http://{CHART_RELEASE}-voicefleet-router.{release_ns}.svc.{node.CLUSTER_DOMAIN}"
+        body = json.dumps({"model": "charted", "input": "Hello.", "voice": "default"})
+        speak = (
+            f"timeout 30 wget -q -O /dev/null --header 'Content-Type: application/json' "
+            f"--post-data '{body}' {router}/v1/audio/speech"
+        )
+        direct = f"timeout 10 wget -q -O - http://{pod_ip}:8080/v1/models"
+        answered, log = run_client(
+            cluster, setup.outside, "chart-client", {"app": "client"},
+            f"{tries(speak, 'ROUTER')}; {tries(direct, 'POD')}; exit $ROUTER",
+        )  # fmt: skip
+        assert answered, f"the router did not answer a pod of another namespace:\n{log}"
+        assert "ROUTER-OK" in log, log
+        assert log.count("POD-REFUSED") == 3, f"the voice pod answered a stranger:\n{log}"
+        assert "POD-OK" not in log, log
