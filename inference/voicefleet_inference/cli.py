@@ -8,10 +8,11 @@ happens at import time.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from voicefleet_inference.logsetup import log_to_stderr
 
 __all__ = ["main"]
 
@@ -31,11 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"voicefleet-server: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(settings.log_level)
     from voicefleet_inference.malloc_tuning import fix_malloc_thresholds
     from voicefleet_inference.server.runner import serve
 

@@ -46,6 +46,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voicefleet_api import env as env_names
 from voicefleet_api import termination
+from voicefleet_inference.logsetup import log_to_stderr
 
 if TYPE_CHECKING:
     import httpx
@@ -406,11 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if message := missing_extra("voicefleet-fetch", "server", ("httpx", "aws_request_signer")):
         print(message, file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(logging.INFO)
     flags = _parse_flags(argv)
     try:
         settings = FetchSettings(**flags)  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from voicefleet_inference.logsetup import log_to_stderr
+
 __all__ = ["main"]
 
 
@@ -29,11 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"voicefleet-router: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(settings.log_level)
     if settings.log_level != "debug":  # one INFO line per proxied request otherwise
         logging.getLogger("httpx").setLevel(logging.WARNING)
     from voicefleet_inference.router.service import serve
