@@ -22,6 +22,7 @@ an unknown one with a 400 that names them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,7 +32,7 @@ import onnx
 import pytest
 import torch
 from onnx import helper, numpy_helper
-from serverprocs import launch, stop, wait_ready
+from serverprocs import ServerProc, launch, stop, wait_ready
 
 from voicefleet_inference.engines.base import EngineInputError, SynthesisRequest
 from voicefleet_inference.engines.piper_onnx import PiperOnnxEngine
@@ -319,51 +320,56 @@ def test_a_batch_mixes_speakers_and_keeps_each_ones_audio(torch_engine: VitsTorc
         assert snr_db(alone[s], together) >= 40.0
 
 
-def test_the_server_lists_speakers_and_picks_one_by_voice(voice: Path, tmp_path: Path) -> None:
-    """A real voicefleet-server process on the 3-speaker voice (piper-onnx)."""
-    server = wait_ready(launch(tmp_path / "server.log", "--model", str(voice), "--workers", "1"))
+@pytest.fixture(scope="module")
+def trio_server(voice: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """A real voicefleet-server process on the 3-speaker voice (piper-onnx), one for the
+    module: the tests below only ask it for speech and lists."""
+    log = tmp_path_factory.mktemp("trio-server") / "server.log"
+    server = wait_ready(launch(log, "--model", str(voice), "--workers", "1"))
     try:
-        base = server.base_url
-        models = httpx.get(f"{base}/v1/models", timeout=10).json()
-        assert models["object"] == "list"
-        assert [m["id"] for m in models["data"]] == ["xx_XX-trio-medium", "tts-1", "tts-1-hd"]
-        assert models["data"][0]["voices"] == ["default", "alice", "bob", "carol"]
-        voices = httpx.get(f"{base}/v1/voices", timeout=10).json()
-        assert voices["multi_speaker"] is True
-        assert voices["data"] == [
-            {"id": "alice", "speaker_id": 0},
-            {"id": "bob", "speaker_id": 1},
-            {"id": "carol", "speaker_id": 2},
-        ]
-
-        def speak(voice_name: str) -> httpx.Response:
-            return httpx.post(
-                f"{base}/v1/audio/speech",
-                json={
-                    "model": "xx_XX-trio-medium",
-                    "input": "Hello there.",
-                    "voice": voice_name,
-                    "response_format": "wav",
-                },
-                timeout=60,
-            )
-
-        for name in ("bob", "2", "default"):
-            answer = speak(name)
-            assert answer.status_code == 200, (name, answer.text)
-            assert answer.content[:4] == b"RIFF"
-        refused = speak("dave")
-        assert refused.status_code == 400
-        error = refused.json()["error"]
-        assert error["param"] == "voice"
-        assert "accepted: default, alice, bob, carol (or a speaker number 0-2)" in error["message"]
+        yield server
     finally:
         stop(server)
 
 
-async def test_the_openai_sdk_picks_a_speaker_through_the_router(
-    voice: Path, tmp_path: Path
-) -> None:
+def test_the_server_lists_speakers_and_picks_one_by_voice(trio_server: ServerProc) -> None:
+    base = trio_server.base_url
+    models = httpx.get(f"{base}/v1/models", timeout=10).json()
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == ["xx_XX-trio-medium", "tts-1", "tts-1-hd"]
+    assert models["data"][0]["voices"] == ["default", "alice", "bob", "carol"]
+    voices = httpx.get(f"{base}/v1/voices", timeout=10).json()
+    assert voices["multi_speaker"] is True
+    assert voices["data"] == [
+        {"id": "alice", "speaker_id": 0},
+        {"id": "bob", "speaker_id": 1},
+        {"id": "carol", "speaker_id": 2},
+    ]
+
+    def speak(voice_name: str) -> httpx.Response:
+        return httpx.post(
+            f"{base}/v1/audio/speech",
+            json={
+                "model": "xx_XX-trio-medium",
+                "input": "Hello there.",
+                "voice": voice_name,
+                "response_format": "wav",
+            },
+            timeout=60,
+        )
+
+    for name in ("bob", "2", "default"):
+        answer = speak(name)
+        assert answer.status_code == 200, (name, answer.text)
+        assert answer.content[:4] == b"RIFF"
+    refused = speak("dave")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "voice"
+    assert "accepted: default, alice, bob, carol (or a speaker number 0-2)" in error["message"]
+
+
+async def test_the_openai_sdk_picks_a_speaker_through_the_router(trio_server: ServerProc) -> None:
     """OpenAI's own SDK -> the router (static upstream) -> a real server on the trio voice."""
     import io
     import wave
@@ -373,33 +379,29 @@ async def test_the_openai_sdk_picks_a_speaker_through_the_router(
 
     from voicefleet_inference.router.settings import RouterSettings
 
-    server = wait_ready(launch(tmp_path / "server.log", "--model", str(voice), "--workers", "1"))
-    try:
-        settings = RouterSettings(
-            static_upstreams=[f"trio={server.base_url}#xx_XX-trio-medium"],
-            poll_interval_s=0.1,
-        )
-        async with running_router(settings) as (_, url):
-            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    settings = RouterSettings(
+        static_upstreams=[f"trio={trio_server.base_url}#xx_XX-trio-medium"],
+        poll_interval_s=0.1,
+    )
+    async with running_router(settings) as (_, url):
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
-            async def speak(speaker: str) -> npt.NDArray[np.float64]:
-                answer = await client.audio.speech.create(
-                    model="trio",
-                    voice=speaker,
-                    input="Hello there.",
-                    response_format="wav",
-                )
-                with wave.open(io.BytesIO(answer.content)) as w:
-                    frames = w.readframes(w.getnframes())
-                return np.frombuffer(frames, dtype="<i2") / 32768.0
+        async def speak(speaker: str) -> npt.NDArray[np.float64]:
+            answer = await client.audio.speech.create(
+                model="trio",
+                voice=speaker,
+                input="Hello there.",
+                response_format="wav",
+            )
+            with wave.open(io.BytesIO(answer.content)) as w:
+                frames = w.readframes(w.getnframes())
+            return np.frombuffer(frames, dtype="<i2") / 32768.0
 
-            bob, carol = await speak("bob"), await speak("carol")
-            assert np.sqrt(np.mean(bob**2)) > 0.01, "speech, not silence"
-            n = min(bob.size, carol.size)
-            assert bob.size != carol.size or not np.allclose(bob[:n], carol[:n], atol=1e-3)
-            with pytest.raises(openai.BadRequestError) as refused:
-                await speak("dave")
-            assert "accepted: default, alice, bob, carol" in str(refused.value)
-            await client.close()
-    finally:
-        stop(server)
+        bob, carol = await speak("bob"), await speak("carol")
+        assert np.sqrt(np.mean(bob**2)) > 0.01, "speech, not silence"
+        n = min(bob.size, carol.size)
+        assert bob.size != carol.size or not np.allclose(bob[:n], carol[:n], atol=1e-3)
+        with pytest.raises(openai.BadRequestError) as refused:
+            await speak("dave")
+        assert "accepted: default, alice, bob, carol" in str(refused.value)
+        await client.close()
