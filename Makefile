@@ -45,9 +45,11 @@ test: install lint typecheck ## the full suite: lint, types, unit, integration (
 # test-fast leaves out what `make test` runs besides: the cluster tests, the benchmark driver
 # and the images test (it builds both images with buildah and runs them in the node's
 # containerd). Test files go to workers whole (--dist loadfile), so a module's server or
-# engine fixture starts once, not once per worker.
+# engine fixture starts once, not once per worker, and in collection order, where the
+# slow-marked modules come first (tests/integration/conftest.py): none is left to run alone
+# at the end.
 test-fast: install ## inner loop: unit + single-server integration tests (no cluster, no benchmark driver, no image builds), in parallel
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not cluster" --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_images.py tests/unit tests/integration
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster" --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_images.py tests/unit tests/integration
 
 serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
 	$(BIN)/voicefleet-server --host $(HOST) --port $(PORT)
@@ -64,7 +66,7 @@ bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmar
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build
 
-cluster-up: cluster-build ## bare local control plane + the real node (VOICEFLEET_NODE=process: stand-in kubelet); kubeconfig at .cluster/kubeconfig
+cluster-up: cluster-build ## bare local control plane + the real node (kubelet + containerd); kubeconfig at .cluster/kubeconfig
 	$(BIN)/voicefleet-cluster up
 
 cluster-down: ## stop the local control plane, leaving no process or temp data
