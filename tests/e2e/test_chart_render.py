@@ -460,22 +460,22 @@ def test_network_policies_off(helm: Path) -> None:
     assert not by_kind(docs, "NetworkPolicy")
 
 
-def test_router_policy_admits_the_cluster_by_default_and_anyone_with_an_empty_list(
+def test_router_policy_admits_anyone_on_its_port_by_default_and_the_given_peers_when_set(
     helm: Path,
 ) -> None:
-    (policy,) = by_kind(render(helm), "NetworkPolicy")
+    (policy,) = by_kind(render(helm, "router.port=9000"), "NetworkPolicy")
     assert policy["metadata"]["namespace"] == "voicefleet-system"
     assert policy["spec"]["podSelector"]["matchLabels"] == ROUTER_PEER["podSelector"]["matchLabels"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    # every pod of every namespace, on the router's port only
-    assert policy["spec"]["ingress"] == [
-        {"from": [{"namespaceSelector": {}}], "ports": [{"port": 8080, "protocol": "TCP"}]}
-    ]
-    (anyone,) = by_kind(
-        render(helm, "router.port=9000", set_json=["networkPolicy.routerIngressFrom=[]"]),
+    # no `from`: every source, on the router's port only
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 9000, "protocol": "TCP"}]}]
+    (cluster_only,) = by_kind(
+        render(helm, set_json=['networkPolicy.routerIngressFrom=[{"namespaceSelector": {}}]']),
         "NetworkPolicy",
     )
-    assert anyone["spec"]["ingress"] == [{"ports": [{"port": 9000, "protocol": "TCP"}]}]
+    assert cluster_only["spec"]["ingress"] == [
+        {"from": [{"namespaceSelector": {}}], "ports": [{"port": 8080, "protocol": "TCP"}]}
+    ]
 
 
 def test_namespaced_mode_passes_the_same_peers(helm: Path) -> None:
