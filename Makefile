@@ -66,7 +66,7 @@ bench: cluster-build ## benchmarks: server vs seed vs bare engine (docs/benchmar
 cluster-build: install ## build kube-apiserver, etcd, controller-manager, scheduler, kubectl, helm from Go modules (cached)
 	$(BIN)/voicefleet-cluster build
 
-cluster-up: cluster-build ## bare local control plane + the real node (VOICEFLEET_NODE=process: stand-in kubelet); kubeconfig at .cluster/kubeconfig
+cluster-up: cluster-build ## bare local control plane + the real node (kubelet + containerd); kubeconfig at .cluster/kubeconfig
 	$(BIN)/voicefleet-cluster up
 
 cluster-down: ## stop the local control plane, leaving no process or temp data

@@ -20,11 +20,17 @@ from typing import Any, TypeVar
 
 import yaml
 
-from voicefleet_localcluster import binaries
+from voicefleet_localcluster import binaries, images
 from voicefleet_localcluster.controlplane import ClusterState, ControlPlane
 
 T = TypeVar("T")
 Manifest = str | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def python_image() -> str:
+    """An image with Python 3 in it for a test's own pods: our control image (the operator
+    and router's), which the node has loaded. Use with `imagePullPolicy: Never`."""
+    return images.image_ref(images.CONTROL, images.version())
 
 
 class WaitTimeout(AssertionError):

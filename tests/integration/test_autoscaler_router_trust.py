@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from operatorprocs import Operator, new_operator, voice_manifest
 
-from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.testing import LocalCluster, python_image, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -54,7 +54,8 @@ def fake_router(name: str, voice: str) -> dict[str, Any]:
             "containers": [
                 {
                     "name": "router",
-                    "image": "python",
+                    "image": python_image(),
+                    "imagePullPolicy": "Never",
                     "command": ["python", "-c", FAKE_ROUTER],
                     "env": [
                         {

@@ -21,18 +21,17 @@ from typing import Any
 import pytest
 import yaml
 
-from voicefleet_localcluster import binaries, images
+from voicefleet_localcluster import binaries
 from voicefleet_localcluster import node as realnode
 from voicefleet_localcluster.controlplane import ClusterStartError, ControlPlane
 from voicefleet_localcluster.procs import alive, marked_processes
-from voicefleet_localcluster.testing import LocalCluster, wait_for
+from voicefleet_localcluster.testing import LocalCluster, python_image, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "voicefleet-cluster"
-PYTHON_IMAGE = images.image_ref(images.CONTROL, images.version())
-"""An image with Python in it (our control image, loaded on the node)."""
+PYTHON_IMAGE = python_image()
 
 
 def http_server_deployment(name: str, replicas: int) -> dict[str, Any]:
