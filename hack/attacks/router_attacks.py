@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from voicefleet_bench.loadgen import series_value
 from voicefleet_bench.procs import free_port, router_under
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,7 +141,7 @@ async def held(args: argparse.Namespace) -> dict[str, object]:
             during = memory_mb(proc.pid)
             async with httpx.AsyncClient(timeout=10) as probe:
                 page = (await probe.get(url + "/metrics")).text
-            pending = _series(page, 'voicefleet_router_pending_requests{voice="default/joe"}')
+            pending = series_value(page, 'voicefleet_router_pending_requests{voice="default/joe"}')
             codes: dict[str, int] = {}
             for job in done:
                 try:
@@ -163,14 +164,6 @@ async def held(args: argparse.Namespace) -> dict[str, object]:
         "rss_peak_mb": round(after[1], 1),
         "rss_after_mb": round(after[0], 1),
     }
-
-
-def _series(page: str, series: str) -> float:
-    for line in page.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == series:
-            return float(value)
-    return 0.0
 
 
 def _hold_idle(port: int, count: int, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]

@@ -409,6 +409,16 @@ async def time_full(base_url: str, text: str, *, timeout_s: float = 120.0) -> tu
     return elapsed, parse_wav(body).audio_seconds
 
 
+def series_value(text: str, series: str) -> float:
+    """The value of one exact series (``name{labels}``, as the page spells it) in
+    Prometheus text; 0 when the page does not have it (a counter never incremented)."""
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    return 0.0
+
+
 def histogram_sum_count(base_url: str, name: str) -> tuple[float, float] | None:
     """``(sum, count)`` of Prometheus histogram ``name`` (all label sets) from ``/metrics``.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from voicefleet_bench import REPO
+from voicefleet_localcluster.procs import free_port as free_port  # the one copy
 from voicefleet_localcluster.procs import stop_process
 
 HOST = "127.0.0.1"
@@ -28,13 +28,6 @@ BIN = Path(sys.executable).parent
 
 Command = tuple[list[str], dict[str, str], int]
 """``(argv, extra environment, port)`` of a process to start."""
-
-
-def free_port(host: str = HOST) -> int:
-    """An unused TCP port on ``host`` (the kernel picks it; the socket is closed at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def router_under(

@@ -15,6 +15,25 @@ SERVER = BIN / "voicefleet-server"
 ROUTER = BIN / "voicefleet-router"
 DOC = REPO / "docs" / "router.md"
 
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Please remember to water the plants before you leave on Friday.",
+    "The museum opens at nine and the guided tour starts at ten.",
+    "Our support team answers most questions within one business day.",
+)
+"""Short requests: what most callers of a voice send."""
+PARAGRAPH = " ".join(
+    [
+        "When the storm finally passed, the villagers walked down to the harbour.",
+        "They counted the boats and mended the torn nets before the light went.",
+        "They shared whatever bread and soup they had managed to keep dry.",
+        "Nobody spoke much, but everyone stayed until the last boat was pulled up.",
+        "Then the lamps were lit one by one along the sea wall and the wind dropped.",
+    ]
+)
+"""A long request (five sentences): the one a router must not queue short ones behind.
+The router tests send it too."""
+
 
 def simulated_pod(
     port: int,

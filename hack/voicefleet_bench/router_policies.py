@@ -31,25 +31,11 @@ from voicefleet_bench import REPO, router_common
 from voicefleet_bench.machine import machine_note
 from voicefleet_bench.procs import exit_cleanly_on_sigterm, free_port, processes
 from voicefleet_bench.report import write_section
+from voicefleet_bench.router_common import PARAGRAPH, SENTENCES
 from voicefleet_bench.stats import percentile
 from voicefleet_inference.cost import REFERENCE_COST
 
 POLICIES = ("round-robin", "random", "least-request", "jsq-work")
-SENTENCES = (
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Please remember to water the plants before you leave on Friday.",
-    "The museum opens at nine and the guided tour starts at ten.",
-    "Our support team answers most questions within one business day.",
-)
-PARAGRAPH = " ".join(
-    [
-        "When the storm finally passed, the villagers walked down to the harbour.",
-        "They counted the boats and mended the torn nets before the light went.",
-        "They shared whatever bread and soup they had managed to keep dry.",
-        "Nobody spoke much, but everyone stayed until the last boat was pulled up.",
-        "Then the lamps were lit one by one along the sea wall and the wind dropped.",
-    ]
-)
 PNG = REPO / "docs" / "router-latency-cdf.png"
 
 

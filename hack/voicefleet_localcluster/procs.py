@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +22,14 @@ from pathlib import Path
 from typing import Any
 
 MARKER_ENV = "VOICEFLEET_CLUSTER_ID"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An unused TCP port on ``host`` for a process about to be started (the kernel picks
+    it; the socket is closed at once). The one copy: tests and benchmarks import it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _stat_fields(pid: int) -> list[str] | None:

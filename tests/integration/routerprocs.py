@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 from serverprocs import free_port
 
+from voicefleet_bench.loadgen import series_value as metric_value  # noqa: F401  (for the router tests)
 from voicefleet_inference.router.service import RouterService, build_router
 from voicefleet_inference.router.settings import RouterSettings
 
@@ -49,15 +50,6 @@ async def running_router(
         server.should_exit = True
         await task
         await service.stop()
-
-
-def metric_value(text: str, series: str) -> float:
-    """The value of an exact series (``name{labels}``) in Prometheus text; 0 if absent."""
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == series:
-            return float(value)
-    return 0.0
 
 
 async def router_metrics(base_url: str) -> str:

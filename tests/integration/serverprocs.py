@@ -7,7 +7,6 @@ with which engine.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from voicefleet_localcluster.procs import free_port as free_port  # the one copy
 from voicefleet_localcluster.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +35,6 @@ class ServerProc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def launch(

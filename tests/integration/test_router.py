@@ -29,6 +29,7 @@ import pytest
 from routerprocs import metric_value, router_metrics, running_router
 from serverprocs import ServerProc, launch, metric, stop, wait_ready
 
+from voicefleet_bench.router_common import PARAGRAPH
 from voicefleet_inference.router.fleet import PodInfo, VoiceKey
 from voicefleet_inference.router.settings import Policy, RouterSettings
 
@@ -36,15 +37,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 SPEECH = "/v1/audio/speech"
 SHORT = "The quick brown fox jumps over the lazy dog near the river bank."
-PARAGRAPH = " ".join(
-    [
-        "When the storm finally passed, the villagers walked down to the harbour.",
-        "They counted the boats and mended the torn nets before the light went.",
-        "They shared whatever bread and soup they had managed to keep dry.",
-        "Nobody spoke much, but everyone stayed until the last boat was pulled up.",
-        "Then the lamps were lit one by one along the sea wall and the wind dropped.",
-    ]
-)
 VOICE = VoiceKey("default", "joe")
 
 

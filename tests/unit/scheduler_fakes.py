@@ -8,10 +8,11 @@ batches and on which threads.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,3 +150,13 @@ class FakeFactory:
         with self.behaviour.lock:
             self.behaviour.created_in.append(threading.get_ident())
         return FakeEngine(self.behaviour)
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait in the test's event loop until ``predicate()`` holds (the scheduler's workers
+    run on threads: a request reaches a state a few loop turns after it was sent)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from voicefleet_api import load, metric_names
 from voicefleet_api.scale import ScaleError, ScaleResult
+from voicefleet_localcluster.procs import free_port
 from voicefleet_operator.autoscaler import Autoscaler, AutoscalerConfig
 from voicefleet_operator.autoscaler_load import HttpLoadSource, LoadConfig, router_selector
 from voicefleet_operator.autoscaler_status import (
@@ -517,15 +518,6 @@ class Pod:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_pods_are_read_from_load_old_ones_from_metrics_and_silence_is_never_idle() -> None:

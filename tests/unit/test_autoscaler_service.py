@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 
 import pytest
 from aiohttp import web
 
 from voicefleet_api import load
 from voicefleet_inference.metrics import Metrics, create_metrics, render
+from voicefleet_localcluster.procs import free_port
 from voicefleet_operator.autoscaler_load import HttpLoadSource, LoadConfig
 from voicefleet_operator.autoscaler_service import ServiceWindows, quantile, share_at_most
 from voicefleet_operator.pods import PodInfo
@@ -113,13 +113,6 @@ def test_the_rate_follows_a_step_within_its_short_window() -> None:
 def test_an_older_server_without_service_times_gives_no_counters() -> None:
     old = "voicefleet_queue_depth 0\nvoicefleet_requests_in_flight 0\n"
     assert load.parse_counters(old + "voicefleet_queue_work_seconds 0\n") is None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_the_load_source_reads_target_pods_from_metrics_with_their_counters() -> None:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from script_module import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "hack" / "sync_chart_crds.py"
 
 
 def load_sync() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sync_chart_crds", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "sync_chart_crds")
 
 
 def test_chart_crds_match_their_source() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from scheduler_fakes import FakeBehaviour, FakeFactory
+from scheduler_fakes import FakeBehaviour, FakeFactory, eventually
 
 from voicefleet_inference.errors import Draining, QueueFull, ServiceError
 from voicefleet_inference.server.errors import error_body, http_status, response_headers
@@ -297,9 +297,9 @@ async def test_full_queue_is_a_429_with_retry_after_in_both_shapes(make_app: App
     behaviour.gate.clear()
     app = await make_app(behaviour, max_queue=1)
     running = asyncio.ensure_future(app.client.post(SPEECH, json=ok_body()))
-    await _until(lambda: app.service.scheduler.in_flight() == 1)
+    await eventually(lambda: app.service.scheduler.in_flight() == 1)
     queued = asyncio.ensure_future(app.client.post(SPEECH, json=ok_body()))
-    await _until(lambda: app.service.scheduler.queue_depth() == 1)
+    await eventually(lambda: app.service.scheduler.queue_depth() == 1)
     resp = await app.client.post(SPEECH, json=ok_body())
     error = assert_openai_error(resp, 429)
     assert error["type"] == "rate_limit_error"
@@ -333,7 +333,7 @@ async def test_draining_refuses_with_503_and_retry_after_but_stays_live(
 
 async def test_dead_engine_is_unhealthy_and_refuses_with_503(make_app: AppFactory) -> None:
     app = await make_app(FakeBehaviour(fail_load=True))
-    await _until(lambda: not app.service.scheduler.is_live())
+    await eventually(lambda: not app.service.scheduler.is_live())
     assert (await app.client.get("/healthz")).status_code == 503
     assert (await app.client.get("/readyz")).status_code == 503
     assert_openai_error(await app.client.post(SPEECH, json=ok_body()), 503)
@@ -349,11 +349,3 @@ async def test_request_timeout_is_a_504(make_app: AppFactory) -> None:
         await app.client.get("/tts", params={"text": "Hi.", "text_lang": "en"}), 504
     )
     assert "longer than 0.2s" in message
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tomllib
 from pathlib import Path
@@ -10,6 +9,7 @@ from types import ModuleType
 
 import pytest
 import yaml
+from script_module import load_script
 
 from voicefleet_localcluster import images
 from voicefleet_localcluster.images import AptSource, BaseRecipe, Builder, ImageSpec
@@ -20,13 +20,7 @@ ROOT = images.REPO_ROOT
 
 def _requirements_module() -> ModuleType:
     """docker/requirements.py runs inside image builds; it is a script, not a package."""
-    location = ROOT / "docker" / "requirements.py"
-    module_spec = importlib.util.spec_from_file_location("docker_requirements", location)
-    assert module_spec is not None
-    assert module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "docker" / "requirements.py", "docker_requirements")
 
 
 requirements_py = _requirements_module()

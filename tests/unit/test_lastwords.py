@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from scheduler_fakes import FakeBehaviour, FakeFactory
@@ -12,13 +11,7 @@ from voicefleet_api.termination import parse_message
 from voicefleet_inference.server.lastwords import write_last_words
 from voicefleet_inference.server.runner import build_service, serve
 from voicefleet_inference.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from voicefleet_localcluster.procs import free_port
 
 
 def test_failed_load_exits_1_and_leaves_one_line(tmp_path: Path) -> None:

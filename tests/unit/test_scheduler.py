@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from scheduler_fakes import SENTENCE_SAMPLES, FakeBehaviour, FakeFactory
+from scheduler_fakes import SENTENCE_SAMPLES, FakeBehaviour, FakeFactory, eventually
 
 from voicefleet_inference.admission import retry_after_seconds
 from voicefleet_inference.batching import Waiting, plan_batch
@@ -119,20 +119,17 @@ async def collect(handle: RequestHandle) -> list[np.ndarray]:
     return [c async for c in handle.chunks()]
 
 
-async def eventually(predicate: object, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-
-
 @pytest.fixture
 async def rig_factory() -> AsyncIterator[object]:
     rigs: list[Rig] = []
 
-    async def make(config: SchedulerConfig, behaviour: FakeBehaviour | None = None) -> Rig:
+    async def make(
+        config: SchedulerConfig, behaviour: FakeBehaviour | None = None, *, held: bool = False
+    ) -> Rig:
+        """``held``: the engine holds every batch until the test sets ``rig.b.gate``."""
         rig = Rig(config, behaviour)
+        if held:
+            rig.b.gate.clear()
         rigs.append(rig)
         rig.scheduler.start()
         if not rig.b.fail_load:
@@ -204,9 +201,7 @@ async def test_chunks_arrive_per_sentence_before_the_request_finishes(rig_factor
 
 
 async def test_full_queue_is_refused_with_retry_after(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(max_queue=2), behaviour)
+    rig = await rig_factory(SchedulerConfig(max_queue=2), held=True)
     running = rig.scheduler.submit(req("Running."))
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     queued = [rig.scheduler.submit(req("Queued " + "x" * 400 + ".")) for _ in range(2)]
@@ -217,15 +212,13 @@ async def test_full_queue_is_refused_with_retry_after(rig_factory) -> None:
     assert info.value.retry_after_s >= 8
     assert rig.rejected("queue_full") == 1
     assert rig.scheduler.queue_depth() == 2
-    behaviour.gate.set()
+    rig.b.gate.set()
     for h in (running, *queued):
         assert len(await collect(h)) == 1
 
 
 async def test_cancelled_before_start_never_reaches_the_engine(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(), behaviour)
+    rig = await rig_factory(SchedulerConfig(), held=True)
     first = rig.scheduler.submit(req("Runs."))
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     gone = rig.scheduler.submit(req("Client went away."))
@@ -234,7 +227,7 @@ async def test_cancelled_before_start_never_reaches_the_engine(rig_factory) -> N
     gone.cancel()
     assert rig.scheduler.queue_depth() == 0
     assert rig.scheduler.work_seconds() < work_before
-    behaviour.gate.set()
+    rig.b.gate.set()
     await collect(first)
     after = rig.scheduler.submit(req("Later."))
     await collect(after)
@@ -255,9 +248,7 @@ async def test_engine_stops_when_every_request_of_a_running_batch_is_cancelled(
 
 
 async def test_timeout_covers_queue_wait_and_run(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(request_timeout_s=0.3), behaviour)
+    rig = await rig_factory(SchedulerConfig(request_timeout_s=0.3), held=True)
     stuck = rig.scheduler.submit(req("Stuck in the engine."))
     waiting = rig.scheduler.submit(req("Stuck in the queue."))
     started = time.monotonic()
@@ -266,7 +257,7 @@ async def test_timeout_covers_queue_wait_and_run(rig_factory) -> None:
     with pytest.raises(RequestTimeout):
         await collect(waiting)
     assert 0.25 < time.monotonic() - started < 2.0
-    behaviour.gate.set()
+    rig.b.gate.set()
     await eventually(lambda: rig.scheduler.pending() == 0)
     assert rig.b.texts() == ["Stuck in the engine."]  # the queued one never ran
     assert rig.rejected("timeout") == 2
@@ -318,9 +309,7 @@ async def test_worker_death_fails_its_request_and_turns_liveness_false(rig_facto
 
 
 async def test_drain_waits_for_accepted_work_and_refuses_new(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(), behaviour)
+    rig = await rig_factory(SchedulerConfig(), held=True)
     accepted = [rig.scheduler.submit(req(f"Accepted {i}.")) for i in range(3)]
     results = [asyncio.ensure_future(collect(h)) for h in accepted]
     drain = asyncio.ensure_future(rig.scheduler.drain(grace_s=5.0))
@@ -332,7 +321,7 @@ async def test_drain_waits_for_accepted_work_and_refuses_new(rig_factory) -> Non
     assert http_status(info.value)[0] == 503
     assert info.value.retry_after_s
     assert not drain.done()
-    behaviour.gate.set()
+    rig.b.gate.set()
     report = await asyncio.wait_for(drain, 5)
     assert report.complete
     assert report.pending_at_start == 3
@@ -341,9 +330,7 @@ async def test_drain_waits_for_accepted_work_and_refuses_new(rig_factory) -> Non
 
 
 async def test_drain_gives_up_after_the_grace_and_fails_what_is_left(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(), behaviour)
+    rig = await rig_factory(SchedulerConfig(), held=True)
     running = rig.scheduler.submit(req("Never finishes."))
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     queued = rig.scheduler.submit(req("Never starts."))
@@ -358,16 +345,14 @@ async def test_drain_gives_up_after_the_grace_and_fails_what_is_left(rig_factory
 
 
 async def test_metrics_follow_queued_and_completed_work(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(), behaviour)
+    rig = await rig_factory(SchedulerConfig(), held=True)
     handles = [rig.scheduler.submit(req("Twenty characters.. Two.")) for _ in range(3)]
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     assert rig.sample("voicefleet_queue_depth") == 2
     assert rig.sample("voicefleet_requests_in_flight") == 1
     # 3 requests x (0.01 + 0.01 * 24 chars); the running one counts at least 5 %.
     assert rig.sample("voicefleet_queue_work_seconds") > 2 * 0.25
-    behaviour.gate.set()
+    rig.b.gate.set()
     for h in handles:
         await collect(h)
     await eventually(lambda: rig.scheduler.pending() == 0)
@@ -400,9 +385,7 @@ async def test_submit_before_load_is_not_ready() -> None:
 
 
 async def test_higher_priority_runs_first_and_fifo_within_a_class(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(max_batch_size=1), behaviour)
+    rig = await rig_factory(SchedulerConfig(max_batch_size=1), held=True)
     running = rig.scheduler.submit(req("Running."))
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     order = [
@@ -414,7 +397,7 @@ async def test_higher_priority_runs_first_and_fifo_within_a_class(rig_factory) -
         ("Std 2.", "standard"),
     ]
     handles = [rig.scheduler.submit(req(text), priority) for text, priority in order]
-    behaviour.gate.set()
+    rig.b.gate.set()
     for h in (running, *handles):
         await collect(h)
     assert rig.b.texts() == [
@@ -432,9 +415,7 @@ async def test_higher_priority_runs_first_and_fifo_within_a_class(rig_factory) -
 
 
 async def test_critical_pushes_lower_classes_out_of_a_full_queue_with_a_429(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(max_queue=2), behaviour)
+    rig = await rig_factory(SchedulerConfig(max_queue=2), held=True)
     running = rig.scheduler.submit(req("Running."))
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     shed = rig.scheduler.submit(req("Shed."), "sheddable")
@@ -451,7 +432,7 @@ async def test_critical_pushes_lower_classes_out_of_a_full_queue_with_a_429(rig_
         await collect(std)
     with pytest.raises(QueueFull):  # nothing below critical left to push out
         rig.scheduler.submit(req("Crit 3."), "critical")
-    behaviour.gate.set()
+    rig.b.gate.set()
     for h in (running, crit, crit2):
         assert len(await collect(h)) == 1
     assert rig.b.texts() == ["Running.", "Crit.", "Crit 2."]
@@ -463,9 +444,7 @@ async def test_critical_pushes_lower_classes_out_of_a_full_queue_with_a_429(rig_
 
 
 async def test_sheddable_is_refused_past_the_wait_target(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(wait_target_s=1.0), behaviour)
+    rig = await rig_factory(SchedulerConfig(wait_target_s=1.0), held=True)
     running = rig.scheduler.submit(req("Running " + "x" * 200 + "."))  # about 2 s of work
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     with pytest.raises(QueueFull) as refused:
@@ -475,16 +454,14 @@ async def test_sheddable_is_refused_past_the_wait_target(rig_factory) -> None:
     assert refused.value.retry_after_s is not None
     assert refused.value.retry_after_s >= 2
     crit = rig.scheduler.submit(req("Crit."), "critical")
-    behaviour.gate.set()
+    rig.b.gate.set()
     for h in (running, crit):
         await collect(h)
     assert rig.rejected("shed") == 1
 
 
 async def test_a_reserved_worker_leaves_sheddable_work_for_critical_work(rig_factory) -> None:
-    behaviour = FakeBehaviour()
-    behaviour.gate.clear()
-    rig = await rig_factory(SchedulerConfig(workers=2, reserved_workers=1), behaviour)
+    rig = await rig_factory(SchedulerConfig(workers=2, reserved_workers=1), held=True)
     first = rig.scheduler.submit(req("Standard."))
     await eventually(lambda: rig.scheduler.in_flight() == 1)
     shed = rig.scheduler.submit(req("Shed."), "sheddable")
@@ -494,7 +471,7 @@ async def test_a_reserved_worker_leaves_sheddable_work_for_critical_work(rig_fac
     crit = rig.scheduler.submit(req("Crit."), "critical")
     await eventually(lambda: rig.scheduler.in_flight() == 2)
     assert rig.scheduler.queue_depth() == 1
-    behaviour.gate.set()
+    rig.b.gate.set()
     for h in (first, crit, shed):
         assert len(await collect(h)) == 1  # sheddable runs once two workers are idle
     assert rig.b.texts()[-1] == "Shed."

@@ -8,12 +8,18 @@ import base64
 import io
 import json
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from scheduler_fakes import SAMPLE_RATE, SENTENCE_SAMPLES, FakeBehaviour, FakeFactory
+from scheduler_fakes import (
+    SAMPLE_RATE,
+    SENTENCE_SAMPLES,
+    FakeBehaviour,
+    FakeFactory,
+    eventually,
+)
 
 from voicefleet_inference.server.runner import Service, build_service
 from voicefleet_inference.settings import Settings
@@ -48,14 +54,6 @@ def body(**overrides: Any) -> dict[str, Any]:
     b: dict[str, Any] = {"model": "en_US-fake-medium", "input": "One. Two.", "voice": "default"}
     b.update(overrides)
     return b
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def wav_frames(data: bytes) -> tuple[int, int]:
