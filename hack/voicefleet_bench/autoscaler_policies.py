@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from voicefleet_api.load import parse_counters
+from voicefleet_bench.report import fmt, markdown_table
 from voicefleet_inference.metrics import Metrics, create_metrics
 from voicefleet_inference.metrics import render as render_metrics
 from voicefleet_operator.autoscaler_service import ServiceWindows
@@ -510,17 +511,18 @@ def render_latency(table: dict[str, dict[str, dict[str, float]]], seeds: int, co
         f"target: first audio within {FIRST_AUDIO_TARGET_S:g} s for "
         f"{FIRST_AUDIO_PERCENTILE:.0%} of requests.",
         "",
-        "| trace | policy | first audio within target | p99 time to first audio (s) "
-        "| replica-seconds | peak replicas |",
-        "|---|---|---|---|---|---|",
     ]
-    for trace, row in table.items():
-        for policy, m in row.items():
-            lines.append(
-                f"| {trace} | {policy} | {m['met']:.1%} | {m['p99']:.2f} "
-                f"| {m['replica_seconds']:.0f} | {m['peak']:.0f} |"
-            )
-    return "\n".join(lines)
+    header = (
+        *("trace", "policy", "first audio within target", "p99 time to first audio (s)"),
+        *("replica-seconds", "peak replicas"),
+    )
+    cells = (
+        [trace, policy, f"{m['met']:.1%}", f"{m['p99']:.2f}"]
+        + [f"{m[k]:.0f}" for k in ("replica_seconds", "peak")]
+        for trace, row in table.items()
+        for policy, m in row.items()
+    )
+    return "\n".join(lines + markdown_table(header, cells))
 
 
 def plot(path: Path, cold_start: float) -> None:
@@ -580,27 +582,24 @@ def plot_first_audio(path: Path, cold_start: float) -> None:
 
 
 def render(table: dict[str, dict[str, dict[str, float]]], seeds: int, cold: float) -> str:
-    def f(v: float, digits: int = 1) -> str:
-        return "—" if math.isnan(v) else f"{v:.{digits}f}"
-
     lines = [
         f"Medians over {seeds} seeds per cell; cold start {cold:g} s; bounds {MIN_R}..{MAX_R};",
         f"target {TARGET_WORK_S:g} work-seconds per replica (count-based policies: the same",
         "target in requests, divided by the mean request cost). Reversals: scale-ups less",
         f"than {REVERSAL_WINDOW_S:g} s after a scale-down, summed over the seeds (flapping).",
         "",
-        "| trace | policy | step → first scale-up (s) | p99 queueing delay (s) "
-        "| replica-seconds | scale changes | reversals (all seeds) | peak replicas |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for trace, row in table.items():
-        for policy, m in row.items():
-            lines.append(
-                f"| {trace} | {policy} | {f(m['first_up_s'])} | {f(m['p99_wait_s'], 2)} "
-                f"| {m['replica_seconds']:.0f} | {m['changes']:.0f} | {m['reversals']:.0f} "
-                f"| {m['peak']:.0f} |"
-            )
-    return "\n".join(lines)
+    header = (
+        *("trace", "policy", "step → first scale-up (s)", "p99 queueing delay (s)"),
+        *("replica-seconds", "scale changes", "reversals (all seeds)", "peak replicas"),
+    )
+    cells = (
+        [trace, policy, fmt(m["first_up_s"]), fmt(m["p99_wait_s"], 2)]
+        + [f"{m[k]:.0f}" for k in ("replica_seconds", "changes", "reversals", "peak")]
+        for trace, row in table.items()
+        for policy, m in row.items()
+    )
+    return "\n".join(lines + markdown_table(header, cells))
 
 
 BEGIN = "<!-- autoscaler_policies:begin -->"

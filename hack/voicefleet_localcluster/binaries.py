@@ -306,7 +306,9 @@ def _goarch() -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block: one
+    build per cache at a time, across processes (two test sessions may both need it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -327,7 +329,7 @@ def ensure_binaries(log: Callable[[str], None] = _default_log) -> Path:
     if is_complete(target_dir):
         log(f"binaries cached in {target_dir}")
         return target_dir
-    with _locked(target_dir.parent / "build.lock"):
+    with locked(target_dir.parent / "build.lock"):
         if is_complete(target_dir):  # another process finished while we waited
             log(f"binaries cached in {target_dir}")
             return target_dir
@@ -446,7 +448,7 @@ def _ensure_tool(tool: GoTool, log: Callable[[str], None]) -> Path:
     target = tool.target
     if os.access(target, os.X_OK):
         return target
-    with _locked(target.parent.parent / "build.lock"):
+    with locked(target.parent.parent / "build.lock"):
         if os.access(target, os.X_OK):
             return target
         go = find_go(log)

@@ -23,7 +23,6 @@ and the log's last lines when a step fails.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shlex
@@ -33,8 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, get_args
@@ -57,18 +55,6 @@ def say(line: str) -> None:
 def cache_dir() -> Path:
     """Under the same cache root as the Go binaries: base tarballs, archives, logs, storage."""
     return binaries.cache_root() / "images"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One `make images` at a time per cache (two test sessions may both need images)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -493,7 +479,7 @@ def build_all(flavor: Flavor, *, load: bool, refresh_base: bool, log: Logger = s
     started = time.monotonic()
     root = cache_dir()
     log_file = root / "logs" / f"images-{time.strftime('%Y%m%dT%H%M%S')}.log"
-    with _locked(root / ".lock"):
+    with binaries.locked(root / ".lock"):  # one `make images` at a time per cache
         ensure_tools(log)
         builder = detect_builder(root / "storage")
         log(f"builder: {builder.kind}; full log: {log_file}")

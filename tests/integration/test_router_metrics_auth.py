@@ -15,13 +15,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from routerprocs import running_router
-from serverprocs import free_port
+from serverprocs import ServerProc, free_port, wait_ready
 
 from voicefleet_inference.router.settings import RouterSettings
 from voicefleet_localcluster.procs import stop_process
@@ -52,18 +51,8 @@ def test_the_router_process_refuses_an_unauthenticated_scrape(tmp_path: Path) ->
             stderr=subprocess.STDOUT,
             env=env,
         )
-    base = f"http://127.0.0.1:{port}"
+    base = wait_ready(ServerProc(proc, "127.0.0.1", port, log), timeout_s=30).base_url
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         anonymous = httpx.get(base + "/metrics")
         wrong = httpx.get(base + "/metrics", headers={"Authorization": "Bearer guess"})
         right = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})

@@ -11,10 +11,6 @@ CPU only, one torch thread (the machine is shared); one model and one engine per
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from serverprocs import launch, wait_ready
 
 from voicefleet_inference.engines.base import EngineError, SynthesisRequest
 from voicefleet_inference.engines.registry import (
@@ -276,32 +273,14 @@ def test_plans() -> None:
 def test_the_server_serves_vits_torch_streaming_inside_sentences(tmp_path: Path) -> None:
     """``voicefleet-server --engine vits-torch``: a streamed WAV arrives in window-sized
     pieces (more chunks than sentences) and holds the whole, non-silent audio."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    log = tmp_path / "server.log"
-    server = Path(sys.executable).with_name("voicefleet-server")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(str(server), "--host", "127.0.0.1", "--port", str(port)),
-                *("--engine", "vits-torch", "--workers", "1", "--threads", "1"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    server = wait_ready(
+        launch(
+            tmp_path / "server.log", "--engine", "vits-torch", "--workers", "1", "--threads", "1"
+        ),
+        timeout_s=180,
+    )
+    base = server.base_url
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         body = {
             "model": BUNDLED_VOICE,
             "input": "Streaming starts early. It goes on.",
@@ -321,4 +300,4 @@ def test_the_server_serves_vits_torch_streaming_inside_sentences(tmp_path: Path)
         assert 1.0 < len(samples) / 22050 < 6.0
         assert float(np.sqrt(np.mean(samples**2))) > 0.01
     finally:
-        assert stop_process(proc, grace=60) == 0, log.read_text()
+        assert stop_process(server.proc, grace=60) == 0, server.log()
