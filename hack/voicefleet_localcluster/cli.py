@@ -139,36 +139,44 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build the binaries into the cache (skipped if cached)")
     build.set_defaults(func=cmd_build)
 
-    state_help = "where state.json and kubeconfig live (default: ./.cluster)"
+    # Every command that acts on a recorded cluster takes the same --state-dir.
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".cluster"),
+        help="where state.json and kubeconfig live (default: ./.cluster)",
+    )
     up = sub.add_parser(
         "up",
+        parents=[state],
         help="start the control plane and the node: kubelet + containerd + runc, kube-proxy, "
         "CoreDNS (needs root)",
     )
-    up.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
     up.add_argument("--node-name", default=DEFAULT_NODE)
     up.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu capacity of the node")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     up.set_defaults(func=cmd_up)
 
-    down = sub.add_parser("down", help="stop every process of the cluster and remove its data")
-    down.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    down = sub.add_parser(
+        "down", parents=[state], help="stop every process of the cluster and remove its data"
+    )
     down.set_defaults(func=cmd_down)
 
-    status = sub.add_parser("status", help="show the recorded cluster's processes")
-    status.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    status = sub.add_parser("status", parents=[state], help="show the recorded cluster's processes")
     status.set_defaults(func=cmd_status)
 
     stack_up = sub.add_parser(
         "stack-up",
+        parents=[state],
         help="`make up`: cluster + helm install of the chart + the sample voice, Ready",
     )
-    stack_up.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
     stack_up.add_argument("--timeout", type=float, default=600.0, help="seconds per long step")
     stack_up.set_defaults(func=cmd_stack_up)
 
-    stack_down = sub.add_parser("stack-down", help="`make down`: stop everything `stack-up` made")
-    stack_down.add_argument("--state-dir", type=Path, default=Path(".cluster"), help=state_help)
+    stack_down = sub.add_parser(
+        "stack-down", parents=[state], help="`make down`: stop everything `stack-up` made"
+    )
     stack_down.set_defaults(func=cmd_stack_down)
 
     promtool = sub.add_parser("promtool", help="build promtool (cached); print its path")

@@ -279,14 +279,22 @@ async def test_sigterm_drains_accepted_requests_refuses_new_and_exits_zero(
         stop_server(srv)
 
 
-def test_a_model_that_cannot_load_exits_1_and_says_why(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [str(SERVER), "--host", "127.0.0.1", "--port", str(free_port())],
-        env={**os.environ, "VOICEFLEET_MODEL": str(tmp_path / "missing.onnx")},
+def server_that_fails(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``voicefleet-server`` to its exit (it is expected to refuse to start)."""
+    return subprocess.run(
+        [str(SERVER), *args],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def test_a_model_that_cannot_load_exits_1_and_says_why(tmp_path: Path) -> None:
+    proc = server_that_fails(
+        {"VOICEFLEET_MODEL": str(tmp_path / "missing.onnx")},
+        *("--host", "127.0.0.1", "--port", str(free_port())),
     )
     assert proc.returncode == 1
     assert "failed to load" in proc.stderr
@@ -294,14 +302,7 @@ def test_a_model_that_cannot_load_exits_1_and_says_why(tmp_path: Path) -> None:
 
 
 def test_invalid_settings_exit_2_naming_the_variable() -> None:
-    proc = subprocess.run(
-        [str(SERVER)],
-        env={**os.environ, "VOICEFLEET_MAX_QUEUE": "lots"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = server_that_fails({"VOICEFLEET_MAX_QUEUE": "lots"})
     assert proc.returncode == 2
     assert "VOICEFLEET_MAX_QUEUE: not an integer: 'lots'" in proc.stderr
 
