@@ -14,7 +14,14 @@ __all__ = ["OPERATOR_MODULES", "ROUTER_MODULES", "SERVER_MODULES", "missing_extr
 
 SERVER_MODULES: tuple[str, ...] = ("fastapi", "uvicorn", "onnxruntime", "numpy", "soundfile")
 OPERATOR_MODULES: tuple[str, ...] = ("kopf", "aiohttp", "kubernetes")
-ROUTER_MODULES: tuple[str, ...] = ("fastapi", "uvicorn", "httpx", "kubernetes")
+ROUTER_MODULES: tuple[str, ...] = (
+    "fastapi",
+    "uvicorn",
+    "aiohttp",
+    "httptools",
+    "uvloop",
+    "kubernetes",
+)
 
 
 def missing_extra(script: str, extra: str, modules: Sequence[str]) -> str | None:

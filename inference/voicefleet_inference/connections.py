@@ -7,7 +7,7 @@ event loop with connections that do nothing. Uvicorn bounds a request head's siz
 of open connections, and its ``limit_concurrency`` counts idle connections too (20,000
 idle sockets would turn every real request into a 503). So:
 
-* :func:`guarded_http` makes uvicorn's h11 protocol class with two more rules:
+* :func:`guarded_http` makes uvicorn's h11 (or httptools) protocol class with two more rules:
 
   - a request head must arrive within ``header_timeout_s`` of the connection opening or
     of its first byte after a keep-alive pause (slow-loris connections are closed);
@@ -40,10 +40,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = [
     "BodyDeadline",
@@ -89,97 +92,200 @@ def descriptor_budget(requested: int) -> int:
     return min(requested, budget) if requested > 0 else budget
 
 
-def guarded_http(limits: ConnectionLimits) -> type[H11Protocol]:
-    """Uvicorn's h11 protocol with a head timeout and a connection cap (module docstring).
+class _HeadGuard:
+    """The two rules (module docstring), for a protocol class of uvicorn's.
 
-    A class per server: its bookkeeping of connections waiting for a head is shared by
-    that server's connections only.
+    Mixed in before :class:`H11Protocol` or :class:`HttpToolsProtocol`; each subclass calls
+    these hooks from the protocol methods of the same meaning. The protocol's ``cycle`` is
+    the request in progress: a new one means a request head arrived.
     """
-    max_connections = descriptor_budget(limits.max_connections)
 
-    class GuardedH11Protocol(H11Protocol):
-        waiting: ClassVar[OrderedDict[GuardedH11Protocol, None]] = OrderedDict()
-        """Connections waiting for a request head, oldest first (eviction order)."""
-        refused: ClassVar[int] = 0
+    waiting: ClassVar[OrderedDict[_HeadGuard, None]]
+    """Connections waiting for a request head, oldest first (eviction order)."""
+    refused: ClassVar[int]
+    max_connections: ClassVar[int]
+    header_timeout_s: ClassVar[float]
 
-        _head_timer: asyncio.TimerHandle | None = None
-        _awaiting: object = None
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    cycle: Any
+    connections: set[Any]
+    _head_timer: asyncio.TimerHandle | None = None
+    _awaiting: object = None
+
+    def _guard_made(self, transport: asyncio.Transport) -> None:
+        if len(self.connections) > self.max_connections and not self._evict_one():
+            type(self).refused += 1
+            transport.close()
+            return
+        self._await_head(start_timer=True)
+
+    def _guard_data(self) -> None:
+        if self._awaiting is self.cycle and self._head_timer is None:
+            self._start_timer()  # first bytes after a keep-alive pause
+
+    def _guard_head_seen(self) -> None:
+        if self.cycle is not self._awaiting:
+            self._stop_waiting()  # a request head arrived
+
+    def _guard_response_complete(self) -> None:
+        if not self.transport.is_closing():
+            self._await_head(start_timer=False)  # keep-alive's own timer runs now
+
+    def _await_head(self, *, start_timer: bool) -> None:
+        self._awaiting = self.cycle
+        self.waiting[self] = None
+        self.waiting.move_to_end(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if start_timer:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_late)
+
+    def _stop_waiting(self) -> None:
+        self.waiting.pop(self, None)
+        self._awaiting = _NOT_WAITING
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._awaiting is self.cycle and not self.transport.is_closing():
+            self._stop_waiting()
+            self.transport.close()
+
+    def _evict_one(self) -> bool:
+        """Close the connection that has waited longest for a head; False if none."""
+        for other in self.waiting:
+            if other is not self:
+                other._stop_waiting()
+                other.transport.close()
+                return True
+        return False
+
+
+class _GuardedH11(_HeadGuard, H11Protocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        H11Protocol.connection_made(self, transport)
+        self._guard_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        H11Protocol.connection_lost(self, exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._guard_data()
+        H11Protocol.data_received(self, data)
+
+    def handle_events(self) -> None:
+        H11Protocol.handle_events(self)
+        self._guard_head_seen()
+
+    def on_response_complete(self) -> None:
+        H11Protocol.on_response_complete(self)
+        self._guard_response_complete()
+
+
+class HeadTooLarge(Exception):
+    """A request head over the limit: httptools turns it into a 400 and uvicorn closes."""
+
+
+def _httptools_protocol() -> type[HttpToolsProtocol]:
+    """The guarded httptools protocol, defined on first use: importing uvicorn's httptools
+    module needs ``httptools``, which only the router's extra installs."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class _GuardedHttpTools(_HeadGuard, HttpToolsProtocol):
+        """The same rules on uvicorn's httptools protocol (its parser, llhttp, is in C).
+
+        llhttp has no bound on a head's size; the URL and headers are counted here and a head
+        over ``max_head_bytes`` fails the parse (400, connection closed), as h11's
+        ``max_incomplete_event_size`` does on the other protocol.
+        """
+
+        max_head_bytes: ClassVar[int]
+        _head_bytes: int = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            if len(self.connections) > max_connections and not self._evict_one():
-                type(self).refused += 1
-                transport.close()
-                return
-            self._await_head(start_timer=True)
+            HttpToolsProtocol.connection_made(self, transport)
+            self._guard_made(transport)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_waiting()
-            super().connection_lost(exc)
+            HttpToolsProtocol.connection_lost(self, exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._awaiting is self.cycle and self._head_timer is None:
-                self._start_timer()  # first bytes after a keep-alive pause
-            super().data_received(data)
+            self._guard_data()
+            HttpToolsProtocol.data_received(self, data)
 
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not self._awaiting:
-                self._stop_waiting()  # a request head arrived
+        def on_message_begin(self) -> None:
+            self._head_bytes = 0
+            HttpToolsProtocol.on_message_begin(self)
+
+        def on_url(self, url: bytes) -> None:
+            self._count_head(len(url))
+            HttpToolsProtocol.on_url(self, url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_head(len(name) + len(value) + 4)
+            HttpToolsProtocol.on_header(self, name, value)
+
+        def on_headers_complete(self) -> None:
+            HttpToolsProtocol.on_headers_complete(self)
+            self._guard_head_seen()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._await_head(start_timer=False)  # keep-alive's own timer runs now
+            HttpToolsProtocol.on_response_complete(self)
+            self._guard_response_complete()
 
-        def _await_head(self, *, start_timer: bool) -> None:
-            self._awaiting = self.cycle
-            self.waiting[self] = None
-            self.waiting.move_to_end(self)
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-            if start_timer:
-                self._start_timer()
+        def _count_head(self, size: int) -> None:
+            self._head_bytes += size
+            if self._head_bytes > self.max_head_bytes:
+                raise HeadTooLarge(f"request head over {self.max_head_bytes} bytes")
 
-        def _start_timer(self) -> None:
-            self._head_timer = self.loop.call_later(limits.header_timeout_s, self._head_late)
+    return _GuardedHttpTools
 
-        def _stop_waiting(self) -> None:
-            self.waiting.pop(self, None)
-            self._awaiting = _NOT_WAITING
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
 
-        def _head_late(self) -> None:
-            self._head_timer = None
-            if self._awaiting is self.cycle and not self.transport.is_closing():
-                self._stop_waiting()
-                self.transport.close()
+def guarded_http(
+    limits: ConnectionLimits, parser: str = "h11"
+) -> type[H11Protocol] | type[HttpToolsProtocol]:
+    """Uvicorn's protocol with a head timeout and a connection cap (module docstring).
 
-        def _evict_one(self) -> bool:
-            """Close the connection that has waited longest for a head; False if none."""
-            for other in self.waiting:
-                if other is not self:
-                    other._stop_waiting()
-                    other.transport.close()
-                    return True
-            return False
-
-    return GuardedH11Protocol
+    ``parser``: ``h11`` (pure Python) or ``httptools`` (llhttp, in C: the router's hot
+    path). A class per server: its bookkeeping of connections waiting for a head is shared
+    by that server's connections only.
+    """
+    attributes = {
+        "waiting": OrderedDict(),
+        "refused": 0,
+        "max_connections": descriptor_budget(limits.max_connections),
+        "header_timeout_s": limits.header_timeout_s,
+        "max_head_bytes": MAX_HEAD_BYTES,
+    }
+    if parser == "httptools":
+        return type("GuardedHttpToolsProtocol", (_httptools_protocol(),), attributes)
+    if parser == "h11":
+        return type("GuardedH11Protocol", (_GuardedH11,), attributes)
+    raise ValueError(f"unknown HTTP parser {parser!r} (h11 or httptools)")
 
 
 _NOT_WAITING: Final = object()
+MAX_HEAD_BYTES: Final = 16 * 1024
+"""Largest request head either protocol takes (URL and headers)."""
 
 
-def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.Config`` that apply ``limits``."""
+def uvicorn_options(limits: ConnectionLimits, parser: str = "h11") -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.Config`` that apply ``limits`` (``parser``: see
+    :func:`guarded_http`)."""
     return {
-        "http": guarded_http(limits),
+        "http": guarded_http(limits, parser),
         "timeout_keep_alive": limits.keep_alive_s,
         "limit_concurrency": None,  # it counts idle connections; ConcurrencyLimit does not
-        "h11_max_incomplete_event_size": 16 * 1024,
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
     }
 
 

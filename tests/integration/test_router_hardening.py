@@ -154,3 +154,25 @@ async def test_bodies_in_memory_are_budgeted_over_all_requests() -> None:
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "body_budget_full"
     assert refused.headers["retry-after"] == "1"
+
+
+async def test_an_oversized_request_head_is_refused_and_closed() -> None:
+    """The router parses requests with httptools (llhttp, no bound of its own on a head):
+    a head past 16 KiB gets a 400 and a closed connection, as h11 gave it; one under the
+    bound is answered."""
+    async with running_router(settings()) as (_, url):
+        reader, writer = await open_raw(url)
+        pads = [b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(20)]  # 20 KB
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: r\r\n" + b"".join(pads) + b"\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(status_of(reader), 10)
+        rest = await asyncio.wait_for(reader.read(), 10)  # until the router closes
+        writer.close()
+        reader, writer = await open_raw(url)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: r\r\n" + b"".join(pads[:12]) + b"\r\n")
+        await writer.drain()
+        fine = await asyncio.wait_for(status_of(reader), 10)
+        writer.close()
+    assert status == 400
+    assert b"Invalid HTTP request" in rest
+    assert fine == 200

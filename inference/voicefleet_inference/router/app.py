@@ -8,6 +8,11 @@
 * ``/healthz``, ``/readyz`` (discovery has listed everything once), ``/metrics``.
 * ``/``: the playground page (``static/playground.html``).
 
+``POST /v1/audio/speech`` is the hot path and a bare ASGI route: no FastAPI request object,
+dependency solving or response model per request, the same body rules, validation
+(:mod:`voicefleet_inference.requests_validation`) and error mapping (:mod:`.errors`) as
+every other route. Everything else goes to a FastAPI app.
+
 A configured bearer token guards ``/v1/`` and ``/voices/``; a second one, ``metrics_token``,
 guards ``/metrics`` (held requests per voice are what the operator scales from zero on, and
 the series name every voice: only the operator and Prometheus read them). Probes and the
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import math
 from collections.abc import Callable
 from importlib import resources
@@ -27,7 +33,7 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from voicefleet_api.priority import PRIORITY_HEADER
 from voicefleet_inference.cost import REFERENCE_COST
@@ -43,20 +49,29 @@ from voicefleet_inference.router.errors import (
     BodyTimeout,
     NoPodAvailable,
     PayloadTooLarge,
+    RouterError,
     Unauthorized,
     VoiceNotFound,
     install_error_handlers,
+    send_error,
 )
 from voicefleet_inference.router.fleet import Fleet, UnknownVoice, VoiceInfo, VoiceKey
 from voicefleet_inference.router.metrics import RouterMetrics
 from voicefleet_inference.router.proxy import ClientGone, Proxy, Upstream
 
-__all__ = ["MAX_BODY_BYTES", "create_app", "estimate_cost", "playground_html"]
+log = logging.getLogger("voicefleet.router")
+
+__all__ = ["MAX_BODY_BYTES", "RouterApp", "create_app", "estimate_cost", "playground_html"]
 
 MAX_BODY_BYTES: Final = 1 << 20
 """Far above any valid request (the pods cap input at a few thousand characters)."""
 _FORWARDED: Final = ("content-type", "accept", "x-request-id", PRIORITY_HEADER)
 """Request headers passed on to the pod; the priority decides who a saturated pod refuses."""
+_SPEECH_PATH: Final = "/v1/audio/speech"
+_WANTED: Final = frozenset(
+    name.encode() for name in (*_FORWARDED, "authorization", "content-length")
+)
+"""Request headers the speech route reads (names as ASGI servers give them: lower case)."""
 
 
 def playground_html() -> str:
@@ -126,14 +141,45 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 def _require_bearer(request: Request, token: str | None) -> None:
     """Nothing when ``token`` is None; else the request must carry it (compared in constant
     time), or :class:`Unauthorized` (401)."""
+    _check_bearer(request.headers.get("authorization", ""), token)
+
+
+def _check_bearer(given: str, token: str | None) -> None:
+    """:func:`_require_bearer` on the ``Authorization`` header's value."""
     if token is None:
         return
-    given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         value.strip().encode(), token.encode()
     ):
         raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
+def _headers_of(scope: Scope) -> dict[str, str]:
+    """The request headers the speech route reads (first of repeated ones, as Starlette)."""
+    out: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED:
+            out.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return out
+
+
+class RouterApp:
+    """The router's ASGI app: the speech route bare, every other route through FastAPI."""
+
+    def __init__(
+        self,
+        api: FastAPI,
+        speech: Callable[[Scope, Receive, Send], Any],
+    ) -> None:
+        self.api = api
+        self._speech = speech
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == _SPEECH_PATH and scope["method"] == "POST":
+            await self._speech(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
 
 
 def create_app(
@@ -147,7 +193,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     body_timeout_s: float = 15.0,
     max_buffered_body_bytes: int = 64 << 20,
-) -> FastAPI:
+) -> RouterApp:
     """The app; it starts nothing (the caller runs discovery and the scraper)."""
     app = FastAPI(title="VoiceFleet router", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
@@ -163,9 +209,9 @@ def create_app(
 
     budget = BodyBudget(max_buffered_body_bytes)
 
-    async def body_of(request: Request, taken: list[int]) -> bytes:
+    async def body_of(declared: str | None, receive: Receive, taken: list[int]) -> bytes:
         try:
-            return await _read_body(request, taken)
+            return await _read_body(declared, receive, taken)
         except BodyTimeout as exc:
             # A slow sender is closed on. A large one is not: closing with its bytes
             # unread would reset the connection and could lose the 413 on the way; the
@@ -173,11 +219,11 @@ def create_app(
             exc.close_connection = True
             raise
 
-    async def _read_body(request: Request, taken: list[int]) -> bytes:
+    async def _read_body(declared: str | None, receive: Receive, taken: list[int]) -> bytes:
         """The body, counted as it streams in: refused as soon as it passes the cap (a
         chunked body has no Content-Length to check first), takes too long to arrive, or
-        would pass the router's budget; ``taken[0]`` is what it holds of the budget."""
-        declared = request.headers.get("content-length")
+        would pass the router's budget; ``taken[0]`` is what it holds of the budget.
+        ``declared`` is the request's Content-Length header."""
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             raise PayloadTooLarge(f"request body over {max_body_bytes} bytes")
         if declared and declared.isdigit():
@@ -187,36 +233,56 @@ def create_app(
         size = 0
         try:
             async with asyncio.timeout(body_timeout_s):
-                async for part in request.stream():
-                    size += len(part)
-                    if size > max_body_bytes:
-                        raise PayloadTooLarge(f"request body over {max_body_bytes} bytes")
-                    if size > taken[0]:
-                        budget.take(size - taken[0])
-                        taken[0] = size
-                    parts.append(part)
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    part: bytes = message.get("body", b"")
+                    if part:
+                        size += len(part)
+                        if size > max_body_bytes:
+                            raise PayloadTooLarge(f"request body over {max_body_bytes} bytes")
+                        if size > taken[0]:
+                            budget.take(size - taken[0])
+                            taken[0] = size
+                        parts.append(part)
+                    if not message.get("more_body", False):
+                        break
         except TimeoutError:
             raise BodyTimeout(
                 f"the request body did not arrive within {body_timeout_s:g} s"
             ) from None
-        except ClientDisconnect:
-            raise ClientGone from None
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def headers_of(request: Request) -> dict[str, str]:
         return {k: request.headers[k] for k in _FORWARDED if k in request.headers}
 
-    @app.post("/v1/audio/speech")
-    async def speech(request: Request) -> Response:
-        authorize(request)
+    async def speech(scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/audio/speech``, bare: errors through :func:`.errors.send_error`."""
         taken = [0]
         try:
-            return await _speech(request, taken)
-        finally:
-            budget.give_back(taken[0])
+            try:
+                headers = _headers_of(scope)
+                _check_bearer(headers.pop("authorization", ""), token)
+                response = await _speech(headers, receive, taken)
+            finally:
+                budget.give_back(taken[0])
+        except RouterError as exc:
+            await send_error(scope, receive, send, exc)
+            return
+        except ClientGone:
+            await Response(status_code=499)(scope, receive, send)  # nobody reads it
+            return
+        except Exception as exc:
+            log.exception("unexpected error on POST %s", _SPEECH_PATH)
+            await send_error(
+                scope, receive, send, RouterError(f"internal error: {type(exc).__name__}")
+            )
+            return
+        await response(scope, receive, send)
 
-    async def _speech(request: Request, taken: list[int]) -> Response:
-        raw = await body_of(request, taken)
+    async def _speech(headers: dict[str, str], receive: Receive, taken: list[int]) -> Response:
+        raw = await body_of(headers.pop("content-length", None), receive, taken)
         payload = _json_object(raw)
         model = payload.get("model")
         if not isinstance(model, str) or not model.strip():
@@ -230,17 +296,16 @@ def create_app(
         payload["model"] = voice.model_name
         del raw  # a held request keeps only the body it forwards
         body = json.dumps(payload).encode()
-        headers = headers_of(request)
         headers["content-type"] = "application/json"
         upstream = Upstream(
-            "/v1/audio/speech",
+            _SPEECH_PATH,
             "POST",
             "",
             body,
             headers,
             estimate_cost(payload.get("input"), payload.get("speed", 1.0)),
         )
-        return await proxy.forward(voice, upstream, request.receive)
+        return await proxy.forward(voice, upstream, receive)
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
@@ -264,7 +329,11 @@ def create_app(
         voice = fleet.voices.get(VoiceKey(namespace, name))
         if voice is None:
             raise _voice_not_found(f"{namespace}/{name}", sorted(str(k) for k in fleet.voices))
-        raw = await body_of(request, taken) if request.method == "POST" else b""
+        raw = (
+            await body_of(request.headers.get("content-length"), request.receive, taken)
+            if request.method == "POST"
+            else b""
+        )
         params: dict[str, Any] = dict(request.query_params)
         if raw:
             params.update(_json_object(raw))
@@ -310,7 +379,7 @@ def create_app(
     async def playground() -> HTMLResponse:
         return HTMLResponse(page)
 
-    return app
+    return RouterApp(app, speech)
 
 
 def _model_entry(voice: VoiceInfo, ready: int) -> dict[str, Any]:

@@ -6,7 +6,6 @@ start (port taken, no Kubernetes configuration), 2 for bad settings.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -32,12 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voicefleet-router: error: {exc}", file=sys.stderr)
         return 2
     log_to_stderr(settings.log_level)
-    if settings.log_level != "debug":  # one INFO line per proxied request otherwise
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    import uvloop
+
     from voicefleet_inference.router.service import serve
 
     try:
-        return asyncio.run(serve(settings, token, metrics_token))
+        # libuv's event loop: socket reads and writes, timers and callbacks in C (measured
+        # in docs/router.md, "Overhead").
+        return uvloop.run(serve(settings, token, metrics_token))
     except ValueError as exc:  # a bad static upstream entry
         print(f"voicefleet-router: error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from voicefleet_inference.errors import ServiceError
 
@@ -44,6 +45,7 @@ __all__ = [
     "VoiceNotFound",
     "error_response",
     "install_error_handlers",
+    "send_error",
 ]
 
 log = logging.getLogger("voicefleet.router")
@@ -146,6 +148,13 @@ def error_response(path: str, exc: RouterError) -> JSONResponse:
     if exc.close_connection:
         headers["Connection"] = "close"  # the rest of an unread body is not worth draining
     return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+async def send_error(scope: Scope, receive: Receive, send: Send, exc: RouterError) -> None:
+    """Answer ``exc`` on a bare ASGI route (the proxy's hot path) through the same mapping."""
+    if exc.status >= 500:
+        log.warning("%s %s -> %d: %s", scope["method"], scope["path"], exc.status, exc)
+    await error_response(str(scope["path"]), exc)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

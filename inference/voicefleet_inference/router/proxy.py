@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -30,10 +31,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import anyio
-import httpx
+import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+from yarl import URL
 
 from voicefleet_api import load, podauth
 from voicefleet_inference.router.choice import Hold, Reject, Route, decide
@@ -70,12 +71,19 @@ _HOP_BY_HOP: Final = frozenset(
         load.LOAD_HEADER,  # the pod's load is for routers, not for clients
     )
 )
+_HOP_BY_HOP_RAW: Final = frozenset(name.encode() for name in _HOP_BY_HOP)
 _HOLD_POLL_S: Final = 0.25
 """Held requests look again at least this often (marks on pods expire without events)."""
 _FULL_MARK_MAX_S: Final = 1.0
 _DRAINING_MARK_S: Final = 2.0
 _DOWN_MARK_S: Final = 1.0
 _HOLD_RETRY_AFTER_S: Final = 5.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _url(base_url: str, path: str) -> URL:
+    """A pod's URL for ``path``, parsed once (most requests go to few pods and one path)."""
+    return URL(base_url + path, encoded=True)
 
 
 class ClientGone(Exception):
@@ -146,13 +154,13 @@ class RelayResponse(Response):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: aiohttp.ClientResponse,
         headers: list[tuple[bytes, bytes]],
         disconnect: _Disconnect,
         on_first_byte: Callable[[], None],
         on_done: Callable[[bool], None],
     ) -> None:
-        self.status_code = upstream.status_code
+        self.status_code = upstream.status
         self.background = None
         self.raw_headers = headers
         self._upstream = upstream
@@ -171,7 +179,7 @@ class RelayResponse(Response):
                 }
             )
             first = True
-            async for chunk in self._upstream.aiter_raw():
+            async for chunk in self._upstream.content.iter_any():
                 if first:
                     self._on_first_byte()
                     first = False
@@ -182,26 +190,35 @@ class RelayResponse(Response):
         except asyncio.CancelledError:
             if not self._disconnect.absorb():
                 raise
-        except (httpx.HTTPError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             # The pod went away mid-stream: the client's body is cut short (an error for
             # every format), which is all we can do once bytes were sent.
-            log.warning("stream from %s broke: %s", self._upstream.url, exc)
+            log.warning("stream from %s broke: %r", self._upstream.url, exc)
         finally:
             self._disconnect.close()
-            with anyio.CancelScope(shield=True):
-                await self._upstream.aclose()
+            if completed:
+                self._upstream.release()  # read to its end: the connection is reused
+            else:
+                self._upstream.close()  # closing it is what tells the pod to stop
             self._on_done(completed)
 
 
 class Proxy:
-    """The request side of the router: decide, send, retry, hold, relay."""
+    """The request side of the router: decide, send, retry, hold, relay.
+
+    Pods are asked through aiohttp (an HTTP/1.1 client whose parser is in C): httpx's
+    pure-Python HTTP/1.1 and connection pool were 40 % of the router's CPU per request
+    (docs/router.md, "Overhead"). The session is made on first use (it needs the running
+    loop) and closed by :meth:`close`.
+    """
 
     def __init__(
         self,
         fleet: Fleet,
-        client: httpx.AsyncClient,
         metrics: RouterMetrics,
         *,
+        connect_timeout_s: float = 1.0,
+        upstream_timeout_s: float = 300.0,
         policy: Policy = Policy.JSQ_WORK,
         max_attempts: int = 3,
         max_held_per_voice: int = 100,
@@ -212,8 +229,11 @@ class Proxy:
         pod_token_key: str | None = None,
     ) -> None:
         self.fleet = fleet
-        self.client = client
         self.metrics = metrics
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=connect_timeout_s, sock_read=upstream_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
         self.policy = policy
         self.max_attempts = max_attempts
         self.max_held_per_voice = max_held_per_voice
@@ -230,6 +250,27 @@ class Proxy:
 
     def held(self, voice: str) -> int:
         return self._held.get(voice, 0)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                # Idle pod connections are dropped before the pods' own keep-alive timeout
+                # (uvicorn: 5 s), so a request is never written onto one the pod is closing.
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
+                # Bytes pass through as the pod sent them: no decompression, no cookies, no
+                # headers of the client's own beyond Host, Accept and Content-Length.
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the pods' connections (the router is stopping)."""
+        if self._session is not None:
+            await self._session.close()
 
     async def forward(self, voice: VoiceInfo, upstream: Upstream, receive: Receive) -> Response:
         """The response for ``upstream`` sent to one of ``voice``'s pods (or a RouterError)."""
@@ -411,41 +452,45 @@ class Proxy:
         if state is None or state.info.base_url is None:
             return _Failed("error")
         pod_name = state.info.name
-        url = state.info.base_url + upstream.path + (f"?{upstream.query}" if upstream.query else "")
+        if upstream.query:
+            url = URL(f"{state.info.base_url}{upstream.path}?{upstream.query}", encoded=True)
+        else:
+            url = _url(state.info.base_url, upstream.path)
         headers = dict(upstream.headers)
         if self._pod_token_key is not None:
             token = podauth.pod_token(self._pod_token_key, voice.key.namespace, voice.key.name)
             headers["authorization"] = f"{podauth.SCHEME} {token}"
-        request = self.client.build_request(
-            upstream.method, url, content=upstream.body, headers=headers
-        )
         flight = self.fleet.begin(pod_key, upstream.cost_s)
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self._client().request(
+                upstream.method, url, data=upstream.body, headers=headers, allow_redirects=False
+            )
         except asyncio.CancelledError:
             self.fleet.end(flight)
             raise
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             self.fleet.end(flight)
             self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)
             log.info("pod %s unreachable (%s); trying another", pod_key, exc)
             return self._count(label, pod_name, _Failed("connect_error"))
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:  # aiohttp's read timeout is one too
             self.fleet.end(flight)
-            raise UpstreamFailed(f"pod {pod_key} did not answer in time: {exc}") from exc
-        except httpx.HTTPError as exc:
+            raise UpstreamFailed(f"pod {pod_key} did not answer in time: {exc!r}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             self.fleet.end(flight)
             self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)
             log.info("pod %s failed before answering (%r); trying another", pod_key, exc)
             return self._count(label, pod_name, _Failed("error"))
         self._take_load(pod_key, response)
-        if response.status_code in (429, 503):
+        if response.status in (429, 503):
             retry_after = _retry_after(response.headers.get("retry-after"))
-            with contextlib.suppress(httpx.HTTPError):
-                await response.aread()
-            await response.aclose()
+            try:
+                await response.read()
+                response.release()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                response.close()
             self.fleet.end(flight)
-            if response.status_code == 429:
+            if response.status == 429:
                 self.fleet.mark(pod_key, full_s=min(retry_after or 1.0, _FULL_MARK_MAX_S))
                 return self._count(label, pod_name, _Failed("full", retry_after))
             self.fleet.mark(pod_key, draining_s=_DRAINING_MARK_S)
@@ -453,7 +498,7 @@ class Proxy:
         self.metrics.upstream_requests_total.labels(label, pod_name, "ok").inc()
         return self._relay(label, pod_key, response, flight, disconnect, arrived)
 
-    def _take_load(self, pod_key: str, response: httpx.Response) -> None:
+    def _take_load(self, pod_key: str, response: aiohttp.ClientResponse) -> None:
         """The pod's load from its answer's header: the signal that needs no poll."""
         value = response.headers.get(load.LOAD_HEADER)
         report = load.parse_load(value) if value else None
@@ -469,15 +514,15 @@ class Proxy:
         self,
         label: str,
         pod_key: str,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         flight: Flight,
         disconnect: _Disconnect,
         arrived: float,
     ) -> RelayResponse:
         headers = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in response.headers.multi_items()
-            if k.lower() not in _HOP_BY_HOP
+            (name, value)
+            for name, value in ((k.lower(), v) for k, v in response.raw_headers)
+            if name not in _HOP_BY_HOP_RAW
         ]
         headers.append((POD_HEADER.encode(), pod_key.encode()))
 
@@ -488,7 +533,7 @@ class Proxy:
 
         def done(completed: bool) -> None:
             self.fleet.end(flight)
-            code = str(response.status_code) if completed else "499"
+            code = str(response.status) if completed else "499"
             self.metrics.request_duration_seconds.labels(label, code).observe(
                 time.monotonic() - arrived
             )

@@ -17,9 +17,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from voicefleet_inference.connections import (
     ConcurrencyLimit,
@@ -46,10 +45,9 @@ class RouterService:
     settings: RouterSettings
     fleet: Fleet
     metrics: RouterMetrics
-    client: httpx.AsyncClient
     proxy: Proxy
     poller: LoadPoller
-    app: FastAPI
+    app: ASGIApp
     discovery: KubeDiscovery | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -91,7 +89,7 @@ class RouterService:
             port=port,
             log_config=None,
             lifespan="off",
-            **uvicorn_options(limits),
+            **uvicorn_options(limits, "httptools"),
             **extra,
         )
 
@@ -105,7 +103,7 @@ class RouterService:
                 await task
         self._tasks.clear()
         await self.poller.close()
-        await self.client.aclose()
+        await self.proxy.close()
 
 
 def build_router(
@@ -118,19 +116,11 @@ def build_router(
     """Everything the router is made of, wired but not started."""
     fleet = Fleet(settings.namespace, stale_after_s=settings.stale_after_s)
     metrics = create_metrics()
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s),
-        # Idle pod connections are dropped before the pods' own keep-alive timeout (uvicorn:
-        # 5 s), so a request is never written onto a connection the pod is closing.
-        limits=httpx.Limits(
-            max_connections=None, max_keepalive_connections=1024, keepalive_expiry=4.0
-        ),
-        trust_env=False,
-    )
     proxy = Proxy(
         fleet,
-        client,
         metrics,
+        connect_timeout_s=settings.connect_timeout_s,
+        upstream_timeout_s=settings.upstream_timeout_s,
         policy=settings.policy,
         max_attempts=settings.max_attempts,
         max_held_per_voice=settings.max_held_per_voice,
@@ -150,12 +140,12 @@ def build_router(
         timeout_s=max(0.05, min(settings.stale_after_s, 2 * settings.poll_interval_s)),
     )
     fleet.on_pod_gone(lambda pod: metrics.forget_pod(str(pod.voice), pod.name))
-    service = RouterService(settings, fleet, metrics, client, proxy, poller, FastAPI())
+    service = RouterService(settings, fleet, metrics, proxy, poller, _not_built)
 
     def discovery_error() -> str | None:
         return service.discovery.last_error if service.discovery else None
 
-    service.app = create_app(
+    app = create_app(
         fleet,
         proxy,
         metrics,
@@ -166,9 +156,14 @@ def build_router(
         body_timeout_s=settings.body_timeout_s,
         max_buffered_body_bytes=settings.max_buffered_body_bytes,
     )
-    service.app.add_middleware(WholeBodyForHttp10)
-    service.app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
+    service.app = ConcurrencyLimit(
+        WholeBodyForHttp10(app), max_requests=settings.max_concurrent_requests
+    )
     return service
+
+
+async def _not_built(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("the router's app is built by build_router")
 
 
 def kube_api_client(settings: RouterSettings) -> Any:
