@@ -3,10 +3,12 @@
     .venv/bin/python -m voicefleet_bench.stack_figures [--rest 60] [--state-dir DIR]
 
 Runs `voicefleet-cluster stack-up` (what `make up` runs after `make install`) into a
-scratch state dir, waits `--rest` seconds, sums the RSS of every process carrying the
-cluster's marker (control plane, kubelet, operator, router, voice pods), prints one line
-per process group and the total, then stops the stack. The control plane is started
-fresh each time; whether the Go binaries were cached decides "fresh" vs "cached".
+scratch state dir, waits `--rest` seconds, sums the RSS of every process of the stack
+(the control plane's, which carry the cluster's marker; the node's: containerd, shims,
+kubelet, kube-proxy, kube-router; and every container in the kubepods cgroups: operator,
+router, voice pods, CoreDNS), prints one line per program and the total, then stops it.
+The control plane is started fresh each time; whether the Go binaries were cached
+decides "fresh" vs "cached".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from voicefleet_localcluster import node
 from voicefleet_localcluster.controlplane import ClusterState
 from voicefleet_localcluster.procs import marked_processes
 
@@ -45,7 +48,7 @@ def label(pid: int) -> str:
     for word in words:
         name = Path(word).name
         if name.startswith(("kube-", "etcd", "voicefleet-")):
-            return name if name != "voicefleet-cluster" else "kubelet (voicefleet-cluster)"
+            return name
     return Path(words[0]).name if words else "?"
 
 
@@ -63,7 +66,9 @@ def main() -> int:
         time.sleep(args.rest)
         state = ClusterState.load(state_dir / "state.json")
         groups: dict[str, list[int]] = defaultdict(list)
-        for pid in marked_processes(state.cluster_id):
+        stack = {*marked_processes(state.cluster_id), *node.node_processes()}
+        stack.update(node.pod_processes())
+        for pid in sorted(stack):
             groups[label(pid)].append(rss_kib(pid))
         total = 0
         for name, values in sorted(groups.items(), key=lambda kv: -sum(kv[1])):

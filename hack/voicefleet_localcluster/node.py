@@ -733,14 +733,20 @@ def kubepods_cgroups() -> list[Path]:
     return sorted(set(found), key=lambda p: -len(p.parts))
 
 
-def kill_pod_processes() -> int:
-    """SIGKILL every process in the kubepods cgroups (every container, every pause)."""
+def pod_processes() -> list[int]:
+    """Every process in the kubepods cgroups: the containers' and the pause processes."""
     pids: set[int] = set()
     for cgroup in kubepods_cgroups():
         with contextlib.suppress(OSError):
             pids.update(int(x) for x in (cgroup / "cgroup.procs").read_text().split())
+    return sorted(pids)
+
+
+def kill_pod_processes() -> int:
+    """SIGKILL every process in the kubepods cgroups (every container, every pause)."""
+    pids = pod_processes()
     _kill(pids, signal.SIGKILL)
-    _wait_gone(sorted(pids), 10.0)
+    _wait_gone(pids, 10.0)
     return len(pids)
 
 
