@@ -307,6 +307,12 @@ def create_app(
         )
         return await proxy.forward(voice, upstream, receive)
 
+    @app.post(_SPEECH_PATH)
+    async def speech_in_api(request: Request) -> Response:
+        """Never reached (:class:`RouterApp` takes every POST to the path first); declared so
+        that other methods get FastAPI's 405 with ``Allow: POST``, as before."""
+        raise RuntimeError(f"POST {_SPEECH_PATH} is served by RouterApp")
+
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         authorize(request)
