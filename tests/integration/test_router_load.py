@@ -34,11 +34,13 @@ PARAGRAPH = (
 )
 
 
-@pytest.fixture
-def two_pods(tmp_path: Path) -> Iterator[list[ServerProc]]:
+@pytest.fixture(scope="module")
+def two_pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProc]]:
+    """Two pods for the module (each test counts what it caused: hits before and after)."""
+    directory = tmp_path_factory.mktemp("pods")
     started = [
         launch(
-            tmp_path / f"pod{i}.log",
+            directory / f"pod{i}.log",
             "--engine",
             "simulated",
             "--log-level",
@@ -147,33 +149,36 @@ async def test_a_silent_pod_is_polled_and_never_taken_for_idle(
     it is silent; the idle one that answers polls takes them all; back, it is used again."""
     frozen, alive = two_pods
     settings = static(*two_pods, poll_interval_s=0.05, poll_after_s=0.2, stale_after_s=0.5)
-    async with (
-        running_router(settings) as (service, url),
-        httpx.AsyncClient(timeout=10) as client,
-    ):
-        idle_polls = hits(alive, load.LOAD_PATH)
-        os.kill(frozen.proc.pid, signal.SIGSTOP)
-        frozen_key = next(
-            k for k, s in service.fleet.pods.items() if str(frozen.port) in str(s.info.base_url)
-        )
-        deadline = time.monotonic() + 10
-        while not service.fleet.pods[frozen_key].silent(service.fleet.clock(), 0.5):
-            assert time.monotonic() < deadline, "the stopped pod never went silent"
-            await asyncio.sleep(0.05)
-        assert hits(alive, load.LOAD_PATH) > idle_polls  # no traffic: it is asked instead
-        served = []
-        for _ in range(6):
-            answer = await client.post(url + SPEECH, json=speech())
-            assert answer.status_code == 200, answer.text
-            served.append(answer.headers["x-voicefleet-pod"])
-        assert set(served) == {next(k for k in service.fleet.pods if k != frozen_key)}
+    try:  # the pods serve the whole module: never leave one stopped
+        async with (
+            running_router(settings) as (service, url),
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            idle_polls = hits(alive, load.LOAD_PATH)
+            os.kill(frozen.proc.pid, signal.SIGSTOP)
+            frozen_key = next(
+                k for k, s in service.fleet.pods.items() if str(frozen.port) in str(s.info.base_url)
+            )
+            deadline = time.monotonic() + 10
+            while not service.fleet.pods[frozen_key].silent(service.fleet.clock(), 0.5):
+                assert time.monotonic() < deadline, "the stopped pod never went silent"
+                await asyncio.sleep(0.05)
+            assert hits(alive, load.LOAD_PATH) > idle_polls  # no traffic: it is asked instead
+            served = []
+            for _ in range(6):
+                answer = await client.post(url + SPEECH, json=speech())
+                assert answer.status_code == 200, answer.text
+                served.append(answer.headers["x-voicefleet-pod"])
+            assert set(served) == {next(k for k in service.fleet.pods if k != frozen_key)}
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+            while service.fleet.pods[frozen_key].silent(service.fleet.clock(), 0.5):
+                assert time.monotonic() < deadline, "the resumed pod was never heard from again"
+                await asyncio.sleep(0.05)
+            answers = await asyncio.gather(
+                *(client.post(url + SPEECH, json=speech()) for _ in range(6))
+            )
+    finally:
         os.kill(frozen.proc.pid, signal.SIGCONT)
-        while service.fleet.pods[frozen_key].silent(service.fleet.clock(), 0.5):
-            assert time.monotonic() < deadline, "the resumed pod was never heard from again"
-            await asyncio.sleep(0.05)
-        answers = await asyncio.gather(
-            *(client.post(url + SPEECH, json=speech()) for _ in range(6))
-        )
     assert frozen_key in {a.headers["x-voicefleet-pod"] for a in answers}
 
 
