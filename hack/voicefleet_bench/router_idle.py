@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-from voicefleet_bench.procs import HOST, free_port, router_under
-
-TICKS = os.sysconf("SC_CLK_TCK")
+from voicefleet_bench.procs import HOST, cpu_seconds, free_port, router_under
 
 
 def _metrics_page() -> bytes:
@@ -87,11 +83,6 @@ class FakePods:
     def stop(self) -> None:
         for server in self.servers:
             server.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 async def measure(args: argparse.Namespace, pods: int) -> dict[str, object]:
