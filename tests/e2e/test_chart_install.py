@@ -366,6 +366,50 @@ def test_a_request_at_zero_replicas_is_held_by_the_router_and_answered(
     cluster.kubectl_run("delete", "ttsvoice", "zero", "-n", ns, "--wait=false")
 
 
+def test_the_installed_admission_policy_refuses_the_operator_outside_its_voices(
+    installed: Installed,
+) -> None:
+    """The release's ValidatingAdmissionPolicy is in force for its operator's identity: a
+    Deployment in kube-system that RBAC would allow is refused (server dry run, so nothing
+    is written), while the admin's same request passes."""
+    cluster = installed.cluster
+    operator_sa = f"system:serviceaccount:{NAMESPACE}:{OPERATOR}"
+    probe = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "vfe2e-probe", "namespace": "kube-system"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "vfe2e-probe"}},
+            "template": {
+                "metadata": {"labels": {"app": "vfe2e-probe"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            },
+        },
+    }
+    can = cluster.kubectl_run(
+        "auth", "can-i", "create", "deployments", "-n", "kube-system", f"--as={operator_sa}"
+    )
+    assert can.stdout.strip() == "yes"  # RBAC alone would let it through
+
+    def refused() -> str | None:
+        # the policy's binding can take a moment to reach the API server's admission cache
+        out = cluster.kubectl_run(
+            "create",
+            "--dry-run=server",
+            f"--as={operator_sa}",
+            "-f",
+            "-",
+            input=json.dumps(probe),
+            check=False,
+        )
+        return out.stderr if out.returncode != 0 else None
+
+    message = wait_for(refused, timeout=30, what="the operator's probe refused")
+    assert "may write only objects owned by a TTSVoice" in message, message
+    admin = cluster.kubectl_run("create", "--dry-run=server", "-f", "-", input=json.dumps(probe))
+    assert "created (server dry run)" in admin.stdout
+
+
 def test_a_removed_permission_is_reported_on_the_voice(installed: Installed) -> None:
     """Take `patch deployments` from the operator: a new voice says what is missing."""
     cluster = installed.cluster
