@@ -1,8 +1,8 @@
 """``voicefleet-fetch`` against a real HTTPS file server with a private CA, on loopback.
 
-The server is Python's threaded HTTP server behind TLS, with a certificate for 127.0.0.1
-signed by a CA this module makes with ``cryptography`` (so the fetcher must be told to
-trust it, as a pod is through ``spec.model.caConfigMap``). It serves the bundled voice's
+The server (``modelservers.https_file_server``) is Python's threaded HTTP server behind
+TLS, with a certificate for 127.0.0.1 signed by a private CA (so the fetcher must be told
+to trust it, as a pod is through ``spec.model.caConfigMap``). It serves the bundled voice's
 real ``.onnx`` and ``.onnx.json`` and keeps its own access log, which is what shows that a
 second fetch into the same (cache) directory makes no request. The fetcher runs as its
 console script in a subprocess, exactly as the init container runs it, and each failure
@@ -11,151 +11,20 @@ is read back from the termination-message file the operator would read.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import ipaddress
 import os
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from modelservers import TOKEN, FileServer, https_file_server, make_ca_and_server_cert, sha
 
 from voicefleet_inference.engines.registry import BUNDLED_VOICE, resolve_piper_model
 
 FETCH = Path(sys.executable).with_name("voicefleet-fetch")
-TOKEN = "s3cr3t-bearer-7f1c"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
-    """(ca.crt, server.crt, server.key): a CA and a 127.0.0.1 certificate it signed."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("voicefleet test CA"))
-        .issuer_name(_name("voicefleet test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = (
-        directory / "ca.crt",
-        directory / "server.crt",
-        directory / "server.key",
-    )
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_path, cert_path, key_path
-
-
-@dataclass
-class FileServer:
-    """What the HTTPS server serves, and its own log of every request (path, status)."""
-
-    files: dict[str, bytes]
-    ca: Path
-    """The private CA that signed the server's certificate (PEM)."""
-    base: str = ""
-    log: list[tuple[str, int]] = field(default_factory=list)
-    stall: threading.Event = field(default_factory=threading.Event)
-
-    def gets(self, suffix: str = "") -> int:
-        return sum(1 for path, status in self.log if path.endswith(suffix) and status == 200)
-
-
-def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # the list is our log
-            return
-
-        def _answer(self, status: int, body: bytes = b"") -> None:
-            state.log.append((self.path, status))
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            if self.path.startswith("/private/"):
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    self._answer(401, b"no")
-                    return
-                path = "/" + self.path.removeprefix("/private/")
-            else:
-                path = self.path
-            if path.startswith("/stall/"):
-                state.log.append((self.path, 200))
-                self.send_response(200)
-                self.send_header("Content-Length", "1000000")
-                self.end_headers()
-                self.wfile.write(b"x" * 10)
-                self.wfile.flush()
-                state.stall.wait(30)
-                return
-            body = state.files.get(path)
-            if body is None:
-                self._answer(404, b"not here")
-                return
-            self._answer(200, body)
-
-    return Handler
 
 
 @pytest.fixture(scope="module")
@@ -173,26 +42,8 @@ def voice_files() -> dict[str, bytes]:
 def https_server(
     pki: tuple[Path, Path, Path], voice_files: dict[str, bytes]
 ) -> Iterator[FileServer]:
-    ca, cert, key = pki
-    state = FileServer(files=dict(voice_files), ca=ca)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    state.base = f"https://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        state.stall.set()
-        server.shutdown()
-        server.server_close()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    with https_file_server(voice_files, pki) as server:
+        yield server
 
 
 @dataclass
@@ -243,7 +94,7 @@ def test_fetches_both_files_and_a_second_run_downloads_nothing(
     assert (
         dest.with_name("joe.onnx.json").read_bytes() == https_server.files["/voices/joe.onnx.json"]
     )
-    assert https_server.log == [("/voices/joe.onnx", 200), ("/voices/joe.onnx.json", 200)]
+    assert https_server.requests() == [("/voices/joe.onnx", 200), ("/voices/joe.onnx.json", 200)]
     assert sorted(p.name for p in dest.parent.iterdir()) == ["joe.onnx", "joe.onnx.json"]
     # What the server does with VOICEFLEET_MODEL=<dest>: the model is named after the file.
     name, onnx, config = resolve_piper_model(str(dest))

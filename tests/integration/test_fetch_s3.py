@@ -1,9 +1,10 @@
 """``voicefleet-fetch`` against an S3-compatible server: path-style GETs, S3 error codes.
 
 The server is s3rver (npm ``s3rver``, a Node implementation of the S3 REST API storing
-objects on disk), installed once into the user cache with npm and started per module on
-loopback. It is not SeaweedFS or MinIO (issue 21 asks for one of those built from its
-Go module; on this shared, loaded 2-core machine that build did not fit in the time).
+objects on disk; ``modelservers.s3rver``), installed once into the user cache with npm and
+started per module on loopback. It is not SeaweedFS or MinIO (issue 21 asks for one of
+those built from its Go module; on this shared, loaded 2-core machine that build did not
+fit in the time).
 
 What it proves: s3:// urls become path-style requests the S3 API serves, the signed
 request's ``Authorization`` header parses as SigV4 with our access key id (an unknown
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,41 +25,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-from aws_request_signer import AwsRequestSigner
+from modelservers import S3RVER_KEY, S3RVER_SECRET, s3rver
 
 from voicefleet_inference.engines.registry import BUNDLED_VOICE, resolve_piper_model
 
-S3RVER_VERSION = "3.7.1"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voicefleet"
-KEY = SECRET = "S3RVER"  # s3rver's built-in credentials
+KEY, SECRET = S3RVER_KEY, S3RVER_SECRET
 BUCKET = "voices"
 FETCH = Path(sys.executable).with_name("voicefleet-fetch")
-
-
-def s3rver_binary() -> Path:
-    """s3rver from npm, installed once per version into the cache (like our Go builds)."""
-    home = CACHE / f"s3rver-{S3RVER_VERSION}"
-    binary = home / "node_modules" / ".bin" / "s3rver"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to install s3rver (Debian package npm)"
-        home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", f"s3rver@{S3RVER_VERSION}"],
-            cwd=home,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    return binary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -69,51 +41,12 @@ class S3:
     files: dict[str, bytes]
 
 
-def put(endpoint: str, key: str, body: bytes) -> None:
-    url = f"{endpoint}/{BUCKET}/{key}"
-    signer = AwsRequestSigner("us-east-1", KEY, SECRET, "s3")
-    headers = signer.sign_with_headers("PUT", url, content_hash=hashlib.sha256(body).hexdigest())
-    response = httpx.put(url, content=body, headers=headers, timeout=30)
-    assert response.status_code == 200, response.text
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    data = tmp_path_factory.mktemp("s3rver")
-    port = free_port()
-    log = (data / "s3rver.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(s3rver_binary()),
-            "-d", str(data / "objects"),
-            "-a", "127.0.0.1",
-            "-p", str(port),
-            "--no-vhost-buckets",
-            "--configure-bucket", BUCKET,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (data / "s3rver.log").read_text()
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "s3rver did not start"
-                time.sleep(0.2)
-        _, onnx, config = resolve_piper_model(BUNDLED_VOICE)
-        files = {"en/joe.onnx": onnx.read_bytes(), "en/joe.onnx.json": config.read_bytes()}
-        for key, body in files.items():
-            put(endpoint, key, body)
+    _, onnx, config = resolve_piper_model(BUNDLED_VOICE)
+    files = {"en/joe.onnx": onnx.read_bytes(), "en/joe.onnx.json": config.read_bytes()}
+    with s3rver(tmp_path_factory.mktemp("s3rver"), BUCKET, files) as endpoint:
         yield S3(endpoint, files)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def fetch(tmp_path: Path, s3: S3, **overrides: str) -> tuple[int, str, str]:
