@@ -1,7 +1,8 @@
 """Issue 10's table, row by row, against a real ``voicefleet-server`` with the real voice.
 
 One server serves every request-level row; the signal tests start their own (they end
-them), in their own process group, signalled as make, systemd or ``tini -g`` would. The
+them), in their own process group, signalled as make, systemd or ``tini -g`` would, on the
+``simulated`` engine (the same scheduler and HTTP layer, no model to load). The
 schemathesis run gets its own server with a short ``--max-input-chars``, so the fuzzer's
 texts stay short on a shared 2-core machine (the served schema says so, and it fuzzes
 what the schema says).
@@ -402,8 +403,16 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
 
 
 def _start_in_group(log_path: Path) -> Server:
-    """The server as the leader of its own process group, as ``make serve`` makes it."""
-    return wait_ready(launch(log_path, "--drain-grace-s", "60", new_session=True))
+    """The server as the leader of its own process group, as ``make serve`` makes it.
+
+    It runs the ``simulated`` engine (the real voice's cost model, run as waiting): these
+    rows are about signals, drain and exit, which the scheduler and the HTTP layer handle
+    the same for every engine; the real voice would add a model load and calibration to
+    each of the three starts. test_server's drain test keeps the real voice.
+    """
+    return wait_ready(
+        launch(log_path, "--engine", "simulated", "--drain-grace-s", "60", new_session=True)
+    )
 
 
 async def _accept(client: httpx.AsyncClient, count: int) -> list[asyncio.Future[httpx.Response]]:
