@@ -25,6 +25,14 @@ def write_section(doc: Path, name: str, text: str) -> None:
     doc.write_text(updated, encoding="utf-8")
 
 
+def publish(text: str, doc: Path, name: str, *, write: bool = True) -> None:
+    """Print a benchmark's table and, unless ``write`` is off (``--no-doc``), put it into
+    the ``bench:NAME`` block of ``doc``: every benchmark reports the same way."""
+    print(text)
+    if write:
+        write_section(doc, name, text)
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     """A number for a table cell; an em dash when it was not measured (None or NaN)."""
     if value is None or math.isnan(value):

@@ -25,7 +25,7 @@ import httpx
 from voicefleet_bench import router_common
 from voicefleet_bench.machine import machine_note
 from voicefleet_bench.procs import cpu_seconds, exit_cleanly_on_sigterm, free_port, processes
-from voicefleet_bench.report import write_section
+from voicefleet_bench.report import publish
 
 TEXT = "Hello there."
 
@@ -128,10 +128,7 @@ def main() -> int:
         "| requests/s reached (router, pod and load generator sharing the cores) | "
         f"{med(raw_rate):.0f} |",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_doc:
-        write_section(router_common.DOC, "overhead", text)
+    publish("\n".join(lines), router_common.DOC, "overhead", write=not args.no_doc)
     return 0
 
 

@@ -30,7 +30,7 @@ import httpx
 from voicefleet_bench import REPO, router_common
 from voicefleet_bench.machine import machine_note
 from voicefleet_bench.procs import exit_cleanly_on_sigterm, free_port, processes
-from voicefleet_bench.report import write_section
+from voicefleet_bench.report import publish
 from voicefleet_bench.router_common import PARAGRAPH, SENTENCES
 from voicefleet_bench.stats import percentile
 from voicefleet_inference.cost import REFERENCE_COST
@@ -208,11 +208,8 @@ def main() -> int:
         "",
         f"![latency CDF per policy]({PNG.name})",
     ]
-    text = "\n".join(lines)
-    print(text)
     _plot(results, perfect)
-    if not args.no_doc:
-        write_section(router_common.DOC, "policies", text)
+    publish("\n".join(lines), router_common.DOC, "policies", write=not args.no_doc)
     return 0
 
 
