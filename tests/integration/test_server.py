@@ -205,7 +205,10 @@ async def test_healthz_answers_fast_while_long_syntheses_run(server: Server) -> 
         finished_at = time.monotonic()
     assert all(r.status_code == 200 for r in responses)
     assert probes_done_at < finished_at - 0.5, "probes must finish while synthesis still runs"
-    assert max(probes) < 0.25, probes  # synthesis takes seconds; a blocked loop would show
+    # Synthesis takes seconds: a loop blocked by it would hold every probe behind it. One
+    # probe may still lose its core to the synthesis threads on a busy 2-core machine (one
+    # of ten took 1.3 s at load 6 in a make test-fast run); two may not.
+    assert sorted(probes)[-2] < 0.25, probes
     assert sorted(probes)[len(probes) // 2] < 0.05, probes
 
 
