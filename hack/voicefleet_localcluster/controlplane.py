@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -56,6 +57,9 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+PROFILING_ENV = "VOICEFLEET_APISERVER_PROFILING"
+"""Set to 1 to serve the API server's /debug/pprof (for benchmarks that profile it, e.g.
+``voicefleet_bench.apply_cost --pprof``); off otherwise, as in production setups."""
 DEFAULT_NODE = "voicefleet-local"
 STOP_ORDER = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
@@ -334,7 +338,7 @@ class ControlPlane:
                 f"--kubelet-client-key={certs['apiserver-kubelet-client'].key}",
                 f"--kubelet-certificate-authority={ca.cert}",
                 "--kubelet-preferred-address-types=InternalIP",
-                "--profiling=false",
+                f"--profiling={'true' if os.environ.get(PROFILING_ENV) == '1' else 'false'}",
             ],
         )
         self._start_real_node(certs, kubeconfigs, kubelet_port, deadline)
