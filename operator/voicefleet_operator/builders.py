@@ -144,27 +144,29 @@ def _metadata(voice: Voice, annotations: dict[str, str] | None = None) -> dict[s
     return meta
 
 
-def _download_path(download: ModelDownload) -> str:
-    return f"{MODEL_MOUNT}/{download.cache_key}/{download.model_name}.onnx"
+def _download_path(download: ModelDownload, namespace: str) -> str:
+    return f"{MODEL_MOUNT}/{download.cache_dir(namespace)}/{download.model_name}.onnx"
 
 
-def _model_argument(spec: VoiceSpec) -> str:
+def _model_argument(voice: Voice) -> str:
+    spec = voice.spec
     if spec.model.bundled is not None:
         return spec.model.bundled
     download = spec.model.download
     if download is not None:
-        return _download_path(download)
+        return _download_path(download, voice.namespace)
     assert spec.model.volume is not None  # ModelSource guarantees exactly one
     return f"{MODEL_MOUNT}/{spec.model.volume.path}"
 
 
-def server_env(spec: VoiceSpec) -> dict[str, str]:
+def server_env(voice: Voice) -> dict[str, str]:
     """The ``VOICEFLEET_*`` variables the server reads (``voicefleet_inference.settings``).
 
     Optional knobs left unset in the TTSVoice are left out, so the server picks its own
     machine-dependent default (batch size by device, threads by cores). ``VOICEFLEET_HOST``
     refers to ``$(POD_IP)``, defined before it in the container.
     """
+    spec = voice.spec
     tuning = spec.server
     env = {
         server_env_names.BATCH_WINDOW_MS: str(tuning.batch_window_ms),
@@ -174,7 +176,7 @@ def server_env(spec: VoiceSpec) -> dict[str, str]:
         server_env_names.HOST: f"$({server_env_names.POD_IP})",
         server_env_names.MAX_INPUT_CHARS: str(tuning.max_input_chars),
         server_env_names.MAX_QUEUE: str(tuning.max_queue),
-        server_env_names.MODEL: _model_argument(spec),
+        server_env_names.MODEL: _model_argument(voice),
         server_env_names.PORT: str(SERVER_PORT),
         server_env_names.REQUEST_TIMEOUT_S: str(tuning.request_timeout_seconds),
         server_env_names.DEFAULT_PRIORITY: tuning.default_priority,
@@ -196,7 +198,7 @@ def _container_env(voice: Voice, options: BuildOptions) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": server_env_names.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     ]
-    values = server_env(spec)
+    values = server_env(voice)
     if options.pod_token_key is not None:
         # The voice's own token, not the key: readable in the Deployment, it opens this
         # voice only (voicefleet_api.podauth says why).
@@ -258,7 +260,7 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
-def _fetch_env(download: ModelDownload) -> list[dict[str, Any]]:
+def _fetch_env(download: ModelDownload, namespace: str) -> list[dict[str, Any]]:
     """The fetcher's variables; credentials and the CA by reference, never by value.
 
     A missing Secret, ConfigMap or required key stops the init container with
@@ -267,7 +269,7 @@ def _fetch_env(download: ModelDownload) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": server_env_names.FETCH_CONFIG_SHA256, "value": download.config_sha256},
         {"name": server_env_names.FETCH_CONFIG_URL, "value": download.config_url},
-        {"name": server_env_names.FETCH_DEST, "value": _download_path(download)},
+        {"name": server_env_names.FETCH_DEST, "value": _download_path(download, namespace)},
     ]
     if download.s3 is not None:
         env.append({"name": server_env_names.FETCH_S3_REGION, "value": download.s3.region})
@@ -325,12 +327,13 @@ def _security_context() -> dict[str, Any]:
 
 
 def _fetch_container(
-    spec: VoiceSpec, download: ModelDownload, options: BuildOptions
+    voice: Voice, download: ModelDownload, options: BuildOptions
 ) -> dict[str, Any]:
     """The init container: download, check both digests, or leave a one-line reason."""
+    spec = voice.spec
     return {
         "command": list(options.fetch_command),
-        "env": _fetch_env(download),
+        "env": _fetch_env(download, voice.namespace),
         "image": _image(spec, options),
         "imagePullPolicy": spec.image_pull_policy,
         "name": FETCH_CONTAINER_NAME,
@@ -419,7 +422,7 @@ def _pod_spec(voice: Voice, options: BuildOptions) -> dict[str, Any]:
     pod["enableServiceLinks"] = False
     download = spec.model.download
     if download is not None:
-        pod["initContainers"] = [_fetch_container(spec, download, options)]
+        pod["initContainers"] = [_fetch_container(voice, download, options)]
     if spec.node_selector:
         pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
     if spec.priority_class_name is not None:

@@ -11,6 +11,7 @@ strings: the API server's CEL ``isQuantity`` vetted them and Kubernetes takes th
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -441,6 +442,21 @@ class ModelDownload:
     def cache_key(self) -> str:
         """Directory name keyed by both digests: the same files always land in one place."""
         return f"{self.sha256}-{self.config_sha256[:16]}"
+
+    def cache_dir(self, namespace: str) -> str:
+        """The download's directory on the model volume for a voice in ``namespace``.
+
+        An anonymous download is shared by digest with every voice on the node (anyone
+        could fetch it). One made with a credential is shared only by voices of the same
+        namespace naming the same Secret and the same source: with the per-node cache, a
+        voice whose credential the server refuses must not start on a copy that another
+        tenant's credential fetched (found on the real node: a refused token went Ready).
+        """
+        if self.credentials_secret is None:
+            return self.cache_key
+        endpoint = self.s3.endpoint if self.s3 is not None and self.s3.endpoint else ""
+        scope = "\n".join((namespace, self.credentials_secret, self.url, self.config_url, endpoint))
+        return f"{self.cache_key}-{hashlib.sha256(scope.encode()).hexdigest()[:16]}"
 
 
 def _region(value: str) -> str:

@@ -59,6 +59,35 @@ def test_a_url_model_resolves_its_config_and_name() -> None:
     assert download.s3 is None
 
 
+def _in(namespace: str, **model: Any) -> Voice:
+    voice = url_voice(**model)
+    return voice.model_copy(update={"namespace": namespace})
+
+
+def test_a_download_made_with_a_credential_is_shared_only_by_its_namespace_and_secret() -> None:
+    """With the node cache, a voice whose credential the server refuses must not find a copy
+    that another voice's credential fetched: the directory is scoped by both."""
+    anonymous = url_voice().spec.model.download
+    assert anonymous is not None
+    assert anonymous.cache_dir("voices") == anonymous.cache_dir("other") == f"{A}-{B[:16]}"
+
+    def key(namespace: str, secret: str, url: str = HTTPS) -> str:
+        download = _in(namespace, url=url, credentialsSecret=secret).spec.model.download
+        assert download is not None
+        return download.cache_dir(namespace)
+
+    mine = key("voices", "token")
+    assert mine.startswith(f"{A}-{B[:16]}-")
+    assert key("voices", "token") == mine  # every replica of the voice, and its twins
+    assert key("other", "token") != mine
+    assert key("voices", "wrong-token") != mine
+    assert key("voices", "token", HTTPS.replace("models.", "mirror.")) != mine
+    pod = pod_spec(_in("voices", credentialsSecret="token"))
+    dest = f"/models/{mine}/en_US-ops-medium.onnx"
+    assert env_of(pod["initContainers"][0])[names.FETCH_DEST] == dest
+    assert env_of(pod["containers"][0])[names.MODEL] == dest
+
+
 @pytest.mark.parametrize(
     ("model", "fragment"),
     [

@@ -300,7 +300,7 @@ def test_volume_model_is_mounted_read_only_and_named_to_the_server() -> None:
     } in pod["volumes"]
     mounts = container(v)["volumeMounts"]
     assert {"name": "model", "mountPath": "/models", "readOnly": True} in mounts
-    assert server_env(v.spec)["VOICEFLEET_MODEL"] == "/models/voices/de_DE-thorsten-medium.onnx"
+    assert server_env(v)["VOICEFLEET_MODEL"] == "/models/voices/de_DE-thorsten-medium.onnx"
     # every mount refers to a volume that exists
     assert {m["name"] for m in mounts} <= {vol["name"] for vol in pod["volumes"]}
     # no hostPath anywhere: the pod cannot read arbitrary host files
@@ -321,7 +321,7 @@ def test_writable_claim_is_still_mounted_read_only() -> None:
 def test_bundled_model_has_no_model_volume() -> None:
     pod = pod_spec(voice())
     assert [vol["name"] for vol in pod["volumes"]] == ["tmp"]
-    assert server_env(voice().spec)["VOICEFLEET_MODEL"] == "en_US-joe-medium"
+    assert server_env(voice())["VOICEFLEET_MODEL"] == "en_US-joe-medium"
 
 
 # -- env ----------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ def test_user_env_cannot_shadow_operator_env_even_when_built_in_code() -> None:
 
 def test_every_server_variable_is_known_to_the_server() -> None:
     help_text = build_parser(cores=4).format_help()
-    for name in server_env(voice(server={"maxBatchSize": 2, "threadsPerWorker": 1}).spec):
+    for name in server_env(voice(server={"maxBatchSize": 2, "threadsPerWorker": 1})):
         assert f"${name}" in help_text, name
 
 
@@ -454,7 +454,7 @@ def test_cpu_resources() -> None:
     r = container(voice(resources={"cpu": "500m", "memory": "768Mi"}))["resources"]
     assert r == {"requests": {"cpu": "500m", "memory": "768Mi"}, "limits": {"memory": "768Mi"}}
     assert "tolerations" not in pod_spec(voice())
-    assert server_env(voice().spec)["VOICEFLEET_DEVICE"] == "cpu"
+    assert server_env(voice())["VOICEFLEET_DEVICE"] == "cpu"
 
 
 def test_gpu_resources_and_toleration() -> None:
@@ -467,8 +467,8 @@ def test_gpu_resources_and_toleration() -> None:
     assert pod_spec(v)["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    assert server_env(v.spec)["VOICEFLEET_DEVICE"] == "cuda:0,cuda:1"
-    assert server_env(voice(resources={"gpus": 1}).spec)["VOICEFLEET_DEVICE"] == "cuda"
+    assert server_env(v)["VOICEFLEET_DEVICE"] == "cuda:0,cuda:1"
+    assert server_env(voice(resources={"gpus": 1}))["VOICEFLEET_DEVICE"] == "cuda"
 
 
 def test_gpu_toleration_merges_with_user_tolerations_without_duplicates() -> None:
