@@ -46,7 +46,7 @@ test: install lint typecheck ## the full suite: lint, types, unit, integration (
 # and the images test (it builds both images with buildah and runs them in the node's
 # containerd). Test files go to workers whole (--dist loadfile), so a module's server or
 # engine fixture starts once, not once per worker, and in collection order, where the
-# slow-marked modules come first (tests/integration/conftest.py): none is left to run alone
+# slow-marked modules come first (tests/conftest.py): none is left to run alone
 # at the end.
 test-fast: install ## inner loop: unit + single-server integration tests (no cluster, no benchmark driver, no image builds), in parallel
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster" --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_images.py tests/unit tests/integration

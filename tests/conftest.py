@@ -32,9 +32,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.is_relative_to(E2E):
             item.add_marker(pytest.mark.cluster)
-    # Tests that start a node of their own (`make up`, the CLI) run before any test starts
-    # the session's cluster: one real node can run per host. Stable: the rest keep order.
-    items.sort(key=lambda item: item.get_closest_marker("own_node") is None)
+    # The one ordering of the session, in this one place (a second sort in another conftest
+    # reordered own_node tests behind the session's cluster once). Stable: otherwise
+    # collection order.
+    # - Tests that start a node of their own (`make up`, the CLI) run before any test
+    #   starts the session's cluster: one real node can run per host.
+    # - Then tests marked `slow`: `make test-fast` hands whole files to its workers in this
+    #   order (`--dist loadfile --no-loadscope-reorder`), and a long module handed out last
+    #   keeps the run waiting while the other worker idles.
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("own_node") is None,
+            item.get_closest_marker("slow") is None,
+        )
+    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -1,5 +1,4 @@
-"""Fixtures of the integration modules that run the operator (helpers: ``operatorprocs``),
-and the order the modules run in."""
+"""Fixtures of the integration modules that run the operator (helpers: ``operatorprocs``)."""
 
 from __future__ import annotations
 
@@ -19,16 +18,6 @@ from operatorprocs import (
 )
 
 from voicefleet_localcluster.testing import LocalCluster
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` first, each group in its collection order.
-
-    ``make test-fast`` hands whole files to its workers in this order (``--dist loadfile
-    --no-loadscope-reorder``): a long module handed out last keeps the run waiting while
-    the other worker idles; started first, the many short files fill in around it.
-    """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="module")
