@@ -26,7 +26,10 @@ from serverprocs import free_port
 
 from voicefleet_localcluster import imagebuild, images, node, stack
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+# `cluster`: it runs containers in the node's containerd, which `make test`'s cluster stream
+# starts, clears and stops (a node start kills a containerd it did not start), so it runs in
+# that stream, one test at a time with the node's other users (hack/run-tests.sh).
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(3600)]
 
 SIZE_LIMIT_MB = {images.SERVER: 600, images.CONTROL: 350}
 RUN_AS = (65532, 65532)
