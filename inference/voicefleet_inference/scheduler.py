@@ -34,6 +34,9 @@ Flow of one request::
   worker stops iterating the engine.
 * Drain: stop admitting, wait for queued and running work up to the grace period, fail
   what is left with 503.
+
+A request's job and the handle the HTTP layer awaits live in ``jobs.py``; what its chunks
+mean for the service-time metrics and the running work estimate, in ``service_time.py``.
 """
 
 from __future__ import annotations
@@ -44,20 +47,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
 
 from voicefleet_api.priority import DEFAULT_PRIORITY, rank
 from voicefleet_inference.admission import PriorityQueue
-from voicefleet_inference.batching import Waiting, holds_sheddable, plan_batch
+from voicefleet_inference.batching import holds_sheddable, plan_batch
 from voicefleet_inference.cost import CostModel
 from voicefleet_inference.engines.base import (
-    AudioChunk,
     Engine,
     EngineError,
     EngineInputError,
-    Samples,
     SynthesisRequest,
 )
 from voicefleet_inference.errors import (
@@ -69,6 +69,7 @@ from voicefleet_inference.errors import (
     ShuttingDown,
     SynthesisFailed,
 )
+from voicefleet_inference.jobs import END, Job, RequestHandle
 from voicefleet_inference.metrics import (
     REJECT_CLIENT_GONE,
     REJECT_DRAINING,
@@ -77,12 +78,12 @@ from voicefleet_inference.metrics import (
     REJECT_TIMEOUT,
     Metrics,
 )
+from voicefleet_inference.service_time import ServiceTimes, outstanding_s, remaining_after
 
 __all__ = [
     "DrainReport",
     "EngineFactory",
     "EngineInfo",
-    "RequestHandle",
     "Scheduler",
     "SchedulerConfig",
 ]
@@ -91,11 +92,6 @@ log = logging.getLogger("voicefleet.scheduler")
 
 EngineFactory = Callable[[], Engine]
 """Creates a new, unloaded engine; called once inside each worker thread."""
-
-_SHEDDABLE_RANK: Final = rank("sheddable")
-_RUNNING_WORK_FLOOR: Final = 0.05
-"""A running request never counts for less than this fraction of its estimate: it is not
-done, however optimistic the cost model was."""
 
 
 # -- configuration and reports -----------------------------------------------------------------
@@ -143,124 +139,6 @@ class DrainReport:
         return self.abandoned == 0
 
 
-# -- per-request state ---------------------------------------------------------------------------
-
-
-class _End:
-    """Marker: the request's last chunk has been delivered."""
-
-
-_END: Final = _End()
-
-
-@dataclass(eq=False)
-class _Job:
-    """One accepted request; its mutable fields are guarded by the scheduler's lock."""
-
-    request: SynthesisRequest
-    cost_s: float
-    enqueued_at: float
-    deadline: float
-    handle: RequestHandle
-    rank: int = 1
-    """Priority rank: 0 critical, 1 standard, 2 sheddable."""
-    state: str = "queued"  # queued -> running -> done
-    cancelled: bool = False
-    remaining_s: float = 0.0
-    started_at: float | None = None
-    first_chunk_at: float | None = None
-
-    def view(self, hold_sheddable: bool = False) -> Waiting:
-        held = hold_sheddable and self.rank >= _SHEDDABLE_RANK
-        return Waiting(self.enqueued_at, self.deadline, self.cancelled, held)
-
-
-class RequestHandle:
-    """The event loop's side of one accepted request: await its chunks, or cancel it.
-
-    Only the loop thread calls these methods; the worker thread reaches the handle only
-    through ``loop.call_soon_threadsafe``.
-    """
-
-    def __init__(
-        self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop, cost_s: float
-    ) -> None:
-        self._scheduler = scheduler
-        self._loop = loop
-        self._items: asyncio.Queue[AudioChunk | _End | ServiceError] = asyncio.Queue()
-        self._finished = False
-        self._job: _Job | None = None
-        self.cost_s = cost_s
-        """The cost model's estimate for this request, in engine-seconds."""
-
-    @property
-    def finished(self) -> bool:
-        """True once the last chunk or an error was taken, or the request was cancelled."""
-        return self._finished
-
-    async def next_chunk(self) -> Samples | None:
-        """The next chunk of audio, ``None`` after the last; raises the request's error."""
-        piece = await self.next_piece()
-        return None if piece is None else piece.samples
-
-    async def next_piece(self) -> AudioChunk | None:
-        """The next chunk with its word timings, ``None`` after the last; raises the
-        request's error.
-
-        Enforces the request deadline (queue wait plus synthesis): past it the request is
-        cancelled and :class:`RequestTimeout` raised.
-        """
-        if self._finished:
-            return None
-        job = self._job
-        assert job is not None
-        remaining = job.deadline - time.monotonic()
-        try:
-            async with asyncio.timeout(max(0.0, remaining)):
-                item = await self._items.get()
-        except TimeoutError:
-            self._scheduler._cancel(job, timed_out=True)
-            self._finished = True
-            raise RequestTimeout(
-                f"request took longer than {self._scheduler.config.request_timeout_s:g}s "
-                "(queue wait plus synthesis)"
-            ) from None
-        if isinstance(item, _End):
-            self._finished = True
-            return None
-        if isinstance(item, ServiceError):
-            self._finished = True
-            raise item
-        return item
-
-    async def chunks(self) -> AsyncIterator[Samples]:
-        """Every chunk in order; raises the request's error, if any, where it happens."""
-        while (chunk := await self.next_chunk()) is not None:
-            yield chunk
-
-    async def pieces(self) -> AsyncIterator[AudioChunk]:
-        """:meth:`chunks` with each chunk's word timings."""
-        while (piece := await self.next_piece()) is not None:
-            yield piece
-
-    def cancel(self) -> None:
-        """The client is gone: drop the request if queued, stop its synthesis if running.
-
-        Idempotent, and a no-op once the request finished.
-        """
-        if self._finished:
-            return
-        self._finished = True
-        if self._job is not None:
-            self._scheduler._cancel(self._job, timed_out=False)
-
-    # -- called from worker threads -----------------------------------------------------
-
-    def _post(self, item: AudioChunk | _End | ServiceError) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
-
-
 # -- the scheduler -----------------------------------------------------------------------------
 
 
@@ -270,7 +148,7 @@ class _Worker:
     thread: threading.Thread | None = None
     loaded: bool = False
     error: BaseException | None = None
-    running: list[_Job] = field(default_factory=list)
+    running: list[Job] = field(default_factory=list)
     last_progress_at: float = 0.0
 
 
@@ -288,9 +166,10 @@ class Scheduler:
         self._factory = engine_factory
         self.config = config
         self._metrics = metrics
+        self._times = ServiceTimes(metrics)
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._queue: PriorityQueue[_Job] = PriorityQueue(
+        self._queue: PriorityQueue[Job] = PriorityQueue(
             metrics, config.workers, config.max_queue, config.wait_target_s
         )
         self._workers = [_Worker(i) for i in range(config.workers)]
@@ -362,7 +241,7 @@ class Scheduler:
             abandoned += 1
             with self._lock:
                 job.cancelled = True
-            job.handle._post(ShuttingDown("drain grace ran out while this request ran"))
+            job.handle.post(ShuttingDown("drain grace ran out while this request ran"))
             self._metrics.rejected_total.labels(reason=REJECT_SHUTDOWN).inc()
         return DrainReport(pending_at_start, abandoned, time.monotonic() - started)
 
@@ -425,7 +304,7 @@ class Scheduler:
     def _running_work_locked(self) -> float:
         """Engine-seconds still to do for running requests (caller holds the lock)."""
         return sum(
-            max(j.remaining_s, _RUNNING_WORK_FLOOR * j.cost_s)
+            outstanding_s(j.cost_s, j.remaining_s)
             for w in self._workers
             for j in w.running
             if j.state == "running"
@@ -456,9 +335,9 @@ class Scheduler:
                 retry_after_s=2,
             )
         estimate = cost.estimate(request.text, request.speed)
-        handle = RequestHandle(self, loop, estimate)
+        handle = RequestHandle(self._cancel, loop, estimate, self.config.request_timeout_s)
         now = time.monotonic()
-        job = _Job(
+        job = Job(
             request=request,
             cost_s=estimate,
             enqueued_at=now,
@@ -467,7 +346,7 @@ class Scheduler:
             remaining_s=estimate,
             rank=job_rank,
         )
-        handle._job = job
+        handle.job = job
         with self._wakeup:  # raises QueueFull, counted, when refused
             admitted = self._queue.admit(job, self._running_work_locked())
             if admitted.evicted is not None:
@@ -475,10 +354,10 @@ class Scheduler:
                 admitted.evicted.cancelled = True
             self._wakeup.notify()
         if admitted.evicted is not None and admitted.notice is not None:
-            admitted.evicted.handle._post(admitted.notice)
+            admitted.evicted.handle.post(admitted.notice)
         return handle
 
-    def _cancel(self, job: _Job, *, timed_out: bool) -> None:
+    def _cancel(self, job: Job, timed_out: bool) -> None:
         """Called on the loop thread by the handle; see :meth:`RequestHandle.cancel`."""
         reason = REJECT_TIMEOUT if timed_out else REJECT_CLIENT_GONE
         with self._wakeup:
@@ -535,7 +414,7 @@ class Scheduler:
                 for job in worker.running:
                     if job.state != "done" and not job.cancelled:
                         job.state = "done"
-                        job.handle._post(SynthesisFailed("engine worker died"))
+                        job.handle.post(SynthesisFailed("engine worker died"))
                 worker.running = []
             others_alive = any(
                 w.thread is not None and w.thread is not current and w.thread.is_alive()
@@ -547,7 +426,7 @@ class Scheduler:
         for job in leftover:
             self._fail(job, NotReady("no engine worker is running"), REJECT_NOT_READY)
 
-    def _take_batch(self, worker: _Worker) -> list[_Job] | None:
+    def _take_batch(self, worker: _Worker) -> list[Job] | None:
         """Block until :func:`plan_batch` yields work (``None`` when stopping)."""
         with self._wakeup:
             while True:
@@ -569,7 +448,7 @@ class Scheduler:
                 self._queue.drop(set(plan.take) | set(plan.expired) | set(plan.dropped))
                 for job in expired:
                     job.state = "done"
-                    job.handle._post(
+                    job.handle.post(
                         RequestTimeout(
                             f"request waited longer than {self.config.request_timeout_s:g}s"
                         )
@@ -585,7 +464,7 @@ class Scheduler:
                 timeout = None if plan.wait_until is None else max(0.0, plan.wait_until - now)
                 self._wakeup.wait(timeout)
 
-    def _run_batch(self, worker: _Worker, engine: Engine, batch: list[_Job]) -> None:
+    def _run_batch(self, worker: _Worker, engine: Engine, batch: list[Job]) -> None:
         """Run ``batch``; one bad request in a failed batch does not fail the others."""
         self._metrics.batch_size.observe(len(batch))
         try:
@@ -612,13 +491,13 @@ class Scheduler:
                     job.state = "done"
                 worker.running = []
 
-    def _run_one(self, worker: _Worker, engine: Engine, job: _Job) -> None:
+    def _run_one(self, worker: _Worker, engine: Engine, job: Job) -> None:
         try:
             self._synthesize(worker, engine, [job])
         except Exception as exc:
             self._fail_running([job], exc)
 
-    def _synthesize(self, worker: _Worker, engine: Engine, batch: list[_Job]) -> None:
+    def _synthesize(self, worker: _Worker, engine: Engine, batch: list[Job]) -> None:
         open_jobs = {i for i, j in enumerate(batch) if not j.cancelled}
         if not open_jobs:
             return
@@ -628,27 +507,21 @@ class Scheduler:
                 job = batch[chunk.index]
                 now = time.monotonic()
                 with self._lock:
-                    job.remaining_s = max(0.0, job.remaining_s - (now - worker.last_progress_at))
+                    job.remaining_s = remaining_after(
+                        job.remaining_s, now - worker.last_progress_at
+                    )
                     worker.last_progress_at = now
                     cancelled = job.cancelled
                 if not cancelled:
-                    if job.first_chunk_at is None:
-                        job.first_chunk_at = now
-                        self._metrics.time_to_first_audio_seconds.observe(now - job.enqueued_at)
-                        self._metrics.start_to_first_audio_seconds.observe(
-                            now - (job.started_at or now)
-                        )
-                    self._metrics.audio_seconds_total.inc(len(chunk.samples) / engine.sample_rate)
-                    job.handle._post(chunk)
+                    self._times.chunk(job, len(chunk.samples), engine.sample_rate, now)
+                    job.handle.post(chunk)
                 if chunk.is_last:
                     if not cancelled:  # observed before anyone can see the request done
-                        service = now - (job.started_at or now)
-                        self._metrics.service_seconds.observe(service)
-                        self._metrics.service_seconds_squared_total.inc(service * service)
+                        self._times.finished(job, now)
                     with self._lock:
                         job.state = "done"
                     if not cancelled:
-                        job.handle._post(_END)
+                        job.handle.post(END)
                     open_jobs.discard(chunk.index)
                 if not open_jobs or all(batch[i].cancelled for i in open_jobs):
                     break  # everyone left is gone: stop computing for nobody
@@ -659,19 +532,19 @@ class Scheduler:
         if any(not batch[i].cancelled for i in open_jobs):
             raise EngineError("engine stopped before the last chunk of every request")
 
-    def _fail_running(self, batch: Sequence[_Job], exc: BaseException) -> None:
+    def _fail_running(self, batch: Sequence[Job], exc: BaseException) -> None:
         error = _to_service_error(exc)
         with self._lock:
             victims = [j for j in batch if j.state != "done" and not j.cancelled]
             for job in victims:
                 job.state = "done"
         for job in victims:
-            job.handle._post(error)
+            job.handle.post(error)
 
-    def _fail(self, job: _Job, error: ServiceError, reason: str) -> None:
+    def _fail(self, job: Job, error: ServiceError, reason: str) -> None:
         job.state = "done"
         job.cancelled = True
-        job.handle._post(error)
+        job.handle.post(error)
         self._metrics.rejected_total.labels(reason=reason).inc()
 
 

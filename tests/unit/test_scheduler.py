@@ -25,8 +25,9 @@ from voicefleet_inference.errors import (
     ShuttingDown,
     SynthesisFailed,
 )
+from voicefleet_inference.jobs import RequestHandle
 from voicefleet_inference.metrics import Metrics, create_metrics
-from voicefleet_inference.scheduler import RequestHandle, Scheduler, SchedulerConfig
+from voicefleet_inference.scheduler import Scheduler, SchedulerConfig
 from voicefleet_inference.server.errors import http_status
 
 # -- plan_batch (pure) ---------------------------------------------------------------------

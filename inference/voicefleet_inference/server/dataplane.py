@@ -42,7 +42,8 @@ from voicefleet_inference.errors import (
     ServiceError,
     SynthesisFailed,
 )
-from voicefleet_inference.scheduler import EngineInfo, RequestHandle, Scheduler
+from voicefleet_inference.jobs import RequestHandle
+from voicefleet_inference.scheduler import EngineInfo, Scheduler
 from voicefleet_inference.server.validation import decode_json_object
 
 __all__ = [
