@@ -40,7 +40,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -92,12 +92,14 @@ def descriptor_budget(requested: int) -> int:
     return min(requested, budget) if requested > 0 else budget
 
 
-class _HeadGuard:
+class _HeadGuard(asyncio.Protocol):
     """The two rules (module docstring), for a protocol class of uvicorn's.
 
-    Mixed in before :class:`H11Protocol` or :class:`HttpToolsProtocol`; each subclass calls
-    these hooks from the protocol methods of the same meaning. The protocol's ``cycle`` is
-    the request in progress: a new one means a request head arrived.
+    Mixed in before :class:`H11Protocol` or :class:`HttpToolsProtocol`: the transport
+    events and a response's end are guarded here for both, around the parser protocol's own
+    method (next in the MRO); each subclass calls :meth:`_guard_head_seen` from its
+    parser's "head complete" hook. The protocol's ``cycle`` is the request in progress: a
+    new one means a request head arrived.
     """
 
     waiting: ClassVar[OrderedDict[_HeadGuard, None]]
@@ -112,6 +114,22 @@ class _HeadGuard:
     connections: set[Any]
     _head_timer: asyncio.TimerHandle | None = None
     _awaiting: object = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._guard_made(cast(asyncio.Transport, transport))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._guard_data()
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]  # the parser protocol's
+        self._guard_response_complete()
 
     def _guard_made(self, transport: asyncio.Transport) -> None:
         if len(self.connections) > self.max_connections and not self._evict_one():
@@ -169,25 +187,9 @@ class _HeadGuard:
 
 
 class _GuardedH11(_HeadGuard, H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        H11Protocol.connection_made(self, transport)
-        self._guard_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_waiting()
-        H11Protocol.connection_lost(self, exc)
-
-    def data_received(self, data: bytes) -> None:
-        self._guard_data()
-        H11Protocol.data_received(self, data)
-
     def handle_events(self) -> None:
         H11Protocol.handle_events(self)
         self._guard_head_seen()
-
-    def on_response_complete(self) -> None:
-        H11Protocol.on_response_complete(self)
-        self._guard_response_complete()
 
 
 class HeadTooLarge(Exception):
@@ -210,18 +212,6 @@ def _httptools_protocol() -> type[HttpToolsProtocol]:
         max_head_bytes: ClassVar[int]
         _head_bytes: int = 0
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            HttpToolsProtocol.connection_made(self, transport)
-            self._guard_made(transport)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_waiting()
-            HttpToolsProtocol.connection_lost(self, exc)
-
-        def data_received(self, data: bytes) -> None:
-            self._guard_data()
-            HttpToolsProtocol.data_received(self, data)
-
         def on_message_begin(self) -> None:
             self._head_bytes = 0
             HttpToolsProtocol.on_message_begin(self)
@@ -237,10 +227,6 @@ def _httptools_protocol() -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             HttpToolsProtocol.on_headers_complete(self)
             self._guard_head_seen()
-
-        def on_response_complete(self) -> None:
-            HttpToolsProtocol.on_response_complete(self)
-            self._guard_response_complete()
 
         def _count_head(self, size: int) -> None:
             self._head_bytes += size
