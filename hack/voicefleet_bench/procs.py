@@ -119,9 +119,11 @@ def processes(
 
 @contextlib.contextmanager
 def spawned(
-    cmd: Sequence[str], port: int, ready_path: str, log_dir: Path, name: str
+    cmd: Sequence[str], port: int, ready_path: str, log_dir: Path, name: str, host: str = HOST
 ) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
-    """Start ``cmd`` in its own session, wait until ready; yield (process, startup seconds)."""
+    """Start ``cmd`` in its own session, wait until ``GET http://host:port/ready_path``
+    answers 200; yield (process, startup seconds); stop it on the way out. Its output goes
+    to ``log_dir/<name>-<port>.log``, whose tail a failed start quotes."""
     log_path = log_dir / f"{name}-{port}.log"
     with log_path.open("wb") as log:
         started = time.monotonic()
@@ -130,7 +132,7 @@ def spawned(
         )
     try:
         try:
-            wait_ready(proc, f"http://{HOST}:{port}{ready_path}", 180.0, log_path)
+            wait_ready(proc, f"http://{host}:{port}{ready_path}", 180.0, log_path)
         except RuntimeError as exc:
             raise RuntimeError(f"{name}: {exc}") from exc
         yield proc, time.monotonic() - started

@@ -22,11 +22,9 @@ import hashlib
 import ipaddress
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +37,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from voicefleet_bench.procs import spawned
+from voicefleet_localcluster.procs import free_port
 
 TOKEN = "s3cr3t-bearer-7f1c"
 """The bearer token the HTTPS server wants under ``/private/``."""
@@ -221,12 +222,6 @@ def s3rver_binary() -> Path:
     return binary
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def s3_put(endpoint: str, bucket: str, key: str, body: bytes) -> None:
     """PUT one object, signed with s3rver's credentials."""
     url = f"{endpoint}/{bucket}/{key}"
@@ -241,35 +236,17 @@ def s3rver(
     data: Path, bucket: str, objects: Mapping[str, bytes], host: str = "127.0.0.1"
 ) -> Iterator[str]:
     """s3rver on ``host`` at a free port with ``bucket`` holding ``objects``; its endpoint."""
-    port = _free_port(host)
-    log_path = data / "s3rver.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(s3rver_binary()),
-                "-d", str(data / "objects"),
-                "-a", host,
-                "-p", str(port),
-                "--no-vhost-buckets",
-                "--configure-bucket", bucket,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    port = free_port(host)
+    argv = [
+        str(s3rver_binary()),
+        "-d", str(data / "objects"),
+        "-a", host,
+        "-p", str(port),
+        "--no-vhost-buckets",
+        "--configure-bucket", bucket,
+    ]  # fmt: skip
     endpoint = f"http://{host}:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "s3rver did not start"
-                time.sleep(0.2)
+    with spawned(argv, port, "/", data, "s3rver", host=host):
         for key, body in objects.items():
             s3_put(endpoint, bucket, key, body)
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
