@@ -45,6 +45,8 @@ class FakePods:
         self.servers: list[asyncio.Server] = []
         self.ports: list[int] = []
         self.seq = 0
+        self.open: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        """The connections being served, by the task serving each."""
 
     async def start(self) -> None:
         for _ in range(self.count):
@@ -53,6 +55,9 @@ class FakePods:
             self.ports.append(server.sockets[0].getsockname()[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.open[task] = writer
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -78,11 +83,21 @@ class FakePods:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            del self.open[task]
             writer.close()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop listening, close every connection and wait until each is served out: a
+        connection task still waiting for a request when the loop ends would be cancelled
+        by ``asyncio.run``, which Python 3.11's streams report as an unhandled error."""
         for server in self.servers:
             server.close()
+        for writer in self.open.values():
+            writer.close()  # the serving task reads EOF and returns
+        if self.open:
+            await asyncio.wait(list(self.open), timeout=10)
+        for server in self.servers:
+            await server.wait_closed()
 
 
 async def measure(args: argparse.Namespace, pods: int) -> dict[str, object]:
@@ -120,7 +135,7 @@ async def measure(args: argparse.Namespace, pods: int) -> dict[str, object]:
     finally:
         proc.terminate()
         proc.wait(10)
-        fake.stop()
+        await fake.stop()
     return {
         "pods": pods,
         "router_cores": round(cpu / wall, 4),
