@@ -47,7 +47,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +55,17 @@ import yaml
 
 from voicefleet_bench import REPO
 from voicefleet_bench.machine import git_revision
-from voicefleet_bench.procs import cpu_seconds, free_port
+from voicefleet_bench.operator_bench import catalogue, parallel_apply, start_operator
+from voicefleet_bench.procs import cpu_seconds
 from voicefleet_localcluster.controlplane import PROFILING_ENV
-from voicefleet_localcluster.flowcontrol import service_account_flow, settled_counts
+from voicefleet_localcluster.flowcontrol import settled_counts
 from voicefleet_localcluster.kubeapi import ApiError, KubeClient, ssl_context
 from voicefleet_localcluster.kubeconfig import load as load_kubeconfig
 from voicefleet_localcluster.procs import stop_process
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster, wait_for
 
-OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
 CRD = REPO / "crds" / "ttsvoices.yaml"
 GROUP_PATH = "/apis/voicefleet.io/v1alpha1"
-SA_NAMESPACE, SA_NAME = "voicefleet-system", "voicefleet-operator"
 FLOW = "voicefleet-operator-apply-cost"
 METHODS = ("ssa", "csa", "create", "parallel")
 COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager")
@@ -78,24 +76,6 @@ _KLOG_TIME = re.compile(r"^[IWE]\d{4} (\d\d):(\d\d):(\d\d\.\d+)")
 _RESPONSE = re.compile(r'"Response" verb="(\w+)" url="[^"]*" status="[^"]*" milliseconds=(\d+)')
 _THROTTLED = re.compile(r"Waited for ([0-9.]+)(ms|s) due to client-side throttling")
 _RESPONSE_OLD = re.compile(r"\b(GET|PATCH|POST|PUT|DELETE) https://\S+ \d+ [^\n]*? in (\d+) millis")
-
-
-def voice_items(count: int, namespace: str) -> list[dict[str, Any]]:
-    """The operator-scale benchmark's voice, ``count`` times (replicas 0: no pods)."""
-    return [
-        {
-            "apiVersion": "voicefleet.io/v1alpha1",
-            "kind": "TTSVoice",
-            "metadata": {"name": f"voice-{i:04d}", "namespace": namespace},
-            "spec": {
-                "replicas": 0,
-                "model": {"bundled": "en_US-joe-medium"},
-                "resources": {"cpu": "250m", "memory": "512Mi"},
-                "autoscaling": {"minReplicas": 0, "maxReplicas": 3},
-            },
-        }
-        for i in range(count)
-    ]
 
 
 def without_cel(crd: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +94,7 @@ def without_cel(crd: dict[str, Any]) -> dict[str, Any]:
 
 def _breaks_cel(namespace: str) -> dict[str, Any]:
     """A voice only a CEL rule refuses (two model sources; the schema alone allows it)."""
-    body = voice_items(1, namespace)[0]
+    body = catalogue(1, namespace)[0]
     body["metadata"]["name"] = "cel-probe"
     body["spec"]["model"] = {
         "bundled": "en_US-joe-medium",
@@ -237,24 +217,6 @@ def profile_apiserver(cluster: LocalCluster, seconds: int, out: Path) -> threadi
     return thread
 
 
-def parallel_apply(client: KubeClient, items: list[dict[str, Any]], threads: int) -> None:
-    """Server-side apply each item (kubectl's PATCH, field manager ``kubectl``) from
-    ``threads`` threads at once."""
-
-    def one(item: dict[str, Any]) -> None:
-        meta = item["metadata"]
-        client.request(
-            "PATCH",
-            f"{GROUP_PATH}/namespaces/{meta['namespace']}/ttsvoices/{meta['name']}",
-            params={"fieldManager": "kubectl", "force": "true", "fieldValidation": "Strict"},
-            body=item,
-            content_type="application/apply-patch+yaml",
-        )
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(one, items))
-
-
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -284,8 +246,8 @@ def one_run(
 ) -> dict[str, Any]:
     namespace = f"{'op' if operator_on else 'plain'}-{serial:03d}"
     cluster.kubectl_run("create", "namespace", namespace)
-    items = voice_items(count, namespace)
-    catalogue = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    items = catalogue(count, namespace)
+    listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
     argv = {
         "ssa": ["apply", "--server-side", "-f", "-"],
         "csa": ["apply", "-f", "-"],
@@ -304,7 +266,7 @@ def one_run(
     else:
         done = subprocess.run(
             [str(cluster.kubectl), "-v=6", *argv[method]],
-            input=catalogue,
+            input=listed,
             env=cluster.env(),
             capture_output=True,
             text=True,
@@ -337,28 +299,6 @@ def one_run(
     }
 
 
-def _start_operator(cluster: LocalCluster, work: Path) -> subprocess.Popen[bytes]:
-    kubeconfig = cluster.service_account_kubeconfig(SA_NAMESPACE, SA_NAME, work / "sa.kubeconfig")
-    health = free_port()
-    argv = [
-        str(OPERATOR),
-        "--namespace=op-*",
-        f"--kubeconfig={kubeconfig}",
-        f"--health-port={health}",
-        f"--metrics-port={free_port()}",
-        "--standalone",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    log = (work / "operator.log").open("wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    wait_for(
-        lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200,
-        timeout=90,
-        what=f"operator /healthz (log {work / 'operator.log'})",
-    )
-    return proc
-
-
 def measure(
     count: int,
     rounds: int,
@@ -379,10 +319,7 @@ def measure(
         full = yaml.safe_load(CRD.read_text())
         stripped = without_cel(full)
         cluster.install_crds()
-        cluster.kubectl_run("create", "namespace", SA_NAMESPACE)
-        cluster.apply(cluster.operator_rbac())
-        cluster.apply(service_account_flow(FLOW, SA_NAMESPACE, SA_NAME))
-        operator = _start_operator(cluster, work)
+        operator, _ = start_operator(cluster, work, FLOW, ["--namespace=op-*"])
         pids = {name: cluster.state.pids[name] for name in COMPONENTS}
         pids["operator"] = operator.pid
         serial = 0

@@ -47,23 +47,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from voicefleet_bench import REPO
-from voicefleet_bench.apply_cost import parallel_apply
 from voicefleet_bench.machine import git_revision
-from voicefleet_bench.procs import free_port, memory_mb
+from voicefleet_bench.operator_bench import catalogue, parallel_apply, start_operator
+from voicefleet_bench.procs import memory_mb
 from voicefleet_bench.report import fmt, write_section
-from voicefleet_localcluster.flowcontrol import service_account_flow, settled_counts
+from voicefleet_localcluster.flowcontrol import settled_counts
 from voicefleet_localcluster.kubeapi import KubeClient
 from voicefleet_localcluster.kubeconfig import load as load_kubeconfig
 from voicefleet_localcluster.procs import stop_process
-from voicefleet_localcluster.testing import start_local_cluster, wait_for
+from voicefleet_localcluster.testing import start_local_cluster
 from voicefleet_operator.settings import DEFAULT_WORKERS
 
-OPERATOR = Path(sys.executable).parent / "voicefleet-operator"
 NAMESPACE = "scale"
-SA_NAMESPACE, SA_NAME = "voicefleet-system", "voicefleet-operator"
 FLOW = "voicefleet-operator-bench"
 DOC = REPO / "docs" / "operator.md"
 SECTION = "operator-scale"
@@ -74,21 +70,8 @@ KINDS = ("ttsvoices", "deployments", "services", "poddisruptionbudgets", "events
 
 
 def voices(count: int) -> str:
-    docs = [
-        {
-            "apiVersion": "voicefleet.io/v1alpha1",
-            "kind": "TTSVoice",
-            "metadata": {"name": f"voice-{i:04d}", "namespace": NAMESPACE},
-            "spec": {
-                "replicas": 0,
-                "model": {"bundled": "en_US-joe-medium"},
-                "resources": {"cpu": "250m", "memory": "512Mi"},
-                "autoscaling": {"minReplicas": 0, "maxReplicas": 3},
-            },
-        }
-        for i in range(count)
-    ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+    """The catalogue as one ``kubectl apply`` input."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": catalogue(count, NAMESPACE)})
 
 
 def _names(client: KubeClient, path: str) -> set[str]:
@@ -150,33 +133,14 @@ def run(
         cluster.kubectl_run(
             "wait", "--for=condition=Established", "--timeout=60s", "crd/ttsvoices.voicefleet.io"
         )
-        cluster.kubectl_run("create", "namespace", SA_NAMESPACE)
         cluster.kubectl_run("create", "namespace", NAMESPACE)
-        cluster.apply(cluster.operator_rbac())  # the chart's RBAC, the one source
-        cluster.apply(service_account_flow(FLOW, SA_NAMESPACE, SA_NAME))
-        kubeconfig = cluster.service_account_kubeconfig(
-            SA_NAMESPACE, SA_NAME, work / "sa.kubeconfig"
-        )
-        health = free_port()
-        argv = [
-            str(OPERATOR),
-            "--all-namespaces",
-            f"--kubeconfig={kubeconfig}",
-            f"--health-port={health}",
-            f"--metrics-port={free_port()}",
-            "--standalone",
-        ]
-        if workers is not None:
-            argv.append(f"--workers={workers}")
-        log_path = work / "operator.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=_operator_env(operator_src)
-            )
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200,
-            timeout=90,
-            what=f"operator /healthz (log {log_path})",
+        proc, log_path = start_operator(
+            cluster,
+            work,
+            FLOW,
+            ["--all-namespaces"],
+            extra=[] if workers is None else [f"--workers={workers}"],
+            env=_operator_env(operator_src),
         )
         flow_before, verbs_before = settled_counts(
             cluster, FLOW, quiet=3.0, timeout=120.0, kinds=KINDS
