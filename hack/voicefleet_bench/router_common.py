@@ -66,9 +66,12 @@ def simulated_pod(
     return argv, env, port
 
 
+def static_upstreams(urls: Sequence[str]) -> list[str]:
+    """The router's flags naming ``urls`` as the pods of the voice ``joe``."""
+    return [flag for url in urls for flag in ("--static-upstreams", f"joe={url}#en_US-joe-medium")]
+
+
 def router(port: int, upstreams: Sequence[str], *extra: str) -> Command:
     """``voicefleet-router`` with a static list of upstream pods for one voice."""
     argv = [str(ROUTER), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    for url in upstreams:
-        argv += ["--static-upstreams", f"joe={url}#en_US-joe-medium"]
-    return [*argv, *extra], {}, port
+    return [*argv, *static_upstreams(upstreams), *extra], {}, port

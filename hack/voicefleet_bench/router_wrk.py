@@ -144,14 +144,15 @@ def main() -> int:
         router_common.simulated_pod(pod_port, speed_factor=10_000, jitter=0.0, seed=1),
     )
     pod_url = f"http://127.0.0.1:{pod_port}"
-    upstream = ["--static-upstreams", f"joe={pod_url}#en_US-joe-medium"]
     routers: list[tuple[str, Command]] = []
     port = free_port()
     routers.append(("now", pinned(args.router_cpu, router_common.router(port, [pod_url]))))
     if args.before is not None:
         port = free_port()
         path = os.pathsep.join(str(args.before / d) for d in ("inference", "crds"))
-        argv, env = router_under(sys.executable, path, port, *upstream)
+        argv, env = router_under(
+            sys.executable, path, port, *router_common.static_upstreams([pod_url])
+        )
         routers.append((args.before_label, pinned(args.router_cpu, (argv, env, port))))
 
     names = [name for name, _ in routers]
@@ -168,33 +169,25 @@ def main() -> int:
             (name, url, "joe", proc.pid)
             for (name, _), (proc, url) in zip(routers, started, strict=True)
         ]
+
+        def load(url: str, model: str, connections: int, seconds: float) -> WrkResult:
+            return wrk(
+                url, model, connections=connections, seconds=seconds, cpu=args.pod_cpu, lua=lua
+            )
+
         for _name, url, model, _ in targets:  # warm connections and code paths
-            wrk(url, model, connections=args.connections, seconds=1, cpu=args.pod_cpu, lua=lua)
+            load(url, model, args.connections, 1)
         for run in range(args.runs):
             order = targets if run % 2 == 0 else [targets[0], *reversed(targets[1:])]
             for name, url, model, _ in order:
-                result = wrk(
-                    url,
-                    model,
-                    connections=1,
-                    seconds=args.latency_seconds,
-                    cpu=args.pod_cpu,
-                    lua=lua,
-                )
+                result = load(url, model, 1, args.latency_seconds)
                 p50[name].append(result.p50_ms)
                 p99[name].append(result.p99_ms)
             for name in names:
                 added[name].append(p50[name][-1] - p50["direct"][-1])
             for name, url, model, pid in order:
                 cpu0 = cpu_seconds(pid) if pid else 0.0
-                result = wrk(
-                    url,
-                    model,
-                    connections=args.connections,
-                    seconds=args.capacity_seconds,
-                    cpu=args.pod_cpu,
-                    lua=lua,
-                )
+                result = load(url, model, args.connections, args.capacity_seconds)
                 rate[name].append(result.requests / result.seconds)
                 if pid:
                     per_core[name].append(result.requests / max(cpu_seconds(pid) - cpu0, 1e-9))
