@@ -20,25 +20,17 @@ from typing import Any
 
 import pytest
 import yaml
-from operatorprocs import OPERATOR, Operator, free_port, voice_manifest
+from nodeclients import run_client
+from operatorprocs import new_operator, voice_manifest
 
-from voicefleet_localcluster import node, nodeimages, stack
+from voicefleet_localcluster import node, stack
 from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
 from voicefleet_localcluster.voices import simulated_voice
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
-BUSYBOX = nodeimages.BUSYBOX_IMAGE
 RELEASE = "vf"
 VOICE = "guarded"
-RESTRICTED = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "runAsUser": 65532,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 ROUTER_LABELS = {
     "app.kubernetes.io/name": "voicefleet-router",
     "app.kubernetes.io/instance": RELEASE,
@@ -79,21 +71,11 @@ def setup(real_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) 
         cluster.namespace("np-voices") as voices,
         cluster.namespace("np-outside") as outside,
     ):
-        health, metrics = free_port(), free_port()
-        operator = Operator(
-            argv=[
-                str(OPERATOR),
-                f"--namespace={voices}",
-                f"--kubeconfig={cluster.kubeconfig}",
-                f"--health-port={health}",
-                f"--metrics-port={metrics}",
-                "--standalone",
-                "--autoscale-interval=0",
-                chart_peers(cluster, release),
-            ],
-            log_path=log_dir / "operator.log",
-            health_port=health,
-            metrics_port=metrics,
+        operator = new_operator(
+            cluster.kubeconfig,
+            log_dir / "operator.log",
+            namespaces=[voices],
+            extra=["--autoscale-interval=0", chart_peers(cluster, release)],
         )
         operator.start(timeout=90)
         try:
@@ -118,33 +100,6 @@ def setup(real_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) 
             operator.stop()
 
 
-def run_client(
-    cluster: LocalCluster, namespace: str, name: str, labels: dict[str, str], script: str
-) -> tuple[bool, str]:
-    """A `kubectl run` busybox pod running ``script``: (exit code 0, its log)."""
-    overrides = json.dumps({"spec": {"containers": [{"name": "client", "image": BUSYBOX,
-        "imagePullPolicy": "Never", "securityContext": RESTRICTED,
-        "command": ["sh", "-c", script]}]}})  # fmt: skip
-    cluster.kubectl_run(
-        "run", name, "-n", namespace, f"--image={BUSYBOX}", "--restart=Never",
-        f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}",
-        f"--overrides={overrides}",
-    )  # fmt: skip
-
-    def finished() -> dict[str, Any] | None:
-        status = cluster.get_json("pod", name, "-n", namespace)["status"]
-        for container in status.get("containerStatuses") or []:
-            state = container.get("state", {}).get("terminated")
-            if state:
-                result: dict[str, Any] = state
-                return result
-        return None
-
-    state = wait_for(finished, timeout=150, what=f"client {namespace}/{name} to finish")
-    log = cluster.kubectl_run("logs", name, "-n", namespace).stdout
-    return state["exitCode"] == 0, log
-
-
 def tries(command: str, word: str) -> str:
     """Up to three tries two seconds apart, each bounded by `timeout` (busybox's own
     `wget -T` segfaults); prints ``<word>-OK`` on success, ``<word>-REFUSED`` per failure.
@@ -161,7 +116,7 @@ def tries(command: str, word: str) -> str:
 def call_pod(setup: Setup, namespace: str, name: str, labels: dict[str, str]) -> tuple[bool, str]:
     """A client calling the voice pod's IP directly: (answered, its log)."""
     fetch = f"timeout 10 wget -q -O - http://{setup.pod_ip}:8080/v1/models"
-    return run_client(setup.cluster, namespace, name, labels, f"{tries(fetch, 'POD')}; exit $POD")
+    return run_client(setup.cluster, namespace, name, f"{tries(fetch, 'POD')}; exit $POD", labels)
 
 
 def test_the_operator_wrote_the_voices_policy_from_the_charts_peers(setup: Setup) -> None:
@@ -246,8 +201,8 @@ def test_helm_install_enforces_the_same_the_router_answers_a_pod_in_another_name
         )
         direct = f"timeout 10 wget -q -O - http://{pod_ip}:8080/v1/models"
         answered, log = run_client(
-            cluster, setup.outside, "chart-client", {"app": "client"},
-            f"{tries(speak, 'ROUTER')}; {tries(direct, 'POD')}; exit $ROUTER",
+            cluster, setup.outside, "chart-client",
+            f"{tries(speak, 'ROUTER')}; {tries(direct, 'POD')}; exit $ROUTER", {"app": "client"},
         )  # fmt: skip
         assert answered, f"the router did not answer a pod of another namespace:\n{log}"
         # at the first try: the router's policy (no peers by default) needs no address set

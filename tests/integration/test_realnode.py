@@ -10,7 +10,6 @@ locally because no registry is reachable.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,21 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from nodeclients import BUSYBOX, RESTRICTED, rolled_out, run_client, steady_load, terminated
 from operatorprocs import new_operator, voice_manifest
 
 from voicefleet_localcluster import node, nodeimages
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
-
-BUSYBOX = nodeimages.BUSYBOX_IMAGE
-RESTRICTED = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 
 @pytest.fixture
@@ -63,25 +54,6 @@ def pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
             ],
         },
     }
-
-
-def terminated(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
-    """The container's terminated state, once there is one."""
-
-    def check() -> dict[str, Any] | None:
-        status = cluster.get_json("pod", name, "-n", ns)["status"]
-        for container in status.get("containerStatuses") or []:
-            state = container.get("state", {}).get("terminated")
-            if state:
-                result: dict[str, Any] = state
-                return result
-        return None
-
-    try:
-        return wait_for(check, timeout=180, interval=0.5, what=f"pod {name} to terminate")
-    except AssertionError as exc:
-        described = cluster.kubectl_run("describe", "pod", name, "-n", ns, check=False)
-        raise AssertionError(f"{exc}\n{described.stdout[-3000:]}") from exc
 
 
 def test_node_is_real_ready_and_serves_dns(local_cluster: LocalCluster) -> None:
@@ -141,16 +113,8 @@ def test_in_cluster_http_by_dns_name_from_a_kubectl_run_client(
     url = f"http://web.{ns}.svc.{node.CLUSTER_DOMAIN}/"
     # busybox's `wget -T` segfaults: `timeout` bounds each try instead.
     fetch = f"timeout 10 wget -q -O - {url}"
-    overrides = json.dumps({"spec": {"containers": [{"name": "client", "image": BUSYBOX,
-        "imagePullPolicy": "Never", "securityContext": RESTRICTED,
-        "command": ["sh", "-c", f"{fetch} || {{ sleep 2; {fetch}; }}"]}]}})  # fmt: skip
-    local_cluster.kubectl_run(
-        "run", "client", "-n", ns, f"--image={BUSYBOX}", "--restart=Never",
-        f"--overrides={overrides}",
-    )  # fmt: skip
-    state = terminated(local_cluster, ns, "client")
-    logs = local_cluster.kubectl_run("logs", "client", "-n", ns).stdout
-    assert state["exitCode"] == 0, logs
+    ok, logs = run_client(local_cluster, ns, "client", f"{fetch} || {{ sleep 2; {fetch}; }}")
+    assert ok, logs
     assert logs.strip().startswith("hello-from-web-"), logs
 
 
@@ -267,22 +231,7 @@ def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_roll
 
         wait_for(answered, timeout=60, what=f"speech at the Service {url}")
 
-        outcomes: list[str] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            while not stop.is_set():
-                try:
-                    with httpx.Client(timeout=30) as client:  # a new connection each time
-                        status = client.post(url, json=body).status_code
-                    outcomes.append(str(status))
-                except httpx.HTTPError as exc:
-                    outcomes.append(f"{type(exc).__name__}: {exc}")
-
-        workers = [threading.Thread(target=load, daemon=True) for _ in range(3)]
-        for worker in workers:
-            worker.start()
-        try:
+        with steady_load(url, body) as outcomes:
             time.sleep(2)
             old = {p["metadata"]["name"] for p in local_cluster.pods(ns, selector)}
             local_cluster.kubectl_run(
@@ -297,22 +246,12 @@ def test_voice_pods_drain_with_no_failed_request_through_a_scale_down_and_a_roll
                 "patch", "ttsvoice", "drain", "-n", ns, "--type=merge",
                 "-p", json.dumps({"spec": {"server": {"maxQueue": 32}}}),
             )  # fmt: skip
-
-            def rolled_out() -> bool:
-                pods = local_cluster.pods(ns, selector)
-                names = {p["metadata"]["name"] for p in pods}
-                return (
-                    len(pods) == 1
-                    and not names & old
-                    and bool(local_cluster.ready_pods(ns, selector))
-                )
-
-            wait_for(rolled_out, timeout=240, what="the rollout to replace the pod")
+            wait_for(
+                lambda: rolled_out(local_cluster, ns, selector, old, 1),
+                timeout=240,
+                what="the rollout to replace the pod",
+            )
             time.sleep(2)
-        finally:
-            stop.set()
-            for worker in workers:
-                worker.join(timeout=60)
     finally:
         operator.stop()
     failed = [o for o in outcomes if o != "200"]
