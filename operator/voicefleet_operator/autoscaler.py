@@ -20,7 +20,8 @@ per voice: a daemon needs a finalizer on its voice, and a finalizer strands the 
    least-loaded goes first), writes replicas only through the scale subresource, and
    posts a Normal Event with the numbers;
 6. writes what it saw into ``status`` when it scaled, when ``idleSince`` moved, or at
-   most every ``status_interval`` seconds while the numbers move.
+   most every ``status_interval`` seconds while the numbers move; a voice at zero with
+   nothing going on gets no first report (``autoscaler_status.quiet_at_zero``).
 
 A voice with ``spec.autoscaling.enabled: false`` is left alone, so ``kubectl scale
 ttsv`` or an HPA on the scale subresource work as without us.
@@ -48,6 +49,7 @@ from voicefleet_operator.autoscaler_status import (
     VoiceKey,
     VoiceView,
     parse_time,
+    quiet_at_zero,
     state_from_status,
     status_differs,
     status_patch,
@@ -421,6 +423,8 @@ class Autoscaler:
         before: ScalingState,
     ) -> None:
         patch = status_patch(decision, obs, scaled, voice.policy)
+        if "autoscaling" not in voice.status and quiet_at_zero(patch, voice.replicas):
+            return  # nothing to say yet about a voice at zero (autoscaler_status.quiet_at_zero)
         # "moved": turned idle or busy. The status we would write is compared with the one
         # the voice has, without the observation time, so a restarted operator facing an
         # unchanged voice writes nothing; changes are written at most every status_interval.

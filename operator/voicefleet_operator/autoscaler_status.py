@@ -33,6 +33,7 @@ __all__ = [
     "first_audio_status",
     "index_voice",
     "parse_time",
+    "quiet_at_zero",
     "rfc3339",
     "state_from_status",
     "status_differs",
@@ -235,6 +236,27 @@ def status_patch(
         patch["autoscaling"]["lastScaleReason"] = decision.reason
         patch["autoscaling"]["lastScaleMessage"] = decision.message[:1024]
     return patch
+
+
+def quiet_at_zero(patch: Mapping[str, Any], replicas: int) -> bool:
+    """Whether a report (from :func:`status_patch`) says only that a voice at zero replicas
+    has nothing going on: no pod, no queue, no request held, none wanted, no scale.
+
+    The loop does not write such a report on a voice that has no ``status.autoscaling``
+    yet, so a voice created at zero and never asked for costs no autoscaler write (in a
+    catalogue applied at once, one status write less per voice); the report comes with
+    the first thing to say. Its ``idleSince`` would be of no use: a voice at zero has
+    nothing to scale down.
+    """
+    auto = patch.get("autoscaling") or {}
+    counts = ("desiredReplicas", "neededReplicas", "pendingRequests", "readyPods", "startingPods")
+    return (
+        replicas == 0
+        and "lastScaleTime" not in patch
+        and not patch.get("queueWorkSeconds")
+        and not patch.get("queueDepth")
+        and not any(auto.get(key) for key in (*counts, "scrapedPods"))
+    )
 
 
 def status_differs(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:

@@ -40,7 +40,7 @@ def run(config: OperatorConfig) -> None:
         metrics.serve(config.metrics_port)
     deps = Deps.create(config=config, kube=Kube(api), metrics=metrics)
     registry = wiring.build_registry(config)
-    settings = wiring.build_settings(config)
+    settings = wiring.build_settings(config, deps.kopf_state)
     liveness = (
         f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port is not None else None
     )

@@ -19,6 +19,7 @@ from voicefleet_operator.builders import BuildOptions
 from voicefleet_operator.cluster import EventPoster, Kube
 from voicefleet_operator.k8s import Kube as ClientKube
 from voicefleet_operator.k8s import connection_info
+from voicefleet_operator.kopfstate import KopfState
 from voicefleet_operator.memory import VoiceMemory
 from voicefleet_operator.metrics import OperatorMetrics
 from voicefleet_operator.settings import OperatorConfig
@@ -46,6 +47,8 @@ class Deps:
     options: BuildOptions
     post_event: EventPoster = post_kopf_event
     memory: VoiceMemory = field(default_factory=VoiceMemory)
+    kopf_state: KopfState = field(default_factory=KopfState)
+    """kopf's per-voice bookkeeping, kept here instead of on the voices (:mod:`.kopfstate`)."""
     autoscaler: Autoscaler | None = None
     identity: str = field(default_factory=new_identity)
     """The peering identity: kopf heartbeats under it and the autoscaler's pause reads it."""

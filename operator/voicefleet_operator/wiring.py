@@ -22,6 +22,7 @@ from voicefleet_operator.autoscaler_load import ROUTER_INDEX_NAME, router_select
 from voicefleet_operator.autoscaler_status import VOICE_INDEX_NAME, index_voice
 from voicefleet_operator.handlers import deps_of
 from voicefleet_operator.k8s import KubeError
+from voicefleet_operator.kopfstate import KopfState, MemoryDiffBaseStorage, MemoryProgressStorage
 from voicefleet_operator.settings import OperatorConfig
 
 __all__ = ["ANNOTATION_PREFIX", "WATCH_SERVER_TIMEOUT", "build_registry", "build_settings"]
@@ -30,26 +31,26 @@ WATCH_SERVER_TIMEOUT = 600
 """Ask the API server to end each watch after this long, so a silently dead
 connection is noticed and re-established (kopf's default is to wait forever)."""
 ANNOTATION_PREFIX = "operator.voicefleet.io"
-"""kopf's own bookkeeping annotations on TTSVoices (instead of kopf.zalando.org/...)."""
+"""The prefix of what kopf still writes on a TTSVoice: a delayed retry's touch annotation
+(and the finalizer name kopf removes from voices of older versions)."""
 
 
-def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+def build_settings(config: OperatorConfig, state: KopfState | None = None) -> kopf.OperatorSettings:
     """kopf settings for this operator (see docs/operator.md for the reasons).
 
-    Persistence stays in annotations (with our own prefix), not `status.kopf`:
-    the TTSVoice status schema is structural and would prune kopf's free-form
-    progress, and annotations survive restarts so a resumed operator knows what
-    it last handled (no duplicate work). Events: only the ones handlers post
-    explicitly (`posting.loggers` off), so 100 voices do not mean 100s of
-    "handler succeeded" Events.
+    kopf's bookkeeping (the essence it last handled, its handlers' progress) stays in
+    memory (``state``, :mod:`voicefleet_operator.kopfstate`), not on the voices: the
+    annotation storage cost every new voice a patch of its own (and a watch event for
+    every watcher), and the TTSVoice status schema is structural, so kopf's free-form
+    ``status.kopf`` would be pruned anyway. Only a delayed retry's wake-up (kopf's touch)
+    still patches an annotation under our prefix. Events: only the ones handlers post
+    explicitly (`posting.loggers` off), so 100 voices do not mean 100s of "handler
+    succeeded" Events.
     """
     settings = kopf.OperatorSettings()
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=ANNOTATION_PREFIX
-    )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    state = state if state is not None else KopfState()
+    settings.persistence.progress_storage = MemoryProgressStorage(state, prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = MemoryDiffBaseStorage(state)
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     settings.posting.enabled = True
     settings.posting.loggers = False
@@ -107,6 +108,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
     kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)(handlers.deleted)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(forget_deleted_voice)
     kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry)(
         handlers.deployment_event
     )
@@ -150,6 +152,20 @@ async def stop_autoscaler(memo: Any, **_: Any) -> None:
     deps = deps_of(memo)
     if deps.autoscaler is not None:
         await deps.autoscaler.stop()
+
+
+async def forget_deleted_voice(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A voice is gone: drop what the operator kept about it (kopf's bookkeeping, locks,
+    refusals, last status, gauges). The optional delete handler runs only while another
+    finalizer holds a deleted voice; this runs on every deletion, in the event loop."""
+    if event.get("type") != "DELETED":
+        return
+    deps = deps_of(memo)
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    deps.kopf_state.forget(str(meta.get("uid") or ""))
+    deps.memory.forget(namespace, name)
+    deps.metrics.forget_voice(f"{namespace}/{name}")
 
 
 # --- activities -------------------------------------------------------------------------

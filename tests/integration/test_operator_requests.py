@@ -23,23 +23,25 @@ from operatorprocs import (
     SA_NAMESPACE,
     Operator,
     condition,
+    merge_patch,
     new_operator,
     scalable_voice,
     voice,
 )
 
+from voicefleet_api.labels import VOICE_GENERATION_ANNOTATION
 from voicefleet_localcluster.flowcontrol import service_account_flow, settled_counts
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 FLOW = "voicefleet-operator-count"
-REQUESTS_PER_NEW_VOICE = 7
+REQUESTS_PER_NEW_VOICE = 5
 NAMESPACE_PREFIX = "opreq"
-"""kopf's bookkeeping patch on the voice (1), server-side apply of the Service, the
-PodDisruptionBudget and the Deployment (3), status written when the voice is first
-reconciled and again when the Deployment controller has observed it (2), and the
-autoscaler loop's first report on the voice (1); no reads."""
+"""Server-side apply of the Service, the PodDisruptionBudget and the Deployment (3),
+status written when the voice is first reconciled and again when the Deployment
+controller has observed it (2); no reads. kopf's bookkeeping is in memory (no patch on
+the voice) and the autoscaler has nothing to report on a voice at zero (no write)."""
 
 
 def _settled(cluster: LocalCluster) -> tuple[int, Counter[str]]:
@@ -78,19 +80,24 @@ def counted_operator(
         op.stop()
 
 
-def _new_voice(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
-    cluster.apply({**scalable_voice(name), "metadata": {"name": name, "namespace": ns}})
+def _rolled_out(cluster: LocalCluster, ns: str, name: str, generation: int = 1) -> None:
+    """Wait until the voice's status is at ``generation`` and its rollout is complete."""
 
-    def reconciled() -> bool:
+    def done() -> bool:
         body = voice(cluster, ns, name)
         progressing = condition(body, "Progressing")
         return (
-            (body.get("status") or {}).get("observedGeneration") == 1
+            (body.get("status") or {}).get("observedGeneration") == generation
             and progressing is not None
             and progressing["reason"] == "RolloutComplete"
         )
 
-    wait_for(reconciled, timeout=60, what=f"TTSVoice {ns}/{name} reconciled and rolled out")
+    wait_for(done, timeout=60, what=f"TTSVoice {ns}/{name} reconciled at {generation}")
+
+
+def _new_voice(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
+    cluster.apply({**scalable_voice(name), "metadata": {"name": name, "namespace": ns}})
+    _rolled_out(cluster, ns, name)
     return voice(cluster, ns, name)
 
 
@@ -193,3 +200,36 @@ def test_a_quota_that_refuses_the_service_is_reported_on_the_voice_and_retried(
     assert (
         local_cluster.kubectl_run("get", "service", "capped", "-n", ns, check=False).returncode == 0
     )
+
+
+def test_a_restart_loses_no_reconcile_and_rewrites_no_settled_voice(
+    local_cluster: LocalCluster, counted_operator: Operator, counted_namespace: str
+) -> None:
+    """kopf's bookkeeping lives in the operator's memory: a restarted operator must still
+    reconcile a voice created and one changed while it was stopped, and must write
+    nothing on a voice that was settled (no status, no annotation)."""
+    ns = counted_namespace
+    settled = _new_voice(local_cluster, ns, "settled")
+    _new_voice(local_cluster, ns, "changed")
+    assert counted_operator.stop() == 0
+    local_cluster.apply(
+        {
+            **scalable_voice("born-while-down"),
+            "metadata": {"name": "born-while-down", "namespace": ns},
+        }
+    )
+    merge_patch(local_cluster, ns, "changed", {"spec": {"server": {"maxQueue": 7}}})
+    before, verbs = _settled(local_cluster)
+    counted_operator.start(timeout=120)
+    _rolled_out(local_cluster, ns, "born-while-down")
+    _rolled_out(local_cluster, ns, "changed", generation=2)
+    after, verbs_after = _settled(local_cluster)
+    moved = verbs_after - verbs
+    print(f"\nrestart: {after - before} operator requests; all clients: {moved}")
+    deployment = local_cluster.get_json("deployment", "changed", "-n", ns)
+    assert deployment["metadata"]["annotations"][VOICE_GENERATION_ANNOTATION] == "2"
+    env = deployment["spec"]["template"]["spec"]["containers"][0].get("env") or []
+    assert {"name": "VOICEFLEET_MAX_QUEUE", "value": "7"} in env, env
+    assert local_cluster.get_json("deployment", "born-while-down", "-n", ns)
+    assert voice(local_cluster, ns, "settled") == settled
+    assert moved["PATCH ttsvoices"] == 0, moved  # nothing of kopf's on any voice

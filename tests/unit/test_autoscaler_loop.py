@@ -342,6 +342,43 @@ def test_opted_out_invalid_and_deleting_voices_are_left_alone() -> None:
     assert w.actuator.statuses == []
 
 
+def test_a_new_voice_at_zero_gets_no_report_until_something_happens() -> None:
+    """A catalogue applied at zero replicas costs the autoscaler no status write per voice;
+    the first request held for it is scaled up and reported."""
+
+    async def scenario() -> World:
+        w = World()
+        w.put(body("idle", 0, {"minReplicas": 0, "maxReplicas": 3}), pods=0)
+        for _ in range(12):  # past status_interval (5 s) twice
+            await w.tick()
+        assert w.actuator.statuses == []
+        w.load.pending["ns/idle"] = 2
+        await w.tick()
+        return w
+
+    w = asyncio.run(scenario())
+    assert w.actuator.replicas[("ns", "idle")] == 1
+    [(name, patch)] = w.actuator.statuses
+    assert name == "idle"
+    assert patch["autoscaling"]["lastScaleReason"] == "ScaleFromZero"
+    assert patch["autoscaling"]["pendingRequests"] == 2
+
+
+def test_a_voice_at_zero_with_a_report_keeps_being_reported() -> None:
+    """Only the first report is skipped: a voice whose status has one gets its changes."""
+
+    async def scenario() -> World:
+        w = World()
+        reported = {"autoscaling": {"desiredReplicas": 1, "readyPods": 1}, "queueDepth": 0}
+        w.put(body("was-busy", 0, {"minReplicas": 0, "maxReplicas": 3}, reported), pods=0)
+        await w.tick()
+        return w
+
+    w = asyncio.run(scenario())
+    [(name, patch)] = w.actuator.statuses
+    assert (name, patch["autoscaling"]["desiredReplicas"]) == ("was-busy", 0)
+
+
 def test_a_refused_scale_is_a_warning_event_and_changes_nothing() -> None:
     async def scenario() -> World:
         w = World()

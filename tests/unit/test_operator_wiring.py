@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 
 from voicefleet_operator import metrics
 from voicefleet_operator.indexes import owner_voice
+from voicefleet_operator.kopfstate import KopfState, MemoryDiffBaseStorage, MemoryProgressStorage
 from voicefleet_operator.settings import DEFAULT_PEERING, parse_args
 from voicefleet_operator.wiring import (
     ANNOTATION_PREFIX,
@@ -23,14 +24,16 @@ from voicefleet_operator.wiring import (
 )
 
 
-def test_settings_keep_kopf_state_in_our_annotations_and_post_only_explicit_events() -> None:
-    settings = build_settings(parse_args(["-A"]))
+def test_settings_keep_kopf_state_in_memory_and_post_only_explicit_events() -> None:
+    state = KopfState()
+    settings = build_settings(parse_args(["-A"]), state)
     progress = settings.persistence.progress_storage
     diffbase = settings.persistence.diffbase_storage
-    assert isinstance(progress, kopf.AnnotationsProgressStorage)
-    assert progress.prefix == ANNOTATION_PREFIX
-    assert isinstance(diffbase, kopf.AnnotationsDiffBaseStorage)
-    assert diffbase.prefix == ANNOTATION_PREFIX
+    assert isinstance(progress, MemoryProgressStorage)
+    assert progress.state is state
+    assert progress.prefix == ANNOTATION_PREFIX  # a delayed retry's touch annotation
+    assert isinstance(diffbase, MemoryDiffBaseStorage)
+    assert diffbase.state is state
     assert settings.posting.enabled
     assert not settings.posting.loggers
     assert settings.posting.level == logging.INFO

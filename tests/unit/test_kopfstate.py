@@ -1,0 +1,90 @@
+"""kopf's bookkeeping kept in memory (voicefleet_operator.kopfstate), on kopf's own types.
+
+What matters is what kopf concludes from it: a stored essence equal to the object's is
+"nothing changed", no essence is "created", a differing one "updated"; on first sight the
+voice's ``status.observedGeneration`` stands in for what an earlier process handled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import kopf
+
+from voicefleet_operator.kopfstate import KopfState, MemoryDiffBaseStorage, MemoryProgressStorage
+from voicefleet_operator.wiring import ANNOTATION_PREFIX
+
+
+def voice(uid: str, generation: int, observed: int | None, replicas: int = 0) -> kopf.Body:
+    raw: dict[str, Any] = {
+        "apiVersion": "voicefleet.io/v1alpha1",
+        "kind": "TTSVoice",
+        "metadata": {"namespace": "ns", "name": "joe", "uid": uid, "generation": generation},
+        "spec": {"replicas": replicas, "model": {"bundled": "en_US-joe-medium"}},
+        "status": {} if observed is None else {"observedGeneration": observed},
+    }
+    return kopf.Body(cast(kopf.RawBody, raw))
+
+
+def test_a_voice_never_handled_has_no_base_until_kopf_stores_one() -> None:
+    storage = MemoryDiffBaseStorage(KopfState())
+    new = voice("a", 1, None)
+    assert storage.fetch(body=new) is None
+    written = voice("a", 1, 1)  # our own status write, before the handler finished
+    assert storage.fetch(body=written) is None  # still not handled: kopf retries "create"
+    essence = storage.build(body=written)
+    storage.store(body=written, patch=kopf.Patch(), essence=essence)
+    assert storage.fetch(body=written) == essence
+
+
+def test_on_first_sight_the_status_says_what_was_handled_before() -> None:
+    state = KopfState()
+    storage = MemoryDiffBaseStorage(state)
+    handled = voice("b", 2, 2)
+    assert storage.fetch(body=handled) == storage.build(body=handled)  # kopf: resume
+    changed = voice("c", 3, 2, replicas=1)
+    base = storage.fetch(body=changed)
+    assert base is not None
+    assert "spec" not in base  # kopf: update (the spec differs)
+    assert storage.build(body=changed)["spec"] != base.get("spec")
+    # Only the first sight guesses: later events compare with what kopf stored.
+    assert storage.fetch(body=voice("b", 3, 2, replicas=2)) == storage.build(body=handled)
+
+
+def test_progress_is_kept_per_object_and_handler_and_writes_nothing() -> None:
+    state = KopfState()
+    storage = MemoryProgressStorage(state, prefix=ANNOTATION_PREFIX)
+    body, other = voice("d", 1, None), voice("e", 1, None)
+    patch = kopf.Patch()
+    record = kopf.ProgressRecord(started="2026-12-03T15:00:00", retries=1, delayed="x")
+    storage.store(key=kopf.HandlerId("reconcile"), record=record, body=body, patch=patch)
+    assert not patch
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=body) == record
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=other) is None
+    storage.purge(key=kopf.HandlerId("reconcile"), body=body, patch=patch)
+    assert not patch
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=body) is None
+
+
+def test_a_delayed_retry_still_wakes_up_through_an_annotation() -> None:
+    storage = MemoryProgressStorage(KopfState(), prefix=ANNOTATION_PREFIX)
+    patch = kopf.Patch()
+    storage.touch(body=voice("f", 1, None), patch=patch, value="2026-12-03T15:00:00")
+    annotations = patch["metadata"]["annotations"]
+    assert annotations[f"{ANNOTATION_PREFIX}/touch-dummy"] == "2026-12-03T15:00:00"
+
+
+def test_a_deleted_voice_is_forgotten() -> None:
+    state = KopfState()
+    diffbase = MemoryDiffBaseStorage(state)
+    progress = MemoryProgressStorage(state, prefix=ANNOTATION_PREFIX)
+    body = voice("g", 1, 1)
+    diffbase.fetch(body=body)
+    progress.store(
+        key=kopf.HandlerId("reconcile"),
+        record=kopf.ProgressRecord(retries=1),
+        body=body,
+        patch=kopf.Patch(),
+    )
+    state.forget("g")
+    assert state == KopfState()
