@@ -1,9 +1,10 @@
 """The seam between the handlers and the outside world: the calls they make, as Protocols.
 
-Handlers write three things to the API server (server-side apply of an owned object,
-the deletion of a PodDisruptionBudget no longer wanted, the voice's status) and post
-Events through kopf; they read nothing (the voice, its Deployment and the PVCs come
-from kopf's indexes, :mod:`voicefleet_operator.indexes`). Naming exactly those calls
+Handlers write four things to the API server (server-side apply of an owned object,
+the deletion of a PodDisruptionBudget no longer wanted, of a NetworkPolicy left from when
+policies were on, the voice's status) and post Events through kopf; the one read is that
+policy's, when policies are off (the voice, its Deployment and the PVCs come from kopf's
+indexes, :mod:`voicefleet_operator.indexes`). Naming exactly those calls
 here lets the handler logic run against an in-memory fake in unit tests
 (``tests/unit/fake_kube.py``) and keeps the real client in :mod:`voicefleet_operator.k8s`
 (its ``Kube`` class satisfies :class:`Kube`). Implementations raise
@@ -22,11 +23,17 @@ class Kube(Protocol):
     """The API server as the handlers use it (writes only)."""
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply a Deployment, Service or PodDisruptionBudget; return it as stored."""
+        """Server-side apply a Deployment, Service, PodDisruptionBudget or NetworkPolicy;
+        return it as stored."""
         ...
 
     def delete_pdb(self, namespace: str, name: str) -> bool:
         """Delete a PodDisruptionBudget; False when it was already gone."""
+        ...
+
+    def delete_owned_network_policy(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete the NetworkPolicy ``name`` if the object with ``owner_uid`` owns it;
+        False when there was none of its own."""
         ...
 
     def patch_voice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

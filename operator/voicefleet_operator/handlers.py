@@ -187,10 +187,14 @@ def _refusal(kind: str, error: KubeError) -> Refusal | None:
 
 
 def apply_owned(
-    deps: Deps, body: Mapping[str, Any], voice: Voice
+    deps: Deps, body: Mapping[str, Any], voice: Voice, *, created: bool = False
 ) -> tuple[dict[str, Any] | None, list[Refusal]]:
     """Server-side apply the NetworkPolicy (when policies are on), the Service, the PDB (or
     delete it), then the Deployment: the policy first, so no pod serves unprotected.
+
+    With policies off, a voice that existed before (any reconcile but its ``created`` one:
+    a restart, a spec change) loses the NetworkPolicy it owns from when they were on; a
+    GET finds it, so new voices and the default (policies on) pay nothing.
 
     Each object is applied even when an earlier one was refused (a full Service range
     must not keep the pods from running). Returns the Deployment as stored (None when
@@ -217,6 +221,16 @@ def apply_owned(
 
     if policy is not None:
         one(policy)
+    elif not created and deps.kube.delete_owned_network_policy(
+        voice.namespace, voice.name, str((body.get("metadata") or {}).get("uid") or "")
+    ):
+        deps.post_event(
+            body,
+            type="Normal",
+            reason="NetworkPolicyDeleted",
+            message="network policies are off (no --network-policy-from): the voice's "
+            "NetworkPolicy is deleted",
+        )
     one(service)
     if pdb is not None:
         one(pdb)
@@ -263,11 +277,24 @@ def reconcile(body: kopf.Body, reason: Any, memo: Any, logger: kopf.Logger, **kw
     """Make the cluster match one TTSVoice; idempotent, so create/update/resume share it."""
     deps = deps_of(memo)
     trigger = str(reason) if str(reason) in ("create", "update", "resume") else "update"
-    _timed(deps, trigger, lambda: reconcile_voice(deps, Views.of(kwargs), dict(body), logger))
+    created = trigger == "create"
+    _timed(
+        deps,
+        trigger,
+        lambda: reconcile_voice(deps, Views.of(kwargs), dict(body), logger, created=created),
+    )
 
 
-def reconcile_voice(deps: Deps, views: Views, body: Mapping[str, Any], logger: kopf.Logger) -> None:
-    """One reconcile of ``body``; raises kopf's retry errors when it must run again."""
+def reconcile_voice(
+    deps: Deps,
+    views: Views,
+    body: Mapping[str, Any],
+    logger: kopf.Logger,
+    *,
+    created: bool = False,
+) -> None:
+    """One reconcile of ``body`` (``created``: kopf's first, for a new voice); raises
+    kopf's retry errors when it must run again."""
     try:
         voice = parse_voice(body)
     except SpecError as exc:
@@ -282,7 +309,7 @@ def reconcile_voice(deps: Deps, views: Views, body: Mapping[str, Any], logger: k
                 # take them down); report, and look again later.
                 deployment = views.deployment(voice.namespace, voice.name)
             else:
-                deployment, refusals = apply_owned(deps, body, voice)
+                deployment, refusals = apply_owned(deps, body, voice, created=created)
                 if deployment is None:
                     deployment = views.deployment(voice.namespace, voice.name)
             write_status(deps, body, voice, deployment, problems, _pod_report(views, voice))

@@ -201,6 +201,26 @@ class Kube:
         )
         return gone is not None
 
+    def delete_owned_network_policy(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete the NetworkPolicy ``name`` if the voice with ``owner_uid`` owns it (one
+        of ours, left from when policies were on); a policy of that name that someone
+        else wrote is kept. False when there was none of ours to delete."""
+        policy = _call(
+            self._networking.read_namespaced_network_policy, name, namespace, missing_ok=True
+        )
+        refs = (policy or {}).get("metadata", {}).get("ownerReferences") or []
+        if policy is None or not any(ref.get("uid") == owner_uid for ref in refs):
+            return False
+        uid = policy["metadata"]["uid"]
+        gone = _call(
+            self._networking.delete_namespaced_network_policy,
+            name,
+            namespace,
+            body=k8s_client.V1DeleteOptions(preconditions=k8s_client.V1Preconditions(uid=uid)),
+            missing_ok=True,
+        )
+        return gone is not None
+
     # --- writes on the TTSVoice ---------------------------------------------
 
     def patch_voice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

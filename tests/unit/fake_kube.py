@@ -50,6 +50,16 @@ class FakeKube:
         self.calls.append(("delete", "PodDisruptionBudget", name))
         return self.objects.pop(("PodDisruptionBudget", namespace, name), None) is not None
 
+    def delete_owned_network_policy(self, namespace: str, name: str, owner_uid: str) -> bool:
+        self.calls.append(("get", "NetworkPolicy", name))
+        key = ("NetworkPolicy", namespace, name)
+        refs = self.objects.get(key, {}).get("metadata", {}).get("ownerReferences") or []
+        if not any(ref.get("uid") == owner_uid for ref in refs):
+            return False
+        self.calls.append(("delete", "NetworkPolicy", name))
+        del self.objects[key]
+        return True
+
     def patch_voice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.calls.append(("patch-status", "TTSVoice", name))
         self.statuses.setdefault((namespace, name), {}).update(copy.deepcopy(dict(status)))

@@ -136,7 +136,7 @@ def test_a_new_voice_costs_three_applies_and_one_status_write(
     deps: Deps, kube: FakeKube, cluster: Cluster
 ) -> None:
     body = cluster.add(_voice())
-    handlers.reconcile_voice(deps, cluster.views(), body, LOG)
+    handlers.reconcile_voice(deps, cluster.views(), body, LOG, created=True)
     assert kube.calls == [
         ("apply", "Service", "joe"),
         ("apply", "PodDisruptionBudget", "joe"),
@@ -309,6 +309,30 @@ def test_an_index_that_lags_our_own_write_neither_rewrites_nor_reposts(
     handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
     assert events.reasons().count("CrashLoopBackOff") == 1
     assert kube.count("patch-status") == 2
+
+
+def test_with_network_policies_off_a_voice_loses_the_policy_it_owns_and_keeps_others(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    """Policies turned off (an operator restarted without --network-policy-from): the
+    next reconcile of a voice that existed deletes the policy it owns; a policy of the
+    same name that someone else wrote is not ours to delete."""
+    peers = ({"podSelector": {"matchLabels": {"app": "router"}}},)
+    on = dataclasses.replace(deps, options=BuildOptions(network_policy_from=peers))
+    joe, ann = cluster.add(_voice("joe")), cluster.add(_voice("ann"))
+    handlers.reconcile_voice(on, cluster.views(), joe, LOG)
+    theirs = {"kind": "NetworkPolicy", "metadata": {"name": "ann", "namespace": NS}}
+    kube.objects[("NetworkPolicy", NS, "ann")] = theirs
+    handlers.reconcile_voice(deps, cluster.views(), joe, LOG)
+    handlers.reconcile_voice(deps, cluster.views(), ann, LOG)
+    assert ("NetworkPolicy", NS, "joe") not in kube.objects
+    assert kube.objects[("NetworkPolicy", NS, "ann")] is theirs
+    assert events.reasons().count("NetworkPolicyDeleted") == 1
+    # a new voice (kopf's create) cannot own one yet: no read for it
+    calls = len(kube.calls)
+    handlers.reconcile_voice(deps, cluster.views(), cluster.add(_voice("new")), LOG, created=True)
+    assert kube.count("get") == 2
+    assert ("get", "NetworkPolicy", "new") not in kube.calls[calls:]
 
 
 def test_an_invalid_spec_is_reported_once(
