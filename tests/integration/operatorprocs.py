@@ -130,6 +130,12 @@ def exists(cluster: LocalCluster, ns: str, *what: str) -> bool:
     return cluster.kubectl_run("get", *what, "-n", ns, check=False).returncode == 0
 
 
+def live_peers(cluster: LocalCluster) -> int:
+    """Operators alive in the test peering (kopf's heartbeats in its status)."""
+    obj = cluster.get_json("clusterkopfpeering", PEERING)
+    return sum(1 for v in (obj.get("status") or {}).values() if v)
+
+
 def scalable_voice(name: str, *, replicas: int = 0, max_replicas: int = 3) -> dict[str, Any]:
     return voice_manifest(
         name,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operatorprocs import PEERING, Operator, new_operator
+from operatorprocs import Operator, live_peers, new_operator
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 from voicefleet_localcluster.voices import simulated_voice
@@ -31,11 +31,6 @@ def idle_voice(name: str) -> dict[str, Any]:
         server={"workers": 1},
         autoscaling={"minReplicas": 0, "maxReplicas": 2, "scaleToZeroIdleSeconds": IDLE_SECONDS},
     )
-
-
-def live_peers(cluster: LocalCluster) -> int:
-    obj = cluster.get_json("clusterkopfpeering", PEERING)
-    return sum(1 for v in (obj.get("status") or {}).values() if v)
 
 
 def test_the_loop_pauses_behind_a_higher_priority_peer_and_resumes_when_it_leaves(

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import yaml
 from operatorprocs import (
-    PEERING,
     PVC_SAMPLE,
     SAMPLE,
     Operator,
     condition,
     events_for,
     exists,
+    live_peers,
     merge_patch,
     new_operator,
     owned_by,
@@ -320,11 +320,6 @@ def test_missing_pvc_is_degraded_with_a_warning_event_not_a_crash(
     )
 
 
-def peers(cluster: LocalCluster) -> dict[str, Any]:
-    obj = cluster.get_json("clusterkopfpeering", PEERING)
-    return {k: v for k, v in (obj.get("status") or {}).items() if v}
-
-
 def test_two_operators_peer_only_the_higher_priority_acts_and_the_other_takes_over(
     local_cluster: LocalCluster,
     cluster_namespace: str,
@@ -336,7 +331,7 @@ def test_two_operators_peer_only_the_higher_priority_acts_and_the_other_takes_ov
     second = new_operator(sa_kubeconfig, tmp_path / "second.log", priority=50)
     second.start()
     try:
-        wait_for(lambda: len(peers(local_cluster)) == 2, timeout=30, what="two peers registered")
+        wait_for(lambda: live_peers(local_cluster) == 2, timeout=30, what="two peers registered")
         local_cluster.apply(scalable_voice("peered"), namespace=ns)
         wait_for(
             lambda: voice(local_cluster, ns, "peered").get("status", {}).get("observedGeneration"),
