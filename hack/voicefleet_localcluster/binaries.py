@@ -42,6 +42,8 @@ KUBE_ROUTER_MODULE_DIR = K8S_MODULE_DIR / "kube-router"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 HELM_MODULE = "helm.sh/helm/v3"
 COREDNS_MODULE = "github.com/coredns/coredns"
+# Our own main (hack/k8s/coredns/main.go): CoreDNS with the cluster-DNS plugins only.
+COREDNS_PACKAGE = "voicefleet.io/hack/k8s/coredns"
 CLIENT_GO_MODULE = "k8s.io/client-go"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMTOOL_PACKAGE = "github.com/prometheus/prometheus/cmd/promtool"
@@ -51,15 +53,17 @@ KUBE_ROUTER_PACKAGE = f"{KUBE_ROUTER_MODULE}/cmd/kube-router"
 
 @dataclass(frozen=True)
 class Target:
-    """One binary: the name it is installed under, its Go package, and its module dir.
+    """One Go program: the name it is installed under, its package, its module dir.
 
-    `static` builds with CGO_ENABLED=0: CoreDNS runs from a one-file image with no libc.
+    `static` builds with CGO_ENABLED=0 (CoreDNS runs from a one-file image with no libc);
+    `tags` are Go build tags.
     """
 
     name: str
     package: str
     module_dir: Path
     static: bool = False
+    tags: str = ""
 
 
 TARGETS: tuple[Target, ...] = (
@@ -74,7 +78,7 @@ TARGETS: tuple[Target, ...] = (
     # The real node: same Kubernetes pin and version stamp as the control plane.
     Target("kubelet", "k8s.io/kubernetes/cmd/kubelet", K8S_MODULE_DIR),
     Target("kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", K8S_MODULE_DIR),
-    Target("coredns", COREDNS_MODULE, COREDNS_MODULE_DIR, static=True),
+    Target("coredns", COREDNS_PACKAGE, COREDNS_MODULE_DIR, static=True),
 )
 BINARY_NAMES: tuple[str, ...] = tuple(t.name for t in TARGETS)
 
@@ -112,14 +116,16 @@ class Versions:
 
     @property
     def recipe_digest(self) -> str:
-        """The pins' digest extended with every target's link flags.
+        """The pins' digest extended with every target's recipe: package, cgo, tags, flags.
 
-        A change to how a binary is stamped (the Helm Kubernetes-version fix) changes
-        the bytes built from the same pins, so it must name a new cache dir too.
+        A change to how a binary is built or stamped (the Helm Kubernetes-version fix,
+        CoreDNS's own main) changes the bytes built from the same pins, so it must name
+        a new cache dir too.
         """
         digest = hashlib.sha256(self.pins_digest.encode())
-        for target in TARGETS:
-            digest.update(f"{target.name} {target.static} {ldflags(target, self)}\n".encode())
+        for t in TARGETS:
+            recipe = f"{t.name} {t.package} {t.static} {t.tags} {ldflags(t, self)}"
+            digest.update(f"{recipe}\n".encode())
         return digest.hexdigest()[:10]
 
 
@@ -305,6 +311,33 @@ def _goarch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
+def go_build(go: str, target: Target, flags: str, out: Path) -> None:
+    """`go build` one target into the file `out`; RuntimeError with go's stderr if it fails.
+
+    Every Go program here is built by this one function: the cluster's binaries and the
+    tools built on first use (promtool, kube-router).
+    """
+    argv = [go, "build", "-buildvcs=false", *(["-tags", target.tags] if target.tags else [])]
+    env = {**os.environ, "GOTOOLCHAIN": "local"}
+    if target.static:
+        env["CGO_ENABLED"] = "0"
+    proc = subprocess.run(
+        [*argv, "-ldflags", flags, "-o", str(out), target.package],
+        cwd=target.module_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    if proc.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"go build {target.package} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    if not os.access(out, os.X_OK):
+        raise RuntimeError(f"go build {target.package} left no program at {out}")
+
+
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created if missing) for the block: one
@@ -351,40 +384,7 @@ def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]
         for index, target in enumerate(TARGETS, start=1):
             t0 = time.monotonic()
             log(f"[{index}/{len(TARGETS)}] go build {target.package}")
-            out_dir = scratch / f".{target.name}"
-            out_dir.mkdir()
-            cmd = [
-                go,
-                "build",
-                "-buildvcs=false",
-                "-ldflags",
-                ldflags(target, versions),
-                "-o",
-                f"{out_dir}/",
-                target.package,
-            ]
-            proc = subprocess.run(
-                cmd,
-                cwd=target.module_dir,
-                capture_output=True,
-                text=True,
-                check=False,
-                env={
-                    **os.environ,
-                    "GOTOOLCHAIN": "local",
-                    **({"CGO_ENABLED": "0"} if target.static else {}),
-                },
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(
-                    f"go build {target.package} failed (exit {proc.returncode}):\n"
-                    f"{proc.stderr[-4000:]}"
-                )
-            produced = [p for p in out_dir.iterdir() if p.is_file()]
-            if len(produced) != 1:
-                raise RuntimeError(f"go build {target.package} produced {produced}")
-            produced[0].rename(scratch / target.name)
-            out_dir.rmdir()
+            go_build(go, target, ldflags(target, versions), scratch / target.name)
             log(f"[{index}/{len(TARGETS)}] {target.name} built in {time.monotonic() - t0:.0f}s")
         if target_dir.exists():  # a stale, incomplete dir from an older layout
             shutil.rmtree(target_dir)
@@ -434,46 +434,29 @@ def promtool_path(module_dir: Path = PROMTOOL_MODULE_DIR) -> Path:
 class GoTool:
     """A tool built on first use from its own pinned module dir into its own cache dir."""
 
-    name: str
+    target: Target
     release: str
-    package: str
-    module_dir: Path
-    target: Path
+    path: Path
     ldflags: str
-    tags: str = ""
 
 
 def _ensure_tool(tool: GoTool, log: Callable[[str], None]) -> Path:
     """Return the tool's binary, building it first when missing (atomic, locked)."""
-    target = tool.target
-    if os.access(target, os.X_OK):
-        return target
-    with locked(target.parent.parent / "build.lock"):
-        if os.access(target, os.X_OK):
-            return target
+    path, name = tool.path, tool.target.name
+    if os.access(path, os.X_OK):
+        return path
+    with locked(path.parent.parent / "build.lock"):
+        if os.access(path, os.X_OK):
+            return path
         go = find_go(log)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        log(f"building {tool.name} {tool.release} from its Go module (first run: minutes)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log(f"building {name} {tool.release} from its Go module (first run: minutes)")
         started = time.monotonic()
-        partial = target.with_name(f".{tool.name}.partial-{os.getpid()}")
-        tags = ["-tags", tool.tags] if tool.tags else []
-        argv = [go, "build", "-buildvcs=false", *tags, "-ldflags", tool.ldflags]
-        proc = subprocess.run(
-            [*argv, "-o", str(partial), tool.package],
-            cwd=tool.module_dir,
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "GOTOOLCHAIN": "local"},
-        )
-        if proc.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"go build {tool.package} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-            )
-        partial.rename(target)
-        log(f"{tool.name} built in {time.monotonic() - started:.0f}s -> {target}")
-    return target
+        partial = path.with_name(f".{name}.partial-{os.getpid()}")
+        go_build(go, tool.target, tool.ldflags, partial)
+        partial.rename(path)
+        log(f"{name} built in {time.monotonic() - started:.0f}s -> {path}")
+    return path
 
 
 def ensure_promtool(log: Callable[[str], None] = _default_log) -> Path:
@@ -481,15 +464,12 @@ def ensure_promtool(log: Callable[[str], None] = _default_log) -> Path:
     release, _ = promtool_versions()
     return _ensure_tool(
         GoTool(
-            name="promtool",
-            release=release,
-            package=PROMTOOL_PACKAGE,
-            module_dir=PROMTOOL_MODULE_DIR,
-            target=promtool_path(),
-            ldflags=f"-s -w -X github.com/prometheus/common/version.Version={release.lstrip('v')}",
             # Prometheus's own build tag: leave out the cloud service-discovery plugins
             # (AWS, Azure, GCE …), most of the build, which rule tests never use.
-            tags="remove_all_sd",
+            Target("promtool", PROMTOOL_PACKAGE, PROMTOOL_MODULE_DIR, tags="remove_all_sd"),
+            release=release,
+            path=promtool_path(),
+            ldflags=f"-s -w -X github.com/prometheus/common/version.Version={release.lstrip('v')}",
         ),
         log,
     )
@@ -517,11 +497,9 @@ def ensure_kube_router(log: Callable[[str], None] = _default_log) -> Path:
     release, _ = kube_router_versions()
     return _ensure_tool(
         GoTool(
-            name="kube-router",
+            Target("kube-router", KUBE_ROUTER_PACKAGE, KUBE_ROUTER_MODULE_DIR),
             release=release,
-            package=KUBE_ROUTER_PACKAGE,
-            module_dir=KUBE_ROUTER_MODULE_DIR,
-            target=kube_router_path(),
+            path=kube_router_path(),
             # what `kube-router --version` prints
             ldflags=f"-s -w -X {KUBE_ROUTER_MODULE}/pkg/version.Version={release}",
         ),

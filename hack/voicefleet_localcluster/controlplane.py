@@ -474,7 +474,7 @@ class ControlPlane:
                 f"/api/v1/nodes/{self.node_name}/status",
                 {"status": {"capacity": {"nvidia.com/gpu": str(self.gpus)}}},
             )
-        image = nodeimages.coredns_image(binaries.read_versions().coredns)
+        image = nodeimages.coredns_image(binaries.read_versions().coredns, self.bin_dir / "coredns")
         # kube-router's read-only RBAC with CoreDNS: one apply, before kube-router starts.
         manifests = yaml.safe_dump_all(
             [*realnode.kube_router_rbac(), *realnode.coredns_manifests(image)]

@@ -31,8 +31,15 @@ BUSYBOX_IMAGE = f"{REPOSITORY}/busybox:1"
 NOBODY = "65532:65532"
 
 
-def coredns_image(version: str) -> str:
-    return f"{REPOSITORY}/coredns:{version.lstrip('v')}"
+def coredns_image(version: str, binary: Path) -> str:
+    """`coredns:<release>-<first 8 hex of the binary's sha256>`.
+
+    An image is imported only when containerd lacks its ref, and containerd's store
+    outlives the cache dirs: a ref that named the release alone would keep serving the
+    binary of an older recipe (another plugin set, other flags) after a rebuild.
+    """
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:8]
+    return f"{REPOSITORY}/coredns:{version.lstrip('v')}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,7 @@ def node_images(bin_dir: Path, versions: binaries.Versions, work: Path) -> list[
     return [
         ImageSpec(PAUSE_IMAGE, ((pause, "/pause", 0o755),), ("/pause",)),
         ImageSpec(
-            coredns_image(versions.coredns),
+            coredns_image(versions.coredns, bin_dir / "coredns"),
             ((bin_dir / "coredns", "/coredns", 0o755),),
             ("/coredns",),
         ),
