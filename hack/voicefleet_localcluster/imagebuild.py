@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,10 +70,11 @@ def run_logged(
     log_file: Path,
     *,
     echo: Callable[[str], bool] = lambda line: False,
+    show: Logger = say,
     cwd: Path | None = None,
     what: str = "",
 ) -> str:
-    """Run `argv`, its output appended to `log_file`; echo the lines `echo` picks.
+    """Run `argv`, its output appended to `log_file`; `show` the lines `echo` picks.
 
     Returns the output; raises ImageBuildError naming the step, with the log's tail.
     """
@@ -100,7 +102,7 @@ def run_logged(
             out.append(line)
             if echo(line):
                 text = line.rstrip()
-                say("  " + (text if len(text) <= 110 else text[:107] + "..."))
+                show("  " + (text if len(text) <= 110 else text[:107] + "..."))
         code = proc.wait()
     if code != 0:
         raise ImageBuildError(
@@ -206,6 +208,7 @@ def _make_rootfs(recipe: images.BaseRecipe, rootfs: Path, log_file: Path, log: L
         echo=lambda line: (
             line.startswith("I: Retrieving Release") or line.startswith("I: Base system installed")
         ),
+        show=log,
         what="debootstrap",
     )
     log(f"debootstrap done in {time.monotonic() - started:.0f}s; applying updates")
@@ -382,6 +385,7 @@ def build_image(
         builder.build(spec, images.REPO_ROOT, secrets),
         log_file,
         echo=_is_step,
+        show=log,
         cwd=images.REPO_ROOT,
         what=f"build of {spec.ref}",
     )
@@ -474,9 +478,8 @@ def manifest(built: Sequence[Built]) -> str:
     )
 
 
-def build_all(flavor: Flavor, *, load: bool, refresh_base: bool, log: Logger = say) -> list[Built]:
-    """Steps 1-3 of the module docstring; returns the built images."""
-    started = time.monotonic()
+def build_images(flavor: Flavor, *, refresh_base: bool, log: Logger = say) -> list[Built]:
+    """Steps 1-2 and step 3's export: the built images, not loaded into containerd."""
     root = cache_dir()
     log_file = root / "logs" / f"images-{time.strftime('%Y%m%dT%H%M%S')}.log"
     with binaries.locked(root / ".lock"):  # one `make images` at a time per cache
@@ -491,16 +494,96 @@ def build_all(flavor: Flavor, *, load: bool, refresh_base: bool, log: Logger = s
             for spec in images.image_specs(flavor, images.version())
         ]
         (root / f"images-{flavor}.json").write_text(manifest(built))
-        # Loading under the same lock: two builders at once (pytest-xdist's workers each
-        # collect) import one after the other, and the second finds the stamps current.
-        if load:
-            _load_or_explain(built, log)
-    if not load:
+    return built
+
+
+def load_built(built: Sequence[Built], log: Logger = say) -> None:
+    """Step 3's import into the node's containerd; ImageBuildError says how to do it later.
+
+    Under the build's lock: two builders at once (two sessions collecting) import one
+    after the other, and the second finds the stamps current.
+    """
+    with binaries.locked(cache_dir() / ".lock"):
+        _load_or_explain(built, log)
+
+
+def build_all(flavor: Flavor, *, load: bool, refresh_base: bool, log: Logger = say) -> list[Built]:
+    """Steps 1-3 of the module docstring; returns the built images."""
+    started = time.monotonic()
+    built = build_images(flavor, refresh_base=refresh_base, log=log)
+    if load:
+        load_built(built, log)
+    else:
         log("not loading into containerd (--no-load); archives:")
         for image in built:
             log(f"  {image.archive}")
     log(f"done in {time.monotonic() - started:.0f}s")
     return built
+
+
+def serialized(log: Logger) -> Logger:
+    """`log`, one line at a time across threads (two builds printing progress at once)."""
+    lock = threading.Lock()
+
+    def locked_log(line: str) -> None:
+        with lock:
+            log(line)
+
+    return locked_log
+
+
+class BackgroundBuild:
+    """`build_images` in a thread, started at once, for a caller with other work to do.
+
+    On a fresh machine the image build (debootstrap and pip: mostly download and disk)
+    runs beside the Go builds (compilers on every core) instead of after them. Its
+    progress goes to `log` as `images: ...` lines, so `log` must be thread-safe
+    (`serialized`). `wait()` returns the images or raises the build's own error.
+
+    As a context manager: when the block raises (a Go build failed), leaving it waits
+    for the image build to end, so no builder outlives this process half-way through
+    the cache, and logs how it ended; the block's error is what propagates.
+    """
+
+    def __init__(self, flavor: Flavor, log: Logger) -> None:
+        self._flavor = flavor
+        self._log = log
+        self._built: list[Built] = []
+        self._error: BaseException | None = None
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="image-build", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._built = build_images(
+                self._flavor, refresh_base=False, log=lambda line: self._log(f"images: {line}")
+            )
+        except BaseException as exc:  # re-raised in the caller's thread by wait()
+            self._error = exc
+        else:
+            self._log(f"images: built in {time.monotonic() - self._started:.0f}s")
+
+    def __enter__(self) -> BackgroundBuild:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            return
+        if self._thread.is_alive():
+            self._log("images: letting the image build finish before stopping")
+        self._thread.join()
+        if self._error is not None:
+            self._log(f"images: failed too: {self._error}")
+
+    def wait(self) -> list[Built]:
+        """Join the build; its images, or its error (ImageBuildError names the step)."""
+        if self._thread.is_alive():
+            self._log("waiting for the image build to finish")
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._built
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,19 +60,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not any(_needs_cluster(item) for item in session.items):
         return
-    binaries.ensure_binaries(log=lambda line: _echo(config, line))
-    # The node's NetworkPolicy firewall (built once, minutes; cached after).
-    binaries.ensure_kube_router(log=lambda line: _echo(config, line))
-    # Pods on the real node are containers of our images: build (cached by recipe and
-    # layers) and load them now, as `make images` does, so no test waits on it. A failure
-    # fails the real-node tests (their fixture raises it), not the session.
+    log = imagebuild.serialized(lambda line: _echo(config, line))
+    # Pods on the real node are containers of our images: build them (cached by recipe
+    # and layers) beside the Go builds, which keep the cores busy while debootstrap and
+    # pip mostly wait on the network, and load them once built, as `make images` does,
+    # so no test waits on it.
+    with imagebuild.BackgroundBuild("cpu", log) as images:
+        binaries.ensure_binaries(log=log)
+        # The node's NetworkPolicy firewall (built once, minutes; cached after).
+        binaries.ensure_kube_router(log=log)
+    # An image failure fails the real-node tests (their fixture raises it), not the session.
     try:
-        imagebuild.build_all(
-            "cpu", load=True, refresh_base=False, log=lambda line: _echo(config, line)
-        )
+        imagebuild.load_built(images.wait(), log)
     except imagebuild.ImageBuildError as exc:
         config.stash[IMAGE_ERROR] = str(exc)
-        _echo(config, f"images not ready: {exc}")
+        log(f"images not ready: {exc}")
 
 
 @pytest.fixture(scope="session")

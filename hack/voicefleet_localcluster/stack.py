@@ -257,15 +257,29 @@ def curl_command(base_url: str, model: str = SAMPLE_NAME) -> str:
 def up(state_dir: Path, *, timeout: float = 600.0, say: Say = _say) -> int:
     started = time.monotonic()
     state_dir = state_dir.resolve()
+    say = imagebuild.serialized(say)  # two builds print progress at once below
     try:
+        preflight.check()  # before minutes of building: a machine that cannot run the node
+        # The images (make images) build beside the Go builds: on a fresh machine
+        # debootstrap and pip mostly wait on the network while go build keeps the cores
+        # busy. Both end before the cluster's keeper is forked (no thread across a fork).
+        say("images: voicefleet-server and voicefleet-control from docker/ (make images)")
+        with imagebuild.BackgroundBuild("cpu", say) as images:
+            if running_state(state_dir) is None:
+                say("Go binaries and kube-router (built from Go modules on first use: minutes)")
+                binaries.ensure_binaries(log=say)
+                binaries.ensure_kube_router(log=say)
+        built = images.wait()
         state = ensure_cluster(state_dir, say=say)
     except (ClusterStartError, PreflightError, RuntimeError) as exc:
         say(str(exc))
         return 1
+    except imagebuild.ImageBuildError as exc:
+        say(f"error: {exc}")
+        return 1
     cluster = cluster_from_state(state)
-    say("images: voicefleet-server and voicefleet-control from docker/ (make images)")
     try:
-        imagebuild.build_all("cpu", load=True, refresh_base=False, log=say)
+        imagebuild.load_built(built, say)
     except imagebuild.ImageBuildError as exc:
         say(f"error: {exc}")
         return 1
