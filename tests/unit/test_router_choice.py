@@ -255,6 +255,28 @@ def test_replace_drops_what_a_relist_no_longer_has_in_that_namespace_only() -> N
     assert fleet.voices == {}
 
 
+def test_a_voice_sees_its_own_pods_only_as_pods_come_go_and_change_voice() -> None:
+    """Candidates come from an index by voice (a request never scans the whole fleet): it
+    follows every upsert, relabel and removal."""
+    clock = Clock()
+    fleet = fleet_with("a", "b", clock=clock)
+    other = VoiceKey("ns", "amy")
+    fleet.upsert_voice(VoiceInfo(other, "en_US-amy-medium", 30.0))
+    fleet.upsert_pod(PodInfo("ns", "c", other, "http://127.0.0.9/c", ready=True))
+    assert [c.key for c in fleet.candidates(VOICE)] == ["ns/a", "ns/b"]
+    assert [c.key for c in fleet.candidates(other)] == ["ns/c"]
+    fleet.upsert_pod(PodInfo("ns", "b", other, "http://127.0.0.9/b", ready=True))  # relabelled
+    assert [c.key for c in fleet.candidates(VOICE)] == ["ns/a"]
+    assert [c.key for c in fleet.candidates(other)] == ["ns/c", "ns/b"]
+    assert [s.info.key for s in fleet.ready_pods(other)] == ["ns/c", "ns/b"]
+    fleet.remove_pod("ns/a")
+    fleet.replace(None, [PodInfo("ns", "c", other, "http://127.0.0.9/c", ready=True)], "ns")
+    assert fleet.candidates(VOICE) == []
+    assert fleet.ready_pods(VOICE) == []
+    assert [c.key for c in fleet.candidates(other)] == ["ns/c"]
+    assert sorted(fleet.pods) == ["ns/c"]
+
+
 def test_a_pod_goes_silent_without_reports_and_is_asked_before_it_does() -> None:
     clock = Clock()
     fleet = fleet_with("a", clock=clock)

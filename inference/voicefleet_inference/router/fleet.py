@@ -51,9 +51,14 @@ __all__ = [
 class VoiceKey:
     namespace: str
     name: str
+    label: str = field(init=False, repr=False, compare=False)
+    """``namespace/name``, the metrics' ``voice`` label (made once: every request uses it)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.namespace}/{self.name}")
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return self.label
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +84,11 @@ class PodInfo:
     """``http://ip:port``; None while the pod has no IP."""
     ready: bool
     deleting: bool = False
+    key: str = field(init=False, repr=False, compare=False)
+    """``namespace/name`` (made once: every request reads it)."""
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
 
 def model_name_of(spec: dict[str, Any]) -> str:
@@ -164,15 +170,34 @@ class PodState:
         return min(self.reported_free - since, room - len(self.open))
 
     def candidate(self, now: float, stale_after_s: float) -> Candidate:
+        """The pod as the choice sees it: :meth:`work_s`, :meth:`requests` and
+        :meth:`silent` in one pass over its open requests (this runs for every request)."""
+        info = self.info
+        reported = self.reported_work_s
+        if reported is not None and now - self.reported_at <= stale_after_s:
+            at = self.reported_at
+            since_cost = 0.0
+            since = 0
+            for flight in self.open:
+                if flight.sent_at >= at:
+                    since_cost += flight.cost_s
+                    since += 1
+            work = max(0.0, reported - (now - at)) + since_cost
+            count = self.reported_depth + self.reported_in_flight + since
+            silent = False
+        else:
+            work = sum(f.cost_s for f in self.open)
+            count = len(self.open)
+            silent = now - self.known_since > stale_after_s
         return Candidate(
-            key=self.info.key,
-            work_s=self.work_s(now, stale_after_s),
-            in_flight=self.requests(now, stale_after_s),
-            ready=self.info.ready and self.info.base_url is not None,
-            draining=self.info.deleting or now < self.draining_until,
-            full=now < self.full_until,
-            unreachable=now < self.unreachable_until,
-            silent=self.silent(now, stale_after_s),
+            info.key,
+            work,
+            count,
+            info.ready and info.base_url is not None,
+            info.deleting or now < self.draining_until,
+            now < self.full_until,
+            now < self.unreachable_until,
+            silent,
         )
 
 
@@ -191,6 +216,8 @@ class Fleet:
         self.clock = clock
         self.voices: dict[VoiceKey, VoiceInfo] = {}
         self.pods: dict[str, PodState] = {}
+        self._by_voice: dict[VoiceKey, dict[str, PodState]] = {}
+        """The same pods by voice: a request looks at its voice's pods only."""
         self._changed: dict[VoiceKey, asyncio.Event] = {}
         self._gone_listeners: list[Callable[[PodInfo], None]] = []
         self.synced = False
@@ -213,19 +240,30 @@ class Fleet:
     def upsert_pod(self, info: PodInfo) -> None:
         state = self.pods.get(info.key)
         if state is None:
-            self.pods[info.key] = PodState(info, known_since=self.clock())
+            state = self.pods[info.key] = PodState(info, known_since=self.clock())
         else:
             if state.info.base_url != info.base_url:  # a new IP is a new server
                 state.reported_work_s = None
                 state.reported_free = None
                 state.reported_seq = 0
                 state.known_since = self.clock()
+            if state.info.voice != info.voice:
+                self._unindex(state)
             state.info = info
+        self._by_voice.setdefault(info.voice, {})[info.key] = state
         self._wake(info.voice)
+
+    def _unindex(self, state: PodState) -> None:
+        pods = self._by_voice.get(state.info.voice)
+        if pods is not None:
+            pods.pop(state.info.key, None)
+            if not pods:
+                del self._by_voice[state.info.voice]
 
     def remove_pod(self, key: str) -> None:
         state = self.pods.pop(key, None)
         if state is not None:
+            self._unindex(state)
             for listener in self._gone_listeners:
                 listener(state.info)
             self._wake(state.info.voice)
@@ -333,18 +371,19 @@ class Fleet:
         return voice
 
     def candidates(self, voice: VoiceKey) -> list[Candidate]:
+        pods = self._by_voice.get(voice)
+        if not pods:
+            return []
         now = self.clock()
-        return [
-            s.candidate(now, self.stale_after_s)
-            for s in self.pods.values()
-            if s.info.voice == voice
-        ]
+        stale_after_s = self.stale_after_s
+        return [s.candidate(now, stale_after_s) for s in pods.values()]
 
     def ready_pods(self, voice: VoiceKey) -> list[PodState]:
+        pods = self._by_voice.get(voice)
+        if not pods:
+            return []
         return [
-            s
-            for s in self.pods.values()
-            if s.info.voice == voice and s.info.ready and not s.info.deleting and s.info.base_url
+            s for s in pods.values() if s.info.ready and not s.info.deleting and s.info.base_url
         ]
 
     def pod(self, key: str) -> PodState | None:
