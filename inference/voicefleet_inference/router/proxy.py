@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import random
@@ -31,10 +30,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import aiohttp
+from prometheus_client import Counter, Histogram
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from yarl import URL
 
 from voicefleet_api import load, podauth
 from voicefleet_inference.router.choice import Hold, Reject, Route, decide
@@ -45,9 +43,15 @@ from voicefleet_inference.router.errors import (
     UpstreamFailed,
     VoiceNotFound,
 )
-from voicefleet_inference.router.fleet import Fleet, Flight, VoiceInfo
+from voicefleet_inference.router.fleet import Fleet, Flight, PodInfo, VoiceInfo
 from voicefleet_inference.router.metrics import RouterMetrics
 from voicefleet_inference.router.settings import Policy
+from voicefleet_inference.router.upstream import (
+    ConnectFailed,
+    PodClient,
+    PodResponse,
+    UpstreamBroken,
+)
 
 __all__ = ["POD_HEADER", "ClientGone", "Proxy", "RelayResponse", "Upstream"]
 
@@ -78,12 +82,6 @@ _FULL_MARK_MAX_S: Final = 1.0
 _DRAINING_MARK_S: Final = 2.0
 _DOWN_MARK_S: Final = 1.0
 _HOLD_RETRY_AFTER_S: Final = 5.0
-
-
-@functools.lru_cache(maxsize=4096)
-def _url(base_url: str, path: str) -> URL:
-    """A pod's URL for ``path``, parsed once (most requests go to few pods and one path)."""
-    return URL(base_url + path, encoded=True)
 
 
 class ClientGone(Exception):
@@ -154,7 +152,7 @@ class RelayResponse(Response):
 
     def __init__(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: PodResponse,
         headers: list[tuple[bytes, bytes]],
         disconnect: _Disconnect,
         on_first_byte: Callable[[], None],
@@ -179,18 +177,23 @@ class RelayResponse(Response):
                 }
             )
             first = True
-            async for chunk in self._upstream.content.iter_any():
-                if first:
+            while True:
+                chunk, last = await self._upstream.next_chunk()
+                if first and chunk:
                     self._on_first_byte()
                     first = False
+                if last:
+                    # The last bytes and the end in one message (a short answer arrives
+                    # whole: one write to the client).
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
             self._disconnect.close()  # before any other await: the answer is complete
             completed = True
         except asyncio.CancelledError:
             if not self._disconnect.absorb():
                 raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             # The pod went away mid-stream: the client's body is cut short (an error for
             # every format), which is all we can do once bytes were sent.
             log.warning("stream from %s broke: %r", self._upstream.url, exc)
@@ -206,10 +209,10 @@ class RelayResponse(Response):
 class Proxy:
     """The request side of the router: decide, send, retry, hold, relay.
 
-    Pods are asked through aiohttp (an HTTP/1.1 client whose parser is in C): httpx's
-    pure-Python HTTP/1.1 and connection pool were 40 % of the router's CPU per request
-    (docs/router.md, "Overhead"). The session is made on first use (it needs the running
-    loop) and closed by :meth:`close`.
+    Pods are asked through :class:`.upstream.PodClient` (HTTP/1.1 on kept-alive
+    connections, parsed by llhttp in C): httpx's pure-Python HTTP/1.1 was 40 % of the
+    router's CPU per request, and aiohttp's ``ClientSession`` still the largest share after
+    it (docs/router.md, "Overhead"). Closed by :meth:`close`.
     """
 
     def __init__(
@@ -230,10 +233,11 @@ class Proxy:
     ) -> None:
         self.fleet = fleet
         self.metrics = metrics
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=connect_timeout_s, sock_read=upstream_timeout_s
+        # Idle pod connections are dropped before the pods' own keep-alive timeout
+        # (uvicorn: 5 s), so a request is never written onto one the pod is closing.
+        self._pods = PodClient(
+            connect_timeout_s=connect_timeout_s, read_timeout_s=upstream_timeout_s, keepalive_s=4.0
         )
-        self._session: aiohttp.ClientSession | None = None
         self.policy = policy
         self.max_attempts = max_attempts
         self.max_held_per_voice = max_held_per_voice
@@ -247,35 +251,52 @@ class Proxy:
         self._held: dict[str, int] = {}
         self._header_reports = metrics.load_reports_total.labels("header")
         self._pod_token_key = pod_token_key
+        # Labelled series each request touches, looked up once (a labels() call hashes and
+        # locks): by (voice, code), by voice, by (voice, pod) for "ok"; a gone pod's series
+        # is dropped from the registry and from here.
+        self._durations: dict[tuple[str, str], Histogram] = {}
+        self._first_bytes: dict[str, Histogram] = {}
+        self._oks: dict[tuple[str, str], Counter] = {}
+        fleet.on_pod_gone(self._forget_pod)
+
+    def _forget_pod(self, pod: PodInfo) -> None:
+        self._oks.pop((pod.voice.label, pod.name), None)
+
+    def _duration(self, label: str, code: str) -> Histogram:
+        series = self._durations.get((label, code))
+        if series is None:
+            series = self._durations[label, code] = self.metrics.request_duration_seconds.labels(
+                label, code
+            )
+        return series
+
+    def _first_byte(self, label: str) -> Histogram:
+        series = self._first_bytes.get(label)
+        if series is None:
+            series = self._first_bytes[label] = self.metrics.time_to_first_byte_seconds.labels(
+                label
+            )
+        return series
+
+    def _ok(self, label: str, pod: str) -> Counter:
+        series = self._oks.get((label, pod))
+        if series is None:
+            series = self._oks[label, pod] = self.metrics.upstream_requests_total.labels(
+                label, pod, "ok"
+            )
+        return series
 
     def held(self, voice: str) -> int:
         return self._held.get(voice, 0)
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                # Idle pod connections are dropped before the pods' own keep-alive timeout
-                # (uvicorn: 5 s), so a request is never written onto one the pod is closing.
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
-                # Bytes pass through as the pod sent them: no decompression, no cookies, no
-                # headers of the client's own beyond Host, Accept and Content-Length.
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                trust_env=False,
-            )
-        return self._session
-
     async def close(self) -> None:
         """Close the pods' connections (the router is stopping)."""
-        if self._session is not None:
-            await self._session.close()
+        await self._pods.close()
 
     async def forward(self, voice: VoiceInfo, upstream: Upstream, receive: Receive) -> Response:
         """The response for ``upstream`` sent to one of ``voice``'s pods (or a RouterError)."""
         arrived = time.monotonic()
-        label = str(voice.key)
+        label = voice.key.label
         disconnect = _Disconnect(receive)
         try:
             try:
@@ -286,15 +307,11 @@ class Proxy:
                 raise ClientGone from None
         except ClientGone:
             disconnect.close()
-            self.metrics.request_duration_seconds.labels(label, "499").observe(
-                time.monotonic() - arrived
-            )
+            self._duration(label, "499").observe(time.monotonic() - arrived)
             return Response(status_code=499)
         except RouterError as exc:
             disconnect.close()
-            self.metrics.request_duration_seconds.labels(label, str(exc.status)).observe(
-                time.monotonic() - arrived
-            )
+            self._duration(label, str(exc.status)).observe(time.monotonic() - arrived)
             raise
         except BaseException:
             disconnect.close()
@@ -304,7 +321,7 @@ class Proxy:
     async def _route(
         self, voice: VoiceInfo, upstream: Upstream, disconnect: _Disconnect, arrived: float
     ) -> Response:
-        label = str(voice.key)
+        label = voice.key.label
         deadline = arrived + voice.cold_start_timeout_s
         tried: set[str] = set()
         attempts = 0
@@ -448,46 +465,47 @@ class Proxy:
         arrived: float,
     ) -> Response | _Failed:
         state = self.fleet.pod(pod_key)
-        label = str(voice.key)
+        label = voice.key.label
         if state is None or state.info.base_url is None:
             return _Failed("error")
         pod_name = state.info.name
-        if upstream.query:
-            url = URL(f"{state.info.base_url}{upstream.path}?{upstream.query}", encoded=True)
-        else:
-            url = _url(state.info.base_url, upstream.path)
-        headers = dict(upstream.headers)
-        if self._pod_token_key is not None:
-            token = podauth.pod_token(self._pod_token_key, voice.key.namespace, voice.key.name)
-            headers["authorization"] = f"{podauth.SCHEME} {token}"
+        target = f"{upstream.path}?{upstream.query}" if upstream.query else upstream.path
+        headers = upstream.headers
+        if "accept" not in headers or self._pod_token_key is not None:
+            headers = dict(headers)
+            headers.setdefault("accept", "*/*")
+            if self._pod_token_key is not None:
+                token = podauth.pod_token(self._pod_token_key, voice.key.namespace, voice.key.name)
+                headers["authorization"] = f"{podauth.SCHEME} {token}"
         flight = self.fleet.begin(pod_key, upstream.cost_s)
         try:
-            response = await self._client().request(
-                upstream.method, url, data=upstream.body, headers=headers, allow_redirects=False
+            response = await self._pods.request(
+                state.info.base_url, upstream.method, target, headers, upstream.body
             )
         except asyncio.CancelledError:
             self.fleet.end(flight)
             raise
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        except ConnectFailed as exc:
             self.fleet.end(flight)
             self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)
             log.info("pod %s unreachable (%s); trying another", pod_key, exc)
             return self._count(label, pod_name, _Failed("connect_error"))
-        except TimeoutError as exc:  # aiohttp's read timeout is one too
+        except TimeoutError as exc:
             self.fleet.end(flight)
             raise UpstreamFailed(f"pod {pod_key} did not answer in time: {exc!r}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamBroken, OSError) as exc:
             self.fleet.end(flight)
             self.fleet.mark(pod_key, down_s=_DOWN_MARK_S)
             log.info("pod %s failed before answering (%r); trying another", pod_key, exc)
             return self._count(label, pod_name, _Failed("error"))
         self._take_load(pod_key, response)
         if response.status in (429, 503):
-            retry_after = _retry_after(response.headers.get("retry-after"))
+            value = response.retry_after
+            retry_after = _retry_after(value.decode("latin-1") if value else None)
             try:
                 await response.read()
                 response.release()
-            except (aiohttp.ClientError, OSError, TimeoutError):
+            except (OSError, TimeoutError):
                 response.close()
             self.fleet.end(flight)
             if response.status == 429:
@@ -495,13 +513,13 @@ class Proxy:
                 return self._count(label, pod_name, _Failed("full", retry_after))
             self.fleet.mark(pod_key, draining_s=_DRAINING_MARK_S)
             return self._count(label, pod_name, _Failed("draining", retry_after))
-        self.metrics.upstream_requests_total.labels(label, pod_name, "ok").inc()
+        self._ok(label, pod_name).inc()
         return self._relay(label, pod_key, response, flight, disconnect, arrived)
 
-    def _take_load(self, pod_key: str, response: aiohttp.ClientResponse) -> None:
+    def _take_load(self, pod_key: str, response: PodResponse) -> None:
         """The pod's load from its answer's header: the signal that needs no poll."""
-        value = response.headers.get(load.LOAD_HEADER)
-        report = load.parse_load(value) if value else None
+        value = response.load
+        report = load.parse_load(value.decode("latin-1")) if value else None
         if report is not None:
             self._header_reports.inc()
             self.fleet.record_load(pod_key, self.fleet.clock(), report)
@@ -514,29 +532,21 @@ class Proxy:
         self,
         label: str,
         pod_key: str,
-        response: aiohttp.ClientResponse,
+        response: PodResponse,
         flight: Flight,
         disconnect: _Disconnect,
         arrived: float,
     ) -> RelayResponse:
-        headers = [
-            (name, value)
-            for name, value in ((k.lower(), v) for k, v in response.raw_headers)
-            if name not in _HOP_BY_HOP_RAW
-        ]
+        headers = [(name, value) for name, value in response.headers if name not in _HOP_BY_HOP_RAW]
         headers.append((POD_HEADER.encode(), pod_key.encode()))
 
         def first_byte() -> None:
-            self.metrics.time_to_first_byte_seconds.labels(label).observe(
-                time.monotonic() - arrived
-            )
+            self._first_byte(label).observe(time.monotonic() - arrived)
 
         def done(completed: bool) -> None:
             self.fleet.end(flight)
             code = str(response.status) if completed else "499"
-            self.metrics.request_duration_seconds.labels(label, code).observe(
-                time.monotonic() - arrived
-            )
+            self._duration(label, code).observe(time.monotonic() - arrived)
 
         return RelayResponse(response, headers, disconnect, first_byte, done)
 

@@ -89,6 +89,9 @@ class RouterService:
             port=port,
             log_config=None,
             lifespan="off",
+            # The router reads no client address, and X-Forwarded-* from a trusted peer
+            # would cost a copy of every request's headers (uvicorn's default middleware).
+            proxy_headers=False,
             **uvicorn_options(limits, "httptools"),
             **extra,
         )
