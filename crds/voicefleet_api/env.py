@@ -40,6 +40,9 @@ KEEP_ALIVE_TIMEOUT_S: Final = "VOICEFLEET_KEEP_ALIVE_TIMEOUT_S"
 BODY_TIMEOUT_S: Final = "VOICEFLEET_BODY_TIMEOUT_S"
 MAX_CONCURRENT_REQUESTS: Final = "VOICEFLEET_MAX_CONCURRENT_REQUESTS"
 """Connection discipline of the server's HTTP edge (``voicefleet_inference.connections``)."""
+CALIBRATION_CACHE: Final = "VOICEFLEET_CALIBRATION_CACHE"
+"""Directory where the server keeps its load-time cost calibration for the next start of
+the same model on the same machine (unset: calibrate at every start)."""
 AUTH_TOKEN: Final = "VOICEFLEET_AUTH_TOKEN"
 """Bearer token the server requires on its synthesis and ``/v1/`` routes (unset: none);
 the operator writes the voice's derived token (:mod:`voicefleet_api.podauth`)."""

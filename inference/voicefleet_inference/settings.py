@@ -189,6 +189,11 @@ class Settings(BaseSettings):
         "info", json_schema_extra=flag(metavar="LEVEL")
     )
     """One of debug, info, warning, error (debug also logs every request)."""
+    calibration_cache: str = Field("", max_length=4096, json_schema_extra=flag(metavar="DIR"))
+    """Directory where a Piper engine keeps its load-time cost calibration, by model digest,
+    engine, runtime, device, threads and processor: a later start with the same key warms
+    up once and reuses it instead of timing three syntheses (empty: calibrate every start;
+    a fit measured on a busy machine is kept until its file is removed)."""
     termination_message_path: str = Field("", max_length=4096)
     """File that gets one line naming the cause when the model fails to load (the pod's
     terminationMessagePath; empty: none)."""

@@ -207,15 +207,25 @@ def test_engine_workers_take_the_listed_devices_in_turn(monkeypatch: pytest.Monk
     from voicefleet_inference.server.runner import engine_factory
 
     created: list[str] = []
-    monkeypatch.setattr(
-        registry, "create_engine", lambda engine, model, device, threads: created.append(device)
-    )
+    caches: list[Path | None] = []
+
+    def create(
+        engine: str, model: str, device: str, threads: int, *, calibration_cache: Path | None
+    ) -> None:
+        created.append(device)
+        caches.append(calibration_cache)
+
+    monkeypatch.setattr(registry, "create_engine", create)
     settings = load_settings(["--device", "cuda:0,cuda:1", "--workers", "3"], {}, cores=2)
     factory = engine_factory(settings)
     for _ in range(3):
         factory()
     assert created == ["cuda:0", "cuda:1", "cuda:0"]
+    assert caches == [None] * 3  # no directory: every load calibrates
     assert load_settings([], {}, cores=2).devices == ("cpu",)
+    cached = load_settings([], {"VOICEFLEET_CALIBRATION_CACHE": "/var/cache/vf"}, cores=2)
+    engine_factory(cached)()
+    assert caches[-1] == Path("/var/cache/vf")
 
 
 def test_glibc_takes_fixed_malloc_thresholds() -> None:

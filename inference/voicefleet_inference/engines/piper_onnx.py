@@ -47,7 +47,6 @@ from voicefleet_inference.engines.piper_text import (
     PiperVoiceEngineBase,
     PlannedUnit,
     TextPlan,
-    calibrate_cost,
     parse_device,
 )
 
@@ -109,6 +108,7 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
         device: str = "cpu",
         threads: int = 1,
         sentence_silence: float = 0.05,
+        calibration_cache: Path | None = None,
     ) -> None:
         super().__init__(
             model_path,
@@ -117,6 +117,7 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
             device=device,
             threads=threads,
             sentence_silence=sentence_silence,
+            calibration_cache=calibration_cache,
         )
         self._session: ort.InferenceSession | None = None
         self._has_sid = False
@@ -125,12 +126,13 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
     # -- lifecycle -----------------------------------------------------------------------
 
     def load(self) -> None:
-        """Create the session, warm it up and calibrate the cost model on real syntheses."""
+        """Create the session, warm it up and calibrate the cost model on real syntheses (or
+        take it from the calibration cache)."""
         started = time.perf_counter()
         self._front.load()
         self._session = self._create_session()
         self._has_sid = any(i.name == "sid" for i in self._session.get_inputs())
-        self._cost = calibrate_cost(self._run_text)
+        self._cost = self._calibrate("piper-onnx", f"onnxruntime {ort.__version__}", self._run_text)
         self.load_seconds = time.perf_counter() - started
 
     def _create_session(self) -> ort.InferenceSession:

@@ -1,8 +1,9 @@
-"""The Piper text front end and cost calibration, shared by ``piper-onnx`` and ``vits-torch``.
+"""The Piper text front end and the engines' shared base, used by ``piper-onnx`` and ``vits-torch``.
 
 Both engines run the same Piper voices, so they must turn text into exactly the same
 phoneme ids (otherwise the torch engine could not be checked against onnxruntime), pause
-the same between sentences and calibrate their cost models on the same texts. Everything
+the same between sentences and calibrate their cost models the same way (the texts and
+the optional cache: :mod:`.calibration`). Everything
 here is model-runtime agnostic: the voice's JSON config, the sentence split through
 espeak-ng, Piper's id layout, speaker and speed validation, the inter-sentence silence.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from voicefleet_inference.engines.base import (
     SynthesisRequest,
     WordTiming,
 )
+from voicefleet_inference.engines.calibration import calibration_key, load_or_calibrate
 from voicefleet_inference.engines.word_timing import word_timings
 from voicefleet_inference.phoneme_budget import NO_WORD, over_request_budget
 from voicefleet_inference.phonemize import (
@@ -39,13 +40,11 @@ from voicefleet_inference.phonemize import (
 )
 
 __all__ = [
-    "CALIBRATION_TEXTS",
     "PiperTextFrontEnd",
     "PiperVoiceConfig",
     "PiperVoiceEngineBase",
     "PlannedUnit",
     "TextPlan",
-    "calibrate_cost",
     "parse_device",
 ]
 
@@ -54,15 +53,6 @@ BOS = "^"
 EOS = "$"
 _T = TypeVar("_T")
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
-
-CALIBRATION_TEXTS = (
-    "Hello there.",
-    "The quick brown fox jumps over the lazy dog.",
-    "Streaming starts after the first sentence, so long answers begin quickly and finish "
-    "without stalls.",
-)
-"""Real syntheses timed at load: short, medium, long, so the fit sees the per-character
-slope and the fixed per-request overhead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +261,7 @@ class PiperVoiceEngineBase:
         device: str,
         threads: int,
         sentence_silence: float,
+        calibration_cache: Path | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -284,6 +275,7 @@ class PiperVoiceEngineBase:
             self._config, model_name=model_name, sentence_silence=sentence_silence
         )
         self._cost: CostModel | None = None
+        self._calibration_cache = calibration_cache
         self.load_seconds: float | None = None
         """Wall time of ``load`` (model, warm-up and calibration), for logs."""
 
@@ -307,6 +299,21 @@ class PiperVoiceEngineBase:
     def threads(self) -> int:
         """Intra-op threads of this instance."""
         return self._threads
+
+    def _calibrate(self, engine: str, runtime: str, run_text: Callable[[str], object]) -> CostModel:
+        """The load's cost model: timed now, or kept from an earlier load with the same model,
+        runtime, device, threads and processor (:mod:`.calibration`)."""
+        return load_or_calibrate(
+            run_text,
+            self._calibration_cache,
+            lambda: calibration_key(
+                engine=engine,
+                runtime=runtime,
+                model_path=self._model_path,
+                device=self._device,
+                threads=self._threads,
+            ),
+        )
 
     def cost_model(self) -> CostModel:
         """The cost model ``load`` calibrated on real syntheses of this voice."""
@@ -357,14 +364,3 @@ class TextPlan:
         return word_timings(
             self.words, unit.id_words, durations[: len(unit.ids)], seconds_per_frame
         )
-
-
-def calibrate_cost(run_text: Callable[[str], object]) -> CostModel:
-    """Warm up once, then time :data:`CALIBRATION_TEXTS` and fit a :class:`CostModel`."""
-    run_text(CALIBRATION_TEXTS[0])  # the first run allocates and picks kernels; never timed
-    measurements: list[tuple[int, float]] = []
-    for text in CALIBRATION_TEXTS:
-        t0 = time.perf_counter()
-        run_text(text)
-        measurements.append((len(text), time.perf_counter() - t0))
-    return CostModel.fit(measurements)

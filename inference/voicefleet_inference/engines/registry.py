@@ -12,11 +12,15 @@ beside it (the model is then named after the file, e.g. ``de_DE-thorsten-medium`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voicefleet_api import engines as engine_names
 from voicefleet_api.env import SIMULATED_ENGINE_PREFIX
 from voicefleet_inference.engines.base import Engine
 from voicefleet_inference.engines.piper_onnx import PiperOnnxEngine
+
+if TYPE_CHECKING:  # the class itself is imported where chosen: importing it imports torch
+    from voicefleet_inference.engines.vits_torch.engine import VitsTorchEngine
 
 __all__ = [
     "BUNDLED_VOICE",
@@ -68,8 +72,13 @@ def resolve_piper_model(model: str) -> tuple[str, Path, Path]:
     return path.name.removesuffix(".onnx"), path, config
 
 
-def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
+def create_engine(
+    engine: str, model: str, device: str, threads: int, *, calibration_cache: Path | None = None
+) -> Engine:
     """A new, unloaded engine instance; configuration errors raise :class:`EngineConfigError`.
+
+    ``calibration_cache``: a directory where a Piper engine keeps its load-time cost fit
+    for the next load of the same model on this machine (:mod:`.calibration`).
 
     Call it in the thread that will own the engine, then call ``load()`` there.
     """
@@ -78,18 +87,19 @@ def create_engine(engine: str, model: str, device: str, threads: int) -> Engine:
     if engine not in ENGINES:
         raise UnknownEngineError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     name, onnx_path, json_path = resolve_piper_model(model)
+    engine_class: type[PiperOnnxEngine | VitsTorchEngine] = PiperOnnxEngine
     if engine == engine_names.VITS_TORCH:
         from voicefleet_inference.engines.vits_torch.engine import VitsTorchEngine
 
-        try:
-            return VitsTorchEngine(
-                onnx_path, json_path, model_name=name, device=device, threads=threads
-            )
-        except ValueError as exc:
-            raise EngineConfigError(str(exc)) from exc
+        engine_class = VitsTorchEngine
     try:
-        return PiperOnnxEngine(
-            onnx_path, json_path, model_name=name, device=device, threads=threads
+        return engine_class(
+            onnx_path,
+            json_path,
+            model_name=name,
+            device=device,
+            threads=threads,
+            calibration_cache=calibration_cache,
         )
     except ValueError as exc:
         raise EngineConfigError(str(exc)) from exc

@@ -64,7 +64,15 @@ def engine_factory(settings: Settings) -> EngineFactory:
         with lock:
             turn = next(turns)
         device = settings.devices[turn % len(settings.devices)]
-        return create_engine(settings.engine, settings.model, device, settings.threads_per_worker)
+        return create_engine(
+            settings.engine,
+            settings.model,
+            device,
+            settings.threads_per_worker,
+            calibration_cache=Path(settings.calibration_cache)
+            if settings.calibration_cache
+            else None,
+        )
 
     return create
 

@@ -42,7 +42,6 @@ from voicefleet_inference.engines.piper_text import (
     PiperVoiceEngineBase,
     PlannedUnit,
     TextPlan,
-    calibrate_cost,
 )
 
 __all__ = ["PRECISIONS", "VitsTorchEngine", "plan_buckets", "plan_windows"]
@@ -115,6 +114,7 @@ class VitsTorchEngine(PiperVoiceEngineBase):
         first_window: int = 16,
         max_batch: int = 64,
         precision: str = "float32",
+        calibration_cache: Path | None = None,
     ) -> None:
         super().__init__(
             model_path,
@@ -123,6 +123,7 @@ class VitsTorchEngine(PiperVoiceEngineBase):
             device=device,
             threads=threads,
             sentence_silence=sentence_silence,
+            calibration_cache=calibration_cache,
         )
         if first_window < 1 or max_batch < 1:
             raise ValueError("first_window and max_batch must be >= 1")
@@ -181,7 +182,7 @@ class VitsTorchEngine(PiperVoiceEngineBase):
         )
         self._model = model.to(self._torch_device)
         self._overlap = model.spec.decoder.receptive_frames()
-        self._cost = calibrate_cost(self._run_text)
+        self._cost = self._calibrate("vits-torch", f"torch {torch.__version__}", self._run_text)
         self.load_seconds = time.perf_counter() - started
 
     def is_ready(self) -> bool:
