@@ -5,14 +5,24 @@ they start nothing unless a test requests `local_cluster` or `cluster_namespace`
 using a cluster fixture, and every end-to-end test, since each runs the chart or `make up`
 on this host's one node) in one process, one at a time, and the server, router and unit
 tests in a second process beside it.
+
+Every ``voicefleet-server`` a run starts (and every engine a fixture loads through
+``calibration_cache``) keeps its load-time cost calibration in one directory for the run
+(``VOICEFLEET_CALIBRATION_CACHE``): the first start of a voice calibrates, later starts of
+the same voice warm up once and reuse the fit. Tests that check calibration itself load
+their engine without it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from voicefleet_api.env import CALIBRATION_CACHE
 from voicefleet_localcluster import pytest_plugin
 from voicefleet_localcluster.pytest_plugin import (  # noqa: F401  (fixtures, by name)
     cluster_namespace,
@@ -21,6 +31,30 @@ from voicefleet_localcluster.pytest_plugin import (  # noqa: F401  (fixtures, by
 )
 
 E2E = Path(__file__).resolve().parent / "e2e"
+_OWN_CALIBRATION_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One calibration cache for the run, unless the caller named one. Set before xdist
+    starts its workers, so they (and the servers they start) inherit it."""
+    if os.environ.get(CALIBRATION_CACHE):
+        return
+    path = tempfile.mkdtemp(prefix="voicefleet-calibration-")
+    os.environ[CALIBRATION_CACHE] = path
+    config.stash[_OWN_CALIBRATION_CACHE] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = config.stash.get(_OWN_CALIBRATION_CACHE, None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop(CALIBRATION_CACHE, None)
+
+
+@pytest.fixture(scope="session")
+def calibration_cache() -> Path:
+    """The run's calibration cache, for fixtures that load an engine in the test process."""
+    return Path(os.environ[CALIBRATION_CACHE])
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks

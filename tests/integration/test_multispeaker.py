@@ -192,16 +192,18 @@ def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def onnx_engine(voice: Path) -> PiperOnnxEngine:
-    engine = PiperOnnxEngine(voice, voice.with_name(voice.name + ".json"), model_name="trio")
+def onnx_engine(voice: Path, calibration_cache: Path) -> PiperOnnxEngine:
+    config = voice.with_name(voice.name + ".json")
+    engine = PiperOnnxEngine(voice, config, model_name="trio", calibration_cache=calibration_cache)
     engine.load()
     return engine
 
 
 @pytest.fixture(scope="module")
-def torch_engine(voice: Path) -> VitsTorchEngine:
+def torch_engine(voice: Path, calibration_cache: Path) -> VitsTorchEngine:
+    config = voice.with_name(voice.name + ".json")
     engine = VitsTorchEngine(
-        voice, voice.with_name(voice.name + ".json"), model_name="trio", stream_windows=False
+        voice, config, model_name="trio", stream_windows=False, calibration_cache=calibration_cache
     )
     engine.load()
     engine.noise_scale = 0.0
@@ -323,9 +325,10 @@ def test_a_batch_mixes_speakers_and_keeps_each_ones_audio(torch_engine: VitsTorc
 @pytest.fixture(scope="module")
 def trio_server(voice: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """A real voicefleet-server process on the 3-speaker voice (piper-onnx), one for the
-    module: the tests below only ask it for speech and lists."""
+    module: the tests below only ask it for speech and lists. One thread, as the module's
+    engines: its start reuses their calibration (tests/conftest.py)."""
     log = tmp_path_factory.mktemp("trio-server") / "server.log"
-    server = wait_ready(launch(log, "--model", str(voice), "--workers", "1"))
+    server = wait_ready(launch(log, "--model", str(voice), "--workers", "1", "--threads", "1"))
     try:
         yield server
     finally:

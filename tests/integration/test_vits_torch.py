@@ -81,8 +81,10 @@ def paths() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def engine() -> VitsTorchEngine:
-    created = create_engine("vits-torch", BUNDLED_VOICE, "cpu", 1)
+def engine(calibration_cache: Path) -> VitsTorchEngine:
+    created = create_engine(
+        "vits-torch", BUNDLED_VOICE, "cpu", 1, calibration_cache=calibration_cache
+    )
     assert isinstance(created, VitsTorchEngine)
     created.load()
     created.noise_scale = 0.0
@@ -270,6 +272,7 @@ def test_plans() -> None:
     assert plan_buckets([10, 30], max_batch=8) == [[0], [1]]
 
 
+@pytest.mark.heavy  # a server process importing torch and loading the voice: ~15 CPU-s
 def test_the_server_serves_vits_torch_streaming_inside_sentences(tmp_path: Path) -> None:
     """``voicefleet-server --engine vits-torch``: a streamed WAV arrives in window-sized
     pieces (more chunks than sentences) and holds the whole, non-silent audio."""

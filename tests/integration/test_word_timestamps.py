@@ -118,8 +118,10 @@ def check_against_envelope(
 
 
 @pytest.fixture(scope="module", params=["piper-onnx", "vits-torch"])
-def engine(request: pytest.FixtureRequest) -> Engine:
-    created = create_engine(str(request.param), BUNDLED_VOICE, "cpu", 1)
+def engine(request: pytest.FixtureRequest, calibration_cache: Path) -> Engine:
+    created = create_engine(
+        str(request.param), BUNDLED_VOICE, "cpu", 1, calibration_cache=calibration_cache
+    )
     created.load()
     return created
 

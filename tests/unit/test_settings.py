@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,15 @@ ENV_NAMES = (
     "VOICEFLEET_DRAIN_GRACE_S",
     "VOICEFLEET_MAX_INPUT_CHARS",
     "VOICEFLEET_LOG_LEVEL",
+    "VOICEFLEET_CALIBRATION_CACHE",
 )
+
+
+def clear_server_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server variable from the caller's environment (the suite sets
+    VOICEFLEET_CALIBRATION_CACHE for its servers, a developer may export others)."""
+    for name in {*ENV_NAMES, *(n for n in os.environ if n.startswith("VOICEFLEET_"))}:
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_defaults_on_a_four_core_cpu() -> None:
@@ -169,8 +178,7 @@ def test_available_cores_honours_a_cgroup_quota(tmp_path: Path) -> None:
 def test_settings_and_load_settings_agree_on_every_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
+    clear_server_env(monkeypatch)
     assert Settings(cores=4) == load_settings([], {}, cores=4)
     on_gpu = Settings(cores=4, device="cuda")
     assert on_gpu == load_settings(["--device", "cuda"], {}, cores=4)
@@ -180,6 +188,7 @@ def test_settings_and_load_settings_agree_on_every_default(
 def test_settings_reads_the_environment_like_load_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    clear_server_env(monkeypatch)
     env = {"VOICEFLEET_MAX_QUEUE": "7", "PORT": "9000", "VOICEFLEET_DEVICE": "CUDA"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
