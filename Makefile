@@ -42,14 +42,15 @@ unit: install ## fast tests only (no servers, no cluster)
 test: install lint typecheck ## the full suite: lint, types, unit, integration (real servers, real control plane, real node), e2e; two streams side by side
 	hack/run-tests.sh
 
-# test-fast leaves out what `make test` runs besides: the cluster tests, the benchmark driver
-# and the images test (it builds both images with buildah and runs them in the node's
-# containerd). Test files go to workers whole (--dist loadfile), so a module's server or
-# engine fixture starts once, not once per worker, and in collection order, where the
-# slow-marked modules come first (tests/conftest.py): none is left to run alone
-# at the end.
+# test-fast leaves out what `make test` runs besides: the cluster tests, the benchmark driver,
+# the images test (it builds both images with buildah and runs them in the node's
+# containerd) and the three tests marked `heavy` (the schemathesis fuzzer, a fresh server's
+# memory peak, the vits-torch server: ~60 of the ~265 CPU-seconds it took with them).
+# Test files go to workers whole (--dist loadfile), so a module's server or engine fixture
+# starts once, not once per worker, and in collection order, where the slow-marked modules
+# come first (tests/conftest.py): none is left to run alone at the end.
 test-fast: install ## inner loop: unit + single-server integration tests (no cluster, no benchmark driver, no image builds), in parallel
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster" --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_images.py tests/unit tests/integration
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster and not heavy" --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_images.py tests/unit tests/integration
 
 serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
 	$(BIN)/voicefleet-server --host $(HOST) --port $(PORT)

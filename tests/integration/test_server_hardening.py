@@ -309,6 +309,7 @@ def _rss_mib(pid: int) -> tuple[float, float]:
     return (int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024)
 
 
+@pytest.mark.heavy  # a fresh server and a 20 s text: ~14 CPU-s; make test runs it
 async def test_unpunctuated_text_keeps_peak_memory_bounded(tmp_path: Path) -> None:
     """The text is one sentence of 500 phonemes: it runs as 100-phoneme passes.
 
@@ -356,6 +357,7 @@ async def test_openapi_and_docs_are_served(server: Server) -> None:
     assert "/openapi.json" in docs.text
 
 
+@pytest.mark.heavy  # its own server and up to 40 s of fuzzing: ~30 CPU-s; make test runs it
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "fuzz.log", "--max-input-chars", "40")
     try:
