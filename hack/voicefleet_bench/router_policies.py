@@ -125,8 +125,20 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=40.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=20261127)
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        choices=POLICIES,
+        default=list(POLICIES),
+        help="run only these (a side-by-side check of one policy; the table needs all four)",
+    )
+    parser.add_argument(
+        "--no-doc", action="store_true", help="print only; leave docs/ (table and PNG) alone"
+    )
     args = parser.parse_args()
+    policies = tuple(p for p in POLICIES if p in args.policies)
+    if policies != POLICIES and not args.no_doc:
+        parser.error("the docs table needs every policy: add --no-doc to run a subset")
     exit_cleanly_on_sigterm()
 
     rate = args.load * args.pods / mean_cost(args.speed_factor)
@@ -148,11 +160,11 @@ def main() -> int:
         )
         for i, p in enumerate(ports)
     ]
-    results: dict[str, list[tuple[list[float], int]]] = {p: [] for p in POLICIES}
+    results: dict[str, list[tuple[list[float], int]]] = {p: [] for p in policies}
     with processes(pods) as started:
         upstreams = [url for _, url in started]
         for round_no in range(args.rounds):
-            order = POLICIES if round_no % 2 == 0 else tuple(reversed(POLICIES))
+            order = policies if round_no % 2 == 0 else tuple(reversed(policies))
             for policy in order:
                 port = free_port()
                 with processes([router_common.router(port, upstreams, "--policy", policy)]) as (r,):
@@ -171,9 +183,14 @@ def main() -> int:
         return statistics.median(percentile(lat, q) for lat, _ in results[policy])
 
     rows = []
-    for policy in POLICIES:
+    for policy in policies:
         fails = sum(f for _, f in results[policy])
         rows.append((policy, med(policy, 0.5), med(policy, 0.99), fails))
+    if policies != POLICIES:
+        for name, p50, p99v, fails in rows:
+            print(f"{name}: p50 {p50 * 1000:.0f} ms, p99 {p99v * 1000:.0f} ms, {fails} failed")
+        print(f"{machine_note()}.")
+        return 0
     p99 = {name: p for name, _, p, _ in rows}
     jsq = p99["jsq-work"]
     vs_rr, vs_lr = jsq / p99["round-robin"], jsq / p99["least-request"]
@@ -208,7 +225,8 @@ def main() -> int:
         "",
         f"![latency CDF per policy]({PNG.name})",
     ]
-    _plot(results, perfect)
+    if not args.no_doc:
+        _plot(results, perfect)
     publish("\n".join(lines), router_common.DOC, "policies", write=not args.no_doc)
     return 0
 
