@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from voicefleet_api.env import CALIBRATION_CACHE
-from voicefleet_localcluster import pytest_plugin
+from voicefleet_localcluster import binaries, pytest_plugin
 from voicefleet_localcluster.pytest_plugin import (  # noqa: F401  (fixtures, by name)
     cluster_namespace,
     local_cluster,
@@ -83,5 +83,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build what the selected cluster tests need (the plugin's hook)."""
+    """Build what the selected cluster tests need (the plugin's hook), and SeaweedFS for
+    the tests marked `seaweedfs` (minutes cold, cached after): before the first test, so
+    no test's timeout runs while it builds."""
     pytest_plugin.pytest_collection_finish(session)
+    config = session.config
+    if config.option.collectonly:
+        return
+    if any(item.get_closest_marker("seaweedfs") for item in session.items):
+        binaries.ensure_seaweedfs(log=lambda line: pytest_plugin._echo(config, line))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -505,3 +506,134 @@ def ensure_kube_router(log: Callable[[str], None] = _default_log) -> Path:
         ),
         log,
     )
+
+
+# -- SeaweedFS --------------------------------------------------------------------------------
+# The S3-compatible server the url-model tests fetch from (its gateway checks SigV4
+# signatures). Its own module and cache dir, like promtool's. `weed` registers its optional
+# backends by blank imports; the gateway over the filer's default leveldb2 store needs none
+# of the database filer stores, notification queues, cloud KMS providers or replication
+# sinks, which are a large share of a build. So the module's source is copied next to the
+# cache, those import lines are left out of the copy, and `weed` is built from it (a go.mod
+# `replace`; Go refuses -overlay for files in the module cache). Only import lines change.
+
+SEAWEEDFS_MODULE_DIR = K8S_MODULE_DIR / "seaweedfs"
+SEAWEEDFS_MODULE = "github.com/seaweedfs/seaweedfs"
+SEAWEEDFS_PACKAGE = f"{SEAWEEDFS_MODULE}/weed"
+SEAWEEDFS_TRIMMED = (
+    "weed/command/imports.go",
+    "weed/server/filer_server.go",
+    "weed/s3api/auth_credentials.go",
+)
+"""The files whose blank imports of optional backends are left out of the copy."""
+SEAWEEDFS_KEPT = (
+    "weed/filer/leveldb",
+    "weed/filer/leveldb2",
+    "weed/filer/leveldb3",
+    "weed/credential/filer_etc",
+)
+"""The blank imports kept: the filer's default stores and the S3 identities' loader."""
+_SEAWEEDFS_BLANK_IMPORT = re.compile(r'^\s*_ "github\.com/seaweedfs/seaweedfs/(weed/[^"]+)"\s*$')
+
+
+def seaweedfs_versions(module_dir: Path = SEAWEEDFS_MODULE_DIR) -> tuple[str, str]:
+    """(the pinned commit, digest of the pin files and of what is left out) for the cache key.
+
+    The module has no releases on the proxy: its version is a pseudo-version whose last
+    part is the commit."""
+    version = module_version((module_dir / "go.mod").read_text(), SEAWEEDFS_MODULE)
+    recipe = f"{_pin_digest(module_dir)} {SEAWEEDFS_TRIMMED} {SEAWEEDFS_KEPT}"
+    return version.rsplit("-", 1)[-1][:8], hashlib.sha256(recipe.encode()).hexdigest()[:10]
+
+
+def seaweedfs_path(module_dir: Path = SEAWEEDFS_MODULE_DIR) -> Path:
+    """Where `weed` for this pin lives (whether or not it is built yet)."""
+    commit, digest = seaweedfs_versions(module_dir)
+    return cache_root() / f"seaweedfs-{commit}-{digest}" / "bin" / "weed"
+
+
+def trim_blank_imports(
+    source: str, kept: tuple[str, ...] = SEAWEEDFS_KEPT
+) -> tuple[str, list[str]]:
+    """``source`` without its blank imports of SeaweedFS packages not in ``kept``, and the
+    packages left out."""
+    lines: list[str] = []
+    dropped: list[str] = []
+    for line in source.splitlines(keepends=True):
+        found = _SEAWEEDFS_BLANK_IMPORT.match(line)
+        if found and found.group(1) not in kept:
+            dropped.append(found.group(1))
+        else:
+            lines.append(line)
+    return "".join(lines), dropped
+
+
+def ensure_seaweedfs(log: Callable[[str], None] = _default_log) -> Path:
+    """Return the `weed` binary, building it first when missing (atomic, locked; a cold
+    build logs its progress every 30 s)."""
+    target = seaweedfs_path()
+    if os.access(target, os.X_OK):
+        return target
+    with locked(target.parent.parent / "build.lock"):
+        if not os.access(target, os.X_OK):
+            _build_seaweedfs(target, log)
+    return target
+
+
+def _build_seaweedfs(target: Path, log: Callable[[str], None]) -> None:
+    go = find_go(log)
+    module_dir = SEAWEEDFS_MODULE_DIR
+    commit, _ = seaweedfs_versions(module_dir)
+    env = {**os.environ, "GOTOOLCHAIN": "local"}
+    started = time.monotonic()
+    log(f"fetching the SeaweedFS module at {commit} and its dependencies")
+    download = subprocess.run(
+        [go, "mod", "download", "-json", SEAWEEDFS_MODULE],
+        cwd=module_dir, capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    if download.returncode != 0:
+        raise RuntimeError(f"go mod download {SEAWEEDFS_MODULE} failed:\n{download.stderr}")
+    upstream = Path(json.loads(download.stdout)["Dir"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A fixed place (under the lock), not a temporary name: Go's build cache keys the
+    # packages by their directory, so a second try reuses what the first one compiled.
+    work = target.parent.parent / "src"
+    shutil.rmtree(work, ignore_errors=True)
+    src = work / "seaweedfs"
+    src.mkdir(parents=True)
+    try:
+        shutil.copy(upstream / "go.mod", src / "go.mod")
+        for part in ("weed", "telemetry/proto"):  # what `weed` imports from the module
+            shutil.copytree(upstream / part, src / part)
+        for relative in SEAWEEDFS_TRIMMED:
+            path = src / relative
+            path.chmod(0o644)  # the module cache's files are read-only
+            text, dropped = trim_blank_imports(path.read_text())
+            if not dropped:
+                raise RuntimeError(f"{relative} has no blank import to leave out: a new layout?")
+            path.write_text(text)
+        modfile = work / "go.mod"
+        pins = (module_dir / "go.mod").read_text()
+        modfile.write_text(f"{pins}\nreplace {SEAWEEDFS_MODULE} => {src}\n")
+        shutil.copy(module_dir / "go.sum", work / "go.sum")
+        partial = target.with_name(f".weed.partial-{os.getpid()}")
+        stamp = f"-X {SEAWEEDFS_MODULE}/weed/util/version.COMMIT={commit}"
+        argv = [go, "build", "-v", "-buildvcs=false", f"-modfile={modfile}"]
+        argv += ["-ldflags", f"-s -w {stamp}", "-o", str(partial), SEAWEEDFS_PACKAGE]
+        log(f"building SeaweedFS {commit} (`weed`, optional backends left out): minutes cold")
+        proc = subprocess.Popen(argv, cwd=module_dir, stderr=subprocess.PIPE, text=True, env=env)
+        assert proc.stderr is not None
+        tail: list[str] = []
+        last_report = time.monotonic()
+        for compiled, line in enumerate(proc.stderr, start=1):  # -v: one line a package
+            tail = [*tail[-30:], line]
+            if time.monotonic() - last_report >= 30:
+                last_report = time.monotonic()
+                log(f"SeaweedFS: {compiled} packages compiled, {last_report - started:.0f}s")
+        if proc.wait() != 0:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(f"go build {SEAWEEDFS_PACKAGE} failed:\n{''.join(tail)}")
+        partial.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"SeaweedFS built in {time.monotonic() - started:.0f}s -> {target}")

@@ -6,10 +6,12 @@
   access log (path, status, peer), which is what shows that a fetch made no request.
   Paths under ``/private/`` need ``Authorization: Bearer <TOKEN>``; ``/stall/`` sends ten
   bytes of a promised million and then waits (a stalled download).
-- s3rver (npm ``s3rver``, a Node implementation of the S3 REST API storing objects on
-  disk), installed once per version into the user cache with npm. It does not check SigV4
-  signatures (its v4 calculation is unimplemented): an unknown access key id is refused
-  (``InvalidAccessKeyId``), a wrong secret is not.
+- SeaweedFS (``weed server -s3``: master, volume server, filer and S3 gateway in one
+  process), built from its Go module on first use (``binaries.ensure_seaweedfs``). Its
+  gateway checks SigV4 signatures against the identities in a JSON file written here
+  (one access key with its secret): an unknown access key id is refused
+  (``InvalidAccessKeyId``), and so is a right key signed with a wrong secret
+  (``SignatureDoesNotMatch``).
 
 Not a fixture module: plain functions and context managers, so each test module decides
 where its servers listen (loopback, or the node's bridge address for pods).
@@ -20,10 +22,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
-import shutil
+import json
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -39,13 +39,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from voicefleet_bench.procs import spawned
+from voicefleet_localcluster.binaries import ensure_seaweedfs
 from voicefleet_localcluster.procs import free_port
+from voicefleet_localcluster.testing import wait_for
 
 TOKEN = "s3cr3t-bearer-7f1c"
 """The bearer token the HTTPS server wants under ``/private/``."""
-S3RVER_VERSION = "3.7.1"
-S3RVER_KEY = S3RVER_SECRET = "S3RVER"  # s3rver's built-in credentials
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voicefleet"
+SEAWEEDFS_KEY = "VFTESTACCESSKEY0001"
+SEAWEEDFS_SECRET = "vf-test-secret-0e9c5a1b7d"
+"""The one identity the SeaweedFS gateway knows (its JSON config), allowed everything."""
 
 
 def sha(data: bytes) -> str:
@@ -204,49 +206,73 @@ def https_file_server(
         server.server_close()
 
 
-def s3rver_binary() -> Path:
-    """s3rver from npm, installed once per version into the cache (like our Go builds)."""
-    home = CACHE / f"s3rver-{S3RVER_VERSION}"
-    binary = home / "node_modules" / ".bin" / "s3rver"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to install s3rver (Debian package npm)"
-        home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", f"s3rver@{S3RVER_VERSION}"],
-            cwd=home,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    return binary
-
-
-def s3_put(endpoint: str, bucket: str, key: str, body: bytes) -> None:
-    """PUT one object, signed with s3rver's credentials."""
-    url = f"{endpoint}/{bucket}/{key}"
-    signer = AwsRequestSigner("us-east-1", S3RVER_KEY, S3RVER_SECRET, "s3")
+def signed_put(url: str, body: bytes, credentials: tuple[str, str]) -> httpx.Response:
+    """A PUT of ``body`` to an S3 ``url``, SigV4-signed with (access key id, secret)."""
+    signer = AwsRequestSigner("us-east-1", *credentials, "s3")
     headers = signer.sign_with_headers("PUT", url, content_hash=sha(body))
-    response = httpx.put(url, content=body, headers=headers, timeout=30)
-    assert response.status_code == 200, response.text
+    return httpx.put(url, content=body, headers=headers, timeout=30)
 
 
 @contextmanager
-def s3rver(
+def seaweedfs(
     data: Path, bucket: str, objects: Mapping[str, bytes], host: str = "127.0.0.1"
 ) -> Iterator[str]:
-    """s3rver on ``host`` at a free port with ``bucket`` holding ``objects``; its endpoint."""
-    port = free_port(host)
+    """A SeaweedFS S3 gateway on ``host`` at a free port, with ``bucket`` holding
+    ``objects``; its endpoint. Its master, volume server and filer run in the same
+    process on free ports of ``host`` too, storing under ``data``; the gateway knows one
+    identity, :data:`SEAWEEDFS_KEY` with :data:`SEAWEEDFS_SECRET`."""
+    weed = ensure_seaweedfs()  # built on first use, with progress on stderr
+    store = data / "seaweedfs"
+    store.mkdir()
+    identities = store / "s3.json"
+    identities.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "voicefleet-tests",
+                        "credentials": [
+                            {"accessKey": SEAWEEDFS_KEY, "secretKey": SEAWEEDFS_SECRET}
+                        ],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    }
+                ]
+            }
+        )
+    )
+    ports = {name: free_port(host) for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port(host) for name in ports}
     argv = [
-        str(s3rver_binary()),
-        "-d", str(data / "objects"),
-        "-a", host,
-        "-p", str(port),
-        "--no-vhost-buckets",
-        "--configure-bucket", bucket,
+        str(weed), "server", f"-dir={store}", f"-ip={host}", f"-ip.bind={host}",
+        "-s3", f"-s3.config={identities}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.volumeSizeLimitMB=128", "-volume.max=8",
+        *(f"-{name}.port={port}" for name, port in ports.items()),
+        *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
     ]  # fmt: skip
-    endpoint = f"http://{host}:{port}"
-    with spawned(argv, port, "/", data, "s3rver", host=host):
-        for key, body in objects.items():
-            s3_put(endpoint, bucket, key, body)
-        yield endpoint
+    endpoint = f"http://{host}:{ports['s3']}"
+    with spawned(argv, ports["s3"], "/healthz", store, "seaweedfs", host=host) as (proc, _):
+        try:
+            credentials = (SEAWEEDFS_KEY, SEAWEEDFS_SECRET)
+            # The gateway answers before its filer has joined: make the bucket once it can.
+            wait_for(
+                lambda: _created(endpoint, bucket, credentials),
+                timeout=90,
+                interval=0.5,
+                what=f"SeaweedFS to create the bucket {bucket}",
+            )
+            for key, body in objects.items():
+                response = signed_put(f"{endpoint}/{bucket}/{key}", body, credentials)
+                assert response.status_code == 200, response.text
+            yield endpoint
+        finally:
+            # A store thrown away with the test: no graceful stop (its volume server and
+            # filer take 25 s to flush and say goodbye on SIGTERM).
+            proc.kill()
+
+
+def _created(endpoint: str, bucket: str, credentials: tuple[str, str]) -> bool:
+    """Whether the bucket exists now (made by this PUT, or by an earlier one)."""
+    response = signed_put(f"{endpoint}/{bucket}", b"", credentials)
+    if response.status_code not in (200, 409):
+        raise AssertionError(f"HTTP {response.status_code}: {response.text[:300]}")
+    return True

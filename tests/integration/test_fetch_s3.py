@@ -1,17 +1,12 @@
-"""``voicefleet-fetch`` against an S3-compatible server: path-style GETs, S3 error codes.
+"""``voicefleet-fetch`` against an S3-compatible server: path-style GETs, SigV4, S3 error codes.
 
-The server is s3rver (npm ``s3rver``, a Node implementation of the S3 REST API storing
-objects on disk; ``modelservers.s3rver``), installed once into the user cache with npm and
-started per module on loopback. It is not SeaweedFS or MinIO (issue 21 asks for one of
-those built from its Go module; on this shared, loaded 2-core machine that build did not
-fit in the time).
-
-What it proves: s3:// urls become path-style requests the S3 API serves, the signed
-request's ``Authorization`` header parses as SigV4 with our access key id (an unknown
-one is refused with ``InvalidAccessKeyId``), and S3's XML error codes reach the
-termination message. What it does NOT prove: that the SigV4 *signature* is right, since
-s3rver 3.7.1 does not check v4 signatures ("Signature version 4 calculation is
-unimplemented" in its authentication middleware); a wrong secret key passes here.
+The server is SeaweedFS's S3 gateway (``weed server -s3``, built from its Go module on
+first use; ``modelservers.seaweedfs``), started per module on loopback with one identity.
+It checks SigV4 signatures, so what this proves: s3:// urls become path-style requests the
+S3 API serves, signed right (the gateway recomputes the signature with the secret it
+holds), an unknown access key id is refused with ``InvalidAccessKeyId`` and a right key
+signed with a wrong secret with ``SignatureDoesNotMatch``, and S3's XML error codes reach
+the termination message without the secret.
 """
 
 from __future__ import annotations
@@ -26,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from modelservers import S3RVER_KEY, S3RVER_SECRET, s3rver
+from modelservers import SEAWEEDFS_KEY, SEAWEEDFS_SECRET, seaweedfs
 
 from voicefleet_inference.engines.registry import BUNDLED_VOICE, resolve_piper_model
 
-KEY, SECRET = S3RVER_KEY, S3RVER_SECRET
+pytestmark = [pytest.mark.seaweedfs]
+
+KEY, SECRET = SEAWEEDFS_KEY, SEAWEEDFS_SECRET
 BUCKET = "voices"
 FETCH = Path(sys.executable).with_name("voicefleet-fetch")
 
@@ -45,7 +42,7 @@ class S3:
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     _, onnx, config = resolve_piper_model(BUNDLED_VOICE)
     files = {"en/joe.onnx": onnx.read_bytes(), "en/joe.onnx.json": config.read_bytes()}
-    with s3rver(tmp_path_factory.mktemp("s3rver"), BUCKET, files) as endpoint:
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs"), BUCKET, files) as endpoint:
         yield S3(endpoint, files)
 
 
@@ -92,6 +89,19 @@ def test_an_unknown_access_key_is_refused_and_reported(tmp_path: Path, s3: S3) -
         "(HTTP 403 Forbidden, InvalidAccessKeyId); check spec.model.credentialsSecret"
     )
     assert "not-the-secret-4b1d" not in stderr + last
+
+
+def test_a_wrong_secret_for_a_known_key_is_refused_and_reported(tmp_path: Path, s3: S3) -> None:
+    code, stderr, last = fetch(
+        tmp_path, s3, VOICEFLEET_FETCH_SECRET_ACCESS_KEY="not-the-secret-9e2f"
+    )
+    assert code == 1
+    assert last == (
+        f"ModelFetchFailed: s3://{BUCKET}/en/joe.onnx: the credential was refused "
+        "(HTTP 403 Forbidden, SignatureDoesNotMatch); check spec.model.credentialsSecret"
+    )
+    assert "not-the-secret-9e2f" not in stderr + last
+    assert not (tmp_path / "models" / "joe.onnx").exists()
 
 
 def test_a_missing_object_names_s3s_code(tmp_path: Path, s3: S3) -> None:

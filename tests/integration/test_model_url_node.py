@@ -3,20 +3,22 @@
 The files are served from this host on the node's bridge address (``node.NODE_IP``, in
 the pod range), where pods reach it: an HTTPS file server with a private CA (the pods are
 told to trust it through ``spec.model.caConfigMap``) that wants a bearer token (from
-``spec.model.credentialsSecret``) and keeps its own request log, and s3rver, an
-S3-compatible server (``modelservers`` says what it checks). Both serve the bundled
-voice's real ``.onnx`` and ``.onnx.json``, so a voice pod runs piper-onnx on them.
+``spec.model.credentialsSecret``) and keeps its own request log, and SeaweedFS's S3
+gateway, built from its Go module, which checks SigV4 signatures against the one identity
+it is given (``modelservers`` says more). Both serve the bundled voice's real ``.onnx``
+and ``.onnx.json``, so a voice pod runs piper-onnx on them.
 
 One operator serves the module, with the per-node cache on (``--model-cache-dir``, a
 directory the pods' uid owns) and NetworkPolicies on (``--network-policy-from``: only a
 router may call the pods), so the fetch runs under the policy a chart install writes.
-Every voice is applied at once by the module fixture (two healthy, four broken), so the
+Every voice is applied at once by the module fixture (two healthy, five broken), so the
 pods start side by side. The tests then read what each shows:
 
 - the HTTPS voice and the S3 voice become Ready and speak at their Services;
-- a wrong digest, a missing object, a refused token and an unknown S3 key each end in
-  ``Degraded`` with the cause, naming the URL and no credential, within 30 s of the
-  apply, and the digest failure never starts a server or leaves a file in the cache;
+- a wrong digest, a missing object, a refused token, an unknown S3 access key and a
+  right access key signed with a wrong secret each end in ``Degraded`` with the cause,
+  naming the URL and no credential, within 30 s of the apply, and the digest failure
+  never starts a server or leaves a file in the cache;
 - a model change (a new config pin) under load through the Service: no failed request;
 - a second replica on the node makes no request (the file server's log, by peer address);
 - the per-node cache keeps a refused credential refused: a download made with a Secret is
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,16 +38,29 @@ from typing import Any
 
 import httpx
 import pytest
-from modelservers import S3RVER_KEY as S3_KEY
-from modelservers import S3RVER_SECRET as S3_SECRET
-from modelservers import TOKEN, FileServer, https_file_server, make_ca_and_server_cert, s3rver, sha
+from modelservers import SEAWEEDFS_KEY as S3_KEY
+from modelservers import SEAWEEDFS_SECRET as S3_SECRET
+from modelservers import (
+    TOKEN,
+    FileServer,
+    https_file_server,
+    make_ca_and_server_cert,
+    seaweedfs,
+    sha,
+)
+from nodeclients import rolled_out, steady_load
 from operatorprocs import condition, new_operator, voice, voice_manifest
 
 from voicefleet_inference.engines.registry import BUNDLED_VOICE, resolve_piper_model
 from voicefleet_localcluster import node
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.seaweedfs,
+    pytest.mark.timeout(300),
+]
 
 POD_UID = 65532
 BUCKET = "voices"
@@ -150,7 +164,7 @@ def setup(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory)
     with (
         cluster.namespace("byo") as ns,
         https_file_server(files, pki, host=node.NODE_IP) as server,
-        s3rver(work, BUCKET, s3_objects, host=node.NODE_IP) as s3_endpoint,
+        seaweedfs(work, BUCKET, s3_objects, host=node.NODE_IP) as s3_endpoint,
     ):
         cluster.kubectl_run(
             "create", "configmap", "model-ca", "-n", ns, f"--from-file=ca.crt={server.ca}"
@@ -160,6 +174,7 @@ def setup(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory)
             "bad-token": {"token": BAD_TOKEN},
             "s3-creds": {"accessKeyId": S3_KEY, "secretAccessKey": S3_SECRET},
             "s3-unknown": {"accessKeyId": "AKIDNOBODY", "secretAccessKey": BAD_SECRET},
+            "s3-wrong-secret": {"accessKeyId": S3_KEY, "secretAccessKey": BAD_SECRET},
         }.items():
             literals = [f"--from-literal={k}={v}" for k, v in pairs.items()]
             cluster.kubectl_run("create", "secret", "generic", secret, "-n", ns, *literals)
@@ -206,6 +221,15 @@ def setup(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory)
                     (
                         f"s3://{BUCKET}/en/joe.onnx: the credential was refused "
                         "(HTTP 403 Forbidden, InvalidAccessKeyId)",
+                    ),
+                ),
+                Broken(
+                    "s3-wrong-secret",
+                    s3_model | {"credentialsSecret": "s3-wrong-secret"},
+                    "ModelFetchFailed",
+                    (
+                        f"s3://{BUCKET}/en/joe.onnx: the credential was refused "
+                        "(HTTP 403 Forbidden, SignatureDoesNotMatch)",
                     ),
                 ),
             )
@@ -285,7 +309,9 @@ def test_a_voice_from_s3_is_ready_and_speaks(setup: Setup) -> None:
     assert len(audio) > 10_000
 
 
-@pytest.mark.parametrize("name", ["bad-digest", "missing", "bad-token", "s3-unknown-key"])
+@pytest.mark.parametrize(
+    "name", ["bad-digest", "missing", "bad-token", "s3-unknown-key", "s3-wrong-secret"]
+)
 def test_a_failed_fetch_is_degraded_with_its_cause_within_30_s(setup: Setup, name: str) -> None:
     case = setup.broken[name]
     cluster, ns = setup.cluster, setup.ns
@@ -340,16 +366,6 @@ def test_a_model_that_failed_its_digest_leaves_nothing_in_the_cache(setup: Setup
     assert left == []
 
 
-def rollout_done(cluster: LocalCluster, ns: str, name: str, old: set[str], replicas: int) -> bool:
-    pods = cluster.pods(ns, selector(name))
-    names = {p["metadata"]["name"] for p in pods}
-    return (
-        len(pods) == replicas
-        and not names & old
-        and len(cluster.ready_pods(ns, selector(name))) == replicas
-    )
-
-
 def test_a_model_change_under_load_fails_no_request(setup: Setup) -> None:
     """A new config pin (a new digest, so a new download) while three clients keep calling
     the Service, each request on its own connection: the new pod fetches, loads and passes
@@ -373,21 +389,7 @@ def test_a_model_change_under_load_fails_no_request(setup: Setup) -> None:
     }  # fmt: skip
     gets_before = setup.files.gets(new_config)
 
-    outcomes: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                with httpx.Client(timeout=60) as client:  # a new connection each time
-                    outcomes.append(str(client.post(url, json=SPEECH).status_code))
-            except httpx.HTTPError as exc:
-                outcomes.append(f"{type(exc).__name__}: {exc}")
-
-    workers = [threading.Thread(target=load, daemon=True) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    try:
+    with steady_load(url, SPEECH, timeout=60) as outcomes:
         time.sleep(2)
         old = {p["metadata"]["name"] for p in cluster.pods(ns, selector(name))}
         before = len(outcomes)
@@ -396,16 +398,12 @@ def test_a_model_change_under_load_fails_no_request(setup: Setup) -> None:
             "-p", json.dumps({"spec": {"model": patch}}),
         )  # fmt: skip
         wait_for(
-            lambda: rollout_done(cluster, ns, name, old, replicas),
+            lambda: rolled_out(cluster, ns, selector(name), old, replicas),
             timeout=180,
             interval=0.5,
             what="the rollout to replace the pods",
         )
         time.sleep(2)
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=90)
     failed = [o for o in outcomes if o != "200"]
     print(f"\nmodel change: {len(outcomes)} requests ({before} before the patch), failed {failed}")
     assert before >= 3, outcomes

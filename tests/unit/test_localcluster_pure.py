@@ -69,3 +69,30 @@ def test_zip_h1_matches_go_sum_hashing(tmp_path: Path) -> None:
         zipped.writestr("m@v1/go.mod", "module m\n")
         zipped.writestr("m@v1/a.go", "package m\n")
     assert binaries.zip_h1(archive) == "h1:H1N7vbG0aKow6Pg3vW8mqcv6r6Qo9oWn9TF7mlIYrpc="
+
+
+def test_seaweedfs_build_leaves_out_only_blank_imports_of_optional_backends() -> None:
+    source = (
+        "package weed_server\n\nimport (\n"
+        '\t"github.com/seaweedfs/seaweedfs/weed/filer"\n'
+        '\t_ "github.com/seaweedfs/seaweedfs/weed/filer/leveldb2"\n'
+        '\t_ "github.com/seaweedfs/seaweedfs/weed/filer/mongodb"\n'
+        '\t_ "github.com/seaweedfs/seaweedfs/weed/notification/kafka"\n'
+        '\t_ "net/http/pprof"\n'
+        ")\n"
+    )
+    trimmed, dropped = binaries.trim_blank_imports(source)
+    assert dropped == ["weed/filer/mongodb", "weed/notification/kafka"]
+    assert trimmed == source.replace(
+        '\t_ "github.com/seaweedfs/seaweedfs/weed/filer/mongodb"\n', ""
+    ).replace('\t_ "github.com/seaweedfs/seaweedfs/weed/notification/kafka"\n', "")
+
+
+def test_seaweedfs_pin_names_its_cache() -> None:
+    commit, digest = binaries.seaweedfs_versions()
+    assert commit == "7506e5f9"
+    assert len(digest) == 10
+    path = binaries.seaweedfs_path()
+    assert path.name == "weed"
+    assert path.parent.parent.name == f"seaweedfs-{commit}-{digest}"
+    assert path.parent.parent.parent == binaries.cache_root()
