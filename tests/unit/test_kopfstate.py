@@ -7,12 +7,18 @@ voice's ``status.observedGeneration`` stands in for what an earlier process hand
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import kopf
+from fake_kube import FakeKube
 
+from voicefleet_operator.builders import BuildOptions
+from voicefleet_operator.deps import Deps
 from voicefleet_operator.kopfstate import KopfState, MemoryDiffBaseStorage, MemoryProgressStorage
-from voicefleet_operator.wiring import ANNOTATION_PREFIX
+from voicefleet_operator.metrics import OperatorMetrics
+from voicefleet_operator.settings import parse_args
+from voicefleet_operator.wiring import ANNOTATION_PREFIX, forget_deleted_voice
 
 
 def voice(uid: str, generation: int, observed: int | None, replicas: int = 0) -> kopf.Body:
@@ -88,3 +94,23 @@ def test_a_deleted_voice_is_forgotten() -> None:
     )
     state.forget("g")
     assert state == KopfState()
+
+
+def test_the_deleted_event_of_a_voice_drops_what_the_operator_kept() -> None:
+    deps = Deps(
+        config=parse_args(["-A", "--autoscale-interval=0"]),
+        kube=FakeKube(),
+        metrics=OperatorMetrics.create(),
+        options=BuildOptions(),
+    )
+    body = voice("h", 1, 1)
+    MemoryDiffBaseStorage(deps.kopf_state).fetch(body=body)
+    deps.memory.wrote("ns", "joe", "h", {"observedGeneration": 1})
+    memo = kopf.Memo(deps=deps)
+    modified = kopf.RawEvent(type="MODIFIED", object=cast(kopf.RawBody, dict(body)))
+    asyncio.run(forget_deleted_voice(event=modified, body=body, memo=memo))
+    assert deps.kopf_state.essences
+    deleted = kopf.RawEvent(type="DELETED", object=cast(kopf.RawBody, dict(body)))
+    asyncio.run(forget_deleted_voice(event=deleted, body=body, memo=memo))
+    assert deps.kopf_state == KopfState()
+    assert deps.memory.status(dict(body)) == {"observedGeneration": 1}  # the body's own only
