@@ -49,7 +49,8 @@ CLIENT_GO_MODULE = "k8s.io/client-go"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMTOOL_PACKAGE = "github.com/prometheus/prometheus/cmd/promtool"
 KUBE_ROUTER_MODULE = "github.com/cloudnativelabs/kube-router/v2"
-KUBE_ROUTER_PACKAGE = f"{KUBE_ROUTER_MODULE}/cmd/kube-router"
+# Our own main (hack/k8s/kube-router/main.go): kube-router's network policy controller alone.
+KUBE_ROUTER_PACKAGE = "voicefleet.io/hack/k8s/kube-router"
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def read_versions(
     helm_dir: Path = HELM_MODULE_DIR,
     coredns_dir: Path = COREDNS_MODULE_DIR,
 ) -> Versions:
-    """Read the pins from the go.mod files and hash every pin file."""
+    """Read the pins from the go.mod files and hash every pin file and CoreDNS's main."""
     k8s_mod = (k8s_dir / "go.mod").read_text()
     helm_mod = (helm_dir / "go.mod").read_text()
     coredns_mod = (coredns_dir / "go.mod").read_text()
@@ -145,8 +146,7 @@ def read_versions(
         k8s_dir / "go.sum",
         helm_dir / "go.mod",
         helm_dir / "go.sum",
-        coredns_dir / "go.mod",
-        coredns_dir / "go.sum",
+        *module_sources(coredns_dir),
     ):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -403,10 +403,16 @@ def _build_into(target_dir: Path, versions: Versions, log: Callable[[str], None]
 # Kubernetes binaries (whose build is the slow one) and vice versa.
 
 
+def module_sources(module_dir: Path) -> list[Path]:
+    """A module dir's go.mod, go.sum and its own Go files (our mains), tests left out."""
+    own = sorted(p for p in module_dir.glob("*.go") if not p.name.endswith("_test.go"))
+    return [module_dir / "go.mod", module_dir / "go.sum", *own]
+
+
 def _pin_digest(module_dir: Path) -> str:
-    """Digest of a tool module's go.mod and go.sum: any pin change names a new cache dir."""
+    """Digest of a tool module's pins and own sources: any change names a new cache dir."""
     digest = hashlib.sha256()
-    for path in (module_dir / "go.mod", module_dir / "go.sum"):
+    for path in module_sources(module_dir):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]

@@ -7,6 +7,8 @@ that each directive has its plugin; these need no Go toolchain.
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 from voicefleet_localcluster import binaries, node
 
@@ -38,3 +40,21 @@ def test_coredns_is_built_from_our_main_with_its_plugins_imported() -> None:
     # the metrics plugin registers the `prometheus` directive
     named = {"metrics" if d == "prometheus" else d for d in coredns_directives()}
     assert imported == named
+
+
+def test_our_mains_are_part_of_their_cache_keys(tmp_path: Path) -> None:
+    """An edited main (another plugin list) must not find the old binary cached."""
+    keys = {
+        binaries.COREDNS_MODULE_DIR: lambda d: binaries.read_versions(coredns_dir=d).cache_key,
+        binaries.KUBE_ROUTER_MODULE_DIR: lambda d: binaries.kube_router_versions(d)[1],
+    }
+    for module_dir, key in keys.items():
+        copy = tmp_path / module_dir.name
+        shutil.copytree(module_dir, copy)
+        before = key(copy)
+        main = copy / "main.go"
+        main.write_text(main.read_text() + "\n// edited\n")
+        after = key(copy)
+        assert after != before, module_dir
+        (copy / "main_test.go").write_text("package main\n")  # tests are not in the build
+        assert key(copy) == after, module_dir
