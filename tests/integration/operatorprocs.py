@@ -112,6 +112,12 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def degraded_with(cluster: LocalCluster, ns: str, name: str, reason: str) -> dict[str, Any] | None:
+    """The voice's ``Degraded`` condition if it is True with ``reason``, else None."""
+    cond = condition(voice(cluster, ns, name), "Degraded")
+    return cond if cond and cond["status"] == "True" and cond["reason"] == reason else None
+
+
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
     refs: list[dict[str, Any]] = obj["metadata"].get("ownerReferences", [])
     return refs == [

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 # The module's operator comes from conftest.py, its helpers from operatorprocs (same RBAC).
-from operatorprocs import Operator, condition, events_for, voice, voice_manifest
+from operatorprocs import Operator, condition, degraded_with, events_for, voice, voice_manifest
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
@@ -122,11 +122,6 @@ class Broken:
     rejected_before: float
     rejected_after: float
     quiet_seconds: float
-
-
-def degraded_with(cluster: LocalCluster, ns: str, name: str, reason: str) -> dict[str, Any] | None:
-    cond = condition(voice(cluster, ns, name), "Degraded")
-    return cond if cond and cond["status"] == "True" and cond["reason"] == reason else None
 
 
 def rejected_count(op: Operator) -> float:
