@@ -643,3 +643,37 @@ def _build_seaweedfs(target: Path, log: Callable[[str], None]) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"SeaweedFS built in {time.monotonic() - started:.0f}s -> {target}")
+
+
+# -- kwok ----------------------------------------------------------------------------------
+# Fake nodes and pod lifecycles against the real API server, for the fleet benchmark
+# (voicefleet_bench.fleet: thousands of pods, no kubelet). Its own module and cache dir, like
+# kube-router's: its client-go is newer than the cluster's, and the pin never touches theirs.
+
+KWOK_MODULE_DIR = K8S_MODULE_DIR / "kwok"
+KWOK_MODULE = "sigs.k8s.io/kwok"
+KWOK_PACKAGE = f"{KWOK_MODULE}/cmd/kwok"
+KWOK_STAGES = KWOK_MODULE_DIR / "stages.yaml"
+"""What kwok does to the nodes and pods it manages (its Stage objects; fleet.py passes it)."""
+
+
+def kwok_versions(module_dir: Path = KWOK_MODULE_DIR) -> tuple[str, str]:
+    """(kwok release, digest of the pin files) for the kwok cache key."""
+    release = module_version((module_dir / "go.mod").read_text(), KWOK_MODULE)
+    return release, _pin_digest(module_dir)
+
+
+def kwok_path(module_dir: Path = KWOK_MODULE_DIR) -> Path:
+    """Where kwok for this pin lives (whether or not it is built yet)."""
+    release, digest = kwok_versions(module_dir)
+    return cache_root() / f"kwok-{release}-{digest}" / "bin" / "kwok"
+
+
+def ensure_kwok(log: Callable[[str], None] = _default_log) -> Path:
+    """Return the kwok binary, building it first when missing (atomic, locked)."""
+    release, _ = kwok_versions()
+    return _ensure_tool(
+        # kwok's own source carries its version (pkg/consts.Version): nothing to stamp.
+        GoTool(Target("kwok", KWOK_PACKAGE, KWOK_MODULE_DIR), release, kwok_path(), "-s -w"),
+        log,
+    )

@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from voicefleet_localcluster import binaries, pki
 from voicefleet_localcluster.kubeconfig import KubeConfig, load
@@ -96,3 +97,26 @@ def test_seaweedfs_pin_names_its_cache() -> None:
     assert path.name == "weed"
     assert path.parent.parent.name == f"seaweedfs-{commit}-{digest}"
     assert path.parent.parent.parent == binaries.cache_root()
+
+
+def test_kwok_pin_names_its_cache_and_its_stages_are_ours() -> None:
+    """kwok (the fleet benchmark's fake nodes) builds into its own cache dir, and runs only
+    the three stages of hack/k8s/kwok/stages.yaml: nodes Ready, pods Running with an IP,
+    deleted pods gone."""
+    release, digest = binaries.kwok_versions()
+    assert release == "v0.8.0"
+    path = binaries.kwok_path()
+    assert path.name == "kwok"
+    assert path.parent.parent.name == f"kwok-{release}-{digest}"
+    assert path.parent.parent.parent == binaries.cache_root()
+    stages = [s for s in yaml.safe_load_all(binaries.KWOK_STAGES.read_text()) if s]
+    kinds = {s["metadata"]["name"]: s["spec"]["resourceRef"]["kind"] for s in stages}
+    assert kinds == {
+        "fleet-node-ready": "Node",
+        "fleet-pod-running": "Pod",
+        "fleet-pod-gone": "Pod",
+    }
+    running = next(s for s in stages if s["metadata"]["name"] == "fleet-pod-running")
+    assert "podIP:" in running["spec"]["next"]["statusTemplate"]
+    gone = next(s for s in stages if s["metadata"]["name"] == "fleet-pod-gone")
+    assert gone["spec"]["next"] == {"delete": True}
