@@ -13,7 +13,11 @@ that two readers can never disagree about what a pod said:
   start of streamed responses too: :func:`format_load` / :func:`parse_load`. It lets the
   router learn a pod's load from the answers it gets anyway, with no extra request.
 - **The compact load endpoint** (``GET /load``): the same one-line text as the header, so
-  a poll costs a few dozen bytes instead of a rendered Prometheus page.
+  a poll costs a few dozen bytes instead of a rendered Prometheus page. Asked as
+  :func:`wait_path` (``/load?wait=S&after=N``) it is a long-poll: answered as soon as the
+  load differs from report ``after`` (``seq`` N), else after ``S`` seconds; an answer that
+  held carries :data:`LOAD_WAIT_HEADER` (a pod that cannot hold, or an older one, answers
+  at once without it, and the reader polls instead).
 - **Service counters** (``GET /metrics`` only): :func:`parse_counters`, the cumulative
   counts a first-audio target's queueing model is fitted to (arrivals, service times,
   first audio). Only voices with such a target are read this way.
@@ -37,6 +41,7 @@ from voicefleet_api import metric_names
 __all__ = [
     "LOAD_HEADER",
     "LOAD_PATH",
+    "LOAD_WAIT_HEADER",
     "Buckets",
     "PodCounters",
     "PodLoad",
@@ -46,6 +51,7 @@ __all__ = [
     "parse_metrics",
     "router_pending",
     "samples",
+    "wait_path",
 ]
 
 LOAD_HEADER: Final = "x-voicefleet-load"
@@ -53,6 +59,16 @@ LOAD_HEADER: Final = "x-voicefleet-load"
 
 LOAD_PATH: Final = "/load"
 """The pod's compact load endpoint (contract): ``text/plain``, the compact form above."""
+
+LOAD_WAIT_HEADER: Final = "x-voicefleet-load-wait"
+"""On a ``/load`` answer that honoured ``wait`` (contract): the seconds it could hold."""
+
+
+def wait_path(wait_s: float, after: int) -> str:
+    """The long-poll's path: held up to ``wait_s`` while the load is that of report
+    ``after`` (0: answered at once, still saying whether the pod can hold)."""
+    return f"{LOAD_PATH}?wait={wait_s:g}&after={max(0, after)}"
+
 
 _MAX_COMPACT: Final = 256
 """Longer compact text is refused unread (a reader never parses an unbounded header)."""

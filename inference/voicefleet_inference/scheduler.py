@@ -178,9 +178,23 @@ class Scheduler:
         self._draining = False
         self._stopping = False
         self._started = False
+        self._load_listeners: list[Callable[[], None]] = []
         metrics.queue_depth.set_function(self.queue_depth)
         metrics.requests_in_flight.set_function(self.in_flight)
         metrics.queue_work_seconds.set_function(self.work_seconds)
+
+    def on_load_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever the load changes by a step: a request admitted,
+        started, finished, failed or cancelled, and at drain and stop (not as running work
+        merely progresses). It is called from the loop thread and from engine threads,
+        sometimes under the scheduler's lock: it must be quick, thread-safe and must not
+        call back into the scheduler (the pod's ``/load`` long-poll, :mod:`.server.loadwait`).
+        """
+        self._load_listeners.append(listener)
+
+    def _load_changed(self) -> None:
+        for listener in self._load_listeners:
+            listener()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -206,6 +220,7 @@ class Scheduler:
             self._wakeup.notify_all()
         for job in leftover:
             self._fail(job, ShuttingDown("server is shutting down"), REJECT_SHUTDOWN)
+        self._load_changed()
         deadline = time.monotonic() + join_timeout_s
         for worker in self._workers:
             if worker.thread is not None:
@@ -215,6 +230,7 @@ class Scheduler:
         """Stop admitting: from now on :meth:`submit` raises Draining, readiness is false."""
         with self._lock:
             self._draining = True
+        self._load_changed()
 
     async def drain(self, grace_s: float, poll_s: float = 0.02) -> DrainReport:
         """Wait until no request is queued or running, at most ``grace_s``.
@@ -243,6 +259,7 @@ class Scheduler:
                 job.cancelled = True
             job.handle.post(ShuttingDown("drain grace ran out while this request ran"))
             self._metrics.rejected_total.labels(reason=REJECT_SHUTDOWN).inc()
+        self._load_changed()
         return DrainReport(pending_at_start, abandoned, time.monotonic() - started)
 
     async def wait_loaded(self, poll_s: float = 0.05) -> EngineInfo:
@@ -353,6 +370,7 @@ class Scheduler:
                 admitted.evicted.state = "done"
                 admitted.evicted.cancelled = True
             self._wakeup.notify()
+        self._load_changed()
         if admitted.evicted is not None and admitted.notice is not None:
             admitted.evicted.handle.post(admitted.notice)
         return handle
@@ -368,6 +386,7 @@ class Scheduler:
                 self._queue.remove(job)
                 job.state = "done"
                 self._wakeup.notify_all()  # a worker waiting on the batch window re-plans
+        self._load_changed()
         self._metrics.rejected_total.labels(reason=reason).inc()
 
     # -- worker threads --------------------------------------------------------------------
@@ -460,7 +479,10 @@ class Scheduler:
                         job.started_at = now
                     worker.running = taken
                     worker.last_progress_at = now
+                    self._load_changed()
                     return taken
+                if expired:
+                    self._load_changed()
                 timeout = None if plan.wait_until is None else max(0.0, plan.wait_until - now)
                 self._wakeup.wait(timeout)
 
@@ -487,9 +509,12 @@ class Scheduler:
             raise
         finally:
             with self._lock:
+                unfinished = any(job.state != "done" for job in batch)
                 for job in batch:
                     job.state = "done"
                 worker.running = []
+            if unfinished:  # each finished one was a step already
+                self._load_changed()
 
     def _run_one(self, worker: _Worker, engine: Engine, job: Job) -> None:
         try:
@@ -520,6 +545,7 @@ class Scheduler:
                         self._times.finished(job, now)
                     with self._lock:
                         job.state = "done"
+                    self._load_changed()
                     if not cancelled:
                         job.handle.post(END)
                     open_jobs.discard(chunk.index)

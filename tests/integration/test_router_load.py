@@ -1,4 +1,5 @@
-"""The load signal between real pods and the router: headers on answers, polls for the quiet.
+"""The load signal between real pods and the router: headers on answers, held ``/load``
+asks (a long-poll answered when the load changes) for the quiet.
 
 Real ``voicefleet-server`` processes (simulated engine, so queues, not CPU contention,
 decide) behind a router built as ``voicefleet-router`` builds it. The pods run with the
@@ -21,7 +22,9 @@ from routerprocs import metric_value, router_metrics, running_router
 from serverprocs import ServerProc, launch, stop, wait_ready
 
 from voicefleet_api import load
+from voicefleet_inference.router.service import RouterService
 from voicefleet_inference.router.settings import RouterSettings
+from voicefleet_inference.server.loadwait import MAX_HELD
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -68,6 +71,15 @@ def static(*servers: ServerProc, **extra: object) -> RouterSettings:
 def hits(server: ServerProc, path: str) -> int:
     """Requests for ``path`` in the pod's access log."""
     return server.log().count(f'"GET {path} HTTP/1.1"')
+
+
+def load_asks(server: ServerProc) -> int:
+    """Asks of the pod's ``/load``, plain or held (``?wait=``), answered so far."""
+    return server.log().count(f'"GET {load.LOAD_PATH}')
+
+
+def pod_key(service: RouterService, server: ServerProc) -> str:
+    return next(k for k, s in service.fleet.pods.items() if str(s.info.base_url) == server.base_url)
 
 
 def speech(text: str = SHORT, **extra: object) -> dict[str, object]:
@@ -125,7 +137,7 @@ async def test_a_pod_the_router_talks_to_is_never_polled_or_scraped(
     ):
         await two_at_once()  # connections open; each pod has answered once
         await asyncio.sleep(0.1)  # the access log is written after the answer
-        before = {pod.port: hits(pod, load.LOAD_PATH) for pod in two_pods}
+        before = {pod.port: load_asks(pod) for pod in two_pods}
         assert all(count >= 1 for count in before.values())  # asked at start
         deadline = time.monotonic() + 6.0  # twice the poll bound
         sent = 2
@@ -136,7 +148,7 @@ async def test_a_pod_the_router_talks_to_is_never_polled_or_scraped(
         views = {key: state.reported_seq for key, state in service.fleet.pods.items()}
     await asyncio.sleep(0.2)  # the access log is written after the answer
     for pod in two_pods:
-        assert hits(pod, load.LOAD_PATH) == before[pod.port], pod.log()[-2000:]
+        assert load_asks(pod) == before[pod.port], pod.log()[-2000:]
         assert hits(pod, "/metrics") == 0
     assert metric_value(text, 'voicefleet_router_load_reports_total{source="header"}') == sent
     assert all(seq > 1 for seq in views.values()), views
@@ -145,25 +157,31 @@ async def test_a_pod_the_router_talks_to_is_never_polled_or_scraped(
 async def test_a_silent_pod_is_polled_and_never_taken_for_idle(
     two_pods: list[ServerProc],
 ) -> None:
-    """A pod that stops answering (SIGSTOP: its socket still accepts) gets no request once
-    it is silent; the idle one that answers polls takes them all; back, it is used again."""
+    """A pod that stops answering (SIGSTOP: its socket still accepts) goes silent once its
+    held ask is overdue (wait + stale_after_s) and gets no request; the idle one, holding
+    the router's asks, stays trusted although it says nothing for longer than
+    stale_after_s, and takes them all; back, the stopped one is used again."""
     frozen, alive = two_pods
-    settings = static(*two_pods, poll_interval_s=0.05, poll_after_s=0.2, stale_after_s=0.5)
+    settings = static(
+        *two_pods, poll_interval_s=0.05, poll_after_s=0.2, stale_after_s=0.5, load_wait_s=1.0
+    )
     try:  # the pods serve the whole module: never leave one stopped
         async with (
             running_router(settings) as (service, url),
             httpx.AsyncClient(timeout=10) as client,
         ):
-            idle_polls = hits(alive, load.LOAD_PATH)
             os.kill(frozen.proc.pid, signal.SIGSTOP)
-            frozen_key = next(
-                k for k, s in service.fleet.pods.items() if str(frozen.port) in str(s.info.base_url)
-            )
+            frozen_key = pod_key(service, frozen)
+            alive_state = service.fleet.pods[pod_key(service, alive)]
             deadline = time.monotonic() + 10
             while not service.fleet.pods[frozen_key].silent(service.fleet.clock(), 0.5):
                 assert time.monotonic() < deadline, "the stopped pod never went silent"
+                assert not alive_state.silent(service.fleet.clock(), 0.5)
                 await asyncio.sleep(0.05)
-            assert hits(alive, load.LOAD_PATH) > idle_polls  # no traffic: it is asked instead
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < 1.5:  # idle, asked, never silent
+                assert not alive_state.silent(service.fleet.clock(), 0.5)
+                await asyncio.sleep(0.05)
             served = []
             for _ in range(6):
                 answer = await client.post(url + SPEECH, json=speech())
@@ -281,3 +299,121 @@ async def test_held_requests_go_to_a_new_pod_no_faster_than_it_can_queue(
     finally:
         stop(tiny)
     assert [a.status_code for a in answers] == [200] * 12, [a.text for a in answers]
+
+
+async def _ask_load(
+    client: httpx.AsyncClient, pod: ServerProc, wait_s: float, after: int
+) -> tuple[httpx.Response, load.PodLoad, float]:
+    """One ``/load?wait=&after=`` ask: the answer, its report, and how long it took."""
+    started = time.monotonic()
+    answer = await client.get(pod.base_url + load.wait_path(wait_s, after))
+    report = load.parse_load(answer.text)
+    assert answer.status_code == 200, answer.text
+    assert report is not None, answer.text
+    return answer, report, time.monotonic() - started
+
+
+async def test_a_held_load_ask_is_answered_on_a_change_and_on_timeout(
+    two_pods: list[ServerProc],
+) -> None:
+    """The long-poll on a real pod: held while nothing changes (then answered after
+    ``wait``), answered at once by a step of its load (a request another client sent),
+    at once for ``after=0`` or another process's ``seq``; ``/load`` alone is as before."""
+    pod = two_pods[1]
+    async with httpx.AsyncClient(timeout=30) as client:
+        plain = await client.get(pod.base_url + load.LOAD_PATH)
+        assert load.LOAD_WAIT_HEADER not in plain.headers
+        seen = load.parse_load(plain.text)
+        assert seen is not None
+        answer, report, took = await _ask_load(client, pod, 0.6, seen.seq)
+        assert took >= 0.55, "an idle pod answered before wait"
+        assert answer.headers[load.LOAD_WAIT_HEADER] == "0.6"
+        assert report.seq > seen.seq
+        assert (report.depth, report.in_flight) == (0, 0)
+        for after in (0, report.seq + 1000):  # nothing to compare with: at once
+            answer, _, took = await _ask_load(client, pod, 10.0, after)
+            assert took < 2.0
+            assert load.LOAD_WAIT_HEADER in answer.headers
+
+        held = asyncio.ensure_future(_ask_load(client, pod, 20.0, report.seq))
+        await asyncio.sleep(0.5)
+        assert not held.done()
+        work = asyncio.ensure_future(
+            client.post(pod.base_url + SPEECH, json=speech(PARAGRAPH, model="tts-1"))
+        )
+        answer, busy, took = await asyncio.wait_for(held, 10.0)
+        assert took < 5.0, "the held ask waited out its 20 s despite a new request"
+        assert busy.depth + busy.in_flight == 1
+        assert busy.work_s > 0
+        assert (await work).status_code == 200
+
+
+async def test_the_router_hears_another_clients_work_at_once_without_polling(
+    two_pods: list[ServerProc],
+) -> None:
+    """The router holds an ask at the idle pod; a request that reaches the pod from
+    elsewhere (another router replica, a direct caller) is in the router's view within a
+    moment, through that ask, not at the next of a 10 s wait; and the pod was asked at
+    most twice meanwhile (the held ask, and the next one)."""
+    pod = two_pods[1]
+    settings = static(pod, poll_after_s=0.5, stale_after_s=1.0, load_wait_s=10.0)
+    async with (
+        running_router(settings) as (service, _),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        state = service.fleet.pods[pod_key(service, pod)]
+        deadline = time.monotonic() + 10
+        while not (state.watched_until > service.fleet.clock() + 2.0):  # a held ask
+            assert time.monotonic() < deadline, "the router never held an ask at the pod"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        asks_before = load_asks(pod)
+        assert state.reported_work_s == 0.0
+        sent = time.monotonic()
+        work = asyncio.ensure_future(
+            client.post(pod.base_url + SPEECH, json=speech(PARAGRAPH, model="tts-1"))
+        )
+        while not state.reported_work_s:
+            assert time.monotonic() - sent < 3.0, "the pod's new work never reached the router"
+            await asyncio.sleep(0.01)
+        heard_after = time.monotonic() - sent
+        assert (await work).status_code == 200
+        assert state.answered_at < 0  # nothing of it came on an answer to the router
+        await asyncio.sleep(0.2)  # the access log is written after the answer
+        asks = load_asks(pod) - asks_before
+    assert heard_after < 3.0
+    assert asks <= 3, pod.log()[-2000:]  # the held one and the steps' few, not a poll cycle
+
+
+async def test_a_pod_holds_a_bounded_number_of_asks(tmp_path: Path) -> None:
+    """Past MAX_HELD held asks a pod answers at once and without the wait header (the
+    asker falls back to polling); a step of its load answers every held one."""
+    pod = wait_ready(
+        launch(
+            tmp_path / "pod.log",
+            "--engine",
+            "simulated",
+            env={"SIMULATED_ENGINE_SPEED_FACTOR": "4"},
+        )
+    )
+    limits = httpx.Limits(max_connections=MAX_HELD + 10, max_keepalive_connections=MAX_HELD + 10)
+    try:
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            seen = load.parse_load((await client.get(pod.base_url + load.LOAD_PATH)).text)
+            assert seen is not None
+            held = [
+                asyncio.ensure_future(_ask_load(client, pod, 20.0, seen.seq))
+                for _ in range(MAX_HELD)
+            ]
+            await asyncio.sleep(1.0)
+            assert not any(h.done() for h in held)
+            answer, _, took = await _ask_load(client, pod, 20.0, seen.seq)
+            assert took < 2.0
+            assert load.LOAD_WAIT_HEADER not in answer.headers
+            work = await client.post(pod.base_url + SPEECH, json=speech(model="tts-1"))
+            assert work.status_code == 200
+            answers = await asyncio.wait_for(asyncio.gather(*held), 10.0)
+    finally:
+        stop(pod)
+    assert all(load.LOAD_WAIT_HEADER in a.headers for a, _, _ in answers)
+    assert all(took < 10.0 for _, _, took in answers)

@@ -293,6 +293,30 @@ def test_a_pod_goes_silent_without_reports_and_is_asked_before_it_does() -> None
     assert not fleet.candidates(VOICE)[0].silent
 
 
+def test_a_held_poll_vouches_for_the_last_report_until_its_answer_is_due() -> None:
+    """An idle pod holding the router's ``/load?wait=`` says nothing for seconds, and is
+    still not silent; once the answer is overdue (or the ask failed) it is."""
+    clock = Clock()
+    fleet = fleet_with("a", clock=clock)
+    fleet.record_load("ns/a", clock.now, PodLoad(2.0, 1, 1, seq=3), on_answer=False)
+    assert fleet.pods["ns/a"].answered_at < clock.now  # a poll, not an answer's header
+    fleet.watch("ns/a", clock.now + 11.0)  # held up to 10 s, plus stale_after_s
+    clock.now += 5.0
+    candidate = fleet.candidates(VOICE)[0]
+    assert not candidate.silent
+    assert candidate.work_s == 0.0  # its 2 s of work are done by now
+    assert candidate.in_flight == 2  # reported and not changed since (it would have said)
+    clock.now += 6.5  # the answer is overdue: the pod is hung or gone
+    assert fleet.candidates(VOICE)[0].silent
+    fleet.record_load("ns/a", clock.now, PodLoad(0.0, 0, 0, seq=4), on_answer=False)
+    fleet.watch("ns/a", clock.now + 11.0)
+    clock.now += 0.5
+    fleet.watch("ns/a", clock.now)  # the ask failed (connection lost): no more vouching
+    assert not fleet.candidates(VOICE)[0].silent  # the report's own age still counts
+    clock.now += 0.6
+    assert fleet.candidates(VOICE)[0].silent
+
+
 def test_reports_are_ordered_by_the_pods_sequence_while_they_keep_coming() -> None:
     clock = Clock()
     fleet = fleet_with("a", clock=clock)

@@ -9,7 +9,8 @@ Modules, from the edge inwards:
 * ``choice``: the pure decision (join the shortest queue of estimated work-seconds);
 * ``fleet``: voices, pods and the load view of each pod (event-loop thread only);
 * ``discovery``: TTSVoice and pod watches (or static upstreams) into the fleet;
-* ``poll``: the compact ``/load`` of pods the router has not heard from lately (the others
-  report their load on every response) into the fleet;
+* ``poll``: a long-poll of the compact ``/load`` of each pod the router has not heard from
+  lately, answered when its load changes (the others report their load on every
+  response) into the fleet;
 * ``settings``, ``metrics``, ``errors``: the one place for each.
 """

@@ -10,17 +10,20 @@ Load view of a pod (what :func:`PodState.work_s` returns), in engine-seconds:
   + cost of this router's requests sent after that report that are still open
 
 A report is the pod's own load (:mod:`voicefleet_api.load`): the ``x-voicefleet-load``
-header on every answer it sends this router, or a poll of its ``/load`` when it has sent
+header on every answer it sends this router, or an answer of its ``/load`` when it has sent
 none for a while (:mod:`.poll`). It is in the pod's own calibrated seconds and accounts for
 other routers and direct callers. Since then the pod has worked through its queue at one
 engine-second per second, and this router has sent more, so the view stays fresh between
 reports. Reports are ordered by the pod's ``seq`` (two answers can race back), else by
 when they were taken.
 
-A pod with no report within ``stale_after_s`` is **silent**: its load is unknown, so it is
-never taken for idle. Its view falls back to this router's own open requests, and the
-choice prefers every pod that is not silent (:mod:`.choice`). A pod just discovered is
-given ``stale_after_s`` to be heard from (the poller asks it at once).
+A report is trusted for ``stale_after_s`` after it was taken, or, longer, while the pod
+holds a ``/load?wait=`` of this router that it promised to answer as soon as its load
+changes (:meth:`Fleet.watch`, until the answer is due plus ``stale_after_s``). A pod with
+no trusted report is **silent**: its load is unknown, so it is never taken for idle. Its
+view falls back to this router's own open requests, and the choice prefers every pod that
+is not silent (:mod:`.choice`). A pod just discovered is given ``stale_after_s`` to be
+heard from (the watcher asks it at once).
 """
 
 from __future__ import annotations
@@ -130,13 +133,19 @@ class PodState:
     reported_at: float = -1e9
     reported_seq: int = 0
     reported_free: int | None = None
+    answered_at: float = -1e9
+    """When this router last took a report from one of the pod's answers (a header)."""
+    watched_until: float = -1e9
+    """Until when a held ``/load`` poll vouches for the last report (:meth:`Fleet.watch`)."""
     full_until: float = -1e9
     draining_until: float = -1e9
     unreachable_until: float = -1e9
 
     def fresh(self, now: float, stale_after_s: float) -> bool:
-        """The pod's last report is recent enough to trust."""
-        return self.reported_work_s is not None and now - self.reported_at <= stale_after_s
+        """The pod's last report is recent enough to trust, or a held poll vouches for it."""
+        return self.reported_work_s is not None and (
+            now - self.reported_at <= stale_after_s or now <= self.watched_until
+        )
 
     def silent(self, now: float, stale_after_s: float) -> bool:
         """Nothing heard from the pod within ``stale_after_s`` (after its grace)."""
@@ -174,7 +183,9 @@ class PodState:
         :meth:`silent` in one pass over its open requests (this runs for every request)."""
         info = self.info
         reported = self.reported_work_s
-        if reported is not None and now - self.reported_at <= stale_after_s:
+        if reported is not None and (
+            now - self.reported_at <= stale_after_s or now <= self.watched_until
+        ):
             at = self.reported_at
             since_cost = 0.0
             since = 0
@@ -220,6 +231,7 @@ class Fleet:
         """The same pods by voice: a request looks at its voice's pods only."""
         self._changed: dict[VoiceKey, asyncio.Event] = {}
         self._gone_listeners: list[Callable[[PodInfo], None]] = []
+        self._pod_listeners: list[Callable[[PodState], None]] = []
         self.synced = False
         """True once discovery has listed everything at least once (``/readyz``)."""
 
@@ -228,6 +240,10 @@ class Fleet:
     def on_pod_gone(self, listener: Callable[[PodInfo], None]) -> None:
         """Call ``listener(info)`` when a pod leaves the fleet (e.g. to drop its metrics)."""
         self._gone_listeners.append(listener)
+
+    def on_pod(self, listener: Callable[[PodState], None]) -> None:
+        """Call ``listener(state)`` when a pod is added or changes (e.g. to watch its load)."""
+        self._pod_listeners.append(listener)
 
     def upsert_voice(self, voice: VoiceInfo) -> None:
         self.voices[voice.key] = voice
@@ -246,11 +262,14 @@ class Fleet:
                 state.reported_work_s = None
                 state.reported_free = None
                 state.reported_seq = 0
+                state.watched_until = -1e9
                 state.known_since = self.clock()
             if state.info.voice != info.voice:
                 self._unindex(state)
             state.info = info
         self._by_voice.setdefault(info.voice, {})[info.key] = state
+        for listener in self._pod_listeners:
+            listener(state)
         self._wake(info.voice)
 
     def _unindex(self, state: PodState) -> None:
@@ -309,14 +328,20 @@ class Fleet:
         state.open.discard(flight)
         self._wake(state.info.voice)
 
-    def record_load(self, pod_key: str, at: float, load: PodLoad) -> None:
-        """The pod reported ``load``, taken at ``at`` (a poll: when it was sent; a header:
-        when it arrived). An older report arriving after a newer one is dropped: by the
-        pod's ``seq`` while reports keep coming (a restarted pod counts from 1 again, and
-        a restart is longer than ``stale_after_s``), else by ``at``."""
+    def record_load(
+        self, pod_key: str, at: float, load: PodLoad, *, on_answer: bool = True
+    ) -> None:
+        """The pod reported ``load``, taken at ``at`` (a plain poll: when it was sent; a
+        header or a held poll: when it arrived); ``on_answer``: on an answer to one of this
+        router's requests (a header), not a poll. An older report arriving after a newer
+        one is dropped: by the pod's ``seq`` while reports keep coming (a restarted pod
+        counts from 1 again, and a restart is longer than ``stale_after_s``), else by
+        ``at``."""
         state = self.pods.get(pod_key)
         if state is None:
             return
+        if on_answer:
+            state.answered_at = max(state.answered_at, at)
         recent = at - state.reported_at <= self.stale_after_s
         if load.seq and state.reported_seq and recent:
             if load.seq <= state.reported_seq:
@@ -332,6 +357,14 @@ class Fleet:
         if state.unreachable_until > at:
             state.unreachable_until = at  # it answered: reachable again
         self._wake(state.info.voice)  # held requests may fit now
+
+    def watch(self, pod_key: str, until: float) -> None:
+        """A poll the pod will answer as soon as its load changes is held until ``until``
+        (its answer is due by then): the last report stays trusted so long. A past
+        ``until`` ends that (the poll failed)."""
+        state = self.pods.get(pod_key)
+        if state is not None:
+            state.watched_until = until
 
     def to_poll(self, now: float, after_s: float) -> list[tuple[str, str]]:
         """``(key, base_url)`` of serving pods not heard from within ``after_s``."""

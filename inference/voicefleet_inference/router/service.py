@@ -3,7 +3,7 @@
 Usable from Python (tests, benchmarks) as well as from ``voicefleet-router``::
 
     service = build_router(settings)        # nothing started, no thread, no socket
-    await service.start(api_client)         # discovery (watch or static) and the load poller
+    await service.start(api_client)         # discovery (watch or static) and the load watch
     ...                                     # serve service.app with any ASGI server
     await service.stop()
 """
@@ -141,6 +141,8 @@ def build_router(
         interval_s=settings.poll_interval_s,
         after_s=settings.poll_after_s,
         timeout_s=max(0.05, min(settings.stale_after_s, 2 * settings.poll_interval_s)),
+        wait_s=settings.load_wait_s,
+        connect_timeout_s=settings.connect_timeout_s,
     )
     fleet.on_pod_gone(lambda pod: metrics.forget_pod(str(pod.voice), pod.name))
     service = RouterService(settings, fleet, metrics, proxy, poller, _not_built)

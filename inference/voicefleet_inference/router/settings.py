@@ -88,10 +88,15 @@ class RouterSettings(BaseSettings):
     policy: Policy = Policy.JSQ_WORK
     """Pod choice: ``jsq-work`` (join the shortest queue of estimated work-seconds)."""
     poll_interval_s: float = Field(default=0.1, ge=0.02, le=5.0)
-    """How often the router looks for pods it has not heard from (their load is polled)."""
+    """After a failed ask of a pod's ``/load``, how long before the next one."""
     poll_after_s: float = Field(default=0.5, gt=0.0, le=60.0)
-    """A pod whose last load report (a response header or a poll) is older than this is
-    asked for its ``/load``; pods that answer requests often are never polled."""
+    """A pod that sent this router no answer (with its load header) for this long is
+    asked for its ``/load``; pods that answer requests often are never asked."""
+    load_wait_s: float = Field(default=10.0, ge=0.0, le=30.0)
+    """How long a pod may hold the router's ``/load?wait=`` when its load does not change
+    (it answers at once when it does): an idle pod costs one exchange per this many
+    seconds, and a pod that stops answering is taken for silent this long plus
+    ``stale_after_s`` after its last answer. 0: ask every ``poll_after_s`` instead."""
     stale_after_s: float = Field(default=1.0, gt=0.0, le=60.0)
     """A load report older than this is ignored: the pod is silent, its load unknown, and
     other pods are preferred to it."""
@@ -196,6 +201,7 @@ class RouterSettings(BaseSettings):
         return (
             f"namespace={self.namespace} watching={where} policy={self.policy.value} "
             f"poll={self.poll_interval_s * 1000:g}ms after {self.poll_after_s:g}s "
+            f"load-wait={self.load_wait_s:g}s "
             f"stale={self.stale_after_s:g}s "
             f"attempts={self.max_attempts} held/voice={self.max_held_per_voice} "
             f"auth={'on' if self.auth_token or self.auth_token_file else 'off'} "

@@ -17,7 +17,8 @@ arrives, and keep the connection for the next request.
 * **Timeouts**: connecting within ``connect_timeout_s`` (else :class:`ConnectFailed`); an
   answer's next bytes within ``read_timeout_s`` (else :class:`TimeoutError` and the
   connection is closed). One sweep per second checks every request in progress, instead
-  of a timer per read.
+  of a timer per read. An infinite ``read_timeout_s`` leaves timing to the caller (the
+  load watcher's held polls: one deadline each, no sweep over thousands of them).
 * **Flow control**: a body the client reads more slowly than the pod sends is buffered up
   to ``_HIGH_WATER`` bytes, then the pod's connection stops being read until it drains.
 * Closing an answer before its end (:meth:`PodResponse.close`) closes the connection: that
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import socket
 from collections import deque
 from collections.abc import Mapping
@@ -425,7 +427,8 @@ class PodClient:
         idle for longer than the keep-alive time. Stops when there is nothing to watch."""
         self._sweeper = None
         now = self.loop.time()
-        for conn in list(self._active):
+        timed = math.isfinite(self.read_timeout_s)
+        for conn in list(self._active) if timed else ():
             response = conn.response
             if (
                 response is not None
@@ -443,7 +446,7 @@ class PodClient:
             idle = idle or bool(pool)
         for key in [k for k, pool in self._pools.items() if not pool]:
             del self._pools[key]
-        if self._active or idle:
+        if (self._active and timed) or idle:
             self._sweeper = self.loop.call_later(self._sweep_every(), self._sweep)
 
     async def close(self) -> None:

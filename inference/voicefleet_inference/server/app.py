@@ -7,8 +7,10 @@ control endpoints: no remote exit, restart or model switching.
 
 Every response carries the pod's load (``x-voicefleet-load``, :mod:`voicefleet_api.load`),
 streamed ones at their start, and ``GET /load`` answers the same line: the router learns a
-pod's load from the answers it gets anyway and polls only pods it has not heard from,
-instead of reading every pod's Prometheus page several times a second.
+pod's load from the answers it gets anyway and asks only pods it has not heard from,
+instead of reading every pod's Prometheus page several times a second. Asked with
+``?wait=S&after=N``, ``/load`` is held until the load changes (:mod:`.loadwait`), so an
+idle pod costs a router one exchange per ``S`` seconds.
 
 ``/openapi.json`` (rendered at ``/docs``) describes both synthesis routes as they really
 decode (:mod:`.openapi`); ``HEAD`` is served wherever ``GET`` is, and a 405 lists every
@@ -17,7 +19,6 @@ method the path takes (:mod:`.guard`, ``errors.allowed_methods``).
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Final
 
@@ -33,6 +34,7 @@ from voicefleet_inference.scheduler import Scheduler
 from voicefleet_inference.server import gptsovits_routes, openai_routes
 from voicefleet_inference.server.errors import install_error_handlers
 from voicefleet_inference.server.guard import BearerAuth, ErrorGuard, HeadAsGet
+from voicefleet_inference.server.loadwait import MAX_WAIT_S, WAIT_HEADER, LoadChanges
 from voicefleet_inference.server.openapi import build_openapi
 from voicefleet_inference.settings import Settings
 
@@ -50,17 +52,19 @@ class LoadReport:
 
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
-        self._seq = itertools.count(1)
+        self.last_seq = 0
+        """The ``seq`` of the last report written (0: none yet)."""
 
     def __call__(self) -> str:
         s = self._scheduler
         depth = s.queue_depth()
+        self.last_seq += 1
         return load.format_load(
             load.PodLoad(
                 s.work_seconds(),
                 depth,
                 s.in_flight(),
-                next(self._seq),
+                self.last_seq,
                 free=max(0, s.config.max_queue - depth),
             )
         )
@@ -133,8 +137,18 @@ class RequestMetricsMiddleware:
             self.metrics.request_duration_seconds.observe(time.monotonic() - started)
 
 
-def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> FastAPI:
-    """The app; it starts nothing (the caller starts and stops the scheduler)."""
+def create_app(
+    settings: Settings,
+    scheduler: Scheduler,
+    metrics: Metrics,
+    *,
+    load_changes: LoadChanges | None = None,
+) -> FastAPI:
+    """The app; it starts nothing (the caller starts and stops the scheduler).
+
+    ``load_changes`` replaces the holder of ``/load`` long-polls (a test's smaller bound);
+    by default one is made and told of the scheduler's load steps.
+    """
     app = FastAPI(
         title="VoiceFleet inference server",
         docs_url=None,
@@ -143,6 +157,8 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
     )
     install_error_handlers(app)
     report = LoadReport(scheduler)
+    changes = load_changes or LoadChanges(lambda: report.last_seq, lambda: scheduler.draining)
+    scheduler.on_load_change(changes.changed)
     app.include_router(openai_routes.create_router(settings, scheduler))
     app.include_router(gptsovits_routes.create_router(settings, scheduler))
 
@@ -175,11 +191,13 @@ def create_app(settings: Settings, scheduler: Scheduler, metrics: Metrics) -> Fa
         return Response(render(metrics), media_type=CONTENT_TYPE)
 
     @app.get(load.LOAD_PATH)
-    async def load_endpoint() -> Response:
-        """The pod's load in a few dozen bytes (the header carries it too)."""
-        return Response(
-            report(), media_type="text/plain; charset=utf-8", headers={"cache-control": "no-store"}
-        )
+    async def load_endpoint(wait: float = 0.0, after: int = 0) -> Response:
+        """The pod's load in a few dozen bytes (the header carries it too); with ``wait``,
+        held until it differs from report ``after`` (:mod:`.loadwait`)."""
+        headers = {"cache-control": "no-store"}
+        if wait > 0 and await changes.wait(after, wait):  # NaN is not > 0
+            headers[WAIT_HEADER] = f"{min(wait, MAX_WAIT_S):g}"
+        return Response(report(), media_type="text/plain; charset=utf-8", headers=headers)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
