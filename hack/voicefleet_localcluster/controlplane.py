@@ -132,7 +132,13 @@ def _print(line: str) -> None:
 
 
 class ControlPlane:
-    """One local cluster. `start()` returns once the API server is ready and the node Ready."""
+    """One local cluster. `start()` returns once the API server is ready and the node Ready.
+
+    ``real_node=False`` starts the control plane alone, on 127.0.0.1, with no kubelet and
+    nothing of the host's one real node touched (no preflight, no bridge, no node dirs):
+    for benchmarks whose nodes are faked (kwok, ``voicefleet_bench.fleet``), which may run
+    beside a real node another session owns.
+    """
 
     def __init__(
         self,
@@ -143,8 +149,10 @@ class ControlPlane:
         node_name: str = DEFAULT_NODE,
         gpus: int = 4,
         log: Logger = _print,
+        real_node: bool = True,
     ) -> None:
         self.bin_dir = bin_dir
+        self.real_node = real_node
         self.node_name = node_name
         self.gpus = gpus
         self.log = log
@@ -242,9 +250,10 @@ class ControlPlane:
     def start(self, *, timeout: float = 120.0) -> ClusterState:
         """Start everything; raises PreflightError (before touching anything) when the
         machine cannot run the real node, ClusterStartError when a component fails."""
-        preflight.check()
-        # Built on first use (minutes), before the start's deadline runs.
-        binaries.ensure_kube_router(self.log)
+        if self.real_node:
+            preflight.check()
+            # Built on first use (minutes), before the start's deadline runs.
+            binaries.ensure_kube_router(self.log)
         t0 = time.monotonic()
         try:
             state = self._start(timeout)
@@ -269,13 +278,14 @@ class ControlPlane:
 
     def _start(self, timeout: float) -> ClusterState:
         deadline = time.monotonic() + timeout
-        self._prepare_real_node()
+        if self.real_node:
+            self._prepare_real_node()
         (self.work_dir / "etcd").mkdir(mode=0o700)
         for sub in ("logs", "kcm-certs", "scheduler-certs", "apiserver-certs"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
         certs = self._pki()
         etcd_port, peer_port, api_port, kcm_port, sched_port, kubelet_port = free_ports(6)
-        api_host = realnode.NODE_IP
+        api_host = realnode.NODE_IP if self.real_node else "127.0.0.1"
         server = f"https://{api_host}:{api_port}"
         ca = certs["ca"]
         admin = self._kubeconfig(server, ca, certs["admin"], "admin")
@@ -289,7 +299,7 @@ class ControlPlane:
             ("kube-router", realnode.KUBE_ROUTER_USER),
         ):
             path = self.work_dir / f"{name}.kubeconfig"
-            if name == "kube-router":
+            if name == "kube-router" and self.real_node:
                 # In NODE_RUN: a process naming a node dir is how a crashed node's
                 # leftovers are found (`realnode.references_node`), kube-router's too.
                 path = realnode.KUBE_ROUTER_KUBECONFIG
@@ -341,7 +351,8 @@ class ControlPlane:
                 f"--profiling={'true' if os.environ.get(PROFILING_ENV) == '1' else 'false'}",
             ],
         )
-        self._start_real_node(certs, kubeconfigs, kubelet_port, deadline)
+        if self.real_node:
+            self._start_real_node(certs, kubeconfigs, kubelet_port, deadline)
         self.state = ClusterState(
             cluster_id=self.cluster_id,
             work_dir=self.work_dir,
@@ -409,8 +420,9 @@ class ControlPlane:
                 ("kube-scheduler", sched_port),
             ):
                 self._await(name, deadline, lambda p=port: _https_ok(p))  # type: ignore[misc]
-            self._await("kubelet", deadline, lambda: _node_ready(client, self.node_name))
-            self._finish_real_node(client, deadline)
+            if self.real_node:
+                self._await("kubelet", deadline, lambda: _node_ready(client, self.node_name))
+                self._finish_real_node(client, deadline)
         finally:
             client.close()
         return self.state

@@ -101,8 +101,8 @@ def test_seaweedfs_pin_names_its_cache() -> None:
 
 def test_kwok_pin_names_its_cache_and_its_stages_are_ours() -> None:
     """kwok (the fleet benchmark's fake nodes) builds into its own cache dir, and runs only
-    the three stages of hack/k8s/kwok/stages.yaml: nodes Ready, pods Running with an IP,
-    deleted pods gone."""
+    the stages of hack/k8s/kwok/stages.yaml: nodes Ready and heartbeating, pods Running
+    with an IP (kept when Ready comes back), deleted pods gone."""
     release, digest = binaries.kwok_versions()
     assert release == "v0.8.0"
     path = binaries.kwok_path()
@@ -113,10 +113,11 @@ def test_kwok_pin_names_its_cache_and_its_stages_are_ours() -> None:
     kinds = {s["metadata"]["name"]: s["spec"]["resourceRef"]["kind"] for s in stages}
     assert kinds == {
         "fleet-node-ready": "Node",
+        "fleet-node-heartbeat": "Node",
         "fleet-pod-running": "Pod",
         "fleet-pod-gone": "Pod",
     }
     running = next(s for s in stages if s["metadata"]["name"] == "fleet-pod-running")
-    assert "podIP:" in running["spec"]["next"]["statusTemplate"]
+    assert "{{ $ip := .status.podIP }}" in running["spec"]["next"]["statusTemplate"]
     gone = next(s for s in stages if s["metadata"]["name"] == "fleet-pod-gone")
     assert gone["spec"]["next"] == {"delete": True}
