@@ -56,6 +56,7 @@ __all__ = [
     "build_network_policy",
     "build_pdb",
     "build_service",
+    "pdb_unwanted",
     "server_env",
     "service_endpoint",
 ]
@@ -492,12 +493,17 @@ def build_service(voice: Voice) -> dict[str, Any]:
 def build_pdb(voice: Voice) -> dict[str, Any] | None:
     """A PodDisruptionBudget (``policy/v1``) allowing one voluntary eviction at a time.
 
-    ``None`` unless ``autoscaling.maxReplicas > 1``: with at most one pod a budget either
-    blocks node drains forever (maxUnavailable 0) or protects nothing (1), so the caller
-    deletes any existing one. ``unhealthyPodEvictionPolicy: AlwaysAllow`` lets a drain
-    evict pods that are not ready anyway (e.g. crash-looping) instead of stalling on them.
+    ``None`` unless the voice asks for more than one pod (``spec.replicas > 1``, within
+    ``autoscaling.maxReplicas > 1``): ``maxUnavailable: 1`` over one pod or none lets a
+    drain evict it anyway, so such a budget protects nothing, and it costs the cluster
+    four writes per voice (the apply, the disruption controller's status and its
+    ``NoPods`` Event twice). ``None`` does not mean "delete": a budget made while the
+    voice ran several pods is kept until :func:`pdb_unwanted` (so the autoscaler
+    crossing 1 ↔ 2 does not create and delete it each time). ``unhealthyPodEvictionPolicy:
+    AlwaysAllow`` lets a drain evict pods that are not ready anyway (e.g. crash-looping)
+    instead of stalling on them.
     """
-    if voice.spec.autoscaling.max_replicas <= 1:
+    if voice.spec.replicas <= 1 or pdb_unwanted(voice):
         return None
     return {
         "apiVersion": "policy/v1",
@@ -509,6 +515,13 @@ def build_pdb(voice: Voice) -> dict[str, Any] | None:
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
+
+
+def pdb_unwanted(voice: Voice) -> bool:
+    """Whether a budget the voice may have must go: ``autoscaling.maxReplicas <= 1``, so it
+    can never run two pods again (a budget over one pod either blocks drains forever or
+    protects nothing)."""
+    return voice.spec.autoscaling.max_replicas <= 1
 
 
 def build_network_policy(voice: Voice, options: BuildOptions) -> dict[str, Any] | None:

@@ -13,9 +13,10 @@ Two paths, both under the voice's lock (:mod:`voicefleet_operator.memory`)::
 Nothing is read from the API server on either path: kopf's indexes
 (:mod:`voicefleet_operator.indexes`) hold the voices, Deployments, PVCs and pods, and
 the status we last wrote is remembered. A new voice therefore costs its writes
-only: three server-side applies (Service, PodDisruptionBudget or its deletion,
-Deployment; four with a NetworkPolicy when policies are on), one status patch, and
-kopf's own bookkeeping patch on the voice (docs/operator.md counts them;
+only: two server-side applies (Service, Deployment; a NetworkPolicy too when policies
+are on, and a PodDisruptionBudget only for a voice that asks for more than one pod) and
+its status, written when it is first reconciled and again once the Deployment
+controller has observed the Deployment (docs/operator.md counts them;
 tests/integration/test_operator_requests.py keeps it so).
 
 Handlers are plain ``def``: kopf runs them in its thread pool
@@ -41,6 +42,7 @@ from voicefleet_operator.builders import (
     build_network_policy,
     build_pdb,
     build_service,
+    pdb_unwanted,
 )
 from voicefleet_operator.conditions import (
     Problem,
@@ -189,8 +191,13 @@ def _refusal(kind: str, error: KubeError) -> Refusal | None:
 def apply_owned(
     deps: Deps, body: Mapping[str, Any], voice: Voice, *, created: bool = False
 ) -> tuple[dict[str, Any] | None, list[Refusal]]:
-    """Server-side apply the NetworkPolicy (when policies are on), the Service, the PDB (or
-    delete it), then the Deployment: the policy first, so no pod serves unprotected.
+    """Server-side apply the NetworkPolicy (when policies are on), the Service, the PDB,
+    then the Deployment: the policy first, so no pod serves unprotected.
+
+    The PDB is applied only while the voice asks for more than one pod, kept (neither
+    applied nor deleted) below that, and deleted once ``autoscaling.maxReplicas`` is 1
+    (:func:`~voicefleet_operator.builders.build_pdb`); a ``created`` voice owns none, so
+    its reconcile deletes nothing.
 
     With policies off, a voice that existed before (any reconcile but its ``created`` one:
     a restart, a spec change) loses the NetworkPolicy it owns from when they were on; a
@@ -234,7 +241,7 @@ def apply_owned(
     one(service)
     if pdb is not None:
         one(pdb)
-    elif deps.kube.delete_pdb(voice.namespace, voice.name):
+    elif not created and pdb_unwanted(voice) and deps.kube.delete_pdb(voice.namespace, voice.name):
         deps.post_event(
             body,
             type="Normal",
@@ -348,7 +355,7 @@ def deleted(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
     deps.memory.forget(namespace, name)
     deps.metrics.forget_voice(f"{namespace}/{name}")
-    logger.info("deleted; the garbage collector removes its Deployment, Service and PDB")
+    logger.info("deleted; the garbage collector removes its Deployment, Service (and PDB)")
 
 
 # --- the status refresh ---------------------------------------------------------------------

@@ -85,7 +85,7 @@ def setup(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory)
     rendered = chart_objects(cluster, release_ns)
     cluster.apply(rendered)
     sample = yaml.safe_load((REPO / "crds" / "samples" / "en-us-joe.yaml").read_text())
-    sample["spec"]["autoscaling"]["maxReplicas"] = 2  # so that a PDB is built too
+    sample["spec"]["autoscaling"]["maxReplicas"] = 2  # so that a PDB may be built too
     cluster.apply(sample, namespace=voice_ns)
     voice = cluster.get_json("ttsvoice", "en-us-joe", "-n", voice_ns)
     path = tmp_path_factory.mktemp("vap") / "sa.kubeconfig"
@@ -116,7 +116,11 @@ def adopted(obj: dict[str, Any], voice: dict[str, Any]) -> dict[str, Any]:
 
 def voice_objects(setup: Setup, options: BuildOptions) -> list[dict[str, Any]]:
     voice = parse_voice(setup.voice)
-    pdb = build_pdb(voice)
+    # the voice scaled to two pods: a budget is built only then (the PDB's fields do not
+    # depend on the count, and the policy does not look at replicas)
+    two = copy.deepcopy(setup.voice)
+    two["spec"]["replicas"] = 2
+    pdb = build_pdb(parse_voice(two))
     assert pdb is not None
     built = [build_service(voice), pdb, build_deployment(voice, options)]
     policy = build_network_policy(voice, options)

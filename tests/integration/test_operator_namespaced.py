@@ -77,7 +77,11 @@ def test_a_voice_in_a_watched_namespace_gets_its_objects_through_the_policy(
     namespaced: Namespaced,
 ) -> None:
     cluster, ns = namespaced.cluster, namespaced.watched
-    cluster.apply(scalable_voice("nsvoice", replicas=0, max_replicas=3), namespace=ns)
+    # Two replicas, so that a PDB is made too (none below two pods); no node fits them, so
+    # nothing starts: what is tested is the operator's writes, not the pods.
+    manifest = scalable_voice("nsvoice", replicas=2, max_replicas=3)
+    manifest["spec"]["nodeSelector"] = {"pool": "nowhere"}
+    cluster.apply(manifest, namespace=ns)
     for kind in ("service", "poddisruptionbudget", "deployment"):
         wait_for(
             lambda kind=kind: cluster.get_json(kind, "nsvoice", "-n", ns),
@@ -88,7 +92,9 @@ def test_a_voice_in_a_watched_namespace_gets_its_objects_through_the_policy(
     (owner,) = deployment["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("TTSVoice", "nsvoice", True)
     # no more PDB when maxReplicas drops to 1: the operator's delete passes the policy too
-    merge_patch(cluster, ns, "nsvoice", {"spec": {"autoscaling": {"maxReplicas": 1}}})
+    merge_patch(
+        cluster, ns, "nsvoice", {"spec": {"replicas": 1, "autoscaling": {"maxReplicas": 1}}}
+    )
     wait_for(
         lambda: cluster.kubectl_run("get", "pdb", "nsvoice", "-n", ns, check=False).returncode != 0,
         timeout=60,

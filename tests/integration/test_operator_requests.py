@@ -36,12 +36,13 @@ from voicefleet_localcluster.testing import LocalCluster, wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 FLOW = "voicefleet-operator-count"
-REQUESTS_PER_NEW_VOICE = 5
+REQUESTS_PER_NEW_VOICE = 4
 NAMESPACE_PREFIX = "opreq"
-"""Server-side apply of the Service, the PodDisruptionBudget and the Deployment (3),
-status written when the voice is first reconciled and again when the Deployment
-controller has observed it (2); no reads. kopf's bookkeeping is in memory (no patch on
-the voice) and the autoscaler has nothing to report on a voice at zero (no write)."""
+"""Server-side apply of the Service and the Deployment (2), status written when the voice
+is first reconciled and again when the Deployment controller has observed it (2); no
+reads. No PodDisruptionBudget below two pods (and no deletion of one for a new voice
+whose maxReplicas is 1); kopf's bookkeeping is in memory (no patch on the voice) and the
+autoscaler has nothing to report on a voice at zero (no write)."""
 
 
 def _settled(cluster: LocalCluster) -> tuple[int, Counter[str]]:
@@ -95,8 +96,13 @@ def _rolled_out(cluster: LocalCluster, ns: str, name: str, generation: int = 1) 
     wait_for(done, timeout=60, what=f"TTSVoice {ns}/{name} reconciled at {generation}")
 
 
-def _new_voice(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
-    cluster.apply({**scalable_voice(name), "metadata": {"name": name, "namespace": ns}})
+def _new_voice(cluster: LocalCluster, ns: str, name: str, max_replicas: int = 3) -> dict[str, Any]:
+    cluster.apply(
+        {
+            **scalable_voice(name, max_replicas=max_replicas),
+            "metadata": {"name": name, "namespace": ns},
+        }
+    )
     _rolled_out(cluster, ns, name)
     return voice(cluster, ns, name)
 
@@ -107,13 +113,15 @@ def test_a_new_voice_costs_a_fixed_small_number_of_requests_and_reads_nothing(
     ns = counted_namespace
     _new_voice(local_cluster, ns, "warmup")  # first-use costs (discovery, connections) out
     costs = []
-    for name in ("first", "second", "third"):
+    # maxReplicas 3 (the default) and 1: neither has a PodDisruptionBudget to apply or delete
+    for name, max_replicas in (("first", 3), ("second", 3), ("third", 1)):
         before, verbs = _settled(local_cluster)
-        _new_voice(local_cluster, ns, name)
+        _new_voice(local_cluster, ns, name, max_replicas)
         after, verbs_after = _settled(local_cluster)
         costs.append(after - before)
         print(f"\n{name}: {costs[-1]} requests; all clients: {verbs_after - verbs}")
     assert costs == [REQUESTS_PER_NEW_VOICE] * 3, costs
+    assert local_cluster.get_json("pdb", "-n", ns)["items"] == []
 
 
 def test_a_burst_of_deployment_events_costs_no_reads(

@@ -24,6 +24,7 @@ from voicefleet_operator.builders import (
     build_network_policy,
     build_pdb,
     build_service,
+    pdb_unwanted,
     server_env,
     service_endpoint,
 )
@@ -508,7 +509,8 @@ def test_built_objects_do_not_alias_the_voice() -> None:
 
 
 def test_same_voice_gives_byte_identical_objects() -> None:
-    v = voice(model=PVC_MODEL, resources={"gpus": 1}, podLabels={"b": "1", "a": "2"})
+    v = voice(model=PVC_MODEL, replicas=2, resources={"gpus": 1}, podLabels={"b": "1", "a": "2"})
+    assert build_pdb(v) is not None
     assert json.dumps(build_deployment(v, OPTS)) == json.dumps(build_deployment(v, OPTS))
     assert json.dumps(build_service(v)) == json.dumps(build_service(v))
     assert json.dumps(build_pdb(v)) == json.dumps(build_pdb(v))
@@ -571,7 +573,7 @@ def test_service() -> None:
 
 
 def test_service_selects_the_deployments_pods() -> None:
-    v = voice(podLabels={"team": "x"})
+    v = voice(replicas=2, podLabels={"team": "x"})
     pod_labels = build_deployment(v, OPTS)["spec"]["template"]["metadata"]["labels"]
     pdb = build_pdb(v)
     assert pdb is not None
@@ -579,12 +581,14 @@ def test_service_selects_the_deployments_pods() -> None:
         assert all(pod_labels.get(k) == val for k, val in selector.items())
 
 
-@pytest.mark.parametrize(("max_replicas", "wanted"), [(1, False), (2, True), (1000, True)])
-def test_pdb_only_when_more_than_one_replica_may_run(max_replicas: int, wanted: bool) -> None:
-    v = voice(
-        replicas=1,
-        autoscaling={"minReplicas": 0 if max_replicas == 1 else 1, "maxReplicas": max_replicas},
-    )
+@pytest.mark.parametrize(
+    ("replicas", "max_replicas", "wanted"),
+    [(0, 1, False), (1, 1, False), (0, 3, False), (1, 3, False), (2, 2, True), (2, 1000, True)],
+)
+def test_pdb_only_while_the_voice_asks_for_more_than_one_pod(
+    replicas: int, max_replicas: int, wanted: bool
+) -> None:
+    v = voice(replicas=replicas, autoscaling={"minReplicas": 0, "maxReplicas": max_replicas})
     pdb = build_pdb(v)
     assert (pdb is not None) is wanted
     if pdb is not None:
@@ -597,9 +601,22 @@ def test_pdb_only_when_more_than_one_replica_may_run(max_replicas: int, wanted: 
         }
 
 
-def test_default_voice_gets_a_pdb() -> None:
-    """maxReplicas defaults to 3, so a plain voice may run several pods."""
-    assert build_pdb(voice()) is not None
+@pytest.mark.parametrize(("max_replicas", "unwanted"), [(1, True), (2, False), (1000, False)])
+def test_a_budget_is_deleted_only_once_two_pods_can_never_run(
+    max_replicas: int, unwanted: bool
+) -> None:
+    """Below two pods a budget is kept, not deleted (pdb_unwanted is False), so the
+    autoscaler crossing 1 <-> 2 neither creates nor deletes it each time."""
+    v = voice(replicas=0, autoscaling={"minReplicas": 0, "maxReplicas": max_replicas})
+    assert pdb_unwanted(v) is unwanted
+    assert build_pdb(v) is None
+
+
+def test_a_plain_voice_gets_no_budget_until_it_runs_two_pods() -> None:
+    """maxReplicas defaults to 3, replicas to 1: the budget comes with the second pod."""
+    assert build_pdb(voice()) is None
+    assert not pdb_unwanted(voice())
+    assert build_pdb(voice(replicas=2)) is not None
 
 
 ROUTER_PEER = {

@@ -132,14 +132,18 @@ def _deployment(kube: FakeKube, name: str = "joe") -> dict[str, Any]:
     return kube.objects[("Deployment", NS, name)]
 
 
-def test_a_new_voice_costs_three_applies_and_one_status_write(
-    deps: Deps, kube: FakeKube, cluster: Cluster
+@pytest.mark.parametrize(("replicas", "max_replicas"), [(0, 3), (1, 3), (0, 1), (1, 1)])
+def test_a_new_voice_below_two_pods_costs_two_applies_and_one_status_write(
+    deps: Deps, kube: FakeKube, cluster: Cluster, replicas: int, max_replicas: int
 ) -> None:
-    body = cluster.add(_voice())
+    """No PodDisruptionBudget under two pods (it would protect nothing), and a new voice
+    owns none to delete even when its maxReplicas is 1."""
+    body = cluster.add(
+        _voice(replicas=replicas, autoscaling={"minReplicas": 0, "maxReplicas": max_replicas})
+    )
     handlers.reconcile_voice(deps, cluster.views(), body, LOG, created=True)
     assert kube.calls == [
         ("apply", "Service", "joe"),
-        ("apply", "PodDisruptionBudget", "joe"),
         ("apply", "Deployment", "joe"),
         ("patch-status", "TTSVoice", "joe"),
     ]
@@ -155,7 +159,7 @@ def test_with_network_policies_on_the_policy_is_applied_before_anything_serves(
     so no voice pod ever runs without the policy that keeps other pods off it."""
     peers = ({"podSelector": {"matchLabels": {"app": "router"}}},)
     deps = dataclasses.replace(deps, options=BuildOptions(network_policy_from=peers))
-    body = cluster.add(_voice())
+    body = cluster.add(_voice(replicas=2))
     handlers.reconcile_voice(deps, cluster.views(), body, LOG)
     assert [call for call in kube.calls if call[0] == "apply"] == [
         ("apply", "NetworkPolicy", "joe"),
@@ -166,6 +170,41 @@ def test_with_network_policies_on_the_policy_is_applied_before_anything_serves(
     policy = kube.objects[("NetworkPolicy", NS, "joe")]
     assert policy["spec"]["ingress"][0]["from"] == [dict(p) for p in peers]
     assert policy["metadata"]["ownerReferences"][0]["kind"] == "TTSVoice"
+
+
+def test_the_budget_comes_with_the_second_pod_stays_below_it_and_goes_with_max_replicas_1(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    """The autoscaler (or kubectl scale) moves spec.replicas; the budget is applied before
+    the Deployment that asks for the second pod, then neither re-applied nor deleted
+    while the voice runs fewer (no create/delete churn as it crosses 1 <-> 2), and
+    deleted, with an Event, once maxReplicas says two pods can never run again."""
+    pdb = ("PodDisruptionBudget", NS, "joe")
+    handlers.reconcile_voice(deps, cluster.views(), cluster.add(_voice(replicas=0)), LOG)
+    assert pdb not in kube.objects
+    handlers.reconcile_voice(
+        deps, cluster.views(), cluster.add(_voice(replicas=2, generation=2)), LOG
+    )
+    assert pdb in kube.objects
+    assert kube.calls[-4:-1] == [
+        ("apply", "Service", "joe"),
+        ("apply", "PodDisruptionBudget", "joe"),
+        ("apply", "Deployment", "joe"),
+    ]
+    for generation, replicas in ((3, 1), (4, 0)):
+        calls = len(kube.calls)
+        handlers.reconcile_voice(
+            deps,
+            cluster.views(),
+            cluster.add(_voice(replicas=replicas, generation=generation)),
+            LOG,
+        )
+        assert pdb in kube.objects
+        assert not [c for c in kube.calls[calls:] if c[1] == "PodDisruptionBudget"]
+    lowered = _voice(replicas=0, generation=5, autoscaling={"minReplicas": 0, "maxReplicas": 1})
+    handlers.reconcile_voice(deps, cluster.views(), cluster.add(lowered), LOG)
+    assert pdb not in kube.objects
+    assert events.reasons() == ["PodDisruptionBudgetDeleted"]
 
 
 def test_replicas_written_on_the_deployment_are_restored_to_the_voices(
