@@ -135,12 +135,15 @@ async def test_a_pod_the_router_talks_to_is_never_polled_or_scraped(
         running_router(settings) as (service, url),
         httpx.AsyncClient(timeout=30) as client,
     ):
-        await two_at_once()  # connections open; each pod has answered once
+        # Connections open; each pod has answered twice. Until its first answer is back, a
+        # pod's held ask is answered at each step of the first requests (a few asks).
+        await two_at_once()
+        await two_at_once()
         await asyncio.sleep(0.1)  # the access log is written after the answer
         before = {pod.port: load_asks(pod) for pod in two_pods}
         assert all(count >= 1 for count in before.values())  # asked at start
         deadline = time.monotonic() + 6.0  # twice the poll bound
-        sent = 2
+        sent = 4
         while time.monotonic() < deadline:
             await two_at_once()  # each pod answers every ~0.4 s
             sent += 2

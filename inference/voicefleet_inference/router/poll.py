@@ -46,6 +46,8 @@ log = logging.getLogger("voicefleet.router.poll")
 _DOWN_MARK_S: Final = 1.0
 _GAP_S: Final = 0.05
 """Least time between two asks of one pod (the answer rate under churn)."""
+_MAX_RETRY_S: Final = 2.0
+"""Longest wait between failed asks of one pod (the wait doubles from ``interval_s``)."""
 _NO_HEADERS: Final[dict[str, str]] = {}
 _WAIT: Final = load.LOAD_WAIT_HEADER.encode()
 
@@ -73,6 +75,7 @@ class LoadPoller:
     ) -> None:
         self._fleet = fleet
         self._metrics = metrics
+        self._poll_reports = metrics.load_reports_total.labels("poll")  # looked up once
         self._retry_s = interval_s
         self._after_s = after_s
         self._timeout_s = timeout_s
@@ -84,6 +87,8 @@ class LoadPoller:
             keepalive_s=4.0,  # below the pods' own 5 s
         )
         self._metrics_only: set[str] = set()
+        self._primed: dict[str, tuple[int, bool]] = {}
+        """What :meth:`poll_once` learnt of each pod, for its watch to start from."""
         self._watches: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._ended: set[asyncio.Task[None]] = set()
         """Watches cancelled and not yet seen to the end (:meth:`close` waits for them)."""
@@ -121,7 +126,10 @@ class LoadPoller:
             if _serving(state) and state.info.base_url
         ]
         if targets:
-            await asyncio.gather(*(self._ask(key, url, 0, None) for key, url in targets))
+            outcomes = await asyncio.gather(*(self._ask(key, url, 0, None) for key, url in targets))
+            for (key, _), outcome in zip(targets, outcomes, strict=True):
+                if outcome is not None:
+                    self._primed[key] = outcome
 
     # -- the fleet's side -------------------------------------------------------------------
 
@@ -164,9 +172,11 @@ class LoadPoller:
     async def _watch(self, key: str, base_url: str) -> None:
         """Ask ``key`` for its load for as long as it serves (cancelled by the fleet's side)."""
         fleet = self._fleet
-        held = False  # the pod holds our asks: the next one waits for a change
-        after = 0  # the seq of the last report an ask of ours returned
+        # The pod holds our asks (the next one waits for a change), and the seq of the last
+        # report an ask of ours returned; from the ask at start, if there was one.
+        after, held = self._primed.pop(key, (0, False))
         asked_at = -math.inf
+        failures = 0
         # The first hold is cut at random, so that pods found together (a router's start,
         # a relist) are not all answered in the same instant every wait_s after.
         spread = self._rng.uniform(0.1, 1.0)
@@ -180,8 +190,9 @@ class LoadPoller:
             due = state.answered_at + self._after_s
             if held:
                 due = max(due, asked_at + _GAP_S)
-            else:  # a plain poll, as often as the pod goes unheard (or after a failure)
-                due = max(due, state.reported_at + self._after_s, asked_at + self._retry_s)
+            else:  # a plain poll, as often as the pod goes unheard (or after failures)
+                retry_s = min(_MAX_RETRY_S, self._retry_s * 2 ** min(failures, 8))
+                due = max(due, state.reported_at + self._after_s, asked_at + retry_s)
             if due > now:
                 await asyncio.sleep(due - now)
                 continue
@@ -196,6 +207,11 @@ class LoadPoller:
                 outcome = None
             held = outcome is not None and outcome[1]
             after = outcome[0] if outcome is not None else 0
+            # Failures back off (doubling, spread at random): a router slowed down by a
+            # burst must not turn its own timeouts into a storm of new connections.
+            failures = 0 if outcome is not None else failures + 1
+            if failures:
+                asked_at += self._rng.uniform(0.0, self._retry_s)
 
     async def _ask(
         self, key: str, base_url: str, after: int, wait_s: float | None
@@ -254,7 +270,7 @@ class LoadPoller:
         if report is None:
             self._failed(key, down=False)
             return None
-        self._metrics.load_reports_total.labels("poll").inc()
+        self._poll_reports.inc()
         # A held answer was written when it was sent back; a plain one may be as old as
         # the ask (its pod may not yet count what this router sent meanwhile).
         fleet.record_load(key, arrived if held else sent_at, report, on_answer=False)

@@ -140,7 +140,7 @@ def build_router(
         metrics,
         interval_s=settings.poll_interval_s,
         after_s=settings.poll_after_s,
-        timeout_s=max(0.05, min(settings.stale_after_s, 2 * settings.poll_interval_s)),
+        timeout_s=settings.stale_after_s,
         wait_s=settings.load_wait_s,
         connect_timeout_s=settings.connect_timeout_s,
     )
