@@ -149,13 +149,13 @@ class Owners:
     and port (as ``/proc/net/tcp`` writes them: ``0100007F:1F90``).
 
     The table (``/proc/net/tcp`` joined with each named process's socket descriptors) is
-    rebuilt at most five times a second, only when a connection's owner is not known yet
-    (new connections: while the fleet grows, or at a load step; not in an idle window)."""
+    rebuilt only when the driver asks for the counts, between windows: at 3,000 pods a
+    rebuild reads ~10,000 descriptors, and doing that on the request path (as a first
+    version did) stalled the event loop until the listen queue overflowed."""
 
     def __init__(self) -> None:
         self.pids: dict[str, int] = {}
         self._by_end: dict[str, str] = {}
-        self._refreshed = 0.0
 
     @staticmethod
     def end(ip: str, port: int) -> str:
@@ -163,14 +163,10 @@ class Owners:
         return "".join(f"{b:02X}" for b in reversed(socket.inet_aton(ip))) + f":{port:04X}"
 
     def lookup(self, ip: str, port: int) -> str | None:
-        key = self.end(ip, port)
-        found = self._by_end.get(key)
-        if found is None and time.monotonic() - self._refreshed >= 0.2:
-            self._refresh()
-            found = self._by_end.get(key)
-        return found
+        """The owner as of the last :meth:`refresh`."""
+        return self._by_end.get(self.end(ip, port))
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         inodes: dict[str, str] = {}
         for name, pid in self.pids.items():
             with contextlib.suppress(OSError):
@@ -187,7 +183,6 @@ class Owners:
                 if owner is not None:
                     by_end[parts[1]] = owner
         self._by_end = by_end
-        self._refreshed = time.monotonic()
 
 
 def _wav(seconds: float) -> bytes:
@@ -221,10 +216,10 @@ class FakePods:
         self.network = ipaddress.ip_network(cidr)
         self.pods: dict[str, PodSim] = {}
         self.owners = Owners()
-        self.counts: Counter[tuple[str, str]] = Counter()
-        """Requests by (client process, kind)."""
-        self.polled: dict[str, set[str]] = {}
-        """Pod addresses each client asked for load (per measuring window)."""
+        self.connections: set[PodConnection] = set()
+        self.gone: Counter[tuple[str, str]] = Counter()
+        """Requests of connections closed since the last reset, by (owner, kind); an owner
+        not known when it closed is "closed"."""
         self.held: set[asyncio.Future[None]] = set()
         """Long-polls being held."""
         from voicefleet_bench.router_idle import _metrics_page
@@ -243,14 +238,32 @@ class FakePods:
         except ValueError:
             return False
 
+    def reset(self) -> None:
+        """Zero every count: a measuring window starts."""
+        for connection in self.connections:
+            connection.counts.clear()
+        self.gone.clear()
+
     def stats(self) -> dict[str, Any]:
+        """Requests since the last reset by client process and kind, and the pods each
+        process asked for load (owners looked up once, now)."""
+        self.owners.refresh()
+        counts = Counter(self.gone)
+        polled: dict[str, set[str]] = {}
+        for connection in self.connections:
+            owner = connection.resolve() or "other"
+            for kind, n in connection.counts.items():
+                counts[owner, kind] += n
+            if any(k.startswith("load") for k in connection.counts):
+                polled.setdefault(owner, set()).add(connection.ip)
         by_owner: dict[str, dict[str, int]] = {}
-        for (owner, kind), n in self.counts.items():
+        for (owner, kind), n in counts.items():
             by_owner.setdefault(owner, {})[kind] = n
         return {
             "counts": by_owner,
-            "polled_pods": {owner: len(ips) for owner, ips in self.polled.items()},
+            "polled_pods": {owner: len(ips) for owner, ips in polled.items()},
             "pods_seen": len(self.pods),
+            "connections": len(self.connections),
         }
 
 
@@ -274,8 +287,8 @@ class PodConnection(asyncio.Protocol):
         self.ip = ""
         self.peer: tuple[str, int] = ("", 0)
         self.owner: str | None = None
-        self.since = time.monotonic()
-        self.pending: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        """Requests on this connection since the last reset, by kind."""
         self.busy = False
         """A response is outstanding (held poll or speech): later bytes wait for it."""
 
@@ -285,26 +298,22 @@ class PodConnection(asyncio.Protocol):
         self.peer = self.transport.get_extra_info("peername")[:2]
         if not self.fake.serves(self.ip):
             transport.close()
+            return
+        self.fake.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if not self.busy:
             self._next()
 
-    def _count(self, kind: str) -> None:
-        """Count a request for the process that sent it; one from a connection whose owner
-        is not known yet waits in ``pending`` until it is (or 10 s have passed: "other")."""
+    def resolve(self) -> str | None:
+        """The process holding the other end, once known (:meth:`Owners.refresh`)."""
         if self.owner is None:
-            self.pending[kind] += 1
-            found = self.fake.owners.lookup(*self.peer)
-            if found is None and time.monotonic() - self.since <= 10.0:
-                return
-            self.owner = found or "other"  # a process the driver did not name
-            for pending, n in self.pending.items():
-                self.fake.counts[self.owner, pending] += n
-            self.pending.clear()
-            return
-        self.fake.counts[self.owner, kind] += 1
+            self.owner = self.fake.owners.lookup(*self.peer)
+        return self.owner
+
+    def _count(self, kind: str) -> None:
+        self.counts[kind] += 1
 
     def _next(self) -> None:
         while not self.busy:
@@ -338,7 +347,6 @@ class PodConnection(asyncio.Protocol):
         path, _, query = target.partition("?")
         fake = self.fake
         if path == LOAD_PATH:
-            fake.polled.setdefault(self.owner or "other", set()).add(self.ip)
             sim = fake.pod(self.ip)
             wait = load_wait(query)
             if wait is None:
@@ -403,6 +411,11 @@ class PodConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self in self.fake.connections:
+            self.fake.connections.discard(self)
+            owner = self.owner or "closed"
+            for kind, n in self.counts.items():
+                self.fake.gone[owner, kind] += n
 
 
 def _run_next(sim: PodSim) -> None:
@@ -453,8 +466,7 @@ class Control(asyncio.Protocol):
         if method == "POST" and path == "/owners":
             self.fake.owners.pids.update({str(k): int(v) for k, v in json.loads(body).items()})
         elif method == "POST" and path == "/reset":
-            self.fake.counts.clear()
-            self.fake.polled.clear()
+            self.fake.reset()
         answer = json.dumps(self.fake.stats()).encode()
         self.transport.write(_response(200, answer, b"application/json"))
 
@@ -927,7 +939,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                _control_post(control, "/owners", pids)
+                clients = ("router-a", "router-b", "operator", "driver")  # who dials pods
+                _control_post(control, "/owners", {n: pids[n] for n in clients})
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline or fake.poll() is not None:
@@ -955,6 +968,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             have = voices
             results.append(result)
             print(json.dumps(result), flush=True)
+            if args.json is not None:  # each size as it is done: a later one may fail
+                saved = {"commit": args.commit, "command": args.command, "results": results}
+                args.json.write_text(json.dumps(saved, indent=1) + "\n")
     return results
 
 
@@ -1119,6 +1135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "fleet.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results")
     parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: write the table and plot of a run's --json (with --command)",
+    )
+    parser.add_argument("--command", default="", help="with --report: the command that ran")
+    parser.add_argument("--commit", default="", help="with --report: the commit measured")
+    parser.add_argument(
         "--src",
         type=Path,
         default=None,
@@ -1126,6 +1151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())
+        if isinstance(saved, list):
+            saved = {"results": saved}
+        command = args.command or saved.get("command", "")
+        commit = args.commit or saved.get("commit", "unknown")
+        publish(table(saved["results"], command, commit), args.output, SECTION)
+        plot(saved["results"], args.plot)
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("the fleet benchmark adds a local route: run it as root")
     if any(p < PODS_PER_VOICE for p in args.pods) or args.pods != sorted(args.pods):
@@ -1136,9 +1170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.src is not None:
         commit = f"{_src_commit(args.src)} (operator and routers from {args.src})"
     command = "python -m voicefleet_bench.fleet " + " ".join(argv)
+    args.commit, args.command = commit, command.strip()
     results = run(args)
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
     publish(table(results, command.strip(), commit), args.output, SECTION, write=not args.no_doc)
     if not args.no_doc:
         plot(results, args.plot)
