@@ -814,12 +814,16 @@ def measure_size(stage: Stage, have: int, voices: int, args: argparse.Namespace)
         result["settled"] = True
     except AssertionError:
         result["settled"] = False  # still busy: measured anyway, and said so
-    time.sleep(2.0)
-    idle: dict[str, Any] = {}
-    with window(stage, idle):
-        time.sleep(args.idle_seconds)
-    result["idle"] = idle
-    _say(f"idle: {json.dumps(idle)}")
+    time.sleep(args.quiet_seconds)  # the routers' first asks of the new pods are over
+    rounds: list[dict[str, Any]] = []
+    for _ in range(args.idle_rounds):
+        idle: dict[str, Any] = {}
+        with window(stage, idle):
+            time.sleep(args.idle_seconds)
+        rounds.append(idle)
+        _say(f"idle: {json.dumps(idle)}")
+    result["idle"] = median_window(rounds)
+    result["idle_rounds"] = rounds
 
     before = _replicas_now(stage)
     step: dict[str, Any] = {"replicas_before": before}
@@ -838,6 +842,24 @@ def measure_size(stage: Stage, have: int, voices: int, args: argparse.Namespace)
     _say(f"step: {json.dumps(step)}")
     _settle_step_voice(stage, before)
     return result
+
+
+def median_window(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One window from several: the median of every number (per process, per client and
+    kind), the last round's load average."""
+    import statistics
+
+    def merge(values: list[Any]) -> Any:
+        if all(isinstance(v, dict) for v in values):
+            keys = {k for v in values for k in v}
+            return {k: merge([v.get(k, 0) for v in values]) for k in sorted(keys)}
+        if all(isinstance(v, int | float) for v in values):
+            return round(statistics.median(values), 4)
+        return values[-1]
+
+    merged: dict[str, Any] = merge(list(rounds))
+    merged["rounds"] = len(rounds)
+    return merged
 
 
 def _replicas_now(stage: Stage) -> int:
@@ -1126,7 +1148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, nargs="+", default=[99, 999, 3000])
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--cidr", default=CIDR)
-    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-rounds", type=int, default=3, help="idle windows (medians)")
+    parser.add_argument("--quiet-seconds", type=float, default=20.0, help="before the first")
     parser.add_argument("--step-seconds", type=float, default=20.0)
     parser.add_argument("--step-clients", type=int, default=32)
     parser.add_argument("--settle-seconds", type=float, default=120.0)
