@@ -26,14 +26,16 @@ faked.
 
 For each size (``--pods``: 99, 999 and 3,000 by default, one cluster grown from one to the
 next), in order: apply the voices it adds, time until every pod is ready, wait until the
-operator's request count is still (or ``--settle-seconds``), then measure ``--idle-seconds``
-idle, then ``--step-seconds`` of ``--step-clients`` closed-loop clients on ``voice-0000``
-through both routers. Each window reports CPU (``/proc/<pid>/stat``, cores = CPU-seconds per
-second) and RSS of each router, the operator and the fake pods' process, the operator's API
-requests per second (its own FlowSchema, ``voicefleet_localcluster.flowcontrol``), and
-requests per pod per second by client and path; the step adds the decision latency (first
-request sent -> ``spec.replicas`` of ``voice-0000`` raised, seen by a watch) and the
-requests served. The table goes into ``docs/fleet.md``, the plot into ``docs/fleet.png``.
+operator's request count is still (or ``--settle-seconds``) and ``--quiet-seconds`` more,
+then measure ``--idle-rounds`` windows of ``--idle-seconds`` idle (the table quotes their
+medians), then ``--step-seconds`` of ``--step-clients`` closed-loop clients on
+``voice-0000`` through both routers. Each window reports CPU (``/proc/<pid>/stat``, cores =
+CPU-seconds per second) and RSS of each router, the operator and the fake pods' process, the
+operator's API requests per second (its own FlowSchema,
+``voicefleet_localcluster.flowcontrol``), and requests per pod per second by client and
+path; the step adds the decision latency (first request sent -> ``spec.replicas`` of
+``voice-0000`` raised, seen by a watch) and the requests served. The table goes into
+``docs/fleet.md``, the plot into ``docs/fleet.png``.
 
 Needs root (the route). Run it alone, under the shared benchmark lock::
 
@@ -794,10 +796,11 @@ async def _load_step(routers: Sequence[str], clients: int, seconds: float) -> di
 def measure_size(stage: Stage, have: int, voices: int, args: argparse.Namespace) -> dict[str, Any]:
     """Grow the fleet from ``have`` to ``voices`` voices, then its idle and step windows."""
     from voicefleet_bench.operator_bench import parallel_apply
-    from voicefleet_localcluster.flowcontrol import settled_counts
+    from voicefleet_localcluster.flowcontrol import request_counts, settled_counts
 
     result: dict[str, Any] = {"voices": voices}
     want = voices * PODS_PER_VOICE
+    flow_before, _ = request_counts(stage.cluster, FLOW)
     started_at = time.monotonic()
     parallel_apply(stage.client, [voice(i) for i in range(have, voices)], threads=8)
     applied = time.monotonic() - started_at
@@ -810,10 +813,16 @@ def measure_size(stage: Stage, have: int, voices: int, args: argparse.Namespace)
     result["all_ready_s"] = round(time.monotonic() - started_at, 1)
     _say(f"{voices} voices: {want} pods ready {result['all_ready_s']} s after the apply")
     try:
-        settled_counts(stage.cluster, FLOW, quiet=5.0, timeout=args.settle_seconds)
+        flow_after, _ = settled_counts(stage.cluster, FLOW, quiet=5.0, timeout=args.settle_seconds)
         result["settled"] = True
     except AssertionError:
+        flow_after, _ = request_counts(stage.cluster, FLOW)
         result["settled"] = False  # still busy: measured anyway, and said so
+    # What growing cost the operator in API requests: a voice's own objects are a few
+    # requests; reads per pod event would show as more per voice with more pods.
+    result["operator_requests_per_new_voice"] = round(
+        (flow_after - flow_before) / max(1, voices - have), 2
+    )
     time.sleep(args.quiet_seconds)  # the routers' first asks of the new pods are over
     rounds: list[dict[str, Any]] = []
     for _ in range(args.idle_rounds):
@@ -1089,6 +1098,11 @@ def table(results: Sequence[dict[str, Any]], command: str, commit: str) -> str:
             )
     ready = ", ".join(
         f"{r['voices'] * PODS_PER_VOICE:,} pods ready {r['all_ready_s']} s after the apply"
+        + (
+            f" ({r['operator_requests_per_new_voice']} operator API requests per voice added)"
+            if "operator_requests_per_new_voice" in r
+            else ""
+        )
         for r in results
     )
     lines = [
@@ -1120,10 +1134,19 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
         )
         traffic.plot(
             pods,
+            [_polls(r[name], ("operator",)) for r in results],
+            style,
+            label=f"operator polls per pod/s, {name}",
+        )
+        traffic.plot(
+            pods,
             [r[name]["operator_api_per_s"] for r in results],
             style,
             label=f"operator API requests/s, {name}",
         )
+    # issue 20's targets at 3,000 pods, idle
+    cores.axhline(0.1, color="tab:blue", linewidth=0.8, linestyle=":", label="target, router")
+    cores.axhline(0.5, color="tab:orange", linewidth=0.8, linestyle=":", label="target, operator")
     for ax, title in ((cores, "CPU, cores"), (traffic, "requests per second")):
         ax.set_xscale("log")
         ax.set_xlabel("ready pods")
