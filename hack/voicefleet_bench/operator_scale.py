@@ -54,7 +54,7 @@ from typing import Any
 from voicefleet_bench import REPO
 from voicefleet_bench.machine import git_revision
 from voicefleet_bench.operator_bench import catalogue, parallel_apply, start_operator
-from voicefleet_bench.procs import memory_mb
+from voicefleet_bench.procs import cpu_seconds, memory_mb
 from voicefleet_bench.report import fmt, write_section
 from voicefleet_localcluster.flowcontrol import settled_counts
 from voicefleet_localcluster.kubeapi import KubeClient
@@ -83,6 +83,8 @@ KINDS = (
 """Resources whose request counts the table splits by verb: the voices, what the operator
 makes, and what the controllers and the API server write for those."""
 WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
+COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager")
+"""Control-plane processes whose CPU time over the run is recorded, with the operator's."""
 
 
 def voices(count: int) -> str:
@@ -175,6 +177,9 @@ def run(
 
         limit = max(120.0, seconds_per_voice * count)
         spy = _profiler(proc.pid, profile) if profile is not None else None
+        pids = {name: cluster.state.pids[name] for name in COMPONENTS}
+        pids["operator"] = proc.pid
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         if applier == "kubectl":
             cluster.kubectl_run(
@@ -198,14 +203,20 @@ def run(
                 )
             time.sleep(1.0)
         total = time.monotonic() - started
+        cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
         observed_at_done = deployments_observed(client)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
         memory = memory_mb(proc.pid)
+        # The operator writes a voice's status again once the Deployment controller has
+        # observed its Deployment, and that controller (20 requests/s, ~4 writes a
+        # Deployment) trails a burst of 1,000 by minutes: wait as long as the run may take.
+        settle_started = time.monotonic()
         flow_after, verbs_after = settled_counts(
-            cluster, FLOW, quiet=5.0, timeout=120.0, kinds=KINDS
+            cluster, FLOW, quiet=5.0, timeout=limit, kinds=KINDS
         )
+        settle_seconds = time.monotonic() - settle_started
         verbs = {k: v for k, v in (verbs_after - verbs_before).most_common() if v}
         writes = sum(v for k, v in verbs.items() if k.split()[0] in WRITE_VERBS)
         return {
@@ -214,9 +225,11 @@ def run(
             "apply_seconds": round(applied, 2),
             "all_deployments_seconds": round(first_all_deployments or total, 2),
             "all_reconciled_seconds": round(total, 2),
+            "settled_after_done_seconds": round(settle_seconds, 1),
             "limit_seconds": limit,
             "pdbs": count_done(client)[2],
             "deployments_observed_at_done": observed_at_done,
+            "cpu_seconds_to_done": cpu,
             "operator_requests": flow_after - flow_before,
             "operator_requests_per_voice": round((flow_after - flow_before) / count, 2),
             "requests_by_verb": verbs,
@@ -258,6 +271,9 @@ def table(results: list[dict[str, Any]], command: str, label: str) -> str:
             f"- {r['voices']} voices, every client's requests by verb ({r.get('writes', '?')} "
             f"writes, {fmt(r.get('writes_per_voice', 0), 2)} a voice): {verbs}"
         )
+        if "cpu_seconds_to_done" in r:
+            cpu = ", ".join(f"{k} {fmt(v, 1)}" for k, v in r["cpu_seconds_to_done"].items())
+            split.append(f"- {r['voices']} voices, CPU seconds from the apply to done: {cpu}")
     loads = "; ".join(
         f"{r['voices']} voices: operator from {r.get('revision', '?')}, load average "
         f"{' '.join(r['load_average'])} at the end"
