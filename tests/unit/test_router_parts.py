@@ -214,6 +214,78 @@ async def test_a_pod_without_load_endpoint_is_read_from_its_labelled_metrics_pag
     assert metrics.scrape_errors_total._value.get() == 0
 
 
+async def test_a_pod_whose_load_does_not_hold_is_polled_not_asked_in_a_loop() -> None:
+    """A pod older than the long-poll answers ``/load?wait=`` at once and without the wait
+    header: the watch polls it every ``after_s`` as before, instead of asking again every
+    50 ms; one that holds is asked once per wait (here 0.4 s)."""
+    import asyncio
+
+    from voicefleet_inference.router.fleet import Fleet, PodInfo, VoiceInfo
+    from voicefleet_inference.router.metrics import create_metrics
+    from voicefleet_inference.router.poll import LoadPoller
+
+    asked: dict[str, list[str]] = {"old": [], "new": []}
+    seq = 0
+
+    async def fake_pod(
+        kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A fake pod at our own seam: a loopback socket, a plain idle /load answer."""
+        nonlocal seq
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            path = head.split(b" ", 2)[1].decode()
+            asked[kind].append(path)
+            held = b""
+            if kind == "new" and "wait=" in path:
+                if not path.endswith("after=0"):
+                    await asyncio.sleep(0.4)  # nothing changes on an idle pod
+                held = b"x-voicefleet-load-wait: 0.4\r\n"
+            seq += 1
+            body = f"work_s=0.000,depth=0,in_flight=0,seq={seq}".encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\n"
+                + held
+                + b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    servers = [
+        await asyncio.start_server(lambda r, w, k=kind: fake_pod(k, r, w), "127.0.0.1", 0)
+        for kind in ("old", "new")
+    ]
+    fleet = Fleet("ns", stale_after_s=1.0)
+    voice = VoiceKey("ns", "joe")
+    fleet.upsert_voice(VoiceInfo(voice, "m", 1.0))
+    for kind, server in zip(("old", "new"), servers, strict=True):
+        port = server.sockets[0].getsockname()[1]
+        fleet.upsert_pod(PodInfo("ns", kind, voice, f"http://127.0.0.1:{port}", ready=True))
+    poller = LoadPoller(
+        fleet, create_metrics(), interval_s=0.1, after_s=0.3, timeout_s=1.0, wait_s=0.4
+    )
+    watch = asyncio.create_task(poller.run())
+    try:
+        await asyncio.sleep(2.0)
+        assert not fleet.pods["ns/old"].silent(fleet.clock(), 1.0)
+        assert not fleet.pods["ns/new"].silent(fleet.clock(), 1.0)
+    finally:
+        watch.cancel()
+        await poller.close()
+        for server in servers:
+            server.close()
+    assert 4 <= len(asked["old"]) <= 8, asked["old"]  # every ~0.3 s, not every 50 ms
+    assert all(p.endswith("after=0") for p in asked["old"])
+    assert 3 <= len(asked["new"]) <= 7, asked["new"]  # about one per 0.4 s hold
+    assert all(not p.endswith("after=0") for p in asked["new"][1:])
+
+
 def test_cost_estimate_is_the_servers_model_and_tolerates_bad_fields() -> None:
     text = "Hello there."
     assert estimate_cost(text, 1.0) == REFERENCE_COST.estimate(text)
