@@ -528,25 +528,13 @@ def _say(line: str) -> None:
 @contextlib.contextmanager
 def control_plane() -> Iterator[LocalCluster]:
     """A local cluster without the real node (see ``ControlPlane(real_node=False)``)."""
-    from voicefleet_localcluster import binaries
-    from voicefleet_localcluster.controlplane import ControlPlane
-    from voicefleet_localcluster.testing import LocalCluster
+    from voicefleet_localcluster.testing import start_local_cluster
 
-    bin_dir = binaries.ensure_binaries(log=_say)
-    plane = ControlPlane(bin_dir=bin_dir, log=_say, real_node=False)
-    state = plane.start(timeout=180)
+    cluster = start_local_cluster(log=_say, timeout=180, real_node=False)
     try:
-        yield LocalCluster(
-            kubeconfig=state.kubeconfig,
-            bin_dir=bin_dir,
-            server=state.server,
-            work_dir=state.work_dir,
-            node_name=state.node_name,
-            state=state,
-            plane=plane,
-        )
+        yield cluster
     finally:
-        plane.stop()
+        cluster.stop()
 
 
 @contextlib.contextmanager

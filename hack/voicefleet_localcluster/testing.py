@@ -313,14 +313,17 @@ def start_local_cluster(
     gpus: int = 4,
     log: Callable[[str], None] | None = None,
     timeout: float = 300.0,
+    real_node: bool = True,
 ) -> LocalCluster:
     """Build the binaries if missing, start a cluster in a fresh temp dir, return it.
 
     The timeout covers a first start, which packs and imports the node's own images.
+    ``real_node=False``: the control plane alone (see ``ControlPlane``), as the fleet
+    benchmark runs it beside kwok's fake nodes.
     """
     say = log or (lambda line: None)
     bin_dir = binaries.ensure_binaries(log=say)
-    kwargs: dict[str, Any] = {"bin_dir": bin_dir, "gpus": gpus}
+    kwargs: dict[str, Any] = {"bin_dir": bin_dir, "gpus": gpus, "real_node": real_node}
     if log is not None:
         kwargs["log"] = log
     plane = ControlPlane(**kwargs)
