@@ -99,29 +99,11 @@ class PiperOnnxEngine(PiperVoiceEngineBase):
     factory); :meth:`load` does the slow part in the owning worker thread.
     """
 
-    def __init__(
-        self,
-        model_path: Path,
-        config_path: Path,
-        *,
-        model_name: str,
-        device: str = "cpu",
-        threads: int = 1,
-        sentence_silence: float = 0.05,
-        calibration_cache: Path | None = None,
-    ) -> None:
-        super().__init__(
-            model_path,
-            config_path,
-            model_name=model_name,
-            device=device,
-            threads=threads,
-            sentence_silence=sentence_silence,
-            calibration_cache=calibration_cache,
-        )
-        self._session: ort.InferenceSession | None = None
-        self._has_sid = False
-        self._durations_name = ""
+    # Construction is the base's (one signature for both Piper engines); until ``load``
+    # there is no session, and these class defaults say so.
+    _session: ort.InferenceSession | None = None
+    _has_sid: bool = False
+    _durations_name: str = ""
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "PiperTextFrontEnd",
     "PiperVoiceConfig",
     "PiperVoiceEngineBase",
+    "PiperVoiceOptions",
     "PlannedUnit",
     "TextPlan",
     "parse_device",
@@ -244,6 +245,17 @@ class PiperTextFrontEnd:
         return samples
 
 
+class PiperVoiceOptions(TypedDict):
+    """The construction arguments every Piper engine takes (the base's keywords), so an
+    engine that adds its own forwards these as ``**options`` instead of repeating them."""
+
+    model_name: str
+    device: NotRequired[str]
+    threads: NotRequired[int]
+    sentence_silence: NotRequired[float]
+    calibration_cache: NotRequired[Path | None]
+
+
 class PiperVoiceEngineBase:
     """What every engine of a Piper voice shares: config, front end, device and identity.
 
@@ -258,9 +270,9 @@ class PiperVoiceEngineBase:
         config_path: Path,
         *,
         model_name: str,
-        device: str,
-        threads: int,
-        sentence_silence: float,
+        device: str = "cpu",
+        threads: int = 1,
+        sentence_silence: float = 0.05,
         calibration_cache: Path | None = None,
     ) -> None:
         if threads < 1:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from voicefleet_inference.engines.base import (
 )
 from voicefleet_inference.engines.piper_text import (
     PiperVoiceEngineBase,
+    PiperVoiceOptions,
     PlannedUnit,
     TextPlan,
 )
@@ -106,25 +108,13 @@ class VitsTorchEngine(PiperVoiceEngineBase):
         model_path: Path,
         config_path: Path,
         *,
-        model_name: str,
-        device: str = "cpu",
-        threads: int = 1,
-        sentence_silence: float = 0.05,
         stream_windows: bool = True,
         first_window: int = 16,
         max_batch: int = 64,
         precision: str = "float32",
-        calibration_cache: Path | None = None,
+        **options: Unpack[PiperVoiceOptions],
     ) -> None:
-        super().__init__(
-            model_path,
-            config_path,
-            model_name=model_name,
-            device=device,
-            threads=threads,
-            sentence_silence=sentence_silence,
-            calibration_cache=calibration_cache,
-        )
+        super().__init__(model_path, config_path, **options)
         if first_window < 1 or max_batch < 1:
             raise ValueError("first_window and max_batch must be >= 1")
         if precision not in PRECISIONS:
