@@ -111,6 +111,8 @@ def voice_view(body: Mapping[str, Any]) -> VoiceView:
             scale_to_zero_idle=float(a.scale_to_zero_idle_seconds),
             first_audio_target=a.target.time_to_first_audio_seconds if a.target else None,
             first_audio_percentile=a.target.percentile / 100 if a.target else 0.99,
+            # the pod's workers, as the Deployment builder sets them (one per GPU at least)
+            servers_per_pod=max(voice.spec.server.workers, voice.spec.resources.gpus),
         )
         enabled, cold_start = a.enabled, float(a.cold_start_timeout_seconds)
     return VoiceView(

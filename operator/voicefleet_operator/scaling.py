@@ -40,9 +40,11 @@ How it decides (docs/autoscaler.md has the long form):
   ``spec.autoscaling.target``). Once the pods have served ``min_served`` requests in the
   measuring window (:class:`ServiceMeasure`), ``need`` is the larger of the queueing
   model's replicas (:func:`queueing.replicas_for_first_audio` on the measured arrival
-  rate, service-time mean and variability and start-to-first-audio time) and those a
+  rate, service-time mean and variability and start-to-first-audio time, each pod
+  ``servers_per_pod`` servers: its workers) and those a
   backlog needs so the request held last starts within the target plus ``horizon``:
-  ``ceil(work / (target - first audio + horizon))`` (the model is stationary; a backlog
+  ``ceil(work / ((target - first audio + horizon) x servers_per_pod))`` (the model is
+  stationary; a backlog
   is not). It replaces ``work / target_work_seconds``; the evidence rule for a scale-up,
   the down window and zero stay the same; a scale-up goes straight to ``need`` (the
   model sizes it; no drain formula). While the backlog grows (a step) the rate is the
@@ -184,7 +186,10 @@ class Policy:
     """Seconds ahead a scale-up is sized for (see module doc); 0 sizes on the backlog alone."""
     rate_window: float = DEFAULT_RATE_WINDOW_SECONDS
     pod_work_rate: float = 1.0
-    """Engine-seconds one pod serves per second (its workers)."""
+    """Engine-seconds one pod serves per second (the work rule's drain and arrivals)."""
+    servers_per_pod: int = 1
+    """Requests one pod serves at once (its workers): the first-audio model's servers per
+    replica. The measured service time already carries what concurrency costs each request."""
     down_headroom: float = DEFAULT_DOWN_HEADROOM
     """A scale-down keeps this share above the window's peak need (see the constant)."""
     first_audio_target: float | None = None
@@ -306,22 +311,25 @@ def first_audio_need(
 
     None when the policy has no target or too few requests were measured to fit the
     model. The backlog term: the request queued last starts within ``target - first
-    audio`` after the ``horizon`` new pods need (module doc).
+    audio`` after the ``horizon`` new pods need, each pod's workers draining it side by
+    side (module doc).
     """
     target = policy.first_audio_target
     if target is None or measure.served < policy.min_served:
         return None
     model = replicas_for_first_audio(
         rate=measure.arrival_rate,
-        mean_service=measure.mean_service / policy.pod_work_rate,
+        mean_service=measure.mean_service,
         scv=measure.scv,
         first_audio=measure.start_to_first_audio,
         target=target,
         percentile=policy.first_audio_percentile,
         max_replicas=policy.max_replicas,
+        servers_per_replica=policy.servers_per_pod,
     )
     slack = max(target - measure.start_to_first_audio, 0.1)
-    backlog = math.ceil(work / (slack + max(policy.horizon, 0.0)) - 1e-9) if work > 0 else 0
+    drained = (slack + max(policy.horizon, 0.0)) * max(1, policy.servers_per_pod)
+    backlog = math.ceil(work / drained - 1e-9) if work > 0 else 0
     return model, backlog
 
 
@@ -394,10 +402,11 @@ def decide(obs: Observation, state: ScalingState, policy: Policy) -> Decision:
         predicted = share_within(
             servers=desired,
             rate=m.arrival_rate,
-            mean_service=m.mean_service / policy.pod_work_rate,
+            mean_service=m.mean_service,
             scv=m.scv,
             first_audio=m.start_to_first_audio,
             target=policy.first_audio_target,
+            servers_per_replica=policy.servers_per_pod,
         )
         return Decision(
             desired,

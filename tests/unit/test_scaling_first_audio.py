@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from voicefleet_operator.autoscaler_status import voice_view
 from voicefleet_operator.queueing import replicas_for_first_audio
 from voicefleet_operator.scaling import (
     POLICY_FIRST_AUDIO,
@@ -210,6 +211,28 @@ def test_the_need_is_the_model_or_the_backlog_whichever_is_larger() -> None:
     assert d.model_replicas == model
 
 
+def test_a_pod_of_several_workers_counts_as_that_many_servers() -> None:
+    # 8 req/s of 0.7 s need some 8 single-worker pods; pods of 4 workers: the fewest whose
+    # workers add up to as many, and the prediction for the desired pods says so too.
+    single = first_audio_need(2.0, MEASURE, TARGETED)
+    four = first_audio_need(2.0, MEASURE, replace(TARGETED, servers_per_pod=4))
+    assert single is not None
+    assert four is not None
+    assert (four[0] - 1) * 4 < single[0] <= four[0] * 4
+    # 200 s of backlog drain through 4 workers a pod: ceil(200 / (4 x 10.7)) = 5, not 19.
+    backlog = first_audio_need(200.0, MEASURE, replace(TARGETED, servers_per_pod=4))
+    assert backlog is not None
+    assert backlog[1] == 5
+    policy = replace(TARGETED, servers_per_pod=4)
+    d = decide(obs(four[0], 2.0, MEASURE, 10.0), ScalingState(), policy)
+    assert d.model_replicas == four[0]
+    assert d.predicted_within is not None
+    assert d.predicted_within >= 0.99
+    fewer = decide(obs(four[0] - 1, 2.0, MEASURE, 10.0), ScalingState(), policy)
+    assert fewer.predicted_within is not None
+    assert 0.5 < fewer.predicted_within < 0.99  # 4 workers a pod: near, not met
+
+
 def test_without_a_target_or_enough_requests_the_work_rule_decides() -> None:
     assert first_audio_need(2.0, MEASURE, WORK) is None
     few = ServiceMeasure(8.0, 0.7, 2.0, 0.3, served=TARGETED.min_served - 1)
@@ -260,3 +283,27 @@ def test_a_target_below_the_engines_own_first_audio_runs_at_max() -> None:
     assert math.isclose(
         decide(obs(40, 0.0, slow, 10.0), ScalingState(), TARGETED).predicted_within or 0.0, 0.0
     )
+
+
+def test_a_voice_s_workers_are_its_pods_servers() -> None:
+    # The operator reads spec.server.workers (one per GPU at least, as the Deployment
+    # builder sets the pods' workers) into the policy the model sizes with.
+    def view(server: dict[str, object], gpus: int = 0) -> int:
+        raw = {
+            "apiVersion": "voicefleet.io/v1alpha1",
+            "kind": "TTSVoice",
+            "metadata": {"namespace": "ns", "name": "v", "uid": "u", "generation": 1},
+            "spec": {
+                "model": {"bundled": "en_US-joe-medium"},
+                "server": server,
+                "resources": {"gpus": gpus},
+                "autoscaling": {"target": {"timeToFirstAudioSeconds": 0.5}},
+            },
+        }
+        policy = voice_view(raw).policy
+        assert policy is not None
+        return policy.servers_per_pod
+
+    assert view({}) == 1
+    assert view({"workers": 3}) == 3
+    assert view({"workers": 1}, gpus=2) == 2
