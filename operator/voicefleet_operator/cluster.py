@@ -3,8 +3,9 @@
 Handlers write four things to the API server (server-side apply of an owned object,
 the deletion of a PodDisruptionBudget no longer wanted, of a NetworkPolicy left from when
 policies were on, the voice's status) and post Events through kopf; the one read is that
-policy's, when policies are off (the voice, its Deployment and the PVCs come from kopf's
-indexes, :mod:`voicefleet_operator.indexes`). Naming exactly those calls
+policy's, when policies are off, and whether it is ours is the handlers' decision (the
+voice, its Deployment and the PVCs come from kopf's indexes,
+:mod:`voicefleet_operator.indexes`). Naming exactly those calls
 here lets the handler logic run against an in-memory fake in unit tests
 (``tests/unit/fake_kube.py``) and keeps the real client in :mod:`voicefleet_operator.k8s`
 (its ``Kube`` class satisfies :class:`Kube`). Implementations raise
@@ -31,9 +32,13 @@ class Kube(Protocol):
         """Delete a PodDisruptionBudget; False when it was already gone."""
         ...
 
-    def delete_owned_network_policy(self, namespace: str, name: str, owner_uid: str) -> bool:
-        """Delete the NetworkPolicy ``name`` if the object with ``owner_uid`` owns it;
-        False when there was none of its own."""
+    def network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The NetworkPolicy ``name`` as stored; None when there is none."""
+        ...
+
+    def delete_network_policy(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the NetworkPolicy ``name`` only while it is still the object ``uid`` (a
+        precondition); False when it was already gone."""
         ...
 
     def patch_voice_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

@@ -200,8 +200,8 @@ def apply_owned(
     its reconcile deletes nothing.
 
     With policies off, a voice that existed before (any reconcile but its ``created`` one:
-    a restart, a spec change) loses the NetworkPolicy it owns from when they were on; a
-    GET finds it, so new voices and the default (policies on) pay nothing.
+    a restart, a spec change) loses the NetworkPolicy a voice of its name owns from when
+    they were on; a GET finds it, so new voices and the default (policies on) pay nothing.
 
     Each object is applied even when an earlier one was refused (a full Service range
     must not keep the pods from running). Returns the Deployment as stored (None when
@@ -228,9 +228,7 @@ def apply_owned(
 
     if policy is not None:
         one(policy)
-    elif not created and deps.kube.delete_owned_network_policy(
-        voice.namespace, voice.name, str((body.get("metadata") or {}).get("uid") or "")
-    ):
+    elif not created and _delete_our_network_policy(deps, voice):
         deps.post_event(
             body,
             type="Normal",
@@ -253,6 +251,17 @@ def apply_owned(
         voice.namespace, voice.name, voice.generation, tuple(r.problem for r in refusals)
     )
     return applied, refusals
+
+
+def _delete_our_network_policy(deps: Deps, voice: Voice) -> bool:
+    """Delete the policy of the voice's name if a TTSVoice of that name owns it: this voice,
+    or an earlier one of the same name (deleted and created again) whose policy the garbage
+    collector has not removed yet. One someone else wrote under that name is kept."""
+    policy = deps.kube.network_policy(voice.namespace, voice.name)
+    if policy is None or owner_voice(policy) != voice.name:
+        return False
+    uid = str((policy.get("metadata") or {}).get("uid") or "")
+    return deps.kube.delete_network_policy(voice.namespace, voice.name, uid)
 
 
 # --- the reconcile --------------------------------------------------------------------------

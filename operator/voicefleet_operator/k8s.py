@@ -201,17 +201,15 @@ class Kube:
         )
         return gone is not None
 
-    def delete_owned_network_policy(self, namespace: str, name: str, owner_uid: str) -> bool:
-        """Delete the NetworkPolicy ``name`` if the voice with ``owner_uid`` owns it (one
-        of ours, left from when policies were on); a policy of that name that someone
-        else wrote is kept. False when there was none of ours to delete."""
-        policy = _call(
+    def network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The NetworkPolicy ``name`` as stored; None when there is none."""
+        return _call(
             self._networking.read_namespaced_network_policy, name, namespace, missing_ok=True
         )
-        refs = (policy or {}).get("metadata", {}).get("ownerReferences") or []
-        if policy is None or not any(ref.get("uid") == owner_uid for ref in refs):
-            return False
-        uid = policy["metadata"]["uid"]
+
+    def delete_network_policy(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the NetworkPolicy ``name`` only while it is the object ``uid`` (so one
+        written meanwhile under that name is not deleted in its place); False when gone."""
         gone = _call(
             self._networking.delete_namespaced_network_policy,
             name,

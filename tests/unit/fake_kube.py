@@ -50,13 +50,19 @@ class FakeKube:
         self.calls.append(("delete", "PodDisruptionBudget", name))
         return self.objects.pop(("PodDisruptionBudget", namespace, name), None) is not None
 
-    def delete_owned_network_policy(self, namespace: str, name: str, owner_uid: str) -> bool:
+    def network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.calls.append(("get", "NetworkPolicy", name))
-        key = ("NetworkPolicy", namespace, name)
-        refs = self.objects.get(key, {}).get("metadata", {}).get("ownerReferences") or []
-        if not any(ref.get("uid") == owner_uid for ref in refs):
-            return False
+        stored = self.objects.get(("NetworkPolicy", namespace, name))
+        return copy.deepcopy(stored) if stored is not None else None
+
+    def delete_network_policy(self, namespace: str, name: str, uid: str) -> bool:
         self.calls.append(("delete", "NetworkPolicy", name))
+        key = ("NetworkPolicy", namespace, name)
+        stored = self.objects.get(key)
+        if stored is None:
+            return False
+        if str(stored["metadata"].get("uid") or "") != uid:
+            raise KubeError(409, f"Precondition failed: UID in precondition: {uid}")
         del self.objects[key]
         return True
 

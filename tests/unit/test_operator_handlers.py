@@ -374,6 +374,22 @@ def test_with_network_policies_off_a_voice_loses_the_policy_it_owns_and_keeps_ot
     assert ("get", "NetworkPolicy", "new") not in kube.calls[calls:]
 
 
+def test_with_network_policies_off_a_recreated_voice_loses_the_policy_its_predecessor_left(
+    deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
+) -> None:
+    """A voice deleted and created again under its name while policies were turned off: the
+    policy the earlier voice owns (its uid, not this one's) is ours all the same, left for
+    the garbage collector; the new voice's reconcile deletes it instead of keeping it."""
+    peers = ({"podSelector": {"matchLabels": {"app": "router"}}},)
+    on = dataclasses.replace(deps, options=BuildOptions(network_policy_from=peers))
+    handlers.reconcile_voice(on, cluster.views(), cluster.add(_voice("joe")), LOG)
+    again = _voice("joe")
+    again["metadata"]["uid"] = "uid-joe-again"
+    handlers.reconcile_voice(deps, cluster.views(), cluster.add(again), LOG)
+    assert ("NetworkPolicy", NS, "joe") not in kube.objects
+    assert events.reasons() == ["NetworkPolicyDeleted"]
+
+
 def test_an_invalid_spec_is_reported_once(
     deps: Deps, kube: FakeKube, cluster: Cluster, events: EventRecorder
 ) -> None:
