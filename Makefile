@@ -41,7 +41,7 @@ typecheck: install ## mypy --strict on product code
 unit: install ## fast tests only (no servers, no cluster)
 	$(BIN)/pytest -q tests/unit
 
-test: install lint typecheck ## the full suite: lint, types, unit, integration (real servers, real control plane, real node), e2e; two streams side by side
+test: install ## the full suite: lint, types (beside the node's builds), unit, integration (real servers, real control plane, real node), e2e; two streams side by side
 	hack/run-tests.sh
 
 # test-fast leaves out what `make test` runs besides: the cluster tests, the benchmark driver,

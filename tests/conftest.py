@@ -31,6 +31,7 @@ from voicefleet_localcluster.pytest_plugin import (  # noqa: F401  (fixtures, by
 )
 
 E2E = Path(__file__).resolve().parent / "e2e"
+SEAWEEDFS_BESIDE = "VOICEFLEET_SEAWEEDFS_BESIDE"
 _OWN_CALIBRATION_CACHE = pytest.StashKey[str]()
 
 
@@ -74,9 +75,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # - Then tests marked `slow`: `make test-fast` hands whole files to its workers in this
     #   order (`--dist loadfile --no-loadscope-reorder`), and a long module handed out last
     #   keeps the run waiting while the other worker idles.
+    # - Cluster tests that serve from SeaweedFS last: in `make test` the other stream builds
+    #   `weed` (minutes on a fresh machine) while this stream runs everything else.
     items.sort(
         key=lambda item: (
             item.get_closest_marker("own_node") is None,
+            item.get_closest_marker("cluster") is not None
+            and item.get_closest_marker("seaweedfs") is not None,
             item.get_closest_marker("slow") is None,
         )
     )
@@ -85,10 +90,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build what the selected cluster tests need (the plugin's hook), and SeaweedFS for
     the tests marked `seaweedfs` (minutes cold, cached after): before the first test, so
-    no test's timeout runs while it builds."""
+    no test's timeout runs while it builds.
+
+    `make test` sets VOICEFLEET_SEAWEEDFS_BESIDE=1 in its cluster stream: the other stream
+    builds `weed` at its start, and this one runs its SeaweedFS tests last (sorted above),
+    by when it is built; their fixture waits on the build's lock if not."""
     pytest_plugin.pytest_collection_finish(session)
     config = session.config
-    if config.option.collectonly:
+    if config.option.collectonly or os.environ.get(SEAWEEDFS_BESIDE) == "1":
         return
     if any(item.get_closest_marker("seaweedfs") for item in session.items):
         binaries.ensure_seaweedfs(log=lambda line: pytest_plugin._echo(config, line))

@@ -33,11 +33,22 @@ def _state_file(state_dir: Path) -> Path:
     return state_dir / "state.json"
 
 
-def cmd_build(_: argparse.Namespace) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    directory = binaries.ensure_binaries()
-    _say(f"ready in {time.monotonic() - started:.0f}s: {directory}")
-    print(directory)
+    if not args.node:
+        directory = binaries.ensure_binaries()
+        _say(f"ready in {time.monotonic() - started:.0f}s: {directory}")
+        print(directory)
+        return 0
+    from voicefleet_localcluster import imagebuild, prepare
+
+    try:
+        built = prepare.build_node_parts(_say)
+        imagebuild.load_built(built, _say)
+    except (RuntimeError, imagebuild.ImageBuildError) as exc:
+        _say(f"error: {exc}")
+        return 1
+    _say(f"the node's binaries and images ready in {time.monotonic() - started:.0f}s")
     return 0
 
 
@@ -137,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="build the binaries into the cache (skipped if cached)")
+    build.add_argument(
+        "--node",
+        action="store_true",
+        help="also kube-router and the images, loaded into the node's containerd: everything "
+        "`up` and the cluster tests need (make test runs this first)",
+    )
     build.set_defaults(func=cmd_build)
 
     # Every command that acts on a recorded cluster takes the same --state-dir.

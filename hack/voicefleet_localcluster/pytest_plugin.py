@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from voicefleet_localcluster import binaries, imagebuild
+from voicefleet_localcluster import imagebuild, prepare
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster
 
 FIXTURES = ("local_cluster", "real_cluster")
@@ -61,17 +61,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any(_needs_cluster(item) for item in session.items):
         return
     log = imagebuild.serialized(lambda line: _echo(config, line))
-    # Pods on the real node are containers of our images: build them (cached by recipe
-    # and layers) beside the Go builds, which keep the cores busy while debootstrap and
-    # pip mostly wait on the network, and load them once built, as `make images` does,
-    # so no test waits on it.
-    with imagebuild.BackgroundBuild("cpu", log) as images:
-        binaries.ensure_binaries(log=log)
-        # The node's NetworkPolicy firewall (built once, minutes; cached after).
-        binaries.ensure_kube_router(log=log)
-    # An image failure fails the real-node tests (their fixture raises it), not the session.
+    # Pods on the real node are containers of our images: built (cached by recipe and
+    # layers) beside the Go builds and loaded once built, as `make images` does, so no
+    # test waits on it. `make test` has built all of it before pytest starts.
     try:
-        imagebuild.load_built(images.wait(), log)
+        built = prepare.build_node_parts(log)
+    except imagebuild.ImageBuildError as exc:
+        # An image failure fails the real-node tests (their fixture raises it), not the
+        # session.
+        config.stash[IMAGE_ERROR] = str(exc)
+        log(f"images not ready: {exc}")
+        return
+    try:
+        imagebuild.load_built(built, log)
     except imagebuild.ImageBuildError as exc:
         config.stash[IMAGE_ERROR] = str(exc)
         log(f"images not ready: {exc}")

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from voicefleet_localcluster import binaries, imagebuild, preflight
+from voicefleet_localcluster import binaries, imagebuild, preflight, prepare
 from voicefleet_localcluster.cli import start_kept
 from voicefleet_localcluster.controlplane import (
     DEFAULT_NODE,
@@ -257,19 +257,17 @@ def curl_command(base_url: str, model: str = SAMPLE_NAME) -> str:
 def up(state_dir: Path, *, timeout: float = 600.0, say: Say = _say) -> int:
     started = time.monotonic()
     state_dir = state_dir.resolve()
-    say = imagebuild.serialized(say)  # two builds print progress at once below
+    say = imagebuild.serialized(say)  # builds print progress from two threads below
     try:
         preflight.check()  # before minutes of building: a machine that cannot run the node
         # The images (make images) build beside the Go builds: on a fresh machine
         # debootstrap and pip mostly wait on the network while go build keeps the cores
         # busy. Both end before the cluster's keeper is forked (no thread across a fork).
         say("images: voicefleet-server and voicefleet-control from docker/ (make images)")
-        with imagebuild.BackgroundBuild("cpu", say) as images:
-            if running_state(state_dir) is None:
-                say("Go binaries and kube-router (built from Go modules on first use: minutes)")
-                binaries.ensure_binaries(log=say)
-                binaries.ensure_kube_router(log=say)
-        built = images.wait()
+        cluster_running = running_state(state_dir) is not None
+        if not cluster_running:
+            say("Go binaries and kube-router (built from Go modules on first use: minutes)")
+        built = prepare.build_node_parts(say, go=not cluster_running)
         state = ensure_cluster(state_dir, say=say)
     except (ClusterStartError, PreflightError, RuntimeError) as exc:
         say(str(exc))
