@@ -14,11 +14,17 @@ is taken from what the operator wrote on the voice before, its
 ``status.observedGeneration``. Equal to the voice's generation: that generation was
 handled, so its current essence is the base (kopf calls the ``resume`` handlers). Lower:
 the spec changed since (kopf calls the ``update`` handlers; the base then lacks ``spec``,
-so the diff handlers see is "all of spec"). Absent: never handled (``create``). That
-first answer is remembered like any stored essence; later events compare with what kopf
-stores once the handlers succeed, and a reconcile that failed is retried by kopf as with
-the annotation storage. Handler progress (retry counts, delays) starts afresh after a
-restart, which the handlers do not rely on.
+so the diff handlers see is "all of spec"). Absent, on a voice created since this
+process started: never handled (``create``, whose reconcile skips looking for objects a
+new voice cannot own yet). Absent on an older voice proves nothing (an earlier process
+may have applied its objects and stopped before its status write, or the status was
+lost), so it is treated as lower (``update``), and the reconcile looks. The comparison
+is of the API server's ``creationTimestamp`` (whole seconds, rounded down) with this
+process's clock at its start: a voice created in the second the process started counts
+as older. That first answer is remembered like any stored essence; later events compare
+with what kopf stores once the handlers succeed, and a reconcile that failed is retried
+by kopf as with the annotation storage. Handler progress (retry counts, delays) starts
+afresh after a restart, which the handlers do not rely on.
 
 One thing still goes to the object: kopf's *touch*. A handler that asks to be retried
 later (``kopf.TemporaryError(delay=...)``) is re-run by an event on its object, and when
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import cast
 
 import kopf
@@ -50,6 +57,9 @@ class KopfState:
     essences: dict[str, kopf.BodyEssence] = field(default_factory=dict)
     progress: dict[tuple[str, str], kopf.ProgressRecord] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
+    """When this process began keeping them: a voice created before may have been handled
+    by an earlier process even without a status saying so."""
 
     def forget(self, uid: str) -> None:
         """Drop a deleted object's entries (its uid never comes back)."""
@@ -105,12 +115,26 @@ class MemoryDiffBaseStorage(kopf.DiffBaseStorage):
     def _handled_before(self, body: kopf.Body) -> kopf.BodyEssence | None:
         observed = body.get("status", {}).get("observedGeneration")
         generation = body.get("metadata", {}).get("generation")
-        if not isinstance(observed, int) or not isinstance(generation, int):
+        if not isinstance(generation, int):
             return None
+        if not isinstance(observed, int):
+            if self._created_since_start(body):
+                return None
+            observed = 0  # handled or not by an earlier process: unknown, so look
         essence = self.build(body=body)
         if observed < generation:
             essence = cast(kopf.BodyEssence, {k: v for k, v in essence.items() if k != "spec"})
         return essence
+
+    def _created_since_start(self, body: kopf.Body) -> bool:
+        stamp = body.get("metadata", {}).get("creationTimestamp")
+        try:
+            created = datetime.fromisoformat(str(stamp))
+        except ValueError:
+            return False  # none, or unreadable: as if older
+        if created.tzinfo is None:
+            return False
+        return created >= self.state.started
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         self.state.essences[_uid(body)] = copy.deepcopy(essence)

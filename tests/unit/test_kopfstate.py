@@ -8,6 +8,7 @@ voice's ``status.observedGeneration`` stands in for what an earlier process hand
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -20,12 +21,27 @@ from voicefleet_operator.metrics import OperatorMetrics
 from voicefleet_operator.settings import parse_args
 from voicefleet_operator.wiring import ANNOTATION_PREFIX, forget_deleted_voice
 
+STARTED = datetime(2026, 12, 3, 16, 0, 0, 500_000, tzinfo=UTC)
+"""When the KopfState of most tests was made (the operator process started)."""
 
-def voice(uid: str, generation: int, observed: int | None, replicas: int = 0) -> kopf.Body:
+
+def voice(
+    uid: str,
+    generation: int,
+    observed: int | None,
+    replicas: int = 0,
+    created: str = "2026-12-03T16:00:01Z",
+) -> kopf.Body:
     raw: dict[str, Any] = {
         "apiVersion": "voicefleet.io/v1alpha1",
         "kind": "TTSVoice",
-        "metadata": {"namespace": "ns", "name": "joe", "uid": uid, "generation": generation},
+        "metadata": {
+            "namespace": "ns",
+            "name": "joe",
+            "uid": uid,
+            "generation": generation,
+            "creationTimestamp": created,
+        },
         "spec": {"replicas": replicas, "model": {"bundled": "en_US-joe-medium"}},
         "status": {} if observed is None else {"observedGeneration": observed},
     }
@@ -33,7 +49,7 @@ def voice(uid: str, generation: int, observed: int | None, replicas: int = 0) ->
 
 
 def test_a_voice_never_handled_has_no_base_until_kopf_stores_one() -> None:
-    storage = MemoryDiffBaseStorage(KopfState())
+    storage = MemoryDiffBaseStorage(KopfState(started=STARTED))
     new = voice("a", 1, None)
     assert storage.fetch(body=new) is None
     written = voice("a", 1, 1)  # our own status write, before the handler finished
@@ -41,6 +57,24 @@ def test_a_voice_never_handled_has_no_base_until_kopf_stores_one() -> None:
     essence = storage.build(body=written)
     storage.store(body=written, patch=kopf.Patch(), essence=essence)
     assert storage.fetch(body=written) == essence
+
+
+def test_a_voice_without_status_from_before_this_process_is_not_new() -> None:
+    """An earlier operator may have applied a voice's objects (its NetworkPolicy among
+    them) and stopped before its status write, or the status was lost: such a voice is
+    kopf's "update" (base without spec), so its reconcile is not ``created`` and looks
+    for what it may own. Only a voice created since this process started is "create"
+    (a creationTimestamp is whole seconds: the second the process started in is older)."""
+    state = KopfState()
+    older = voice("k", 1, None, created="2026-12-03T15:00:00Z")
+    base = MemoryDiffBaseStorage(state).fetch(body=older)
+    assert base is not None
+    assert "spec" not in base
+    storage = MemoryDiffBaseStorage(KopfState(started=STARTED))
+    assert storage.fetch(body=voice("l", 1, None, created="2026-12-03T16:00:00Z")) is not None
+    assert storage.fetch(body=voice("m", 1, None, created="2026-12-03T16:00:01Z")) is None
+    unreadable = voice("n", 1, None, created="")  # no timestamp to go by: as if older
+    assert storage.fetch(body=unreadable) is not None
 
 
 def test_on_first_sight_the_status_says_what_was_handled_before() -> None:
