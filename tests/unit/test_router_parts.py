@@ -161,6 +161,11 @@ voicefleet_queue_work_seconds{voice="en_US-joe-medium"} 2.75
 """
 
 
+def _http_answer(status: bytes, body: bytes, headers: bytes = b"") -> bytes:
+    """One HTTP/1.1 response as the fake pods below send it (``headers``: whole lines)."""
+    return b"HTTP/1.1 %s\r\n%scontent-length: %d\r\n\r\n%s" % (status, headers, len(body), body)
+
+
 async def test_a_pod_without_load_endpoint_is_read_from_its_labelled_metrics_page() -> None:
     """An older server (no ``/load``) is read from ``/metrics`` by the contract reader: a
     labelled page is a busy pod, not a failed read (the operator reads it so too)."""
@@ -183,14 +188,7 @@ async def test_a_pod_without_load_endpoint_is_read_from_its_labelled_metrics_pag
             asked.append(path)
             body = LABELLED_POD_METRICS.encode() if path == "/metrics" else b"not found"
             status = b"200 OK" if path == "/metrics" else b"404 Not Found"
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\ncontent-length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
+            writer.write(_http_answer(status, body))
             await writer.drain()
         writer.close()
 
@@ -246,14 +244,7 @@ async def test_a_pod_whose_load_does_not_hold_is_polled_not_asked_in_a_loop() ->
                 held = b"x-voicefleet-load-wait: 0.4\r\n"
             seq += 1
             body = f"work_s=0.000,depth=0,in_flight=0,seq={seq}".encode()
-            writer.write(
-                b"HTTP/1.1 200 OK\r\n"
-                + held
-                + b"content-length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
+            writer.write(_http_answer(b"200 OK", body, held))
             await writer.drain()
         writer.close()
 
