@@ -25,6 +25,7 @@ from voicefleet_localcluster import imagebuild, prepare
 from voicefleet_localcluster.testing import LocalCluster, start_local_cluster
 
 FIXTURES = ("local_cluster", "real_cluster")
+NODE_PARTS_READY = "VOICEFLEET_NODE_PARTS_READY"
 IMAGE_ERROR = pytest.StashKey[str]()
 """Why building or loading the images at collection failed, for the fixture to report."""
 
@@ -54,9 +55,11 @@ def _needs_cluster(item: pytest.Item) -> bool:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the binaries and the images if a *selected* test needs them: after `-m`/`-k`
-    deselection, so a run without cluster tests builds nothing."""
+    deselection, so a run without cluster tests builds nothing. `make test` has built and
+    loaded them just before (`voicefleet-cluster build --node`) and says so in
+    VOICEFLEET_NODE_PARTS_READY=1: then the check is not repeated."""
     config = session.config
-    if config.option.collectonly:
+    if config.option.collectonly or os.environ.get(NODE_PARTS_READY) == "1":
         return
     if not any(_needs_cluster(item) for item in session.items):
         return
