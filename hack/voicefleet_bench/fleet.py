@@ -69,6 +69,7 @@ import yaml
 
 from voicefleet_api import labels
 from voicefleet_api.load import LOAD_HEADER, LOAD_PATH, PodLoad, format_load
+from voicefleet_inference.server.loadwait import MAX_HELD, MAX_WAIT_S, WAIT_HEADER
 
 if TYPE_CHECKING:
     from voicefleet_localcluster.kubeapi import KubeClient
@@ -91,11 +92,6 @@ SPEED: Final = 4.0
 AUDIO_SECONDS_PER_CHAR: Final = 0.057
 SAMPLE_RATE: Final = 22050
 MAX_QUEUE: Final = 64
-MAX_HELD: Final = 64
-"""Long-polls a pod holds at once (as the real server's ``loadwait.MAX_HELD``)."""
-MAX_WAIT_S: Final = 30.0
-WAIT_HEADER: Final = b"x-voicefleet-load-wait"
-"""On a ``/load`` answer that honoured ``wait`` (the contract's ``LOAD_WAIT_HEADER``)."""
 SECTION: Final = "fleet"
 
 
@@ -378,7 +374,7 @@ class PodConnection(asyncio.Protocol):
 
     def _load(self, sim: PodSim, wait: float | None) -> bytes:
         """A ``/load`` answer; one to a long-poll says how long it could have been held."""
-        extra = [] if wait is None else [(WAIT_HEADER, b"%g" % wait)]
+        extra = [] if wait is None else [(WAIT_HEADER.encode(), b"%g" % wait)]
         return _response(200, sim.report(), b"text/plain; charset=utf-8", extra)
 
     async def _held(self, sim: PodSim, seconds: float) -> None:
