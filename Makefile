@@ -14,6 +14,11 @@ HOST ?= 127.0.0.1
 # on 2 cores, quiet, 4 workers took 101 s, 3 took 113 s, `-n auto` (2) 132 s (CONTRIBUTING).
 TEST_WORKERS ?= $(shell n=$$(nproc); w=$$((2 * n)); echo $$((w > 8 ? 8 : w)))
 
+# mypy's cache outside the checkout, shared by every clone on the machine: it keys modules
+# by content, so a clean clone (CI) re-checks only what differs (1 s instead of ~60 s on
+# 2 cores; a type error in a changed file is still found: checked by hand, CONTRIBUTING).
+export MYPY_CACHE_DIR ?= $(HOME)/.cache/voicefleet/mypy
+
 PRODUCT_SRC := crds/voicefleet_api inference/voicefleet_inference operator/voicefleet_operator hack/voicefleet_localcluster
 
 .PHONY: images help install lint typecheck unit test test-fast serve bench cluster-build cluster-up cluster-down clean up down chart-crds
