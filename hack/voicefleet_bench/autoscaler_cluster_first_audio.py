@@ -315,12 +315,15 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 ]
             )
     loads = sorted(
-        {" ".join(r["load_before"]) for r in results} | {" ".join(r["load_after"]) for r in results}
+        {" ".join(r["load_before"]) for r in results}
+        | {" ".join(r["load_after"]) for r in results},
+        key=lambda line: float(line.split()[0]),
     )
+    rounds = len({r["round"] for r in results})
     lines = [
-        f"Medians over {meta.get('rounds')} rounds (each round's value in brackets, in order); "
+        f"Medians over {rounds} rounds (each round's value in brackets, in order); "
         f"commit {meta.get('commit', '?')}, {meta.get('started', '?')}; load average (1/5/15 min) "
-        f"at the starts and ends of the traces: {min(loads)} .. {max(loads)}. Requests per trace "
+        f"at the starts and ends of the traces: {loads[0]} .. {loads[-1]}. Requests per trace "
         f"and policy: step {meta.get('step_requests')}, noisy {meta.get('noisy_requests')}; "
         f"target: first audio within {TARGET_S:g} s for 99 % of requests, at the client.",
         "",
