@@ -57,7 +57,7 @@ test: install ## the full suite: lint, types (beside the node's builds), unit, i
 # starts once, not once per worker, and in collection order, where the slow-marked modules
 # come first (tests/conftest.py): none is left to run alone at the end.
 test-fast: install ## inner loop: unit + single-server integration tests (no cluster, no benchmark driver, no image builds), in parallel
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster and not heavy" --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_images.py tests/unit tests/integration
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not cluster and not nodeless and not heavy" --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_images.py tests/unit tests/integration
 
 serve: install ## one inference server with the bundled voice on $(HOST):$(PORT)
 	$(BIN)/voicefleet-server --host $(HOST) --port $(PORT)

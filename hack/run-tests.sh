@@ -8,9 +8,10 @@
 #      - the cluster stream: every test marked `cluster` (local control plane, real node,
 #        and the e2e tests, which run the chart or `make up` on this host's one node), one
 #        at a time, printed live;
-#      - the other stream: unit and single-server integration tests, printed when done. It
-#        builds SeaweedFS first when it is not cached (minutes, fresh machine only); the
-#        cluster stream runs its SeaweedFS tests last, by when `weed` is there.
+#      - the other stream: unit and single-server integration tests, and the tests marked
+#        `nodeless` on a control plane of its own (no node), printed when done.
+#      SeaweedFS builds beside them when it is not cached (minutes, fresh machine only);
+#      each stream runs its SeaweedFS tests last and waits for `weed` if need be.
 # pytest-xdist's loadgroup did not keep the cluster tests on one worker (they ran on
 # both, and the real node, one per host, collided); two processes make the split exact.
 # Each prints its slowest tests (--durations), so a CI log says where the time went.
@@ -34,17 +35,23 @@ wait "$build_pid"
 build_rc=$?
 echo "== checks and builds done in $(( $(date +%s) - started ))s (build exit $build_rc; on a failure the cluster stream tries again and reports it) =="
 
+# SeaweedFS (the S3 server of the model-fetch tests) builds beside both streams at a lower
+# priority, and the tests that need it run last in each; they wait for it if it is not done.
+setsid nice -n 10 "$bin/voicefleet-cluster" build --seaweedfs >/dev/null &
+weed_pid=$!
+export VOICEFLEET_SEAWEEDFS_BESIDE=1
+
 other_log=$(mktemp -t voicefleet-tests.XXXXXX)
 "$bin/pytest" -q -ra --durations=15 -m "not cluster" "$@" >"$other_log" 2>&1 &
 other_pid=$!
 echo "== cluster and end-to-end tests (the other tests run alongside; their output follows) =="
 ready=0
 [ "$build_rc" -eq 0 ] && ready=1  # else the cluster stream builds again and reports why
-VOICEFLEET_NODE_PARTS_READY=$ready VOICEFLEET_SEAWEEDFS_BESIDE=1 \
-  "$bin/pytest" -q -ra --durations=25 -m cluster "$@"
+VOICEFLEET_NODE_PARTS_READY=$ready "$bin/pytest" -q -ra --durations=25 -m cluster "$@"
 cluster_rc=$?
 wait "$other_pid"
 other_rc=$?
+kill -- "-$weed_pid" 2>/dev/null  # still building only when no selected test needed it
 echo
 echo "== unit and single-server integration tests (exit $other_rc) =="
 cat "$other_log"

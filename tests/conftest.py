@@ -4,7 +4,8 @@ they start nothing unless a test requests `local_cluster` or `cluster_namespace`
 `make test` (hack/run-tests.sh) runs the tests marked `cluster` (set at collection: those
 using a cluster fixture, and every end-to-end test, since each runs the chart or `make up`
 on this host's one node) in one process, one at a time, and the server, router and unit
-tests in a second process beside it.
+tests in a second process beside it, with the tests marked `nodeless` (the control plane
+alone, started by that process).
 
 Every ``voicefleet-server`` a run starts (and every engine a fixture loads through
 ``calibration_cache``) keeps its load-time cost calibration in one directory for the run
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,13 +77,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # - Then tests marked `slow`: `make test-fast` hands whole files to its workers in this
     #   order (`--dist loadfile --no-loadscope-reorder`), and a long module handed out last
     #   keeps the run waiting while the other worker idles.
-    # - Cluster tests that serve from SeaweedFS last: in `make test` the other stream builds
-    #   `weed` (minutes on a fresh machine) while this stream runs everything else.
+    # - Tests that serve from SeaweedFS last: in `make test` `weed` builds in the background
+    #   (minutes on a fresh machine) while both streams run everything else.
     items.sort(
         key=lambda item: (
             item.get_closest_marker("own_node") is None,
-            item.get_closest_marker("cluster") is not None
-            and item.get_closest_marker("seaweedfs") is not None,
+            item.get_closest_marker("seaweedfs") is not None,
             item.get_closest_marker("slow") is None,
         )
     )
@@ -92,12 +93,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     the tests marked `seaweedfs` (minutes cold, cached after): before the first test, so
     no test's timeout runs while it builds.
 
-    `make test` sets VOICEFLEET_SEAWEEDFS_BESIDE=1 in its cluster stream: the other stream
-    builds `weed` at its start, and this one runs its SeaweedFS tests last (sorted above),
-    by when it is built; their fixture waits on the build's lock if not."""
+    `make test` builds `weed` in the background beside both streams and says so with
+    VOICEFLEET_SEAWEEDFS_BESIDE=1: then the SeaweedFS tests (sorted last) wait for that
+    build just before they start (`pytest_runtest_protocol` below)."""
     pytest_plugin.pytest_collection_finish(session)
     config = session.config
     if config.option.collectonly or os.environ.get(SEAWEEDFS_BESIDE) == "1":
         return
     if any(item.get_closest_marker("seaweedfs") for item in session.items):
         binaries.ensure_seaweedfs(log=lambda line: pytest_plugin._echo(config, line))
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Before a SeaweedFS test whose `weed` builds beside the run (`make test`), wait for
+    that build (its lock), or build it: outside pytest-timeout's wrapper, whose clock is
+    for the test, not for minutes of compiling on a fresh machine."""
+    if item.get_closest_marker("seaweedfs") and os.environ.get(SEAWEEDFS_BESIDE) == "1":
+        binaries.ensure_seaweedfs(log=lambda line: pytest_plugin._echo(item.config, line))
+    yield

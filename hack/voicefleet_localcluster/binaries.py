@@ -580,6 +580,7 @@ def ensure_seaweedfs(log: Callable[[str], None] = _default_log) -> Path:
     target = seaweedfs_path()
     if os.access(target, os.X_OK):
         return target
+    log("SeaweedFS: not built yet; building it, or waiting for the build in progress")
     with locked(target.parent.parent / "build.lock"):
         if not os.access(target, os.X_OK):
             _build_seaweedfs(target, log)

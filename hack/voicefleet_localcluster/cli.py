@@ -35,6 +35,14 @@ def _state_file(state_dir: Path) -> Path:
 
 def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    if args.seaweedfs:
+        try:
+            weed = binaries.ensure_seaweedfs(log=_say)
+        except RuntimeError as exc:
+            _say(f"error: {exc}")
+            return 1
+        print(weed)
+        return 0
     if not args.node:
         directory = binaries.ensure_binaries()
         _say(f"ready in {time.monotonic() - started:.0f}s: {directory}")
@@ -153,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also kube-router and the images, loaded into the node's containerd: everything "
         "`up` and the cluster tests need (make test runs this first)",
+    )
+    build.add_argument(
+        "--seaweedfs",
+        action="store_true",
+        help="only SeaweedFS's `weed` (the S3 server of the model-fetch tests; minutes cold)",
     )
     build.set_defaults(func=cmd_build)
 

@@ -32,7 +32,7 @@ from voicefleet_operator.builders import (
 )
 from voicefleet_operator.spec import parse_voice
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.nodeless, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "vap"

@@ -21,7 +21,7 @@ import yaml
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.nodeless, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "ttsvoices.yaml"

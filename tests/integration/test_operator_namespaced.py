@@ -20,7 +20,7 @@ from operatorprocs import Operator, merge_patch, new_operator, scalable_voice
 
 from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.nodeless, pytest.mark.timeout(300)]
 
 RELEASE = "nsop"
 SA_NAME = f"{RELEASE}-voicefleet-operator"

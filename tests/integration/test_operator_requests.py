@@ -33,7 +33,7 @@ from voicefleet_api.labels import VOICE_GENERATION_ANNOTATION
 from voicefleet_localcluster.flowcontrol import service_account_flow, settled_counts
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.nodeless, pytest.mark.timeout(300)]
 
 FLOW = "voicefleet-operator-count"
 REQUESTS_PER_NEW_VOICE = 4

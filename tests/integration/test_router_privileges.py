@@ -24,7 +24,7 @@ from voicefleet_api.labels import object_labels
 from voicefleet_inference.router.settings import RouterSettings
 from voicefleet_localcluster.testing import OPERATOR_CHART, LocalCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.nodeless, pytest.mark.timeout(180)]
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "rtpriv"

@@ -21,7 +21,7 @@ from voicefleet_api.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from voicefleet_api.scale import ScaleError, scale_voice
 from voicefleet_localcluster.testing import LocalCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.nodeless, pytest.mark.timeout(180)]
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "ttsvoices.yaml"
 
