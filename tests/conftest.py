@@ -32,7 +32,6 @@ from voicefleet_localcluster.pytest_plugin import (  # noqa: F401  (fixtures, by
     real_cluster,
 )
 
-E2E = Path(__file__).resolve().parent / "e2e"
 SEAWEEDFS_BESIDE = "VOICEFLEET_SEAWEEDFS_BESIDE"
 _OWN_CALIBRATION_CACHE = pytest.StashKey[str]()
 
@@ -62,12 +61,13 @@ def calibration_cache() -> Path:
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark cluster tests (the plugin's hook), and the e2e tests with them: each runs the
-    chart or `make up` on this host's one node, so `make test` runs them all in its
-    cluster stream, one at a time (hack/run-tests.sh)."""
+    """Mark cluster tests (the plugin's hook: those using the session's cluster), and with
+    them the tests that start a node of their own (`make up`, the CLI): `make test` runs
+    them all in its cluster stream, one at a time (hack/run-tests.sh). The e2e tests that
+    only render the chart or check its alert rules need no cluster and run beside them."""
     pytest_plugin.pytest_collection_modifyitems(config, items)
     for item in items:
-        if item.path.is_relative_to(E2E):
+        if item.get_closest_marker("own_node") is not None:
             item.add_marker(pytest.mark.cluster)
     # The one ordering of the session, in this one place (a second sort in another conftest
     # reordered own_node tests behind the session's cluster once). Stable: otherwise
