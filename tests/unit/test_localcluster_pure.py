@@ -30,8 +30,20 @@ def test_repository_pins_and_cache_key() -> None:
     assert versions.etcd.startswith("v3.")
     assert versions.helm.startswith("v3.")
     assert versions.cache_key.startswith(f"k8s-{versions.kubernetes}-helm-{versions.helm}-")
-    kube = next(t for t in binaries.TARGETS if t.name == "kube-apiserver")
+    kube = next(t for t in binaries.TARGETS if "kube-apiserver" in t.links)
     assert f"version.gitVersion={versions.kubernetes}" in binaries.ldflags(kube, versions)
+
+
+def test_one_program_serves_the_six_kubernetes_components_by_name() -> None:
+    """One link for six components; each name is a hard link the cache must hold."""
+    kube = next(t for t in binaries.TARGETS if t.package == binaries.KUBE_PACKAGE)
+    components = {"kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+    components |= {"kubectl", "kubelet", "kube-proxy"}
+    assert set(kube.links) == components
+    assert components | {"kube", "etcd", "helm", "coredns"} == set(binaries.BINARY_NAMES)
+    main = (binaries.K8S_MODULE_DIR / "kube" / "main.go").read_text()
+    for name in components:
+        assert f'"{name}"' in main  # each name dispatches to its component
 
 
 def test_certificate_subjects_and_extensions() -> None:
