@@ -10,10 +10,11 @@ per voice: a daemon needs a finalizer on its voice, and a finalizer strands the 
    remembered (another operator may have scaled meanwhile; status has the rest);
 2. takes every voice from the voice index (``autoscaler_status.index_voice``) and its
    pods from the pod index (``pods``): no API read per tick;
-3. reads every serving pod's load and the routers' held requests once
+3. takes every serving pod's load as its held ``/load`` ask last heard it (no request
+   per tick: ``autoscaler_watch``) and reads the routers' held requests once
    (``autoscaler_load``), all voices together; the pods of a voice with a first-audio
-   target also give their service counters, turned into the model's inputs over recent
-   windows by ``autoscaler_service.ServiceWindows``;
+   target are read now, with their service counters, turned into the model's inputs
+   over recent windows by ``autoscaler_service.ServiceWindows``;
 4. calls the pure :func:`scaling.decide` per voice;
 5. on a change: before a scale-down, annotates the serving pods with
    ``controller.kubernetes.io/pod-deletion-cost`` (their work in milliseconds, so the
@@ -22,6 +23,12 @@ per voice: a daemon needs a finalizer on its voice, and a finalizer strands the 
 6. writes what it saw into ``status`` when it scaled, when ``idleSince`` moved, or at
    most every ``status_interval`` seconds while the numbers move; a voice at zero with
    nothing going on gets no first report (``autoscaler_status.quiet_at_zero``).
+
+Between ticks the loop sleeps ``interval``, but a pod that turns from idle to busy
+(its held ask answers at once) brings the next tick forward to ``interval / 4`` later
+(never sooner than ``interval / 2`` after the last one). A scale-up wants two ticks of
+evidence, so a load step is decided on at most ~1.5 intervals after it (not 2), whatever
+the phase of the ticks.
 
 A voice with ``spec.autoscaling.enabled: false`` is left alone, so ``kubectl scale
 ttsv`` or an HPA on the scale subresource work as without us.
@@ -111,7 +118,14 @@ class LoadSource(Protocol):
 
     async def router_pending(self, routers: Sequence[PodInfo]) -> dict[str, int]: ...
 
-    def retain(self, uids: Iterable[str]) -> None: ...
+    def retain(self, uids: Iterable[str]) -> None:
+        """Forget (and stop watching) every pod not in ``uids``."""
+        ...
+
+    async def stepped(self) -> None:
+        """Return when a pod turned from idle to busy since the last return (the loop then
+        ticks early)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -213,16 +227,36 @@ class Autoscaler:
                 await self.tick(voices, pods, routers)
             except Exception:  # a bad tick must not end the loop
                 log.exception("autoscaler tick failed")
-            await self._sleep(max(0.05, interval - (self.clock.now() - started)))
+            await self._until_next(started)
         log.info("autoscaler loop stopped")
 
-    async def _sleep(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+    async def _until_next(self, started: float) -> None:
+        """Wait for the next tick: ``interval`` after the last one started, or sooner when a
+        pod turns busy (``LoadSource.stepped``): then ``interval / 4`` after that (the
+        step's burst is in) and no sooner than ``interval / 2`` after the last tick."""
+        interval = self.config.interval
+        until = started + interval
+        stepper: asyncio.Future[None] | None = asyncio.ensure_future(self.load.stepped())
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            while not self._stopping.is_set():
+                now = self.clock.now()
+                sleeper = asyncio.ensure_future(self.clock.sleep(max(0.05, until - now)))
+                waiting: set[asyncio.Future[Any]] = {sleeper, stopper}
+                if stepper is not None:
+                    waiting.add(stepper)
+                try:
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                if sleeper in done or stopper in done:
+                    return
+                now = self.clock.now()
+                until = min(until, max(now + interval / 4, started + interval / 2))
+                stepper = None  # one early tick per step; the next wait listens again
         finally:
-            sleeper.cancel()
+            if stepper is not None:
+                stepper.cancel()
             stopper.cancel()
 
     async def tick(
@@ -239,6 +273,7 @@ class Autoscaler:
                 log.info("autoscaler paused (kopf peering): %s", reason)
                 self._states.clear()
                 self._last_status.clear()
+                self.load.retain(())  # a paused operator holds no asks at the pods
             self._paused = reason
             return {}
         if self._paused is not None:
@@ -462,6 +497,7 @@ def build_autoscaler(config: OperatorConfig, kube: Kube, identity: str) -> Autos
         LoadConfig(
             timeout=min(0.8 * interval, 5.0),
             stale_after=max(5.0, 3 * interval),
+            poll_interval=interval,
             router_urls=config.router_metrics_urls,
             router_port=config.router_metrics_port,
             router_token=(

@@ -1,32 +1,39 @@
-"""Reading load for the autoscaler: the pods' compact ``/load`` and the routers' held requests.
+"""Reading load for the autoscaler: the pods' held ``/load`` asks and the routers' held requests.
 
 Every tick the loop needs three numbers per serving pod (work-seconds, queue depth,
 requests in flight) and, per voice, the requests the routers hold because no replica
 could take them. Both are parsed by :mod:`voicefleet_api.load`, the one reader of the
 load contract, so the router and the autoscaler cannot disagree about what a pod said.
 
-- **Pods**: ``GET /load``, a few dozen bytes instead of a rendered Prometheus page; pods
-  of a voice with a first-audio target are read from ``/metrics`` instead, whose service
-  counters (``load.parse_counters``) the queueing model is fitted to. A pod
-  that answers 404 there is an older server: it is read from ``/metrics`` from then on
-  (remembered per pod uid), so a rolling upgrade never blinds the autoscaler. A pod
-  that does not answer keeps its last sample until it is ``stale_after`` old, then
-  counts as "not answered" (the decision treats that as unknown, never as idle).
+- **Pods**: one held ``GET /load?wait=S&after=N`` per serving pod
+  (:mod:`.autoscaler_watch`): the pod answers when its load changes, else every ``S``
+  seconds, so a tick reads what the pods last said without asking them, and an idle
+  fleet costs one small exchange per pod per ``S`` (not one per tick). A pod that does
+  not hold is asked every interval; one that answers 404 there is an older server and is
+  read from ``/metrics`` (remembered per pod uid), so a rolling upgrade never blinds the
+  autoscaler. A pod whose ask fails or is overdue is silent: "not answered" (the
+  decision treats that as unknown, never as idle). Pods of a voice with a first-audio
+  target are read from ``/metrics`` each tick instead, whose service counters
+  (``load.parse_counters``) the queueing model is fitted to; such a pod that does not
+  answer keeps its last sample until it is ``stale_after`` old.
 - **Routers** (discovery): the ``--router-metrics-url`` list plus the serving pods of the
   ``--router-pod-selector`` index (pods in ``--router-namespace`` only), each read once per
   tick for all voices, and merged. Their ``/metrics`` is read with the bearer token of
   ``--router-token`` (the chart's generated Secret) or ``--router-token-file``: the routers
   refuse anyone else.
 
-All requests share one aiohttp session with a bounded connection pool, so a tick over
-thousands of pods queues its requests instead of opening thousands of sockets at once.
+All requests share one aiohttp session. Held asks keep a connection each; the others
+(first asks, polls, ``/metrics`` pages) go at most ``max_connections`` at a time, so the
+first tick over thousands of pods queues its requests instead of opening thousands of
+sockets at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +41,7 @@ import aiohttp
 
 from voicefleet_api import load
 from voicefleet_api.labels import SERVER_PORT
+from voicefleet_operator.autoscaler_watch import Answer, PodWatches, WatchConfig
 from voicefleet_operator.pods import PodInfo
 from voicefleet_operator.scaling import PodSample
 
@@ -50,7 +58,15 @@ class LoadConfig:
     """Where and how patiently to read load."""
 
     timeout: float = 0.8
+    """Deadline of an ask answered at once (a first ask, a poll, a ``/metrics`` page)."""
     stale_after: float = 5.0
+    """How long a sample read without holding (a poll, a page) stays good."""
+    wait: float = 10.0
+    """Seconds a pod may hold an ask (0: poll every ``poll_interval`` instead)."""
+    grace: float = 1.0
+    """A held ask not answered by ``wait + grace`` makes its pod silent."""
+    poll_interval: float = 1.0
+    """Asks of a pod that does not hold (the loop's interval)."""
     pod_port: int = SERVER_PORT
     router_urls: tuple[str, ...] = ()
     router_port: int = SERVER_PORT
@@ -59,7 +75,7 @@ class LoadConfig:
     router_token_file: Path | None = None
     """Or a file holding it, read at every scrape (a rotated Secret is picked up)."""
     max_connections: int = 256
-    """Concurrent requests of one tick (a fleet's pods are read in waves of this many)."""
+    """Requests answered at once (not held) in flight together."""
 
 
 def router_selector(selector: str) -> dict[str, str]:
@@ -92,22 +108,44 @@ class HttpLoadSource:
     """The loop's load source over HTTP (see the module docstring)."""
 
     config: LoadConfig
+    clock: Callable[[], float] = time.time
+    """The watches' clock (the loop's ``SystemClock.now``: Unix seconds)."""
     _session: aiohttp.ClientSession | None = None
+    _slots: asyncio.Semaphore | None = None
+    _watches: PodWatches | None = None
     _kept: dict[str, _Kept] = field(default_factory=dict)
-    _metrics_only: set[str] = field(default_factory=set)
     _said: set[str] = field(default_factory=set)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-                connector=aiohttp.TCPConnector(
-                    limit=self.config.max_connections, ttl_dns_cache=300
-                ),
+                # no cap on connections: each held ask keeps one (plain ones: _slots)
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             )
         return self._session
 
+    def watches(self) -> PodWatches:
+        """The pods' held asks (made on first use: they need the running loop)."""
+        if self._watches is None:
+            cfg = self.config
+            self._watches = PodWatches(
+                self._fetch,
+                WatchConfig(
+                    port=cfg.pod_port,
+                    wait=cfg.wait,
+                    grace=cfg.grace,
+                    poll_interval=cfg.poll_interval,
+                    timeout=cfg.timeout,
+                    stale_after=cfg.stale_after,
+                ),
+                clock=self.clock,
+            )
+        return self._watches
+
     async def close(self) -> None:
+        if self._watches is not None:
+            await self._watches.close()
         if self._session is not None:
             await self._session.close()
 
@@ -115,45 +153,67 @@ class HttpLoadSource:
         self, url: str, headers: Mapping[str, str] | None = None
     ) -> tuple[int, str] | None:
         """``(status, body)``, or None when the peer did not answer in time."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.max_connections)
+        async with self._slots:
+            try:
+                async with self.session().get(url, headers=headers) as rsp:
+                    return rsp.status, await rsp.text()
+            except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+                return None
+
+    async def _fetch(self, url: str, deadline_s: float, held: bool) -> Answer | None:
+        """One load ask (``held``: the pod may hold it ``deadline_s``; not one of _slots)."""
+        if held:
+            return await self._ask(url, deadline_s)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.max_connections)
+        async with self._slots:
+            return await self._ask(url, deadline_s)
+
+    async def _ask(self, url: str, deadline_s: float) -> Answer | None:
         try:
-            async with self.session().get(url, headers=headers) as rsp:
-                return rsp.status, await rsp.text()
+            limit = aiohttp.ClientTimeout(total=deadline_s)
+            async with self.session().get(url, timeout=limit) as rsp:
+                text = await rsp.text()
+                return Answer(rsp.status, text, load.LOAD_WAIT_HEADER in rsp.headers)
         except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
             return None
 
-    async def _read_pod(self, pod: PodInfo, detailed: bool) -> PodSample:
-        base = f"http://{pod.ip}:{self.config.pod_port}"
-        if detailed:
-            got = await self._get(base + "/metrics")
-            if got is None or got[0] != 200:
-                return PodSample(None)
-            return _sample(load.parse_metrics(got[1]), load.parse_counters(got[1]))
-        return _sample(await self._read_load(pod, base))
-
-    async def _read_load(self, pod: PodInfo, base: str) -> load.PodLoad | None:
-        if pod.uid not in self._metrics_only:
-            got = await self._get(base + load.LOAD_PATH)
-            if got is None:
-                return None
-            if got[0] == 200:
-                return load.parse_load(got[1].strip())
-            if got[0] != 404:
-                return None
-            self._metrics_only.add(pod.uid)
-        got = await self._get(base + "/metrics")
-        return load.parse_metrics(got[1]) if got is not None and got[0] == 200 else None
+    async def _read_detailed(self, pod: PodInfo) -> PodSample:
+        got = await self._get(f"http://{pod.ip}:{self.config.pod_port}/metrics")
+        if got is None or got[0] != 200:
+            return PodSample(None)
+        return _sample(load.parse_metrics(got[1]), load.parse_counters(got[1]))
 
     async def pod_samples(
         self, pods: Sequence[PodInfo], now: float, detailed: Collection[str] = ()
     ) -> list[PodSample]:
-        """One sample per pod, in order (a silent pod: its recent sample, else unanswered).
+        """One sample per pod, in order (a silent pod: unanswered).
 
-        Pods whose uid is in ``detailed`` are read from ``/metrics`` with their service
-        counters (a kept sample carries none: counters are never reused).
+        Pods whose uid is in ``detailed`` are read from ``/metrics`` now, with their
+        service counters (a kept sample carries none: counters are never reused); the
+        others are what their watch last heard, trusted at the watches' clock. A pod
+        watched for the first time is waited for (at most ``timeout``).
         """
-        found = await asyncio.gather(*(self._read_pod(p, p.uid in detailed) for p in pods))
+        watches = self.watches()
+        watched = {p.uid: p.ip for p in pods if p.uid not in detailed and p.ip}
+        watches.retain(watched)
+        started = [watches.watch(uid, ip) for uid, ip in watched.items()]
+        deep = [p for p in pods if p.uid in detailed]
+        _, found = await asyncio.gather(
+            watches.first_answers(started, self.config.timeout),
+            asyncio.gather(*(self._read_detailed(p) for p in deep)),
+        )
+        read = dict(zip((p.uid for p in deep), found, strict=True))
+        heard_at = self.clock()
         out = []
-        for pod, sample in zip(pods, found, strict=True):
+        for pod in pods:
+            if pod.uid not in read:
+                watch = watches.get(pod.uid)
+                out.append(_sample(watch.sample(heard_at) if watch is not None else None))
+                continue
+            sample = read[pod.uid]
             if sample.answered:
                 self._kept[pod.uid] = _Kept(now, sample)
             else:
@@ -164,6 +224,12 @@ class HttpLoadSource:
                     self._kept.pop(pod.uid, None)
             out.append(sample)
         return out
+
+    async def stepped(self) -> None:
+        """Return when a watched pod turned from idle to busy (since the last return)."""
+        event = self.watches().stepped
+        await event.wait()
+        event.clear()
 
     def _router_headers(self) -> dict[str, str] | None:
         path = self.config.router_token_file
@@ -184,11 +250,13 @@ class HttpLoadSource:
             log.warning("autoscaler: %s", message)
 
     def retain(self, uids: Iterable[str]) -> None:
-        """Forget every pod not in ``uids`` (gone pods must not pile up over days)."""
+        """Forget every pod not in ``uids`` and end its watch (gone pods must not pile up
+        over days; a paused operator holds no asks)."""
         keep = set(uids)
         for uid in [u for u in self._kept if u not in keep]:
             del self._kept[uid]
-        self._metrics_only &= keep
+        if self._watches is not None:
+            self._watches.retain(keep)
 
     async def router_pending(self, routers: Sequence[PodInfo]) -> dict[str, int]:
         """Held requests per ``"namespace/name"``, summed over every router."""
