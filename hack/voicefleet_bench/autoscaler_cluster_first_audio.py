@@ -9,7 +9,11 @@ the node at once):
 
 * ``work-seconds (default 10)``: ``targetWorkSecondsPerReplica`` 10, the CRD default;
 * ``work-seconds (hand-tuned 1)``: ``targetWorkSecondsPerReplica`` 1;
-* ``first audio p99 <= 1 s``: ``target: {timeToFirstAudioSeconds: 1, percentile: 99}``.
+* ``first audio p99 <= 1 s``: ``target: {timeToFirstAudioSeconds: 1, percentile: 99}``;
+* the control, ``fixed 5 replicas``: autoscaling off, all 5 pods serving before the clock
+  starts. It pays for the most pods and never waits for one to start, so what it misses
+  is what this machine (its CPU, the router, the client) costs at that load, and what the
+  others miss beyond it is what scaling cost them.
 
 The voices of one trace run side by side, under the same seeded open-loop arrivals
 (Poisson), so a busy moment of the machine falls on all of them:
@@ -61,20 +65,25 @@ NS = "bench"
 TEXT = "Hello there, this is a short reply. It should start speaking at once, please."
 TARGET_S = 1.0
 SECTION = "autoscaler_cluster_first_audio"
+MAX_REPLICAS = 5
+FIXED = f"fixed {MAX_REPLICAS} replicas (autoscaler off: the control)"
 POLICIES: dict[str, dict[str, Any]] = {
     "work-seconds (default 10)": {"targetWorkSecondsPerReplica": 10},
     "work-seconds (hand-tuned 1)": {"targetWorkSecondsPerReplica": 1},
     "first audio p99 <= 1 s": {"target": {"timeToFirstAudioSeconds": TARGET_S, "percentile": 99}},
+    FIXED: {"enabled": False},
 }
 SHORT = {
     "work-seconds (default 10)": "wd",
     "work-seconds (hand-tuned 1)": "wt",
     "first audio p99 <= 1 s": "fa",
+    FIXED: "fx",
 }
 COLORS = {
     "work-seconds (default 10)": "tab:gray",
     "work-seconds (hand-tuned 1)": "tab:blue",
     "first audio p99 <= 1 s": "tab:red",
+    FIXED: "tab:green",
 }
 
 
@@ -83,10 +92,15 @@ def voice(name: str, policy: dict[str, Any]) -> dict[str, Any]:
     return voice_manifest(
         name,
         engine="simulated",
-        replicas=1,
+        replicas=MAX_REPLICAS if policy.get("enabled") is False else 1,
         resources={"cpu": "50m", "memory": "200Mi"},
         server={"workers": 1, "maxQueue": 256, "drainGraceSeconds": 30},
-        autoscaling={"minReplicas": 1, "maxReplicas": 5, "scaleDownDelaySeconds": 30, **policy},
+        autoscaling={
+            "minReplicas": 1,
+            "maxReplicas": MAX_REPLICAS,
+            "scaleDownDelaySeconds": 30,
+            **policy,
+        },
     )
 
 
@@ -198,8 +212,16 @@ async def run_trace(
     for label, name in names.items():
         cluster.apply(voice(name, POLICIES[label]), namespace=NS)
     await warm(url, list(names.values()))
-    await asyncio.sleep(2.0)  # the warm-up requests' pods report before the clock starts
     sampler = Sampler(cluster)
+    deadline = time.monotonic() + 180
+    while True:  # the control's pods all serving before the clock starts
+        spec, ready = await asyncio.to_thread(sampler.read)
+        if all(ready.get(n, 0) >= spec.get(n, 1) for n in names.values()):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pods not ready in 180 s: {spec} {ready}")
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(2.0)  # the warm-up requests' pods report before the clock starts
     timeline: dict[str, list[tuple[float, int, int]]] = {n: [] for n in names.values()}
     load_before = loadavg()
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)

@@ -42,7 +42,9 @@ that reader (its counters are the sums the loop would add up over pods).
 A second table puts it beside the work-seconds policy at the default-like 3 s target and
 tuned by hand (1 s). A request's first audio comes ``min(cost, 0.3 s)`` after it starts
 (its first sentence). Columns: share of requests whose first audio met 1 s, p99 time to
-first audio, replica-seconds.
+first audio, replica-seconds. Its last row per trace, ``bound: ... (oracle)``, is no policy:
+the model on the trace's true rate and service distribution, acted on at once every tick;
+what it misses is what the cold start leaves to any policy that reacts.
 
     .venv/bin/python -m voicefleet_bench.autoscaler_policies --output docs/autoscaler.md
 """
@@ -73,6 +75,7 @@ from voicefleet_operator.scaling import (
     ScalingState,
     ServiceMeasure,
     decide,
+    first_audio_need,
 )
 
 SHORT_S, LONG_S, LONG_SHARE = 0.3, 6.0, 0.15
@@ -390,8 +393,51 @@ class KpaLike:
         return max(MIN_R, min(MAX_R, desired))
 
 
+class ReactiveOracle:
+    """A bound, not a policy: the first-audio model on the trace's *true* rate and service
+    distribution, acted on every tick with no evidence rule and no scale-down delay.
+
+    It knows the moment the rate steps and asks for the model's pods at once, so what it
+    misses is what the cold start costs any policy that reacts (none can do better without
+    knowing the future or keeping idle pods). Its replica-seconds are no target either: it
+    shrinks the moment the rate falls.
+    """
+
+    name = "bound: model on the true rate, no delay (oracle)"
+    interval = 1.0
+
+    def __init__(self, mean_cost: float) -> None:
+        self.trace: Trace | None = None
+        self.policy = Policy(
+            MIN_R,
+            MAX_R,
+            TARGET_WORK_S,
+            first_audio_target=FIRST_AUDIO_TARGET_S,
+            first_audio_percentile=FIRST_AUDIO_PERCENTILE,
+            min_served=0,
+        )
+
+    def tick(self, fleet: Fleet, t: float) -> int:
+        assert self.trace is not None
+        long = self.trace.long_share(t)
+        noise_1, noise_2 = math.exp(0.3**2 / 2), math.exp(2 * 0.3**2)  # E[L], E[L^2]
+        mean = (SHORT_S * (1 - long) + LONG_S * long) * noise_1
+        second = (SHORT_S**2 * (1 - long) + LONG_S**2 * long) * noise_2
+        true = ServiceMeasure(
+            arrival_rate=self.trace.rate(t),
+            mean_service=mean,
+            scv=second / mean**2 - 1,
+            start_to_first_audio=SHORT_S,
+            served=1,
+        )
+        work = sum(p.work(t) for p in fleet.pods) + sum(r.cost for r in fleet.pending)
+        need = first_audio_need(work, true, self.policy)
+        assert need is not None
+        return max(MIN_R, min(MAX_R, max(need)))
+
+
 POLICIES = (Ours, OursDefault, FirstAudioTarget, HpaLike, KubeAiLike, KpaLike)
-LATENCY_POLICIES = (Ours, OursTuned, FirstAudioTarget)
+LATENCY_POLICIES = (Ours, OursTuned, FirstAudioTarget, ReactiveOracle)
 LATENCY_TRACES = ("step", "noisy flat", "mix shift")
 
 
@@ -428,6 +474,8 @@ def simulate(
     reqs = requests(trace, seed)
     mean_cost = SHORT_S * (1 - LONG_SHARE) + LONG_S * LONG_SHARE
     policy = policy_cls(mean_cost)
+    if isinstance(policy, ReactiveOracle):
+        policy.trace = trace
     # Start sized for the trace's first rate (70 % busy), so warm-up is not measured.
     initial = max(MIN_R, math.ceil(trace.rate(0) * mean_cost / 0.7))
     fleet = Fleet([Pod(ready_at=0.0, created=0.0) for _ in range(initial)], cold_start)
