@@ -76,11 +76,13 @@ def test_readme_blocks_run_as_written(workdir: Path) -> None:
     assert any(f.startswith("make down") for f in firsts)
     server: subprocess.Popen[bytes] | None = None
     state: ClusterState | None = None
+    took: list[tuple[str, float]] = []  # printed: where the test's seconds go
     try:
         for block in blocks:
             first = block.strip().splitlines()[0]
             if first.startswith("make test"):
                 continue  # this suite itself
+            started = time.monotonic()
             if first.startswith("make serve"):
                 server = subprocess.Popen(
                     ["bash", "-c", block],
@@ -99,6 +101,7 @@ def test_readme_blocks_run_as_written(workdir: Path) -> None:
                     assert time.monotonic() < deadline, "make serve never became ready"
                     assert server.poll() is None, "make serve exited"
                     time.sleep(0.5)
+                took.append((first[:40], time.monotonic() - started))
                 continue
             proc = run_block(block, workdir)
             assert proc.returncode == 0, (
@@ -114,6 +117,8 @@ def test_readme_blocks_run_as_written(workdir: Path) -> None:
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(timeout=30)
                 server = None
+            took.append((first[:40], time.monotonic() - started))
+        print("\nREADME blocks, seconds each:", [(f, round(s, 1)) for f, s in took])
         # what the blocks wrote is what they promised
         assert (workdir / "hello.wav").read_bytes()[:4] == b"RIFF"
         pod_audio = (workdir / "pod.mp3").read_bytes()
