@@ -128,7 +128,7 @@ def test_an_idle_pod_is_asked_once_per_wait_and_a_step_arrives_at_once() -> None
     # random), not one per poll_interval (16).
     assert 2 <= len(idle_asks) <= 4, idle_asks
     assert all("after=1" in a for a in idle_asks[1:])
-    assert took < 0.1  # the held ask answered on the change, no poll in between
+    assert took < 0.3  # the held ask answered on the change (it would have held 0.6 s)
     assert work == 3.0
     assert stepped
 
@@ -159,7 +159,7 @@ def test_a_silent_pod_is_trusted_only_until_its_held_answer_is_overdue_then_unkn
     assert trusted is not None
     assert trusted.work_s == 2.5
     # overdue: its wait and the grace after the hung ask went out
-    assert WAIT + CONFIG.grace - 0.05 <= silent_after <= WAIT + CONFIG.grace + 0.1
+    assert WAIT + CONFIG.grace - 0.05 <= silent_after <= WAIT + CONFIG.grace + 0.4
     assert refused is None
     # Silence is never idle: a voice whose only pod is silent holds, it never shrinks to zero.
     policy = Policy(min_replicas=0, max_replicas=3, scale_to_zero_idle=0.0)
@@ -188,10 +188,10 @@ def test_pods_that_do_not_hold_are_polled_and_older_ones_read_from_metrics() -> 
     assert samples[0].work_s == 1.5
     assert samples[1] is not None
     assert samples[1].work_s == 2.5
-    assert 4 <= len(plain.asks) <= 8  # every poll_interval (0.1 s)
+    assert 3 <= len(plain.asks) <= 8  # every poll_interval (0.1 s)
     assert old.asks[0].startswith(load.LOAD_PATH)  # asked once, a 404
     assert sum(1 for a in old.asks if a.startswith(load.LOAD_PATH)) == 1
-    assert 4 <= old.asks.count("/metrics") <= 8
+    assert 3 <= old.asks.count("/metrics") <= 8
 
 
 def test_watches_follow_the_pods_asked_for_and_end_with_them() -> None:
@@ -328,4 +328,4 @@ def test_a_pod_turning_busy_brings_the_next_tick_forward() -> None:
         return gate.ticks
 
     ticks = asyncio.run(scenario())
-    assert ticks[:7] == pytest.approx([0.0, 1.0, 2.0, 2.5, 3.5, 4.5, 5.15], abs=0.015), ticks
+    assert ticks[:7] == pytest.approx([0.0, 1.0, 2.0, 2.5, 3.5, 4.5, 5.15], abs=0.06), ticks
