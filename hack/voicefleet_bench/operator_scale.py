@@ -3,7 +3,8 @@
 What it asks of the API server for them, and its memory then.
 
 For each N (default 100 and 1,000), on a fresh local cluster (real kube-apiserver,
-controller-manager, scheduler, node): install the CRDs and the operator's RBAC, start
+controller-manager, scheduler, node; ``--no-node``: the control plane alone, which is all
+voices at replicas 0 need): install the CRDs and the operator's RBAC, start
 ``voicefleet-operator --all-namespaces --standalone`` as its ServiceAccount, wait until
 it is healthy and idle, then ``kubectl apply --server-side`` N voices in one go
 (replicas 0, so no pods start: this measures the operator, not model loading) and time,
@@ -11,6 +12,13 @@ from the start of the apply, until
 
 - every voice's Deployment and Service exist, and
 - every voice's status has ``observedGeneration`` equal to its generation.
+
+The end is taken from watches of the three kinds (:class:`DoneClock`: the arrival of the
+last of those 3·N facts), not from polling, which was up to a second late and loaded
+the API server it measured; a listing then confirms it. Per voice, the time from its
+creation to its status (the operator's own latency) is reported as median, p90 and max,
+and the share of the machine's CPU that was busy over the run says whether it was
+CPU-bound (the cores are shared with whatever else runs).
 
 PodDisruptionBudgets are counted but not waited for: the operator makes one only for a
 voice that asks for two pods or more (none here), older versions made one for each of
@@ -44,23 +52,27 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from voicefleet_bench import REPO
 from voicefleet_bench.machine import git_revision
 from voicefleet_bench.operator_bench import catalogue, parallel_apply, start_operator
-from voicefleet_bench.procs import cpu_seconds, memory_mb
+from voicefleet_bench.procs import memory_mb
 from voicefleet_bench.report import fmt, write_section
 from voicefleet_localcluster.flowcontrol import settled_counts
 from voicefleet_localcluster.kubeapi import KubeClient
 from voicefleet_localcluster.kubeconfig import load as load_kubeconfig
 from voicefleet_localcluster.procs import stop_process
-from voicefleet_localcluster.testing import start_local_cluster
+from voicefleet_localcluster.testing import LocalCluster, start_local_cluster
 from voicefleet_operator.settings import DEFAULT_WORKERS
 
 NAMESPACE = "scale"
@@ -85,6 +97,10 @@ makes, and what the controllers and the API server write for those."""
 WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
 COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager")
 """Control-plane processes whose CPU time over the run is recorded, with the operator's."""
+NODE_COMPONENTS = ("kube-proxy", "kube-router", "kubelet", "containerd")
+"""The real node's processes, recorded too when it runs (with their reaped children:
+kube-proxy's ``iptables-restore`` for each Service change): they watch every Service and
+EndpointSlice the voices bring and share the cores with the rest."""
 
 
 def voices(count: int) -> str:
@@ -112,6 +128,142 @@ def count_done(client: KubeClient) -> tuple[int, int, int, int]:
     return len(deployments), len(services), len(pdbs), observed
 
 
+class DoneClock:
+    """When each voice of the run was done, from watches instead of polling.
+
+    Three watches (voices, Deployments, Services in the namespace) record the moment each
+    Deployment and Service is first seen and each voice's status first shows
+    ``observedGeneration`` equal to its generation; the run is done at the latest of
+    those 3·N moments. Polling (four LISTs a second) quantized "done" to the poll period
+    (up to a second late) and added its own load to the API server it measures; a watch
+    event arrives within milliseconds of the write and costs the server one encoding.
+    The watches start from the namespace's listing before the apply, so nothing written
+    after it is missed however late a stream connects.
+    """
+
+    def __init__(self, client: KubeClient, count: int) -> None:
+        self.count = count
+        self.client = client
+        self.voice_added: dict[str, float] = {}
+        self.voice_done: dict[str, float] = {}
+        self.deployments: dict[str, float] = {}
+        self.services: dict[str, float] = {}
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+
+    def start(self) -> None:
+        ns = NAMESPACE
+        for path, seen in (
+            (f"/apis/voicefleet.io/v1alpha1/namespaces/{ns}/ttsvoices", self._voice),
+            (f"/apis/apps/v1/namespaces/{ns}/deployments", self._first(self.deployments)),
+            (f"/api/v1/namespaces/{ns}/services", self._first(self.services)),
+        ):
+            version = str(self.client.get(path)["metadata"]["resourceVersion"])
+            thread = threading.Thread(target=self._follow, args=(path, version, seen), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _first(self, into: dict[str, float]) -> Callable[[dict[str, Any], float], None]:
+        def seen(obj: dict[str, Any], now: float) -> None:
+            into.setdefault(str(obj["metadata"]["name"]), now)
+
+        return seen
+
+    def _voice(self, obj: dict[str, Any], now: float) -> None:
+        name = str(obj["metadata"]["name"])
+        self.voice_added.setdefault(name, now)
+        if (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]:
+            self.voice_done.setdefault(name, now)
+
+    def _follow(
+        self, path: str, version: str, seen: Callable[[dict[str, Any], float], None]
+    ) -> None:
+        try:
+            while not self._stop.is_set():
+                params = {"resourceVersion": version, "allowWatchBookmarks": "true"}
+                for event in self.client.watch(path, params, self._stop, timeout_seconds=600):
+                    obj = event.get("object") or {}
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        seen(obj, time.monotonic())
+                        with self._changed:
+                            self._changed.notify_all()
+        except Exception as exc:  # reported by wait(): a broken clock must not pass silently
+            self.errors.append(f"{path}: {exc!r}")
+            with self._changed:
+                self._changed.notify_all()
+
+    def done(self) -> bool:
+        return min(len(self.voice_done), len(self.deployments), len(self.services)) >= self.count
+
+    def wait(self, timeout: float) -> bool:
+        """True once every voice is done; False after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self.done() and not self.errors:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 1.0))
+        if self.errors:
+            raise RuntimeError(f"a watch of the done clock failed: {self.errors}")
+        return True
+
+    def finished_at(self) -> float:
+        return max(
+            max(self.voice_done.values()),
+            max(self.deployments.values()),
+            max(self.services.values()),
+        )
+
+    def latencies(self) -> list[float]:
+        """Per voice: from its creation reaching the watch to its status at its generation."""
+        return sorted(
+            self.voice_done[name] - self.voice_added[name]
+            for name in self.voice_done
+            if name in self.voice_added
+        )
+
+
+_WATCH_METRICS = {
+    "apiserver_watch_events_total": "events",
+    "apiserver_watch_events_sizes_sum": "bytes",
+}
+
+
+def watch_traffic(cluster: LocalCluster) -> Counter[str]:
+    """Watch events the API server has sent to all watchers so far, and their bytes, by
+    resource (``"deployments events"``, ``"deployments bytes"``), from its ``/metrics``:
+    what each kind's writes cost in fan-out (the operator decodes every event it gets)."""
+    sent: Counter[str] = Counter()
+    for line in cluster.kubectl_run("get", "--raw", "/metrics").stdout.splitlines():
+        name, _, rest = line.partition("{")
+        if name in _WATCH_METRICS:
+            labels, _, value = rest.rpartition("} ")
+            resource = labels.split('resource="', 1)[1].split('"', 1)[0]
+            sent[f"{resource} {_WATCH_METRICS[name]}"] += int(float(value))
+    return sent
+
+
+def cpu_with_children(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and of the children it has reaped (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far, from ``/proc/stat``: the share of
+    the window the cores were busy tells a CPU-bound run from one that waits."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def deployments_observed(client: KubeClient) -> int:
     """Deployments whose controller has observed their generation (it writes their status)."""
     items = client.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments", limit=100000)
@@ -131,9 +283,13 @@ def _operator_env(operator_src: Path | None) -> dict[str, str]:
 
 
 def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling the operator until stopped (SIGINT makes it write ``out``)."""
+    """py-spy sampling the operator until stopped (SIGINT makes it write ``out``).
+
+    A ``-gil`` in the file's stem keeps only the thread holding the GIL: the operator's
+    CPU, without the threads that wait for the API server or for the GIL itself."""
     spy = Path(sys.executable).parent / "py-spy"
     argv = [str(spy), "record", "--pid", str(pid), "--rate", "50", "--subprocesses"]
+    argv += ["--gil"] if "-gil" in out.stem else []
     argv += ["--format", "raw" if out.suffix == ".txt" else "flamegraph", "-o", str(out)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
@@ -145,11 +301,15 @@ def run(
     operator_src: Path | None,
     profile: Path | None = None,
     applier: str = "kubectl",
+    node: bool = True,
 ) -> dict[str, Any]:
-    cluster = start_local_cluster(log=lambda line: print(f"[cluster] {line}", file=sys.stderr))
+    cluster = start_local_cluster(
+        log=lambda line: print(f"[cluster] {line}", file=sys.stderr), real_node=node
+    )
     work = Path(tempfile.mkdtemp(prefix="operator-scale-"))
     proc: subprocess.Popen[bytes] | None = None
     client = KubeClient(load_kubeconfig(cluster.kubeconfig), timeout=60)
+    watcher = KubeClient(load_kubeconfig(cluster.kubeconfig), timeout=60)
     try:
         cluster.kubectl_run(
             "apply",
@@ -179,32 +339,41 @@ def run(
         spy = _profiler(proc.pid, profile) if profile is not None else None
         pids = {name: cluster.state.pids[name] for name in COMPONENTS}
         pids["operator"] = proc.pid
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        pids.update({n: cluster.state.pids[n] for n in NODE_COMPONENTS if n in cluster.state.pids})
+        traffic_before = watch_traffic(cluster)
+        clock = DoneClock(watcher, count)
+        clock.start()
+        cpu_before = {name: cpu_with_children(pid) for name, pid in pids.items()}
+        ticks_before = machine_ticks()
         started = time.monotonic()
         if applier == "kubectl":
             cluster.kubectl_run(
                 "apply", "--server-side", "-f", "-", input=voices(count), timeout=limit
             )
+        elif applier == "kubectl-client-side":  # a GET, then a create, per voice
+            cluster.kubectl_run("apply", "-f", "-", input=voices(count), timeout=limit)
         else:  # the same server-side apply PATCHes, PARALLEL_THREADS at a time
             parallel_apply(client, json.loads(voices(count))["items"], PARALLEL_THREADS)
         applied = time.monotonic() - started
-        first_all_deployments: float | None = None
-        while True:
+        if not clock.wait(limit - applied):
             n_dep, n_svc, n_pdb, n_obs = count_done(client)
-            now = time.monotonic() - started
-            if first_all_deployments is None and n_dep == count:
-                first_all_deployments = now
-            if n_dep == n_svc == n_obs == count:
-                break
-            if now > limit:
-                raise SystemExit(
-                    f"{count} voices not done after {limit:.0f} s: {n_dep} Deployments, "
-                    f"{n_svc} Services, {n_pdb} PDBs, {n_obs} statuses (log {log_path})"
-                )
-            time.sleep(1.0)
-        total = time.monotonic() - started
-        cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+            raise SystemExit(
+                f"{count} voices not done after {limit:.0f} s: {n_dep} Deployments, "
+                f"{n_svc} Services, {n_pdb} PDBs, {n_obs} statuses (log {log_path})"
+            )
+        seen_done = time.monotonic() - started
+        cpu = {
+            name: round(cpu_with_children(pid) - cpu_before[name], 2) for name, pid in pids.items()
+        }
+        ticks_after = machine_ticks()
+        traffic = {k: v for k, v in (watch_traffic(cluster) - traffic_before).most_common() if v}
+        clock.stop()
+        total = clock.finished_at() - started
+        n_dep, n_svc, _, n_obs = count_done(client)  # the watches' verdict, checked by a listing
+        if not n_dep == n_svc == n_obs == count:
+            raise SystemExit(f"the watches said done, the listing did not: {n_dep, n_svc, n_obs}")
         observed_at_done = deployments_observed(client)
+        latencies = clock.latencies()
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
@@ -222,14 +391,25 @@ def run(
         return {
             "voices": count,
             "applier": applier,
+            "node": node,
             "apply_seconds": round(applied, 2),
-            "all_deployments_seconds": round(first_all_deployments or total, 2),
+            "all_deployments_seconds": round(max(clock.deployments.values()) - started, 2),
             "all_reconciled_seconds": round(total, 2),
+            "done_noticed_seconds": round(seen_done, 2),
+            "voice_latency_seconds": {
+                "median": round(statistics.median(latencies), 2),
+                "p90": round(latencies[int(0.9 * (len(latencies) - 1))], 2),
+                "max": round(latencies[-1], 2),
+            },
             "settled_after_done_seconds": round(settle_seconds, 1),
             "limit_seconds": limit,
             "pdbs": count_done(client)[2],
             "deployments_observed_at_done": observed_at_done,
             "cpu_seconds_to_done": cpu,
+            "watch_traffic_to_done": traffic,
+            "machine_busy_to_done": round(
+                (ticks_after[0] - ticks_before[0]) / max(1, ticks_after[1] - ticks_before[1]), 2
+            ),
             "operator_requests": flow_after - flow_before,
             "operator_requests_per_voice": round((flow_after - flow_before) / count, 2),
             "requests_by_verb": verbs,
@@ -245,6 +425,7 @@ def run(
         }
     finally:
         client.close()
+        watcher.close()
         if proc is not None:
             stop_process(proc, grace=20)
         cluster.stop()
@@ -311,7 +492,8 @@ def main() -> int:
         "--profile",
         type=Path,
         help="py-spy the operator from apply to done into this file (.svg flame graph, "
-        ".txt collapsed stacks); needs `pip install py-spy`",
+        ".txt collapsed stacks; a name with -gil, e.g. prof-gil.txt: only the thread "
+        "holding the GIL); needs `pip install py-spy`",
     )
     parser.add_argument(
         "--section",
@@ -321,10 +503,17 @@ def main() -> int:
     parser.add_argument("--label", default="", help="a sentence before the table")
     parser.add_argument(
         "--applier",
-        choices=("kubectl", "parallel"),
+        choices=("kubectl", "kubectl-client-side", "parallel"),
         default="kubectl",
-        help="kubectl apply --server-side (what a user runs), or the same server-side "
-        f"applies from {PARALLEL_THREADS} threads (voicefleet_bench.apply_cost)",
+        help="kubectl apply --server-side (what a user runs), plain kubectl apply (client-"
+        "side: the last-applied annotation, a GET and a create per voice), or the same "
+        f"server-side applies from {PARALLEL_THREADS} threads (voicefleet_bench.apply_cost)",
+    )
+    parser.add_argument(
+        "--no-node",
+        action="store_true",
+        help="the control plane alone, no real node (nothing here needs one: replicas 0); "
+        "without its kube-proxy, kube-router and kubelet watching the new Services",
     )
     parser.add_argument("--no-doc", action="store_true", help=f"do not write {DOC.name}")
     args = parser.parse_args()
@@ -337,6 +526,7 @@ def main() -> int:
             args.operator_src,
             args.profile.with_stem(f"{args.profile.stem}-{n}") if args.profile else None,
             args.applier,
+            not args.no_node,
         )
         for n in args.voices
     ]
