@@ -37,6 +37,7 @@ kopf calls these storages from its event loop only, so the dicts need no lock.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
@@ -101,6 +102,25 @@ class MemoryDiffBaseStorage(kopf.DiffBaseStorage):
     def __init__(self, state: KopfState) -> None:
         super().__init__()
         self.state = state
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        """kopf's essence of ``body``, without deep-copying what it then throws away.
+
+        kopf builds the essence on every watch event of a voice (our own status writes
+        included) by deep-copying the whole object, ``metadata.managedFields`` and
+        ``status`` too, and deleting all of ``metadata`` but labels and annotations and
+        all of ``status``. It gets only those parts here, so the result is the same and
+        the copy is of the spec alone. Handlers that ask for extra (status) fields get
+        kopf's own build; ours ask for none.
+        """
+        if extra_fields:
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata", {})
+        kept = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        kept["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)))
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         uid = _uid(body)

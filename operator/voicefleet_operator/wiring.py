@@ -10,7 +10,7 @@ is :mod:`voicefleet_operator.indexes` and :mod:`voicefleet_operator.pods`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -33,6 +33,25 @@ connection is noticed and re-established (kopf's default is to wait forever)."""
 ANNOTATION_PREFIX = "operator.voicefleet.io"
 """The prefix of what kopf still writes on a TTSVoice: a delayed retry's touch annotation
 (and the finalizer name kopf removes from voices of older versions)."""
+
+
+def in_loop(index: Callable[..., Mapping[Any, Any]]) -> Callable[..., Awaitable[Mapping[Any, Any]]]:
+    """``index`` as a coroutine, so kopf calls it in its event loop, not its thread pool.
+
+    kopf hands every plain ``def`` to ``execution.max_workers`` threads, index functions
+    included: each watch event's index update was a hop to a thread and back, and waited
+    for a free one behind reconciles blocked on the API server (a new voice's events
+    make about a dozen such updates). The index functions are pure and take
+    microseconds, so they run inline. No ``functools.wraps``: kopf follows
+    ``__wrapped__`` and would see the plain function again.
+    """
+
+    async def indexed(**kwargs: Any) -> Mapping[Any, Any]:
+        return index(**kwargs)
+
+    indexed.__name__ = indexed.__qualname__ = getattr(index, "__name__", "index")
+    indexed.__doc__ = index.__doc__
+    return indexed
 
 
 def build_settings(config: OperatorConfig, state: KopfState | None = None) -> kopf.OperatorSettings:
@@ -83,7 +102,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     kopf.on.startup(registry=registry)(ensure_peering)
     managed = {MANAGED_BY_LABEL: MANAGED_BY}
     kopf.index(GROUP, VERSION, PLURAL, id=indexes.VOICES_INDEX, registry=registry)(
-        indexes.index_voice
+        in_loop(indexes.index_voice)
     )
     kopf.index(
         "apps",
@@ -92,9 +111,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         labels=managed,
         id=indexes.DEPLOYMENTS_INDEX,
         registry=registry,
-    )(indexes.index_deployment)
+    )(in_loop(indexes.index_deployment))
     kopf.index("", "v1", "persistentvolumeclaims", id=indexes.CLAIMS_INDEX, registry=registry)(
-        indexes.index_claim
+        in_loop(indexes.index_claim)
     )
     kopf.index(
         "",
@@ -103,7 +122,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         labels={VOICE_LABEL: kopf.PRESENT},
         id=pods.INDEX_NAME,
         registry=registry,
-    )(pods.index_pod)
+    )(in_loop(pods.index_pod))
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
     kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(handlers.reconcile)
@@ -119,7 +138,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     if config is None or config.autoscale_interval > 0:
         # One loop for all voices, not a daemon per voice: daemons need a finalizer on
         # every voice, which strands voices once the operator is gone (autoscaler.py).
-        kopf.index(GROUP, VERSION, PLURAL, id=VOICE_INDEX_NAME, registry=registry)(index_voice)
+        kopf.index(GROUP, VERSION, PLURAL, id=VOICE_INDEX_NAME, registry=registry)(
+            in_loop(index_voice)
+        )
         kopf.on.startup(registry=registry)(start_autoscaler)
         kopf.on.cleanup(registry=registry)(stop_autoscaler)
     if config is not None and config.router_pod_selector:
@@ -130,7 +151,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             labels=router_selector(config.router_pod_selector),
             id=ROUTER_INDEX_NAME,
             registry=registry,
-        )(pods.router_indexer(config.router_namespace or ""))
+        )(in_loop(pods.router_indexer(config.router_namespace or "")))
     return registry
 
 

@@ -148,3 +148,38 @@ def test_the_deleted_event_of_a_voice_drops_what_the_operator_kept() -> None:
     asyncio.run(forget_deleted_voice(event=deleted, body=body, memo=memo))
     assert deps.kopf_state == KopfState()
     assert deps.memory.status(dict(body)) == {"observedGeneration": 1}  # the body's own only
+
+
+def test_the_essence_is_kopfs_own_without_copying_status_and_managed_fields() -> None:
+    """The build skips copying what kopf's build deletes anyway: the same essence as
+    kopf's own, for a voice as the API server sends it (managedFields, status, labels,
+    annotations; kopf's touch annotation is cleared later by the progress storage)."""
+    storage = MemoryDiffBaseStorage(KopfState(started=STARTED))
+    raw = cast(dict[str, Any], dict(voice("a", 3, 2, replicas=2)))
+    raw["metadata"] = {
+        **raw["metadata"],
+        "labels": {"team": "tts"},
+        "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            f"{ANNOTATION_PREFIX}/touch-dummy": "x",
+            "note": "kept",
+        },
+        "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        "resourceVersion": "42",
+    }
+    raw["status"] = {"observedGeneration": 2, "conditions": [{"type": "Ready"}]}
+    body = kopf.Body(cast(kopf.RawBody, raw))
+    stock = kopf.DiffBaseStorage.build(storage, body=body)
+    assert storage.build(body=body) == stock
+    meta = storage.build(body=body)["metadata"]
+    assert meta["labels"] == {"team": "tts"}
+    assert meta["annotations"]["note"] == "kept"
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in meta["annotations"]
+    assert set(meta) == {"labels", "annotations"}  # no managedFields, resourceVersion
+    assert storage.build(body=body)["spec"] == raw["spec"]
+    assert storage.build(body=body)["spec"] is not raw["spec"]  # a copy, not the body's
+    with_status = storage.build(body=body, extra_fields=["status.observedGeneration"])
+    assert with_status == kopf.DiffBaseStorage.build(
+        storage, body=body, extra_fields=["status.observedGeneration"]
+    )
+    assert with_status["status"] == {"observedGeneration": 2}

@@ -6,6 +6,7 @@ each); these tests pin the decisions so a refactor cannot drop one silently.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import kopf
@@ -94,3 +95,35 @@ def test_metrics_live_in_their_own_registry_under_the_names_in_metrics_py() -> N
     assert f'{metrics.RECONCILE_DURATION}_count{{trigger="create"}} 1.0' in text
     assert f"{metrics.STATUS_WRITES} 1.0" in text
     assert f'{metrics.RECONCILES}{{trigger="create"}}' not in generate_latest(b.registry).decode()
+
+
+def test_every_index_runs_in_kopfs_event_loop_and_indexes_as_its_pure_function() -> None:
+    """kopf sends a plain ``def`` to its thread pool, where reconciles block on the API
+    server; the index functions are registered as coroutines so an index update never
+    waits for a thread (kopf's own check decides, so this is what kopf will do)."""
+    from kopf._core.actions.invocation import is_async_fn
+
+    from voicefleet_operator.indexes import index_deployment
+
+    registry = build_registry(
+        parse_args(
+            ["-A", "--router-pod-selector=app=router", "--router-namespace=voicefleet-system"]
+        )
+    )
+    found = {h.id: h.fn for h in registry._indexing.get_all_handlers()}  # no public listing
+    assert set(found) >= {"voices_by_name", "deployments_by_voice", "claims_by_name"}
+    assert all(is_async_fn(fn) for fn in found.values()), found
+    deployment = {
+        "metadata": {
+            "name": "joe",
+            "namespace": "tts",
+            "generation": 2,
+            "ownerReferences": [
+                {"apiVersion": "voicefleet.io/v1alpha1", "kind": "TTSVoice", "name": "joe"}
+            ],
+        },
+        "spec": {"replicas": 1},
+        "status": {"readyReplicas": 1},
+    }
+    indexed = asyncio.run(found["deployments_by_voice"](body=deployment, logger=None))
+    assert indexed == index_deployment(deployment) != {}
