@@ -60,11 +60,12 @@ class LoadConfig:
     timeout: float = 0.8
     """Deadline of an ask answered at once (a first ask, a poll, a ``/metrics`` page)."""
     stale_after: float = 5.0
-    """How long a sample read without holding (a poll, a page) stays good."""
+    """How long a sample read without holding (a poll, a page) stays good, and how late a
+    held ask may be answered after its ``wait`` before its pod is silent (on a saturated
+    machine the operator's own loop runs late: a tight grace made hundreds of pods
+    flap silent at once)."""
     wait: float = 10.0
     """Seconds a pod may hold an ask (0: poll every ``poll_interval`` instead)."""
-    grace: float = 1.0
-    """A held ask not answered by ``wait + grace`` makes its pod silent."""
     poll_interval: float = 1.0
     """Asks of a pod that does not hold (the loop's interval)."""
     pod_port: int = SERVER_PORT
@@ -134,7 +135,7 @@ class HttpLoadSource:
                 WatchConfig(
                     port=cfg.pod_port,
                     wait=cfg.wait,
-                    grace=cfg.grace,
+                    grace=cfg.stale_after,
                     poll_interval=cfg.poll_interval,
                     timeout=cfg.timeout,
                     stale_after=cfg.stale_after,

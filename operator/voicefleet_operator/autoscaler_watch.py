@@ -73,18 +73,18 @@ Fetch = Callable[[str, float, bool], Awaitable[Answer | None]]
 
 @dataclass(frozen=True)
 class WatchConfig:
-    """How the watches ask (the operator derives it from ``--autoscale-interval``)."""
+    """How the watches ask (``autoscaler_load.LoadConfig`` holds the defaults)."""
 
     port: int
-    wait: float = 10.0
+    wait: float
     """Seconds a pod may hold an ask (0: never ask it to hold; poll every ``poll_interval``)."""
-    grace: float = 1.0
+    grace: float
     """A held answer is due by ``wait``; later than ``wait + grace`` the pod is silent."""
-    poll_interval: float = 1.0
+    poll_interval: float
     """Asks of a pod that does not hold (and the first retry after a failure)."""
-    timeout: float = 0.8
+    timeout: float
     """Deadline of a plain ask."""
-    stale_after: float = 5.0
+    stale_after: float
     """How long a plain answer is trusted."""
 
 

@@ -156,7 +156,7 @@ async def test_a_load_step_reaches_the_decision_without_waiting_for_a_poll(
 
 async def test_a_silent_pod_is_never_taken_for_idle(pod_server: ServerProc) -> None:
     actuator = RecordingActuator(1)
-    scaler = loop(pod_server, actuator, wait=1.0, grace=0.5)
+    scaler = loop(pod_server, actuator, wait=1.0, stale_after=0.5)
     voices, pods = indexes(
         pod_server, {"minReplicas": 0, "maxReplicas": 2, "scaleToZeroIdleSeconds": 2}
     )

@@ -29,7 +29,9 @@ from voicefleet_operator.scaling import Observation, PodSample, Policy, ScalingS
 
 T0 = 1_764_000_000.0
 WAIT = 0.6
-CONFIG = WatchConfig(port=8080, wait=WAIT, grace=0.2, poll_interval=0.1, timeout=0.1)
+CONFIG = WatchConfig(
+    port=8080, wait=WAIT, grace=0.2, poll_interval=0.1, timeout=0.1, stale_after=5.0
+)
 
 
 @dataclass
