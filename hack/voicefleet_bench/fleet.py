@@ -1097,7 +1097,14 @@ def table(results: Sequence[dict[str, Any]], command: str, commit: str) -> str:
     return "\n".join(lines)
 
 
-def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
+def plot(
+    results: Sequence[dict[str, Any]],
+    path: Path,
+    baseline: Sequence[dict[str, Any]] = (),
+    baseline_label: str = "",
+) -> None:
+    """The figure of a run; ``baseline`` (an earlier run's results) adds its operator's
+    CPU and polls, grey, for a before/after."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1105,6 +1112,23 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
 
     pods = [r["idle"]["pods_ready"] for r in results]
     fig, (cores, traffic) = plt.subplots(1, 2, figsize=(11, 4))
+    if baseline:
+        before = [r["idle"]["pods_ready"] for r in baseline]
+        tag = f" ({baseline_label})" if baseline_label else ""
+        cores.plot(
+            before,
+            [r["idle"]["cores"]["operator"] for r in baseline],
+            ":x",
+            color="grey",
+            label=f"operator, idle, before{tag}",
+        )
+        traffic.plot(
+            before,
+            [_polls(r["idle"], ("operator",)) for r in baseline],
+            ":x",
+            color="grey",
+            label=f"operator polls per pod/s, idle, before{tag}",
+        )
     for name, style in (("idle", "-o"), ("step", "--s")):
         for proc, label in (("router-a", "router (one replica)"), ("operator", "operator")):
             cores.plot(
@@ -1181,6 +1205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the operator and routers from this tree (git archive of the commit measured)",
     )
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="with --report: an earlier run's --json, plotted grey beside it (before/after)",
+    )
+    parser.add_argument("--baseline-label", default="", help="with --baseline: what it ran")
     args = parser.parse_args(argv)
     if args.report is not None:
         saved = json.loads(args.report.read_text())
@@ -1189,7 +1221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command or saved.get("command", "")
         commit = args.commit or saved.get("commit", "unknown")
         publish(table(saved["results"], command, commit), args.output, SECTION)
-        plot(saved["results"], args.plot)
+        baseline: list[dict[str, Any]] = []
+        if args.baseline is not None:
+            earlier = json.loads(args.baseline.read_text())
+            baseline = earlier if isinstance(earlier, list) else earlier["results"]
+        plot(saved["results"], args.plot, baseline, args.baseline_label)
         return 0
     if os.geteuid() != 0:
         raise SystemExit("the fleet benchmark adds a local route: run it as root")
