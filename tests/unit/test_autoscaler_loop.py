@@ -314,11 +314,13 @@ def test_paused_by_peering_the_loop_reads_and_writes_nothing_and_resumes_from_st
         assert w.actuator.events == []
         reads_while_paused = w.load.reads
         assert reads_while_paused == 1
+        assert w.load.retained == set()  # paused: no pod is watched (no asks held at pods)
         w.gate.reason = None
         resumed = await w.tick()
         # Memory was dropped on pausing: this is a first sample again, not a second one.
         assert resumed[("ns", "v")].reason != "ScaleUp"
         assert w.scaler.paused is None
+        assert w.load.retained == {"v-uid-0"}  # resumed: watched again
         assert (await w.tick())[("ns", "v")].reason == "ScaleUp"
         return w
 
