@@ -12,8 +12,10 @@ Per pod, one task from the tick that first asks about it until it stops serving:
 
 * a first plain ask (``wait_path(wait, 0)``): answered at once, and its
   ``LOAD_WAIT_HEADER`` says whether the pod holds asks;
-* a pod that holds is asked again at once (no sooner than :data:`GAP_S` after its last
-  ask) with ``after`` = the ``seq`` of its last report;
+* a pod that holds is asked again at once with ``after`` = the ``seq`` of its last
+  report: no sooner than :data:`GAP_S` after its last ask for :data:`BURST` asks, then
+  (a token bucket) one ask per ``poll_interval``. A pod whose load keeps changing costs
+  at most what a poll per interval did, and a step's first changes arrive at once;
 * a pod that does not hold (an older server; one draining or already holding its
   ``MAX_HELD``) is asked every ``poll_interval``; one without ``/load`` (404) is read
   from ``/metrics`` every ``poll_interval``, through the same contract reader.
@@ -47,12 +49,24 @@ from typing import Final, NamedTuple
 
 from voicefleet_api import load
 
-__all__ = ["GAP_S", "MAX_RETRY_S", "Answer", "Fetch", "PodWatch", "PodWatches", "WatchConfig"]
+__all__ = [
+    "BURST",
+    "GAP_S",
+    "MAX_RETRY_S",
+    "Answer",
+    "Fetch",
+    "PodWatch",
+    "PodWatches",
+    "WatchConfig",
+]
 
 log = logging.getLogger("voicefleet_operator.autoscaler")
 
 GAP_S: Final = 0.05
 """Least time between two asks of one pod (its answer rate while its load churns)."""
+BURST: Final = 5
+"""Held asks of one pod answered GAP_S apart before its asks are spaced by the interval:
+a step's first quarter second is heard whole, a busy pod costs one answer per interval."""
 MAX_RETRY_S: Final = 2.0
 """Longest wait between failed asks of one pod."""
 
@@ -180,10 +194,16 @@ class PodWatches:
         # The first hold is cut at random, so that pods found together (the operator's
         # start) are not all answered in the same instant every `wait` after.
         spread = self._rng.uniform(0.1, 1.0)
+        tokens, refilled = float(BURST), self._clock()
         try:
             while True:
                 if watch.holds:
-                    due = asked + GAP_S
+                    # A held ask is answered at each change: a busy pod's answers are
+                    # spaced by GAP_S while its burst lasts, then one per poll_interval.
+                    now = self._clock()
+                    tokens = min(BURST, tokens + (now - refilled) / cfg.poll_interval)
+                    refilled = now
+                    due = max(asked + GAP_S, now + (1.0 - tokens) * cfg.poll_interval)
                 elif failures:  # backs off, doubling, spread at random
                     retry = min(MAX_RETRY_S, cfg.poll_interval * 2 ** min(failures - 1, 8))
                     due = asked + retry * self._rng.uniform(1.0, 2.0)
@@ -194,6 +214,9 @@ class PodWatches:
                     await asyncio.sleep(due - now)
                 asked = self._clock()
                 held = watch.holds and not watch.metrics_only and cfg.wait > 0
+                if held:
+                    tokens = max(0.0, tokens + (asked - refilled) / cfg.poll_interval - 1.0)
+                    refilled = asked
                 wait = cfg.wait * spread if held else None
                 if held:
                     spread = 1.0

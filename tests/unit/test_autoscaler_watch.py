@@ -135,6 +135,37 @@ def test_an_idle_pod_is_asked_once_per_wait_and_a_step_arrives_at_once() -> None
     assert stepped
 
 
+def test_a_pod_whose_load_keeps_changing_is_heard_at_once_then_once_per_interval() -> None:
+    """A held ask is answered at every change: without a limit a busy pod would cost an
+    answer every GAP_S (20 a second); after BURST quick ones it costs one per interval."""
+    config = WatchConfig(
+        port=8080, wait=WAIT, grace=0.2, poll_interval=0.5, timeout=0.1, stale_after=5.0
+    )
+
+    async def scenario() -> tuple[int, int, float]:
+        http = FakePodHttp()
+        pod = http.pods["10.0.0.1"] = FakePod()
+        watches = PodWatches(http, config, clock=time.monotonic)
+        watch = watches.watch("uid-1", "10.0.0.1")
+        await watches.first_answers([watch], 1.0)
+        await asyncio.sleep(0.05)
+        before = len(pod.asks)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.0:  # the load changes every 20 ms for 2 s
+            pod.set(1.0 + (time.monotonic() - start))
+            await asyncio.sleep(0.02)
+        asked = len(pod.asks) - before
+        sample = watch.sample(time.monotonic())
+        await watches.close()
+        return before, asked, sample.work_s if sample else -1.0
+
+    before, asked, work = asyncio.run(scenario())
+    assert before == 2  # the first ask and a held one
+    # BURST (5) quick answers, then one per 0.5 s: about 5 + 4 in 2 s (40 without a limit)
+    assert 7 <= asked <= 11, asked
+    assert work > 1.0  # heard, and trusted between answers
+
+
 def test_a_silent_pod_is_trusted_only_until_its_held_answer_is_overdue_then_unknown() -> None:
     async def scenario() -> tuple[float, load.PodLoad | None, load.PodLoad | None]:
         http = FakePodHttp()
