@@ -10,8 +10,8 @@
 #        at a time, printed live;
 #      - the other stream: unit and single-server integration tests, and the tests marked
 #        `nodeless` on a control plane of its own (no node), printed when done.
-#      SeaweedFS builds beside them when it is not cached (minutes, fresh machine only);
-#      each stream runs its SeaweedFS tests last and waits for `weed` if need be.
+#      promtool and SeaweedFS build beside them when not cached (minutes, fresh machine
+#      only); each stream runs their tests last and waits for them if need be.
 # pytest-xdist's loadgroup did not keep the cluster tests on one worker (they ran on
 # both, and the real node, one per host, collided); two processes make the split exact.
 # Each prints its slowest tests (--durations), so a CI log says where the time went.
@@ -35,9 +35,10 @@ wait "$build_pid"
 build_rc=$?
 echo "== checks and builds done in $(( $(date +%s) - started ))s (build exit $build_rc; on a failure the cluster stream tries again and reports it) =="
 
-# SeaweedFS (the S3 server of the model-fetch tests) builds beside both streams at a lower
-# priority, and the tests that need it run last in each; they wait for it if it is not done.
-setsid nice -n 10 "$bin/voicefleet-cluster" build --seaweedfs >/dev/null &
+# promtool (the alert-rule tests) and SeaweedFS (the S3 server of the model-fetch tests)
+# build beside both streams at a lower priority, and the tests that need them run last in
+# each; they wait for them if they are not done.
+setsid nice -n 10 "$bin/voicefleet-cluster" build --promtool --seaweedfs >/dev/null &
 weed_pid=$!
 export VOICEFLEET_SEAWEEDFS_BESIDE=1
 

@@ -33,6 +33,9 @@ from voicefleet_localcluster.pytest_plugin import (  # noqa: F401  (fixtures, by
 )
 
 SEAWEEDFS_BESIDE = "VOICEFLEET_SEAWEEDFS_BESIDE"
+"""Set to 1 by `make test`: `weed` and promtool build in the background beside the run."""
+BUILT_BESIDE = {"seaweedfs": binaries.ensure_seaweedfs, "promtool": binaries.ensure_promtool}
+"""Marker -> the build its tests wait for when it runs beside the run."""
 _OWN_CALIBRATION_CACHE = pytest.StashKey[str]()
 
 
@@ -77,12 +80,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # - Then tests marked `slow`: `make test-fast` hands whole files to its workers in this
     #   order (`--dist loadfile --no-loadscope-reorder`), and a long module handed out last
     #   keeps the run waiting while the other worker idles.
-    # - Tests that serve from SeaweedFS last: in `make test` `weed` builds in the background
-    #   (minutes on a fresh machine) while both streams run everything else.
+    # - Tests of a Go tool built beside the run (SeaweedFS, promtool) last: in `make test`
+    #   they build in the background (minutes on a fresh machine) while both streams run
+    #   everything else.
     items.sort(
         key=lambda item: (
             item.get_closest_marker("own_node") is None,
-            item.get_closest_marker("seaweedfs") is not None,
+            any(item.get_closest_marker(marker) for marker in BUILT_BESIDE),
             item.get_closest_marker("slow") is None,
         )
     )
@@ -106,9 +110,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Before a SeaweedFS test whose `weed` builds beside the run (`make test`), wait for
-    that build (its lock), or build it: outside pytest-timeout's wrapper, whose clock is
-    for the test, not for minutes of compiling on a fresh machine."""
-    if item.get_closest_marker("seaweedfs") and os.environ.get(SEAWEEDFS_BESIDE) == "1":
-        binaries.ensure_seaweedfs(log=lambda line: pytest_plugin._echo(item.config, line))
+    """Before a test of a tool that builds beside the run (`make test`: `weed`, promtool),
+    wait for that build (its lock), or build it: outside pytest-timeout's wrapper, whose
+    clock is for the test, not for minutes of compiling on a fresh machine."""
+    if os.environ.get(SEAWEEDFS_BESIDE) == "1":
+        for marker, ensure in BUILT_BESIDE.items():
+            if item.get_closest_marker(marker):
+                ensure(lambda line: pytest_plugin._echo(item.config, line))
     yield

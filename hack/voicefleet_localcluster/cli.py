@@ -35,13 +35,21 @@ def _state_file(state_dir: Path) -> Path:
 
 def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    if args.seaweedfs:
-        try:
-            weed = binaries.ensure_seaweedfs(log=_say)
-        except RuntimeError as exc:
-            _say(f"error: {exc}")
-            return 1
-        print(weed)
+    tools = [
+        ensure
+        for wanted, ensure in (
+            (args.promtool, binaries.ensure_promtool),
+            (args.seaweedfs, binaries.ensure_seaweedfs),
+        )
+        if wanted
+    ]
+    if tools:
+        for ensure in tools:
+            try:
+                print(ensure(log=_say))
+            except RuntimeError as exc:
+                _say(f"error: {exc}")
+                return 1
         return 0
     if not args.node:
         directory = binaries.ensure_binaries()
@@ -166,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seaweedfs",
         action="store_true",
         help="only SeaweedFS's `weed` (the S3 server of the model-fetch tests; minutes cold)",
+    )
+    build.add_argument(
+        "--promtool",
+        action="store_true",
+        help="only promtool (the chart's alert-rule tests; minutes cold); with --seaweedfs, "
+        "promtool first",
     )
     build.set_defaults(func=cmd_build)
 

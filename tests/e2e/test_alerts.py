@@ -22,6 +22,9 @@ REPO = HERE.parents[1]
 CHART = REPO / "charts" / "voicefleet"
 
 
+pytestmark = pytest.mark.promtool  # built beside `make test` (tests/conftest.py)
+
+
 @pytest.fixture(scope="module")
 def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     helm = binaries.ensure_binaries() / "helm"
