@@ -21,7 +21,7 @@ from operatorprocs import Operator, events_for, exists, new_operator, scalable_v
 
 from voicefleet_localcluster.testing import LocalCluster, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.nodeless, pytest.mark.timeout(300)]
 
 PEERS = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "voicefleet-router"}}}]
 
