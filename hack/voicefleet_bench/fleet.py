@@ -1065,7 +1065,7 @@ def table(results: Sequence[dict[str, Any]], command: str, commit: str) -> str:
             decision = w.get("decision_s")
             rows.append(
                 [
-                    f"{w['pods_ready']:,} ({r['voices']:,})",
+                    f"{int(w['pods_ready']):,} ({r['voices']:,})",
                     name if name == "idle" else f"step ({w.get('served_per_s', 0)} req/s)",
                     f"{fmt(c['router-a'], 3)} / {fmt(c['router-b'], 3)}",
                     fmt(c["operator"], 3),
