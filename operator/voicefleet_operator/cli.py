@@ -26,7 +26,7 @@ def run(config: OperatorConfig) -> None:
     """Run the operator until a signal stops it (raises on startup failures)."""
     import kopf  # here, not at import: without the extra, main() names it instead
 
-    from voicefleet_operator import wiring
+    from voicefleet_operator import handlers, wiring
     from voicefleet_operator.deps import Deps
     from voicefleet_operator.k8s import Kube, make_api_client
     from voicefleet_operator.metrics import OperatorMetrics
@@ -55,7 +55,9 @@ def run(config: OperatorConfig) -> None:
         kopf.operator(
             registry=registry,
             settings=settings,
-            memo=kopf.Memo(deps=deps),
+            # The async event handlers send the refreshes that must write to kopf's own
+            # pool (handlers.POOL), so --workers bounds every blocking handler call.
+            memo=kopf.Memo(deps=deps, **{handlers.POOL: settings.execution.executor}),
             clusterwide=config.clusterwide,
             namespaces=list(config.namespaces),
             liveness_endpoint=liveness,

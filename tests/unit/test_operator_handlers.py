@@ -6,6 +6,9 @@ against a real kube-apiserver in tests/integration/test_operator*.py.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import logging
 from typing import Any
@@ -14,6 +17,7 @@ import kopf
 import pytest
 from fake_kube import EventRecorder, FakeKube
 
+from voicefleet_api.labels import VOICE_LABEL
 from voicefleet_operator import handlers
 from voicefleet_operator.builders import BuildOptions
 from voicefleet_operator.deps import Deps
@@ -328,7 +332,7 @@ def test_an_index_that_lags_our_own_write_neither_rewrites_nor_reposts(
             "metadata": {
                 "name": "joe-1",
                 "namespace": NS,
-                "labels": {"voicefleet.io/voice": "joe"},
+                "labels": {VOICE_LABEL: "joe"},
             },
             "status": {
                 "phase": "Running",
@@ -402,3 +406,145 @@ def test_an_invalid_spec_is_reported_once(
     assert kube.count("patch-status") == 1
     assert events.reasons() == ["InvalidSpec"]
     assert _condition(kube, "joe", "Degraded")["reason"] == "InvalidSpec"
+
+
+def _controller_observed(kube: FakeKube, name: str = "joe") -> None:
+    """What the Deployment controller writes once it has rolled out a zero-replica voice."""
+    deployment = _deployment(kube, name)
+    deployment["status"] = {
+        "observedGeneration": deployment["metadata"]["generation"],
+        "conditions": [
+            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+        ],
+    }
+
+
+def test_refresh_due_says_in_advance_whether_a_refresh_would_write_or_repair(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    """The event loop's check (no thread, no API call) agrees with the refresh itself: the
+    echo of our own apply is nothing to do, the controller's verdict is, and so are
+    drifted replicas; while the voice's lock is held the event takes the locked path."""
+    assert not handlers.refresh_due(deps, cluster.views(), NS, "nobody")
+    handlers.reconcile_voice(deps, cluster.views(), cluster.add(_voice(replicas=0)), LOG)
+    assert not handlers.refresh_due(deps, cluster.views(), NS, "joe")
+    calls = len(kube.calls)
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
+    assert kube.calls[calls:] == []
+    _controller_observed(kube)
+    assert handlers.refresh_due(deps, cluster.views(), NS, "joe")
+    handlers.refresh_status(deps, cluster.views(), NS, "joe", LOG)
+    assert kube.calls[calls:] == [("patch-status", "TTSVoice", "joe")]
+    assert _condition(kube, "joe", "Progressing")["reason"] == "RolloutComplete"
+    assert not handlers.refresh_due(deps, cluster.views(), NS, "joe")
+    _deployment(kube)["spec"]["replicas"] = 3  # kubectl scale deployment joe --replicas 3
+    assert handlers.refresh_due(deps, cluster.views(), NS, "joe")
+    _deployment(kube)["spec"]["replicas"] = 0
+    with deps.memory.lock(NS, "joe"):  # a reconcile under way on a pool thread
+        assert handlers.refresh_due(deps, cluster.views(), NS, "joe")
+    assert not handlers.refresh_due(deps, cluster.views(), NS, "joe")
+
+
+class CountingPool(concurrent.futures.ThreadPoolExecutor):
+    """A real thread pool that counts what is sent to it (kopf's, in the operator)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.sent = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.sent += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_deployment_and_pod_events_reach_the_pool_only_when_a_refresh_has_work(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    """kopf calls the async event handlers in its loop; a refresh is sent to kopf's pool
+    (carried in the memo) only when it will write or repair, and a deleted Deployment
+    always is (it is re-created)."""
+    handlers.reconcile_voice(deps, cluster.views(), cluster.add(_voice(replicas=0)), LOG)
+    pool = CountingPool()
+    memo = kopf.Memo(deps=deps, **{handlers.POOL: pool})
+
+    def deployment_event(kind: str) -> None:
+        views = cluster.views()
+        kwargs = {
+            VOICES_INDEX: views.voices,
+            DEPLOYMENTS_INDEX: views.deployments,
+            CLAIMS_INDEX: views.claims,
+            PODS_INDEX: views.pods,
+        }
+        body = kopf.Body(_deployment(kube))
+        event = {"type": kind, "object": dict(body)}
+        asyncio.run(
+            handlers.deployment_event(event=event, body=body, memo=memo, logger=LOG, **kwargs)
+        )
+
+    try:
+        deployment_event("ADDED")  # the echo of our own apply
+        assert (pool.sent, kube.count("patch-status")) == (0, 1)
+        _controller_observed(kube)
+        deployment_event("MODIFIED")
+        assert (pool.sent, kube.count("patch-status")) == (1, 2)
+        deployment_event("MODIFIED")  # a resync: nothing new
+        assert (pool.sent, kube.count("patch-status")) == (1, 2)
+        applies = kube.count("apply", "Deployment")
+        deployment_event("DELETED")
+        assert pool.sent == 2
+        assert kube.count("apply", "Deployment") == applies + 1
+        pod = {"metadata": {"name": "joe-1", "namespace": NS, "labels": {VOICE_LABEL: "joe"}}}
+        asyncio.run(
+            handlers.pod_event(
+                event={"type": "ADDED"},
+                body=kopf.Body(pod),
+                memo=memo,
+                logger=LOG,
+                **{
+                    VOICES_INDEX: cluster.views().voices,
+                    DEPLOYMENTS_INDEX: cluster.views().deployments,
+                },
+            )
+        )
+        assert pool.sent == 2  # no pod in the index, no change: decided in the loop
+    finally:
+        pool.shutdown()
+    assert handlers.pool_of(memo) is pool
+    assert handlers.pool_of(kopf.Memo(deps=deps)) is None  # the loop's default executor
+
+
+KOPF_CONTEXT: contextvars.ContextVar[str] = contextvars.ContextVar("kopf_context", default="")
+"""Stands for kopf's own context variables (its Event queue), set around each handler."""
+
+
+def test_a_refresh_sent_to_the_pool_posts_its_events_in_kopfs_context(
+    deps: Deps, kube: FakeKube, cluster: Cluster
+) -> None:
+    """kopf.event finds its Event queue through context variables: the pool thread of a
+    refresh must see the handler's context, or the Warning Events of a crash are lost."""
+    seen: list[tuple[str, str]] = []
+    deps = dataclasses.replace(
+        deps, post_event=lambda body, **kw: seen.append((kw["reason"], KOPF_CONTEXT.get()))
+    )
+    handlers.reconcile_voice(deps, cluster.views(), cluster.add(_voice(replicas=1)), LOG)
+    _deployment(kube)["status"] = {"observedGeneration": 1, "readyReplicas": 1, "replicas": 1}
+    pool = CountingPool()
+    views = cluster.views()
+
+    async def event_in_kopfs_context() -> None:
+        KOPF_CONTEXT.set("kopf")
+        await handlers.deployment_event(
+            event={"type": "MODIFIED"},
+            body=kopf.Body(_deployment(kube)),
+            memo=kopf.Memo(deps=deps, **{handlers.POOL: pool}),
+            logger=LOG,
+            **{VOICES_INDEX: views.voices, DEPLOYMENTS_INDEX: views.deployments},
+        )
+
+    try:
+        asyncio.run(event_in_kopfs_context())
+    finally:
+        pool.shutdown()
+    assert pool.sent == 1
+    assert ("VoiceReady", "kopf") in seen, seen
